@@ -1,0 +1,226 @@
+"""The run configuration: one typed pydantic model, loaded from YAML, overridable with ``--set``.
+
+Every section rejects unknown keys, so a misspelt key fails before any heavy work with one line
+naming it. ``load_config`` is the single entry point used by the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError, format_validation_error
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldConfig(Section):
+    """The embedded shapes world (used when ``data.source`` is ``shapes``)."""
+
+    seed: int = Field(0, description="seed of the regime split (seen / underrepresented / unseen)")
+    num_prompts: int = Field(100_000, ge=100, description="distinct prompts in the pool")
+    skew: float = Field(1.0, ge=0, description="Zipf exponent of the frequency over combinations")
+    unseen_fraction: float = Field(0.15, ge=0, lt=1, description="combinations with no paired images")
+    under_fraction: float = Field(0.25, ge=0, lt=1, description="combinations with few paired images")
+    under_images: int = Field(1, ge=1, description="paired images per underrepresented combination")
+    paired_size: int = Field(4000, ge=1, description="paired images in total")
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.unseen_fraction + self.under_fraction >= 1:
+            raise ValueError("unseen_fraction + under_fraction must be below 1")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["shapes", "files"] = Field("shapes", description="embedded world or user files")
+    prompts_file: Optional[Path] = Field(None, description="pool of conditions, one prompt per line (files)")
+    paired_dir: Optional[Path] = Field(None, description="folder of paired images + captions.txt (files)")
+    cache_dir: Path = Field(Path(".aria-cache"), description="embedding / pool / region caches")
+    world: WorldConfig = WorldConfig()
+
+    @model_validator(mode="after")
+    def _files(self):
+        if self.source == "files" and (self.prompts_file is None or self.paired_dir is None):
+            raise ValueError("data.source 'files' needs prompts_file and paired_dir")
+        return self
+
+
+class EncoderConfig(Section):
+    kind: Literal["minilm", "clip"] = Field("minilm", description="text encoder")
+    path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
+    batch_size: int = Field(512, ge=1, description="prompts per encoding chunk")
+    device: str = Field("auto", description="device for encoding")
+
+
+class RegionsConfig(Section):
+    method: Literal["kmeans", "metadata"] = Field("kmeans", description="k-means on embeddings or metadata")
+    k: int = Field(64, ge=1, description="number of regions (k-means)")
+    metadata_keys: list[str] = Field(["shape", "color"], description="attributes defining metadata regions")
+    iterations: int = Field(30, ge=1, description="k-means iterations")
+    seed: int = Field(0, description="k-means seed")
+
+
+class TeacherConfig(Section):
+    path: Optional[Path] = Field(None, description="diffusers UNet folder; None = the shipped world teacher")
+    subfolder: Optional[str] = Field(None, description="e.g. 'unet' for a Stable Diffusion folder")
+    guidance_scale: float = Field(2.0, ge=0, description="classifier-free guidance for sampling")
+
+
+class StudentConfig(Section):
+    variant: Literal["base", "small", "tiny", "channels"] = Field("small", description="BK-SDM variant")
+    channel_scale: float = Field(0.5, gt=0, le=1, description="width factor of the 'channels' variant")
+    init_from_teacher: bool = Field(True, description="copy teacher weights where shapes match")
+
+
+class DistillConfig(Section):
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, description="global batch size (all ranks)")
+    lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
+    w_task: float = Field(1.0, ge=0, description="weight of the task MSE (paired samples only)")
+    w_out: float = Field(1.0, ge=0, description="weight of the output KD MSE")
+    w_feat: float = Field(1.0, ge=0, description="weight of the feature KD")
+    feature_balance: bool = Field(True, description="divide each block's feature loss by a running teacher scale")
+    switch_schedule: Literal["exp", "sigmoid", "constant"] = Field("exp", description="p(t) of switching")
+    switch_lambda: float = Field(5.0, ge=0, description="lambda of p(t) = exp(-lambda (1 - t/T))")
+    switch_constant: float = Field(0.5, ge=0, le=1, description="p for the constant schedule")
+    cfg_dropout: float = Field(0.1, ge=0, lt=1, description="probability of the empty condition")
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of student weights; None = off")
+    timestep_bins: int = Field(10, ge=1, description="timestep bins of the strategy feedback")
+    importance_weights: bool = Field(False, description="weight switched KD losses by the strategy's weights")
+    max_nonfinite_steps: int = Field(20, ge=1, description="consecutive non-finite losses before stopping")
+
+
+class StrategySection(Section):
+    name: str = Field("aria", description="registered strategy name (see `aria strategies`)")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="hyperparameters per strategy name, e.g. {aria: {eps: 0.2}}"
+    )
+
+    def params_for(self, name: str | None = None) -> dict[str, Any]:
+        return dict(self.params.get(name or self.name, {}))
+
+
+class BackendConfig(Section):
+    kind: Literal["torch", "deepspeed"] = Field("torch")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    precision: Literal["fp32", "bf16"] = Field("fp32")
+    zero_stage: int = Field(0, ge=0, le=2, description="DeepSpeed ZeRO stage")
+    compile: bool = Field(False, description="torch.compile teacher and student")
+    deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
+    collective_timeout_s: int = Field(600, ge=1, description="timeout of collectives (dead rank detection)")
+
+
+class LoggingConfig(Section):
+    every: int = Field(10, ge=1, description="steps between console/JSONL summaries")
+    tensorboard: bool = Field(False)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    progress: bool = Field(True, description="progress bar")
+
+
+class EvalConfig(Section):
+    probe_images: int = Field(512, ge=1, description="images of the fixed probe set")
+    probe_timesteps: int = Field(8, ge=1, description="stratified timesteps of the probe set")
+    sample_prompts: int = Field(256, ge=1, description="prompts sampled for judge metrics")
+    sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps")
+    seed: int = Field(1234, description="seed of probe set and sampling noise")
+
+
+class RunConfig(Section):
+    seed: int = Field(0, description="seed of data order, noise and strategy draws")
+    output_dir: Path = Field(Path("runs/default"), description="where checkpoints, metrics and the student go")
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    regions: RegionsConfig = RegionsConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distillation: DistillConfig = DistillConfig()
+    strategy: StrategySection = StrategySection()
+    backend: BackendConfig = BackendConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], typed value parsed as YAML)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise UserError(f"--set {item!r}: empty key in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not valid UTF-8 (byte {err.start})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | None = None, overrides: list[str] = (), strategy: str | None = None) -> RunConfig:
+    """Read, override and validate a run config (strategy parameters included)."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    if strategy is not None:
+        data.setdefault("strategy", {})
+        if not isinstance(data["strategy"], dict):
+            raise UserError("config: strategy must be a mapping with name and params")
+        data["strategy"]["name"] = strategy
+    try:
+        config = RunConfig(**data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source=f"config {path}" if path else "config")) from err
+    from aria.strategies import create_strategy
+
+    create_strategy(config.strategy.name, config.strategy.params_for())
+    for name, params in config.strategy.params.items():  # every listed strategy's params
+        create_strategy(name, params)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return config.model_dump(mode="json")

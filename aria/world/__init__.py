@@ -1,0 +1,1 @@
+"""The embedded world: procedural shapes, prompts, regimes, judge and the shipped teacher."""

@@ -1,0 +1,108 @@
+"""ARIA: adaptive region allocation by tracked teacher-student discrepancy (Mualem et al., 2026).
+
+One exponential moving average of the discrepancy per region, updated with step ``alpha`` when
+the region receives observations:  m_k <- (1 - alpha) m_k + alpha * y_k, where y_k is the mean
+observed discrepancy of region k in the step (the first observation initialises m_k). The
+allocation is increasing in the estimates (softmax with a temperature, or a power law) and mixed
+with a uniform floor ``eps`` over the non-empty regions, so that every region keeps probability
+at least eps/K and its estimate stays fresh (``aria.theory`` checks the tracking bound this
+gives). The loss is unchanged; optional importance weights (pool share / probability)^beta let
+the engine keep the objective unbiased.
+
+Timestep normalisation: the discrepancy depends strongly on the timestep, and switched samples
+sit mostly at large t. With ``timestep_norm`` each observation is divided by a running mean of
+its timestep bin over all regions before it enters the region's average.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import AllocationStrategy, State, StrategyConfig, mix_floor
+from .registry import register_strategy
+
+
+class AriaConfig(StrategyConfig):
+    alpha: float = Field(0.05, gt=0, le=1, description="EMA step of the per-region tracker")
+    eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")
+    rule: Literal["softmax", "power"] = Field("softmax", description="how estimates become probabilities")
+    temperature: float = Field(0.5, gt=0, description="softmax temperature on estimates / their mean")
+    power: float = Field(1.0, ge=0, description="exponent of the power rule p ~ m^power")
+    importance_exponent: float = Field(0.0, ge=0, le=1, description="importance weights (share/p)^beta; 0 = off")
+    timestep_norm: bool = Field(True, description="divide observations by a running mean of their timestep bin")
+    norm_alpha: float = Field(0.01, gt=0, le=1, description="EMA step of the timestep-bin means")
+    warm_start: bool = Field(True, description="visit every region once before adapting")
+
+
+@register_strategy("aria")
+class Aria(AllocationStrategy):
+    """Tracked-discrepancy allocation with a uniform floor (EMA per region)."""
+
+    description = "EMA of discrepancy per region; softmax/power allocation with a uniform floor"
+    Config = AriaConfig
+
+    def init_state(self, regions) -> State:
+        k = regions.num_regions
+        return {
+            "estimate": np.zeros(k, dtype=np.float64),
+            "visits": np.zeros(k, dtype=np.int64),
+            "bin_mean": np.zeros(0, dtype=np.float64),
+            "bin_seen": np.zeros(0, dtype=np.int64),
+        }
+
+    def probabilities(self, state: State) -> np.ndarray:
+        cfg = self.config
+        active = self.active(state)
+        visited = (np.asarray(state["visits"]) > 0) & active
+        if not visited.any():
+            return mix_floor(np.ones(active.size), 0.0, active)
+        if cfg.warm_start and (active & ~visited).any():
+            return mix_floor((active & ~visited).astype(np.float64), 0.0, active)
+        m = np.asarray(state["estimate"], dtype=np.float64)
+        m = np.where(visited, m, m[visited].max())  # optimism for regions never observed
+        scale = m[active].mean()
+        if cfg.rule == "softmax":
+            z = m / scale if scale > 0 else np.zeros_like(m)
+            z = (z - z[active].max()) / cfg.temperature
+            q = np.exp(np.maximum(z, -700.0))
+        else:
+            q = (m / scale) ** cfg.power if scale > 0 else np.ones_like(m)
+        return mix_floor(q, cfg.eps, active)
+
+    def weights(self, state, p, regions):
+        beta = self.config.importance_exponent
+        if beta == 0:
+            return None
+        share = np.asarray(state["sizes"]) / np.sum(state["sizes"])
+        ratio = np.divide(share, p, out=np.ones_like(p), where=p > 0)
+        return ratio[regions] ** beta
+
+    def apply_feedback(self, state, sums, counts, step) -> State:
+        cfg = self.config
+        bin_mean = np.asarray(state["bin_mean"], dtype=np.float64)
+        bin_seen = np.asarray(state["bin_seen"], dtype=np.int64)
+        if cfg.timestep_norm:
+            nbins = sums.shape[1]
+            if bin_mean.size != nbins:
+                bin_mean, bin_seen = np.zeros(nbins), np.zeros(nbins, dtype=np.int64)
+            bin_sum, bin_count = sums.sum(0), counts.sum(0)
+            has = bin_count > 0
+            obs = np.divide(bin_sum, bin_count, out=np.zeros(nbins), where=has)
+            new_bin = np.where(bin_seen > 0, (1 - cfg.norm_alpha) * bin_mean + cfg.norm_alpha * obs, obs)
+            bin_mean = np.where(has, new_bin, bin_mean)
+            bin_seen = bin_seen + has
+            scale = np.where(bin_mean > 0, bin_mean, 1.0)
+            region_sum = (sums / scale).sum(1)
+        else:
+            region_sum = sums.sum(1)
+        region_count = counts.sum(1)
+        seen = region_count > 0
+        y = np.divide(region_sum, region_count, out=np.zeros_like(region_sum), where=seen)
+        m = np.asarray(state["estimate"], dtype=np.float64)
+        visits = np.asarray(state["visits"], dtype=np.int64)
+        tracked = (1 - cfg.alpha) * m + cfg.alpha * y
+        new_m = np.where(seen, np.where(visits > 0, tracked, y), m)
+        return {"estimate": new_m, "visits": visits + seen, "bin_mean": bin_mean, "bin_seen": bin_seen}

@@ -1,0 +1,279 @@
+"""The allocation-strategy interface (in the style of optax: pure functions over explicit state).
+
+A strategy decides, at every distillation step, from which *regions* of the prompt pool the
+switched conditions are drawn. It never touches models or tensors:
+
+    state = strategy.init(regions, seed)
+    alloc = strategy.allocate(state, step, n)      # region per draw (+ optional weights)
+    state = strategy.update(state, feedback)       # per-region (sum, count) of discrepancies
+
+- ``state`` is a flat ``dict`` of numpy arrays and Python scalars: it round-trips through JSON
+  or safetensors (``state_to_json`` / ``state_to_arrays``), never pickle.
+- all randomness comes from ``np.random.default_rng([seed, step])``: two processes (ranks, or a
+  run and its resume) draw the same allocation for the same step without any RNG state.
+- feedback arrives as per-region sums and counts, so that it can be all-reduced over ranks before
+  the update; ``update`` drops non-finite or negative entries (and counts them in
+  ``state["dropped"]``) before any strategy sees them. Feedback may arrive one step late: the
+  allocation at step s depends only on the state and s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+State = dict[str, Union[np.ndarray, int, float]]
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy's hyperparameters: typed, validated, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """The regions of a prompt pool: how many prompts each holds (``sizes[k]``; may be 0)."""
+
+    sizes: np.ndarray
+
+    def __post_init__(self):
+        sizes = np.asarray(self.sizes, dtype=np.int64).reshape(-1)
+        if sizes.size == 0:
+            raise ValueError("RegionInfo needs at least one region")
+        if (sizes < 0).any():
+            raise ValueError("region sizes must be non-negative")
+        if sizes.sum() == 0:
+            raise ValueError("every region is empty")
+        object.__setattr__(self, "sizes", sizes)
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.sizes.size)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Regions that hold at least one prompt (only these can be drawn)."""
+        return self.sizes > 0
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Each region's share of the pool."""
+        return self.sizes / self.sizes.sum()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Discrepancy observed in one step, reduced per region (and optionally per timestep bin).
+
+    ``sums[k, b]`` is the sum of per-sample discrepancies of region k in timestep bin b and
+    ``counts[k, b]`` the number of samples; 1-D arrays mean a single bin. Both are additive over
+    ranks, so the engine all-reduces them before calling ``update``.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    step: int = 0
+
+    def __post_init__(self):
+        sums = np.asarray(self.sums, dtype=np.float64)
+        counts = np.asarray(self.counts, dtype=np.float64)
+        if sums.ndim == 1:
+            sums, counts = sums[:, None], counts.reshape(-1, 1)
+        if sums.shape != counts.shape or sums.ndim != 2:
+            raise ValueError(f"feedback sums {sums.shape} and counts {counts.shape} differ")
+        object.__setattr__(self, "sums", sums)
+        object.__setattr__(self, "counts", counts)
+
+    @staticmethod
+    def from_samples(regions, values, num_regions: int, bins=None, num_bins: int = 1, step: int = 0):
+        """Per-region feedback from per-sample region indices, values and (optional) timestep bins."""
+        regions = np.asarray(regions, dtype=np.int64)
+        bins = np.zeros_like(regions) if bins is None else np.asarray(bins, dtype=np.int64)
+        flat = regions * num_bins + bins
+        size = num_regions * num_bins
+        sums = np.bincount(flat, weights=np.asarray(values, dtype=np.float64), minlength=size)
+        counts = np.bincount(flat, minlength=size).astype(np.float64)
+        return Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One step's decision: a region per draw, optional importance weights, the probabilities used."""
+
+    regions: np.ndarray
+    probabilities: np.ndarray
+    weights: np.ndarray | None = None
+
+
+def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sums and counts with every non-finite or negative entry removed; returns (sums, counts, dropped)."""
+    sums, counts = feedback.sums, feedback.counts
+    if sums.shape[0] != num_regions:
+        raise ValueError(f"feedback has {sums.shape[0]} regions, the strategy {num_regions}")
+    bad = ~np.isfinite(sums) | ~np.isfinite(counts) | (sums < 0) | (counts < 0)
+    bad |= (counts == 0) & (sums != 0)
+    dropped = int(np.count_nonzero(bad))
+    if dropped:
+        sums = np.where(bad, 0.0, sums)
+        counts = np.where(bad, 0.0, counts)
+    return sums, counts, dropped
+
+
+def mix_floor(q: np.ndarray, floor: float, active: np.ndarray) -> np.ndarray:
+    """(1 - floor) * q + floor * uniform over the active regions; inactive regions get 0."""
+    q = np.where(active, q, 0.0)
+    total = q.sum()
+    q = q / total if total > 0 and np.isfinite(total) else active / active.sum()
+    p = (1.0 - floor) * q + floor * active / active.sum()
+    return p / p.sum()
+
+
+def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.ndarray:
+    """n region indices from ``probabilities`` with the (seed, step) generator (inverse CDF)."""
+    rng = np.random.default_rng([seed, step])
+    cdf = np.cumsum(probabilities)
+    u = rng.random(n) * cdf[-1]
+    idx = np.searchsorted(cdf, u, side="right")
+    return np.minimum(idx, probabilities.size - 1).astype(np.int64)
+
+
+class AllocationStrategy(ABC):
+    """Decides the regions of switched conditions. Subclasses set ``Config`` and implement
+    ``init_state``, ``probabilities`` and ``apply_feedback``; the base class handles seeding,
+    sanitising feedback and drawing."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    origin: ClassVar[str] = "built-in"
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    switches: ClassVar[bool] = True  # False: never switch conditions (the ``none`` strategy)
+
+    def __init__(self, config: StrategyConfig | dict | None = None, **params: Any):
+        if config is None or isinstance(config, dict):
+            config = self.Config(**{**(config or {}), **params})
+        elif params:
+            raise TypeError("pass either a config object or keyword parameters")
+        self.config = config
+
+    # -- the interface ---------------------------------------------------------------------
+    def init(self, regions: RegionInfo, seed: int) -> State:
+        state: State = {
+            "seed": int(seed),
+            "sizes": regions.sizes.astype(np.int64).copy(),
+            "updates": 0,
+            "dropped": 0,
+        }
+        state.update(self.init_state(regions))
+        return state
+
+    def allocate(self, state: State, step: int, n: int) -> Allocation:
+        """Regions for the n switched draws of ``step`` (identical on every rank and resume)."""
+        p = self.probabilities(state)
+        regions = draw_regions(p, int(state["seed"]), int(step), int(n))
+        return Allocation(regions=regions, probabilities=p, weights=self.weights(state, p, regions))
+
+    def update(self, state: State, feedback: Feedback) -> State:
+        """A new state from one step's (all-reduced) feedback; bad entries are dropped and counted."""
+        sums, counts, dropped = sanitize(feedback, int(np.asarray(state["sizes"]).size))
+        new = dict(state)
+        new["dropped"] = int(state["dropped"]) + dropped
+        new["updates"] = int(state["updates"]) + 1
+        new.update(self.apply_feedback(state, sums, counts, int(feedback.step)))
+        return new
+
+    # -- what subclasses provide ---------------------------------------------------------
+    def init_state(self, regions: RegionInfo) -> State:
+        """Strategy-specific state entries (plain arrays and scalars)."""
+        return {}
+
+    @abstractmethod
+    def probabilities(self, state: State) -> np.ndarray:
+        """The distribution over regions used by the next allocation (sums to 1)."""
+
+    def apply_feedback(self, state: State, sums: np.ndarray, counts: np.ndarray, step: int) -> State:
+        """Entries of the state to replace, from sanitised (K, bins) sums and counts."""
+        return {}
+
+    def weights(self, state: State, p: np.ndarray, regions: np.ndarray) -> np.ndarray | None:
+        """Optional per-draw importance weights (None: all 1)."""
+        return None
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def active(state: State) -> np.ndarray:
+        return np.asarray(state["sizes"]) > 0
+
+    @classmethod
+    def summary(cls) -> str:
+        return cls.description or (cls.__doc__ or "").strip().splitlines()[0]
+
+
+# -- state serialisation (never pickle) ---------------------------------------------------------
+
+def state_to_json(state: State) -> str:
+    """JSON text of a state; arrays keep dtype and shape, floats round-trip exactly."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            out[key] = {"dtype": str(value.dtype), "shape": list(value.shape), "data": value.reshape(-1).tolist()}
+        elif isinstance(value, (bool, np.bool_)):
+            out[key] = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            out[key] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            out[key] = float(value)
+        else:
+            raise TypeError(f"state entry {key!r} is {type(value).__name__}, not an array or scalar")
+    return json.dumps(out, sort_keys=True, allow_nan=False)
+
+
+def state_from_json(text: str) -> State:
+    state: State = {}
+    for key, value in json.loads(text).items():
+        if isinstance(value, dict):
+            state[key] = np.asarray(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+        else:
+            state[key] = value
+    return state
+
+
+def state_to_arrays(state: State) -> dict[str, np.ndarray]:
+    """A dict of arrays for safetensors; scalar kinds are kept in the key (``i:``/``f:``/``a:``)."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            out[f"a:{key}"] = np.ascontiguousarray(value)
+        elif isinstance(value, (int, np.integer, bool, np.bool_)):
+            out[f"i:{key}"] = np.asarray([int(value)], dtype=np.int64)
+        else:
+            out[f"f:{key}"] = np.asarray([float(value)], dtype=np.float64)
+    return out
+
+
+def state_from_arrays(arrays: dict[str, np.ndarray]) -> State:
+    state: State = {}
+    for tagged, value in arrays.items():
+        kind, key = tagged.split(":", 1)
+        state[key] = np.array(value) if kind == "a" else (int(value[0]) if kind == "i" else float(value[0]))
+    return state
+
+
+def state_hash(state: State) -> str:
+    """A short digest of a state: equal on every rank that holds the same state."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(key.encode())
+        if isinstance(value, np.ndarray):
+            h.update(str(value.dtype).encode() + str(value.shape).encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Theory: simulate bounded-variance, bounded-drift discrepancy and check the tracking bound."""
