@@ -56,6 +56,10 @@ class EncoderConfig(Section):
     path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
     batch_size: int = Field(512, ge=1, description="prompts per encoding chunk")
     device: str = Field("auto", description="device for encoding")
+    max_length: Optional[int] = Field(None, ge=1, description="token length L of the context; None = 16 (minilm), 77 (clip)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="compute dtype; auto = float32 on CPU, the stored weights' dtype on GPU"
+    )
 
 
 class RegionsConfig(Section):
@@ -97,6 +101,11 @@ class DistillConfig(Section):
     timestep_bins: int = Field(10, ge=1, description="timestep bins of the strategy feedback")
     importance_weights: bool = Field(False, description="weight switched KD losses by the strategy's weights")
     max_nonfinite_steps: int = Field(20, ge=1, description="consecutive non-finite losses before stopping")
+    feature_balance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the teacher feature scales")
+    feedback_from: Literal["all", "switched"] = Field(
+        "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do)"
+    )
+    context_cache_mb: float = Field(1024, ge=0, description="device memory for precomputed paired-prompt contexts")
 
 
 class StrategySection(Section):
@@ -133,6 +142,7 @@ class EvalConfig(Section):
     sample_prompts: int = Field(256, ge=1, description="prompts sampled for judge metrics")
     sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps")
     seed: int = Field(1234, description="seed of probe set and sampling noise")
+    batch_size: int = Field(256, ge=1, description="images per forward pass in eval (probe and sampling)")
 
 
 class RunConfig(Section):

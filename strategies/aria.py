@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import AllocationStrategy, State, StrategyConfig, mix_floor
+from .base import AllocationStrategy, State, StrategyConfig, mix_floor, nonzero_entries, softmax_floor
 from .registry import register_strategy
 
 
@@ -57,19 +57,20 @@ class Aria(AllocationStrategy):
         cfg = self.config
         active = self.active(state)
         visited = (np.asarray(state["visits"]) > 0) & active
-        if not visited.any():
-            return mix_floor(np.ones(active.size), 0.0, active)
-        if cfg.warm_start and (active & ~visited).any():
-            return mix_floor((active & ~visited).astype(np.float64), 0.0, active)
+        n_visited, n_active = np.count_nonzero(visited), np.count_nonzero(active)
+        if n_visited == 0:
+            return mix_floor(active.astype(np.float64), 0.0, active)
+        if n_visited < n_active and cfg.warm_start:  # unvisited regions first, floor kept
+            return mix_floor((active & ~visited).astype(np.float64), cfg.eps, active)
         m = np.asarray(state["estimate"], dtype=np.float64)
-        m = np.where(visited, m, m[visited].max())  # optimism for regions never observed
-        scale = m[active].mean()
+        if n_visited < n_active:
+            m = np.where(visited, m, m[visited].max())  # optimism for regions never observed
         if cfg.rule == "softmax":
+            scale = (m.sum() if n_active == m.size else m[active].sum()) / n_active
             z = m / scale if scale > 0 else np.zeros_like(m)
-            z = (z - z[active].max()) / cfg.temperature
-            q = np.exp(np.maximum(z, -700.0))
-        else:
-            q = (m / scale) ** cfg.power if scale > 0 else np.ones_like(m)
+            return softmax_floor(z, cfg.temperature, cfg.eps, active)
+        top = np.where(active, m, 0.0).max()  # normalise by the max so m^power cannot overflow
+        q = (m / top) ** cfg.power if top > 0 else np.ones_like(m)
         return mix_floor(q, cfg.eps, active)
 
     def weights(self, state, p, regions):
@@ -82,27 +83,30 @@ class Aria(AllocationStrategy):
 
     def apply_feedback(self, state, sums, counts, step) -> State:
         cfg = self.config
+        num_regions, num_bins = sums.shape
         bin_mean = np.asarray(state["bin_mean"], dtype=np.float64)
         bin_seen = np.asarray(state["bin_seen"], dtype=np.int64)
+        # a step touches few of the K * bins entries: work on those only
+        idx = nonzero_entries(counts)
+        rows, bins = np.divmod(idx, num_bins)
+        values, weights = sums.reshape(-1)[idx], counts.reshape(-1)[idx]
         if cfg.timestep_norm:
-            nbins = sums.shape[1]
-            if bin_mean.size != nbins:
-                bin_mean, bin_seen = np.zeros(nbins), np.zeros(nbins, dtype=np.int64)
-            bin_sum, bin_count = sums.sum(0), counts.sum(0)
+            if bin_mean.size != num_bins:
+                bin_mean, bin_seen = np.zeros(num_bins), np.zeros(num_bins, dtype=np.int64)
+            bin_sum = np.bincount(bins, values, minlength=num_bins)
+            bin_count = np.bincount(bins, weights, minlength=num_bins)
             has = bin_count > 0
-            obs = np.divide(bin_sum, bin_count, out=np.zeros(nbins), where=has)
+            obs = np.divide(bin_sum, bin_count, out=np.zeros(num_bins), where=has)
             new_bin = np.where(bin_seen > 0, (1 - cfg.norm_alpha) * bin_mean + cfg.norm_alpha * obs, obs)
             bin_mean = np.where(has, new_bin, bin_mean)
             bin_seen = bin_seen + has
-            scale = np.where(bin_mean > 0, bin_mean, 1.0)
-            region_sum = (sums / scale).sum(1)
-        else:
-            region_sum = sums.sum(1)
-        region_count = counts.sum(1)
-        seen = region_count > 0
-        y = np.divide(region_sum, region_count, out=np.zeros_like(region_sum), where=seen)
-        m = np.asarray(state["estimate"], dtype=np.float64)
-        visits = np.asarray(state["visits"], dtype=np.int64)
-        tracked = (1 - cfg.alpha) * m + cfg.alpha * y
-        new_m = np.where(seen, np.where(visits > 0, tracked, y), m)
-        return {"estimate": new_m, "visits": visits + seen, "bin_mean": bin_mean, "bin_seen": bin_seen}
+            values = values / np.where(bin_mean > 0, bin_mean, 1.0)[bins]
+        region_sum = np.bincount(rows, values, minlength=num_regions)
+        region_count = np.bincount(rows, weights, minlength=num_regions)
+        seen = np.flatnonzero(region_count > 0)
+        y = region_sum[seen] / region_count[seen]
+        m = np.array(state["estimate"], dtype=np.float64)
+        visits = np.array(state["visits"], dtype=np.int64)
+        m[seen] = np.where(visits[seen] > 0, (1 - cfg.alpha) * m[seen] + cfg.alpha * y, y)
+        visits[seen] += 1
+        return {"estimate": m, "visits": visits, "bin_mean": bin_mean, "bin_seen": bin_seen}

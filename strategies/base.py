@@ -112,36 +112,107 @@ class Allocation:
     weights: np.ndarray | None = None
 
 
+# Feedback above this (sqrt of the largest float, ~1.3e154) is not a measurement: dropping it lets
+# strategies add, scale and multiply a few feedback values without ever overflowing.
+FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
+LOG_TINY = float(np.log(np.finfo(np.float64).tiny))  # exp of anything lower underflows
+
+
 def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sums and counts with every non-finite or negative entry removed; returns (sums, counts, dropped)."""
+    """Sums and counts with every bad entry removed; returns (sums, counts, dropped).
+
+    An entry is bad if it is non-finite or negative, has a sum without a count, or exceeds
+    ``FEEDBACK_LIMIT`` (as a sum or as a mean). Valid feedback is returned without a copy.
+    """
     sums, counts = feedback.sums, feedback.counts
     if sums.shape[0] != num_regions:
         raise ValueError(f"feedback has {sums.shape[0]} regions, the strategy {num_regions}")
-    bad = ~np.isfinite(sums) | ~np.isfinite(counts) | (sums < 0) | (counts < 0)
-    bad |= (counts == 0) & (sums != 0)
+    # fast path: only entries with a non-zero count can hold data (a few per step), so check those
+    # and verify that no sum hides elsewhere; NaN counts as non-zero and lands in the checked set.
+    flat_sums = sums.reshape(-1)
+    idx = nonzero_entries(counts)
+    s, c = flat_sums[idx], counts.reshape(-1)[idx]
+    if np.count_nonzero(flat_sums != 0) == np.count_nonzero(s) and _valid(s, c).all():
+        return sums, counts, 0
+    bad = ~_valid(sums, counts)
     dropped = int(np.count_nonzero(bad))
-    if dropped:
-        sums = np.where(bad, 0.0, sums)
-        counts = np.where(bad, 0.0, counts)
-    return sums, counts, dropped
+    return np.where(bad, 0.0, sums), np.where(bad, 0.0, counts), dropped
+
+
+def _valid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Finite, non-negative, within the limit, and a count wherever there is a sum (NaN fails all)."""
+    limit = FEEDBACK_LIMIT
+    return (counts >= 0) & (counts <= limit) & (sums >= 0) & (sums <= limit) & (sums <= limit * counts)
+
+
+def nonzero_entries(counts: np.ndarray) -> np.ndarray:
+    """Flat indices of the non-zero entries of ``counts`` (a bool mask first: much faster)."""
+    return np.flatnonzero(counts.reshape(-1) != 0)
+
+
+def region_totals(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region (sum, count) over the timestep bins of sanitised (K, bins) feedback.
+
+    Works on the few non-zero entries (a step touches at most n of K * bins), so its cost does
+    not grow with the number of bins.
+    """
+    k, bins = counts.shape
+    if bins == 1:
+        return sums[:, 0], counts[:, 0]
+    idx = nonzero_entries(counts)
+    rows = idx // bins
+    return (
+        np.bincount(rows, sums.reshape(-1)[idx], minlength=k),
+        np.bincount(rows, counts.reshape(-1)[idx], minlength=k),
+    )
 
 
 def mix_floor(q: np.ndarray, floor: float, active: np.ndarray) -> np.ndarray:
     """(1 - floor) * q + floor * uniform over the active regions; inactive regions get 0."""
-    q = np.where(active, q, 0.0)
+    n_active = np.count_nonzero(active)
+    everywhere = n_active == active.size
+    if not everywhere:
+        q = np.where(active, q, 0.0)
     total = q.sum()
-    q = q / total if total > 0 and np.isfinite(total) else active / active.sum()
-    p = (1.0 - floor) * q + floor * active / active.sum()
+    if not 0 < total < np.inf:  # NaN fails too
+        q, total = active.astype(np.float64), n_active
+    p = q * ((1.0 - floor) / total)
+    p += floor / n_active if everywhere else active * (floor / n_active)
     return p / p.sum()
+
+
+def softmax_floor(scores: np.ndarray, temperature: float, floor: float, active: np.ndarray) -> np.ndarray:
+    """softmax(scores / temperature) over the active regions (finite scores), mixed with ``floor``."""
+    z = scores if active.all() else np.where(active, scores, -np.inf)
+    # clamp at log(tiny) before dividing, so that a tiny temperature cannot overflow
+    q = np.exp(np.maximum(z - z.max(), LOG_TINY * temperature) / temperature)
+    return mix_floor(q, floor, active)
 
 
 def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.ndarray:
     """n region indices from ``probabilities`` with the (seed, step) generator (inverse CDF)."""
     rng = np.random.default_rng([seed, step])
     cdf = np.cumsum(probabilities)
-    u = rng.random(n) * cdf[-1]
-    idx = np.searchsorted(cdf, u, side="right")
-    return np.minimum(idx, probabilities.size - 1).astype(np.int64)
+    idx = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    # u * cdf[-1] may round up to cdf[-1]: clamp to the last region of positive probability
+    last = np.searchsorted(cdf, cdf[-1], side="left")
+    return np.minimum(idx, last).astype(np.int64, copy=False)
+
+
+def draw_members(offsets: np.ndarray, members: np.ndarray, regions: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """One prompt id per drawn region, uniform inside the region (CSR ``offsets``/``members``).
+
+    Randomness from ``np.random.default_rng([seed, step, 2])``, so every rank draws the same ids.
+    Position = floor(u * size) with u = m / 2**53 < 1: for size < 2**53 the product rounds below
+    size, so it stays inside the region; its bias (size / 2**53) is nil. Raises ValueError if a
+    drawn region is empty.
+    """
+    start = offsets[regions]
+    size = offsets[regions + 1] - start
+    if size.size and size.min() <= 0:
+        raise ValueError("draw_members: a drawn region is empty")
+    u = np.random.default_rng([seed, step, 2]).random(size.size)
+    return members[start + (u * size).astype(np.int64)]
 
 
 class AllocationStrategy(ABC):

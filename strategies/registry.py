@@ -8,7 +8,8 @@ point names a module (importing it runs its ``@register_strategy``) or an
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -84,8 +85,21 @@ def create_strategy(name: str, params: dict[str, Any] | None = None) -> Allocati
 
 def describe_parameters(cls: type[AllocationStrategy]) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, description) of every hyperparameter."""
-    rows = []
-    for field, info in cls.Config.model_fields.items():
-        ann = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        rows.append((field, ann, info.default, info.description or ""))
-    return rows
+    return [
+        (field, type_name(info.annotation), info.default, info.description or "")
+        for field, info in cls.Config.model_fields.items()
+    ]
+
+
+def type_name(annotation: Any) -> str:
+    """A readable type: ``float``, ``'softmax' | 'power'``, ``int | None``, ``list[float]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None and args:
+        return f"{type_name(origin)}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

@@ -1,0 +1,311 @@
+"""Execution backends behind one small protocol: ``TorchBackend`` (CPU, one GPU, DDP) and
+``DeepSpeedBackend`` (bf16, ZeRO 0-2; launched by ``deepspeed`` or ``torchrun``; also on CPU).
+
+The step (``aria.distill``) and the loop (``aria.engine``) never branch on the backend: they call
+``setup``, ``autocast``, ``backward``, ``step``, ``zero_grad``, ``all_reduce``, ``barrier``,
+``unwrap``, ``save`` and ``load``. The rank layout comes from the launcher's environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); the device from ``LOCAL_RANK``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+class Backend(Protocol):
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    compute_dtype: torch.dtype
+
+    def setup(self, model: torch.nn.Module, params: Iterable[torch.nn.Parameter] | None = None) -> torch.nn.Module: ...
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> float | None: ...
+    def zero_grad(self) -> None: ...
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def same_on_all_ranks(self, value: int) -> bool: ...
+    def barrier(self) -> None: ...
+    def unwrap(self) -> torch.nn.Module: ...
+    def save(self, folder: Path) -> list[str]: ...
+    def load(self, folder: Path) -> None: ...
+    def lr(self) -> float: ...
+    def close(self) -> None: ...
+
+
+def env_layout() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the launcher's environment (1 process when absent)."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as err:
+        raise UserError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({err})") from err
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"environment: RANK={rank} outside WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"backend.device: expected auto, cpu or cuda (got {name!r})")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("backend.device is cuda but no CUDA device is visible")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def warmup_factor(warmup_steps: int):
+    """The LR multiplier of step s: linear warmup over ``warmup_steps``, then constant."""
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+    return factor
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (needed for exact resume); cuBLAS needs its workspace setting."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
+class _Base:
+    """Rank layout, device, autocast and the collectives shared by both backends."""
+
+    def __init__(self, backend_config, distill_config):
+        self.config = backend_config
+        self.distill = distill_config
+        self.rank, self.world_size, self.local_rank = env_layout()
+        self.device = resolve_device(backend_config.device, self.local_rank)
+        self.compute_dtype = torch.bfloat16 if backend_config.precision == "bf16" else torch.float32
+        self.timeout = timedelta(seconds=backend_config.collective_timeout_s)
+        self._owns_group = False
+        if distill_config.batch_size % self.world_size:
+            raise UserError(
+                f"distillation.batch_size {distill_config.batch_size} is not divisible by WORLD_SIZE {self.world_size}"
+            )
+        set_deterministic(backend_config.deterministic)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, in place (a no-op on one process)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def same_on_all_ranks(self, value: int) -> bool:
+        """Whether every rank passed the same 63-bit integer (e.g. a state hash)."""
+        if not self.distributed:
+            return True
+        v = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        return int(v[0]) == value and int(v[1]) == -value
+
+    def barrier(self) -> None:
+        if self.distributed:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+    def close(self) -> None:
+        """End of run: a barrier, then the process group is destroyed (when this backend made it)."""
+        if dist.is_available() and dist.is_initialized():
+            self.barrier()
+            if self._owns_group:
+                dist.destroy_process_group()
+                self._owns_group = False
+
+    def _optimizer_kwargs(self) -> dict:
+        d = self.distill
+        return {"lr": d.lr, "weight_decay": d.weight_decay, "betas": (0.9, 0.999), "eps": 1e-8}
+
+
+class TorchBackend(_Base):
+    """Plain PyTorch: CPU or one GPU per process; DDP (gloo on CPU, NCCL on GPU) when WORLD_SIZE > 1."""
+
+    kind = "torch"
+
+    def __init__(self, backend_config, distill_config):
+        super().__init__(backend_config, distill_config)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if self.device.type == "cuda" else "gloo",
+                rank=self.rank, world_size=self.world_size, timeout=self.timeout,
+            )
+            self._owns_group = True
+        self.model = self.module = self.optimizer = self.scheduler = None
+
+    def setup(self, model, params=None):
+        self.module = model.to(self.device)
+        self.model = model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": False}
+        self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), **fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(self.distill.warmup_steps))
+        return self.model
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        norm = None
+        if self.distill.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.distill.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return norm
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def unwrap(self):
+        return self.module
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, folder: Path) -> list[str]:
+        """Optimizer and LR schedule (tensors and primitives only); rank 0 writes."""
+        if self.is_main:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            torch.save(state, Path(folder) / "training.pt")
+        return ["training.pt"]
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(Path(folder) / "training.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DeepSpeedBackend(_Base):
+    """DeepSpeed: config built in code (bf16, ZeRO stage, clipping, AdamW, warmup schedule)."""
+
+    kind = "deepspeed"
+
+    def __init__(self, backend_config, distill_config):
+        if "RANK" not in os.environ:  # a single process started without a launcher
+            for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        super().__init__(backend_config, distill_config)
+        if self.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+        self._ds = deepspeed
+        if not dist.is_initialized():
+            self._owns_group = True
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.device.type == "cuda" else "gloo", timeout=self.timeout, verbose=False
+        )
+        self.engine = self.module = None
+
+    def ds_config(self) -> dict:
+        d, b = self.distill, self.config
+        kwargs = self._optimizer_kwargs()
+        return {
+            "train_batch_size": d.batch_size,
+            "train_micro_batch_size_per_gpu": d.batch_size // self.world_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": d.grad_clip,
+            "bf16": {"enabled": b.precision == "bf16"},
+            "zero_optimization": {"stage": b.zero_stage},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": kwargs["lr"], "weight_decay": kwargs["weight_decay"], "betas": list(kwargs["betas"]),
+                    "eps": kwargs["eps"], "torch_adam": self.device.type == "cpu",
+                },
+            },
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+
+    def setup(self, model, params=None):
+        self.module = model
+        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        factor = warmup_factor(self.distill.warmup_steps)
+        self.engine, _, _, _ = self._ds.initialize(
+            model=model, model_parameters=params, config=self.ds_config(),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+        )
+        self.module = self.engine.module
+        return self.engine
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self):
+        self.engine.step()  # clips, steps the optimizer and the LR schedule, zeroes the gradients
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def zero_grad(self):
+        self.engine.zero_grad()
+
+    def unwrap(self):
+        return self.engine.module
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, folder: Path) -> list[str]:
+        """The engine's own checkpoint (every rank writes its optimizer shard) under ``deepspeed/``."""
+        self.engine.save_checkpoint(str(Path(folder) / "deepspeed"), tag="state", save_latest=False)
+        self.barrier()
+        return sorted(str(p.relative_to(folder)) for p in (Path(folder) / "deepspeed").rglob("*") if p.is_file())
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(Path(folder) / "deepspeed"), tag="state")
+        if path is None:
+            raise UserError(f"checkpoint {folder}: DeepSpeed state could not be loaded")
+
+
+BACKENDS = {"torch": TorchBackend, "deepspeed": DeepSpeedBackend}
+
+
+def create_backend(backend_config, distill_config) -> TorchBackend | DeepSpeedBackend:
+    return BACKENDS[backend_config.kind](backend_config, distill_config)

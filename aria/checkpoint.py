@@ -1,0 +1,184 @@
+"""Atomic checkpoints with a manifest of sha256 checksums, and resume.
+
+Layout of ``<output_dir>/checkpoints/step-00000200/``::
+
+    student.safetensors   student weights            ema.safetensors   EMA weights (optional)
+    training.pt           optimizer + LR schedule    deepspeed/        the DeepSpeed engine's own
+                          (TorchBackend: tensors and                   checkpoint (every rank writes
+                          primitives, weights_only)                    its shard)
+    state.json            step, strategy name/config/state (``state_to_json``), feature-balance
+                          scales, non-finite counters, world size
+    config.json           the resolved run config
+    manifest.json         every other file with its size and sha256 (written last)
+
+A checkpoint is written into ``step-XXXXXXXX.tmp``, every file fsynced, then renamed; only rank 0
+writes (ranks share the filesystem), except DeepSpeed's shards. On resume, checkpoints are tried
+newest first and the first whose manifest verifies is used; the others are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+
+PREFIX = "step-"
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+# config fields that must not change on resume (dotted prefixes); everything else may
+RESUME_FIELDS = ("seed", "data", "encoder.kind", "encoder.path", "encoder.max_length", "regions", "teacher.path",
+                 "teacher.subfolder", "student", "strategy.name", "distillation.batch_size",
+                 "distillation.timestep_bins", "backend.kind")
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tensors(module_or_state) -> dict[str, torch.Tensor]:
+    state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(root: Path, step: int, backend, *, student, training_state: dict, config: dict,
+                    ema: dict | None = None, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically (collective: call on every rank)."""
+    root = Path(root)
+    final, tmp = root / f"{PREFIX}{step:08d}", root / f"{PREFIX}{step:08d}.tmp"
+    if backend.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    backend.barrier()
+    backend.save(tmp)  # optimizer state (DeepSpeed: every rank writes its shard)
+    if backend.is_main:
+        save_file(_tensors(student), tmp / "student.safetensors")
+        if ema is not None:
+            save_file(_tensors(ema), tmp / "ema.safetensors")
+        (tmp / "state.json").write_text(json.dumps(training_state, sort_keys=True, allow_nan=False))
+        (tmp / "config.json").write_text(json.dumps(config, sort_keys=True, indent=1))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for p in files:
+            _fsync(p)
+        manifest = {"format": FORMAT, "step": int(step), "files": {
+            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _fsync(tmp / MANIFEST)
+        for d in {p.parent for p in files} | {tmp}:
+            _fsync(d)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+        prune(root, keep)
+    backend.barrier()
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders under ``root``, newest (highest step) first; temp folders excluded."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the ``keep`` newest complete checkpoints; remove older ones and stale temp folders."""
+    kept = 0
+    for folder in list_checkpoints(root):
+        if kept < keep and (folder / MANIFEST).is_file():  # full verification happens on resume
+            kept += 1
+        elif kept >= keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    for stale in Path(root).glob(f"{PREFIX}*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def verify(folder: Path) -> str | None:
+    """None if every file of the manifest is present with its size and sha256, else the reason."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return "no manifest"
+    except (ValueError, KeyError, TypeError) as err:
+        return f"unreadable manifest ({err})"
+    for name, meta in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {meta['bytes']}"
+        if sha256(path) != meta["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_good(root: Path, report: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint whose manifest verifies; each one skipped is reported."""
+    for folder in list_checkpoints(root):
+        reason = verify(folder)
+        if reason is None:
+            return folder
+        report(f"checkpoint {folder.name} is damaged ({reason}); trying an older one")
+    return None
+
+
+def read_state(folder: Path) -> tuple[dict, dict]:
+    """(training state, resolved config) of a verified checkpoint."""
+    folder = Path(folder)
+    return json.loads((folder / "state.json").read_text()), json.loads((folder / "config.json").read_text())
+
+
+def load_weights(folder: Path, name: str = "student") -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / f"{name}.safetensors")
+
+
+def _leaves(data, prefix=""):
+    if isinstance(data, dict):
+        for key in sorted(data):
+            yield from _leaves(data[key], f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], data
+
+
+def check_resume_config(saved: dict, current: dict, saved_strategy: dict, current_strategy: dict) -> None:
+    """Refuse a resume whose config differs in a field that matters; the message names the field.
+    Strategy hyperparameters are compared resolved (defaults filled in)."""
+    fields = RESUME_FIELDS + (("backend.zero_stage",) if current["backend"]["kind"] == "deepspeed" else ())
+    old, new = dict(_leaves(saved)), dict(_leaves(current))
+    name = current["strategy"]["name"]
+    old.update((f"strategy.params.{name}.{k}", v) for k, v in _leaves(saved_strategy))
+    new.update((f"strategy.params.{name}.{k}", v) for k, v in _leaves(current_strategy))
+    fields += (f"strategy.params.{name}",)
+    for key in sorted(set(old) | set(new)):
+        if any(key == f or key.startswith(f + ".") for f in fields) and old.get(key) != new.get(key):
+            raise UserError(f"cannot resume: {key} is {old.get(key)!r} in the checkpoint but {new.get(key)!r} now "
+                            f"(use a new output_dir, or restore the value)")

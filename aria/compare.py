@@ -1,0 +1,321 @@
+"""``aria compare``: train and evaluate strategies x seeds; ``aria results``: the results document.
+
+Each (strategy, seed) run is ``aria run`` then ``aria eval`` in subprocesses, ``--parallel`` at a
+time (small models leave a GPU idle), in ``OUT/runs/<strategy>/seed<s>``; a run whose
+``eval/eval.json`` exists is skipped, so an interrupted comparison resumes. The summary is the
+mean and 95% t-interval over seeds; ratios to ``rc`` are paired per seed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import UserError
+from . import report
+
+RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
+BARS = (  # (name, regime, metric, kind, bar): kind "ratio" -> aria/rc <= bar; "gap" -> aria - bar*rc <= 0
+    ("unseen discrepancy aria/rc", "unseen", "discrepancy", "ratio", 0.85),
+    ("under discrepancy aria/rc", "under", "discrepancy", "ratio", 0.85),
+    ("seen discrepancy aria/rc", "seen", "discrepancy", "ratio", 1.02),
+    ("unseen accuracy gap: aria - 0.5 rc", "unseen", "accuracy_gap", "gap", 0.5),
+)
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+def mean_ci(values, level: float = 0.95) -> dict:
+    """Mean and t-interval of the finite values (interval None with fewer than two)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(x.size)}
+
+
+def paired_ratios(num: list, den: list) -> list:
+    """Per-seed ratios num/den (None where either is missing or den is 0)."""
+    return [None if a is None or b is None or b == 0 else a / b for a, b in zip(num, den)]
+
+
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3 (KID) between two feature sets."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n, m, d = len(x), len(y), x.shape[1]
+    if n < 2 or m < 2:
+        return float("nan")
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    sxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+    syy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
+def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
+    """summary, ratios and checks from ``evals[strategy][seed]`` (eval JSON dicts)."""
+    first = evals[strategies[0]][seeds[0]]["metrics"]
+    groups = list(first)
+    metrics = [m for m in report.METRICS if m in first[groups[0]]]
+
+    def per_seed(s, g, m):
+        return [evals[s][seed]["metrics"].get(g, {}).get(m) for seed in seeds]
+
+    summary = {s: {g: {m: mean_ci(per_seed(s, g, m)) for m in metrics} for g in groups} for s in strategies}
+    ratios = {}
+    if "rc" in strategies:
+        ratios = {s: {g: {m: mean_ci(paired_ratios(per_seed(s, g, m), per_seed("rc", g, m))) for m in metrics}
+                      for g in groups} for s in strategies if s != "rc"}
+    checks = []
+    if "rc" in strategies and "aria" in strategies:
+        for name, g, m, kind, bar in BARS:
+            if g not in groups or m not in metrics:
+                continue
+            a, r = per_seed("aria", g, m), per_seed("rc", g, m)
+            if kind == "ratio":
+                stat, op, target = mean_ci(paired_ratios(a, r)), "<=", bar
+            else:
+                stat = mean_ci([None if x is None or y is None else x - bar * y for x, y in zip(a, r)])
+                op, target = "<=", 0.0
+            ok = stat["mean"] is not None and stat["mean"] <= target
+            clear = stat["high"] is not None and stat["high"] <= target
+            checks.append({"name": name, **stat, "op": op, "bar": target, "pass": bool(ok), "ci_clear": bool(clear)})
+    return {"groups": groups, "metrics": metrics, "summary": summary, "ratios": ratios,
+            "ratio_method": RATIO_METHOD, "checks": checks}
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+def _aria(*args) -> list[str]:
+    return [sys.executable, "-m", "aria.cli", *args]
+
+
+def run_paths(out: Path, strategy: str, seed: int) -> dict:
+    run = Path(out) / "runs" / strategy / f"seed{seed}"
+    return {"run": run, "eval": run / "eval", "eval_json": run / "eval" / "eval.json", "timing": run / "timing.json"}
+
+
+def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict) -> dict:
+    """Train (unless the student is there) and evaluate one run; returns its wall times."""
+    from .evaluate import find_student
+
+    p = run_paths(out, strategy, seed)
+    p["run"].mkdir(parents=True, exist_ok=True)
+    sets = [a for o in overrides for a in ("--set", o)]
+    sets += ["--set", f"seed={seed}", "--set", f"output_dir={p['run']}"]
+    times = {"train_s": 0.0, "eval_s": 0.0}
+    steps = [("eval", _aria("eval", "--student", str(p["run"]), "--config", str(config_path), *sets,
+                            "--out", str(p["eval"]), "--reference", str(Path(out) / "reference")))]
+    if find_student(p["run"], required=False) is None:
+        resume = ["--resume"] if (p["run"] / "checkpoints").is_dir() else []
+        steps.insert(0, ("train", _aria("run", "--config", str(config_path), "--strategy", strategy, *sets, *resume)))
+    for kind, cmd in steps:
+        t0 = time.perf_counter()
+        log = p["run"] / f"{kind}.log"
+        with open(log, "w") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        times[f"{kind}_s"] = time.perf_counter() - t0
+        if rc != 0:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            raise RunFailed(f"{strategy}/seed{seed}: aria {kind} exited {rc} ({lines[-1] if lines else 'no output'}); "
+                            f"see {log}")
+    p["timing"].write_text(json.dumps(times))
+    return times
+
+
+class RunFailed(UserError):
+    pass
+
+
+def _device_card() -> tuple[str, bool]:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}", True
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", False
+
+
+def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Path, parallel: int | None,
+            overrides: list[str] = (), command: str = "") -> dict:
+    """Train and evaluate every (strategy, seed); write results.json, results.md and plots in ``out``."""
+    from .config import load_config
+
+    t0 = time.perf_counter()
+    if not strategies:
+        raise UserError("--strategies: name at least one strategy")
+    if len(set(strategies)) != len(strategies):
+        raise UserError(f"--strategies: duplicate names in {','.join(strategies)}")
+    configs = {s: load_config(config_path, overrides, strategy=s) for s in strategies}  # validates every name
+    card, cuda = _device_card()
+    parallel = parallel or (min(4, len(strategies) * len(seeds)) if cuda else 1)
+    env = dict(os.environ)
+    if not cuda:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+    jobs = [(s, seed) for s in strategies for seed in seeds if not run_paths(out, s, seed)["eval_json"].exists()]
+    errors = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env) for s, seed in jobs]
+        for f in futures:
+            try:
+                f.result()
+            except RunFailed as err:
+                errors.append(str(err))
+    if errors:
+        raise UserError(f"{len(errors)} run(s) failed: " + " | ".join(errors))
+    evals, wall = {}, 0.0
+    for s in strategies:
+        evals[s] = {}
+        for seed in seeds:
+            p = run_paths(out, s, seed)
+            evals[s][seed] = json.loads(p["eval_json"].read_text())
+            if p["timing"].exists():
+                wall += sum(json.loads(p["timing"].read_text()).values())
+    digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values()}
+    if len(digests) != 1:
+        raise UserError(f"{out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
+                        "delete the stale eval/ folders")
+    results = {
+        "format": "aria-compare/1",
+        "command": command,
+        "card": card,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_time_s": time.perf_counter() - t0,
+        "run_wall_time_s": wall,
+        "steps": configs[strategies[0]].distillation.steps,
+        "strategies": list(strategies),
+        "seeds": list(seeds),
+        "probe_digest": digests.pop(),
+        **summarise(evals, strategies, seeds),
+        "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds} for s in strategies},
+    }
+    results["plots"] = make_plots(results, evals, out)
+    write_json(Path(out) / "results.json", results)
+    (Path(out) / "results.md").write_text(
+        "# aria compare\n\n" + "\n".join(report.results_header(results)) + "\n\n" + report.results_tables(results))
+    return results
+
+
+def make_plots(results: dict, evals: dict, out: Path) -> dict:
+    """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region."""
+    from .evaluate import read_region_history
+
+    plots = {"regime metrics per strategy": report.plot_regime_metrics(results, Path(out) / "plots" / "regime_metrics.png")}
+    if "aria" in evals:
+        seed = results["seeds"][0]
+        ev = evals["aria"][seed]
+        regime = np.array([-1 if r is None else r for r in ev["regions"]["regime"]])
+        sizes = np.asarray(ev["regions"]["size"], dtype=float)
+        measured = np.array([np.nan if v is None else v for v in ev["regions"]["normalised"]], dtype=float)
+        hist = read_region_history(run_paths(out, "aria", seed)["run"])
+        if hist["probabilities"] is not None:
+            plots["aria allocation over time"] = report.plot_allocation(
+                hist["steps"], hist["probabilities"], regime, sizes / sizes.sum(), Path(out) / "plots" / "allocation.png")
+        if hist["estimates"] is not None:
+            plots["aria tracked vs measured discrepancy"] = report.plot_tracking(
+                hist["estimates"][-1], measured, regime, Path(out) / "plots" / "tracking.png")
+    return {name: str(Path(p).relative_to(out)) for name, p in plots.items()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write (NaN becomes null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+@click.command("compare")
+@click.option("--strategies", default="none,rc,uniform,exp3,ducb,swucb,dts,aria", show_default=True,
+              help="Comma-separated strategy names.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1 (config.seed).")
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
+@click.option("--parallel", type=click.IntRange(1), default=None,
+              help="Concurrent runs (default: 1 on CPU, up to 4 on one GPU).")
+def compare_command(strategies, seeds, config_path, overrides, out, parallel):
+    """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    cmd = ["aria", "compare", "--strategies", ",".join(names), "--seeds", str(seeds), "--config", str(config_path),
+           "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    if parallel:
+        cmd += ["--parallel", str(parallel)]
+    results = compare(config_path, names, list(range(seeds)), out, parallel, overrides, shlex.join(cmd))
+    click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
+    click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
+
+
+def read_results(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--results {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"--results {path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != "aria-compare/1":
+        raise UserError(f"--results {path}: not an aria compare results.json")
+    return data
+
+
+def results_doc(results_path: Path, out: Path, check: bool = False) -> str:
+    """Write (or, with ``check``, verify) the results document generated from ``results_path``."""
+    results = read_results(results_path)
+    existing = Path(out).read_text() if Path(out).is_file() else None
+    text = report.results_document(results, results_path, out, existing)
+    if check:
+        if existing is None:
+            raise report.DocCheckError(f"--out {out} does not exist (nothing to check)")
+        report.check_document(text, existing, out)
+        return text
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    return text
+
+
+@click.command("results")
+@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
+@click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
+def results_command(results_path, out, check):
+    """Generate docs/RESULTS.md from a results JSON (keeping the reading section)."""
+    try:
+        results_doc(results_path, out, check)
+    except report.DocCheckError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"{out}: {'matches' if check else 'written from'} {results_path}")

@@ -1,0 +1,317 @@
+"""``prepare_data(config) -> DataBundle``: prompt pool, encoder, regions, paired set, regimes.
+
+``data.source == "shapes"``: the world pool (``aria.world.prompts``), the regime split and the
+paired set rendered by ``aria.world``. ``"files"``: a prompt file plus ``paired_dir`` holding
+``captions.txt`` (line i <-> ``{i:06d}.png``); the captions join the pool.
+
+Everything heavy is cached under ``data.cache_dir`` (pool, pooled embeddings, regions, paired
+set), keyed by content hashes. Several ranks: every artefact is written to a unique temp path
+and renamed into place, so ranks never see a partial file whether or not they share the
+filesystem (identical content: whichever rename lands last wins). When ``torch.distributed`` is
+initialised, rank 0 builds first while the others wait at a barrier, then load (shared
+filesystem) or build their own copy (node-local caches). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import UserError
+
+
+@dataclass
+class DataBundle:
+    pool: Any  # PromptPool
+    region_of_prompt: np.ndarray  # int32 (N,)
+    region_offsets: np.ndarray  # int64 (K+1,)
+    region_members: np.ndarray  # int64 (N,)
+    region_info: Any  # RegionInfo
+    paired_images: np.ndarray  # float32 (M, C, H, W) in [-1, 1]
+    paired_prompt_ids: np.ndarray  # int64 (M,)
+    regime_of_prompt: Optional[np.ndarray]  # int8 (N,) or None
+    encoder: Any  # TextEncoder
+    regions: Any = None  # aria.regions.Regions (centroids, names)
+    regimes: Optional[np.ndarray] = None  # int8 per combination (world)
+    paired_combos: Optional[np.ndarray] = None  # int64 (M,) (world)
+    stats: dict = field(default_factory=dict)
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def _dist():
+    """(rank, world size, barrier) from torch.distributed when initialised, else (0, 1, no-op)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size(), dist.barrier
+    except ImportError:
+        pass
+    return 0, 1, lambda: None
+
+
+def _atomic_save_npz(path: Path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# -- pools ---------------------------------------------------------------------------------------
+
+def world_pool(config):
+    """The world's prompt pool for ``config.data.world``, cached under ``data.cache_dir``."""
+    from .world.prompts import build_world_pool
+
+    w = config.data.world
+    folder = Path(config.data.cache_dir) / "pools" / f"world-{_key(w.num_prompts, w.skew, w.seed)}"
+    return build_world_pool(folder, w.num_prompts, w.skew, w.seed)
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not Path(path).is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not valid UTF-8 (byte {err.start})") from err
+    if lines:
+        lines[0] = lines[0].lstrip("\ufeff")
+    return [line.strip() for line in lines]
+
+
+def files_pool(config, captions: list[str]):
+    """(pool, caption ids): ``data.prompts_file`` as a pool, plus the paired captions it lacks."""
+    from .corpus import PromptPool
+
+    cache = Path(config.data.cache_dir) / "pools"
+    prompts_file = Path(config.data.prompts_file)
+    if not prompts_file.is_file():
+        raise UserError(f"data.prompts_file {prompts_file} does not exist")
+    base = PromptPool.from_text_file(prompts_file, cache / f"prompts-{_key(prompts_file.resolve())}")
+    first: dict[str, int] = {}
+    wanted = set(captions)
+    for i, text in enumerate(base):
+        if text in wanted and text not in first:
+            first[text] = i
+    extra = list(dict.fromkeys(c for c in captions if c not in first))
+    pool = base
+    if extra:
+        params = {"base": base.content_hash, "captions": _key(*extra)}
+        folder = cache / f"files-{_key(base.content_hash, params['captions'])}"
+        try:
+            pool = PromptPool.open(folder)
+            if pool.params != params:
+                raise UserError("stale")
+        except UserError:
+            pool = PromptPool.write(folder, _chain(base, extra), params=params)
+        first.update({c: len(base) + j for j, c in enumerate(extra)})
+    return pool, np.array([first[c] for c in captions], np.int64)
+
+
+def _chain(base, extra):
+    for chunk in base.iter_chunks(8192):
+        yield from chunk
+    yield from extra
+
+
+# -- paired sets ---------------------------------------------------------------------------------
+
+def world_paired(config, pool, regimes: np.ndarray):
+    """(uint8 images (M, 32, 32, 3), prompt ids (M,), combos (M,)) for the world, cached."""
+    from .world import regimes as R
+    from .world import shapes
+    from .world.teacher import ComboPrompts
+
+    w = config.data.world
+    path = Path(config.data.cache_dir) / "paired" / f"world-{_key(pool.content_hash, w.model_dump_json())}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["images"], z["prompt_ids"], z["combos"], True
+    combos = np.asarray(R.paired_combos(w, regimes), np.int64)
+    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
+    missing = np.setdiff1d(np.unique(combos), prompts.covered)
+    if len(missing):  # a paired combination the pool never mentions: its images have no caption
+        combos = combos[~np.isin(combos, missing)]
+    ids = prompts.draw(combos, np.random.default_rng([w.seed, 0xDA7A]))
+    images = shapes.render(combos, seed=w.seed * 7919 + 0xDA7A)
+    _atomic_save_npz(path, images=images, prompt_ids=ids.astype(np.int64), combos=combos)
+    return images, ids.astype(np.int64), combos, False
+
+
+def teacher_image_size(teacher_config) -> int:
+    """Pixel side of the teacher's samples (latent teachers: UNet sample_size x VAE factor)."""
+    if teacher_config.path is None:
+        return 32
+    root = Path(teacher_config.path)
+    unet_dir = root / teacher_config.subfolder if teacher_config.subfolder else root
+    cfg = unet_dir / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"teacher {unet_dir} has no config.json")
+    size = json.loads(cfg.read_text())["sample_size"]
+    size = int(size if isinstance(size, int) else size[0])
+    vae = root / "vae" / "config.json"
+    if teacher_config.subfolder and vae.is_file():
+        size *= 2 ** (len(json.loads(vae.read_text()).get("block_out_channels", [0] * 4)) - 1)
+    return size
+
+
+def read_paired_dir(paired_dir: Path, size: int) -> tuple[list[str], np.ndarray]:
+    """Captions and uint8 images (M, size, size, 3) of a ``paired_dir``."""
+    from PIL import Image
+
+    paired_dir = Path(paired_dir)
+    if not paired_dir.is_dir():
+        raise UserError(f"data.paired_dir {paired_dir} does not exist")
+    captions = _read_lines(paired_dir / "captions.txt", "paired captions file")
+    if not captions or not all(captions):
+        raise UserError(f"{paired_dir / 'captions.txt'}: empty or blank caption lines")
+    images = np.empty((len(captions), size, size, 3), np.uint8)
+    for i in range(len(captions)):
+        file = paired_dir / f"{i:06d}.png"
+        if not file.is_file():
+            raise UserError(f"{file} is missing (captions.txt has {len(captions)} lines)")
+        try:
+            with Image.open(file) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BICUBIC)
+                images[i] = np.asarray(im)
+        except OSError as err:
+            raise UserError(f"{file} is not a readable image ({err})") from err
+    return captions, images
+
+
+def files_paired(config, size: int):
+    """(captions, uint8 images) of ``data.paired_dir`` resized to ``size``, cached by content."""
+    paired_dir = Path(config.data.paired_dir)
+    if not paired_dir.is_dir():
+        raise UserError(f"data.paired_dir {paired_dir} does not exist")
+    captions_file = paired_dir / "captions.txt"
+    if not captions_file.is_file():
+        raise UserError(f"data.paired_dir {paired_dir} has no captions.txt")
+    files = sorted(paired_dir.glob("*.png"))
+    sig = _key(hashlib.sha256(captions_file.read_bytes()).hexdigest(),
+               [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files], size)
+    path = Path(config.data.cache_dir) / "paired" / f"files-{sig}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return [str(c) for c in z["captions"]], z["images"], True
+    captions, images = read_paired_dir(paired_dir, size)
+    _atomic_save_npz(path, captions=np.array(captions), images=images)
+    return captions, images, False
+
+
+def _to_tensor_range(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images, np.float32).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x / 127.5 - 1.0)
+
+
+# -- regions -------------------------------------------------------------------------------------
+
+def build_regions(config, pool, encoder, device: str, stats: dict):
+    """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached."""
+    from .encoders import cached_pooled_embeddings
+    from .regions import Regions, kmeans_regions, regions_cache_dir
+
+    rc = config.regions
+    if rc.method == "metadata":
+        return _metadata_regions(config, pool), True
+    if rc.k > len(pool):
+        raise UserError(f"regions.k={rc.k} exceeds the number of prompts ({len(pool)})")
+    folder = regions_cache_dir(config.data.cache_dir, pool.content_hash, encoder.identity, "kmeans",
+                               rc.k, rc.seed, rc.iterations)
+    t = time.time()
+    emb = cached_pooled_embeddings(pool, encoder, config.data.cache_dir)
+    stats["embed_s"] = time.time() - t
+    if (folder / "regions.json").is_file():
+        return Regions.load(folder), True
+    regions = kmeans_regions(emb, rc.k, rc.iterations, rc.seed, device=device)
+    regions.save(folder)
+    return regions, False
+
+
+def _metadata_regions(config, pool):
+    from .regions import metadata_regions
+
+    keys = list(config.regions.metadata_keys)
+    if config.data.source != "shapes":
+        raise UserError("regions.method metadata needs data.source shapes (combination metadata)")
+    from .world import shapes
+
+    attrs = dict(zip(shapes.ATTRIBUTES, shapes.combo_attributes(np.asarray(pool.meta("combo")))))
+    bad = [k for k in keys if k not in attrs]
+    if bad:
+        raise UserError(f"regions.metadata_keys: unknown attribute {bad[0]!r} (choose from {', '.join(attrs)})")
+    return metadata_regions({k: attrs[k] for k in keys}, {k: len(shapes.ATTRIBUTE_VALUES[k]) for k in keys},
+                            {k: shapes.ATTRIBUTE_VALUES[k] for k in keys})
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+def prepare_data(config, device: str | None = "cpu") -> DataBundle:
+    """Build (or load from ``data.cache_dir``) everything the engine needs; see the module doc."""
+    rank, world, barrier = _dist()
+    if world > 1 and rank != 0:
+        barrier()  # rank 0 builds first; we then load its files (shared FS) or build ours
+    try:
+        bundle = _prepare(config, device)
+    finally:
+        if world > 1 and rank == 0:
+            barrier()
+    return bundle
+
+
+def _prepare(config, device):
+    from .encoders import build_encoder, resolve_device
+
+    device = resolve_device(device if device is not None else config.encoder.device)
+    t0 = time.time()
+    stats: dict = {"source": config.data.source, "cache_dir": str(config.data.cache_dir)}
+    encoder = build_encoder(config.encoder, device)
+    stats["encoder"] = encoder.identity
+    regimes = combos = regime_of_prompt = None
+    if config.data.source == "shapes":
+        from .world import regimes as R
+
+        pool = world_pool(config)
+        regimes = np.asarray(R.split_regimes(config.data.world), np.int8)
+        t = time.time()
+        images, ids, combos, stats["paired_cached"] = world_paired(config, pool, regimes)
+        stats["paired_s"] = time.time() - t
+        regime_of_prompt = regimes[np.asarray(pool.meta("combo"))].astype(np.int8)
+    else:
+        t = time.time()
+        captions, images, stats["paired_cached"] = files_paired(config, teacher_image_size(config.teacher))
+        pool, ids = files_pool(config, captions)
+        stats["paired_s"] = time.time() - t
+    t = time.time()
+    regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats)
+    stats["regions_s"] = time.time() - t
+    if len(regions.labels) != len(pool):
+        raise UserError(f"cached regions in {config.data.cache_dir} do not match the pool; delete the cache")
+    stats.update(pool_size=len(pool), num_regions=regions.num_regions, regions_method=regions.method,
+                 empty_regions=int((regions.sizes == 0).sum()), paired_size=int(len(ids)),
+                 total_s=time.time() - t0)
+    if regime_of_prompt is not None:
+        stats["regime_prompts"] = np.bincount(regime_of_prompt, minlength=3).tolist()
+        stats["regime_paired"] = np.bincount(regime_of_prompt[ids], minlength=3).tolist()
+    return DataBundle(pool=pool, region_of_prompt=regions.labels, region_offsets=regions.offsets,
+                      region_members=regions.members, region_info=regions.info,
+                      paired_images=_to_tensor_range(images), paired_prompt_ids=np.asarray(ids, np.int64),
+                      regime_of_prompt=regime_of_prompt, encoder=encoder, regions=regions, regimes=regimes,
+                      paired_combos=combos, stats=stats)

@@ -1,0 +1,322 @@
+"""The one distillation step, shared by every backend.
+
+A step is split in a host-side *plan* (numpy, identical on every rank: which paired images, which
+timesteps, which samples are switched, which regions and prompts they get) and a device-side
+*forward* on this rank's slice of the plan:
+
+    plan  = plan_step(...)                       # global batch, from rngs [seed, step, stream]
+    out   = distiller.forward(plan)              # teacher (inference mode) + student, loss terms
+    red   = distiller.reduce(out, step)          # ONE all-reduce + ONE host read of a small tensor
+    loss  = distiller.loss(out, red)             # only when red.finite: weights x terms
+    feedback = red.feedback                      # per (region, timestep bin) sums and counts
+
+Loss = w_task MSE(eps_S, noise) on paired samples + w_out MSE(eps_S, eps_T) + w_feat sum_b
+MSE(F_S, F_T) / scale_b, where scale_b is a running (EMA) mean square of the teacher's block b
+features when ``feature_balance`` is on. Terms are per-sample means, weighted so that the sum over
+ranks equals the mean over the *global* batch (the weights are known on the host from the plan),
+then scaled by WORLD_SIZE so that the gradient averaging of DDP / DeepSpeed yields exactly it.
+
+Feedback: D_i = mean over pixels of (eps_S - eps_T)^2 (detached), reduced per (region, timestep
+bin) on the device with ``scatter_add``. By default *every* sample whose condition is not the
+empty (CFG-dropped) prompt contributes, paired ones with their caption's region: paired samples
+are genuine observations of the student-teacher gap inside their region (at other timesteps and
+with matched images), and the per-bin feedback lets strategies compare regions at equal t.
+``feedback_from: switched`` restricts the feedback to switched samples.
+
+Why no one-step-late feedback: skipping a non-finite step must happen *before* backward (with
+ZeRO the gradients are reduced into partitions during backward and cannot be discarded
+cleanly), so the step reads its reduced statistics on the host once, right after the forward.
+The feedback rides in the same read; the next step's host work (plan, prompt encoding) then
+overlaps the backward on the device, so applying the feedback at once costs no extra sync.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aria.models import FeatureCapture
+from aria.strategies.base import Feedback, draw_members
+
+STREAM_DATA, STREAM_TIMESTEP, STREAM_PROMPT, STREAM_SWITCH, STREAM_CFG, STREAM_NOISE, STREAM_LATENT = range(7)
+
+
+def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, stream])
+
+
+def switch_probability(t, num_timesteps: int, schedule: str, lam: float, constant: float) -> np.ndarray:
+    """p(t) of switching a sample's condition (Random Conditioning schedules)."""
+    x = np.asarray(t, dtype=np.float64) / num_timesteps
+    if schedule == "exp":
+        return np.exp(-lam * (1.0 - x))
+    if schedule == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-20.0 * (x - 0.7)))
+    if schedule == "constant":
+        return np.full_like(x, constant)
+    raise ValueError(f"unknown switch schedule {schedule!r}")
+
+
+@dataclass
+class StepPlan:
+    """The global batch of one step (identical on every rank); ``part`` slices one rank's share."""
+
+    step: int
+    image_index: np.ndarray  # (B,) index into the paired set
+    prompt_ids: np.ndarray  # (B,) pool prompt of each condition (caption or switched prompt)
+    timesteps: np.ndarray  # (B,)
+    switched: np.ndarray  # (B,) bool
+    dropped: np.ndarray  # (B,) bool: condition replaced by the empty prompt (CFG dropout)
+    regions: np.ndarray  # (B,) region of the condition; -1: no feedback from this sample
+    kd_weight: np.ndarray  # (B,) importance weights of the KD terms (1 for paired samples)
+    probabilities: np.ndarray | None  # the allocation's distribution (None: nothing switched)
+
+    @property
+    def size(self) -> int:
+        return int(self.image_index.size)
+
+    def part(self, rank: int, world_size: int) -> slice:
+        n = self.size // world_size
+        return slice(rank * n, (rank + 1) * n)
+
+
+def plan_step(step, *, seed, batch_size, num_timesteps, config, bundle, strategy, state) -> StepPlan:
+    """Decide the global batch of ``step`` from (seed, step) and the strategy state alone."""
+    m = len(bundle.paired_prompt_ids)
+    index = step_rng(seed, step, STREAM_DATA).choice(m, size=batch_size, replace=m < batch_size)
+    prompts = np.asarray(bundle.paired_prompt_ids, dtype=np.int64)[index]
+    t = step_rng(seed, step, STREAM_TIMESTEP).integers(0, num_timesteps, size=batch_size)
+    switched = np.zeros(batch_size, dtype=bool)
+    weights = np.ones(batch_size, dtype=np.float64)
+    probabilities = None
+    if strategy.switches:
+        p = switch_probability(t, num_timesteps, config.switch_schedule, config.switch_lambda, config.switch_constant)
+        switched = step_rng(seed, step, STREAM_SWITCH).random(batch_size) < p
+        n = int(switched.sum())
+        if n:
+            alloc = strategy.allocate(state, step, n)
+            prompts[switched] = draw_members(bundle.region_offsets, bundle.region_members, alloc.regions, seed, step)
+            probabilities = np.asarray(alloc.probabilities, dtype=np.float64)
+            if config.importance_weights and alloc.weights is not None:
+                weights[switched] = np.asarray(alloc.weights, dtype=np.float64)
+    dropped = step_rng(seed, step, STREAM_CFG).random(batch_size) < config.cfg_dropout
+    regions = np.asarray(bundle.region_of_prompt, dtype=np.int64)[prompts]
+    excluded = dropped | (~switched if config.feedback_from == "switched" else False)
+    regions = np.where(excluded, -1, regions)
+    return StepPlan(step, index, prompts, t, switched, dropped, regions, weights, probabilities)
+
+
+class ContextCache:
+    """Cross-attention contexts of pool prompts: paired captions precomputed once (fixed chunks, so
+    a resumed run sees bit-identical contexts), other prompts encoded per step; ``""`` for CFG."""
+
+    def __init__(self, encoder, pool, paired_prompt_ids, device, budget_mb: float):
+        self.encoder, self.pool, self.device = encoder, pool, device
+        self.uncond = self._encode([""])[0]
+        ids = np.unique(np.asarray(paired_prompt_ids, dtype=np.int64))
+        per_prompt = self.uncond.numel() * 4
+        self.ids = ids if ids.size * per_prompt <= budget_mb * 2**20 else np.zeros(0, np.int64)
+        chunk = max(1, int(getattr(encoder, "batch_size", 256)))
+        parts = [self._encode(self.pool_texts(self.ids[i:i + chunk])) for i in range(0, self.ids.size, chunk)]
+        self.table = torch.cat(parts) if parts else None
+
+    def pool_texts(self, ids) -> list[str]:
+        return list(self.pool.texts(np.asarray(ids, dtype=np.int64)))
+
+    def _encode(self, texts) -> torch.Tensor:
+        enc = self.encoder
+        out = enc.token_states(texts) if hasattr(enc, "token_states") else torch.as_tensor(enc.encode_tokens(texts))
+        return out.to(self.device, torch.float32)
+
+    def __call__(self, prompt_ids: np.ndarray, dropped: np.ndarray) -> torch.Tensor:
+        n = len(prompt_ids)
+        out = self.uncond.expand(n, *self.uncond.shape).clone()
+        rows = np.searchsorted(self.ids, prompt_ids)
+        cached = (rows < self.ids.size) & (self.ids[np.minimum(rows, max(self.ids.size - 1, 0))] == prompt_ids) \
+            if self.ids.size else np.zeros(n, dtype=bool)
+        use = cached & ~dropped
+        if use.any():
+            out[torch.from_numpy(np.flatnonzero(use)).to(self.device)] = self.table[
+                torch.from_numpy(rows[use]).to(self.device)]
+        fresh = ~cached & ~dropped
+        if fresh.any():
+            out[torch.from_numpy(np.flatnonzero(fresh)).to(self.device)] = self._encode(
+                self.pool_texts(prompt_ids[fresh]))
+        return out
+
+
+@dataclass
+class Forward:
+    terms: dict[str, torch.Tensor]  # "task", "out", "feat/<i>": per-rank weighted sums (graph)
+    stats: torch.Tensor  # flat: terms (detached), teacher feature mean squares, feedback sums, counts
+
+
+@dataclass
+class Reduced:
+    finite: bool
+    terms: dict[str, float]  # global values of the loss terms
+    teacher_ms: np.ndarray  # per feature block, global mean square of the teacher's features
+    feedback: Feedback
+
+
+class Distiller:
+    """The step: owns the teacher, the student (as wrapped by the backend), the feature pairs and
+    the feature-balance scales. ``state_dict`` / ``load_state_dict`` carry the scales."""
+
+    def __init__(self, *, teacher, student, backend, bundle, scheduler, pairs, config, seed, vae=None):
+        self.teacher, self.student, self.backend = teacher, student, backend
+        self.bundle, self.scheduler, self.config, self.seed, self.vae = bundle, scheduler, config, int(seed), vae
+        self.pairs = list(pairs)
+        self.device = backend.device
+        self.num_timesteps = int(scheduler.config.num_train_timesteps)
+        self.num_regions = int(bundle.region_info.num_regions)
+        self.bins = int(config.timestep_bins)
+        self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0) or 1.0)
+        self.contexts = ContextCache(bundle.encoder, bundle.pool, bundle.paired_prompt_ids, self.device,
+                                     config.context_cache_mb)
+        self.feature_scale: np.ndarray | None = None
+        self.term_names = ["task", "out"] + [f"feat/{i}" for i in range(len(self.pairs))]
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(self, step: int, strategy, state) -> StepPlan:
+        return plan_step(step, seed=self.seed, batch_size=self.config.batch_size, num_timesteps=self.num_timesteps,
+                         config=self.config, bundle=self.bundle, strategy=strategy, state=state)
+
+    def _noise(self, step: int, shape, part: slice) -> torch.Tensor:
+        """Noise of the *global* batch from a (seed, step) generator, sliced: independent of the rank count."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(step_rng(self.seed, step, STREAM_NOISE).integers(2**62)))
+        return torch.randn(shape, generator=gen, device=self.device)[part]
+
+    def _x0(self, plan: StepPlan, part: slice) -> torch.Tensor:
+        images = np.asarray(self.bundle.paired_images[plan.image_index[part]], dtype=np.float32)
+        x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        if self.vae is None:
+            return x0
+        gen = torch.Generator(device=self.device)  # posterior draws of latent teachers (per rank)
+        gen.manual_seed(int(step_rng(self.seed, plan.step, STREAM_LATENT).integers(2**62)) + part.start)
+        with torch.inference_mode(), self.backend.autocast():
+            latents = self.vae.encode(x0.to(self.vae.dtype)).latent_dist.sample(generator=gen)
+        return latents.float() * self.scaling
+
+    # -- the forward ------------------------------------------------------------------------
+    def forward(self, plan: StepPlan) -> Forward:
+        b = self.backend
+        part = plan.part(b.rank, b.world_size)
+        dev = self.device
+        x0 = self._x0(plan, part)
+        noise = self._noise(plan.step, (plan.size, *x0.shape[1:]), part)
+        t = torch.from_numpy(plan.timesteps[part]).to(dev)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        context = self.contexts(plan.prompt_ids[part], plan.dropped[part])
+
+        paired = ~plan.switched
+        n_paired = int(paired.sum())
+        task_w = paired[part] / n_paired if n_paired else np.zeros(part.stop - part.start)
+        kd_w = plan.kd_weight[part] / plan.kd_weight.sum()
+        task_w = torch.from_numpy(task_w).to(dev, torch.float32)
+        kd_w = torch.from_numpy(kd_w).to(dev, torch.float32)
+
+        t_names = [p.teacher_name for p in self.pairs]
+        s_names = [p.student_name for p in self.pairs]
+        with FeatureCapture(self.teacher, t_names) as cap_t, FeatureCapture(self.student, s_names) as cap_s:
+            with torch.inference_mode(), b.autocast():
+                eps_t = self.teacher(x_t.to(self.teacher.dtype), t, encoder_hidden_states=context.to(self.teacher.dtype)).sample
+                feats_t = [cap_t.outputs[n].float() for n in t_names]
+            with b.autocast():
+                eps_s = self.student(x_t, t, encoder_hidden_states=context).sample
+            feats_s = [cap_s.outputs[n].float() for n in s_names]
+
+        eps_s, eps_t = eps_s.float(), eps_t.float()
+        per_sample = lambda d: d.pow(2).flatten(1).mean(1)  # noqa: E731
+        task = per_sample(eps_s - noise)
+        out = per_sample(eps_s - eps_t)  # eps_t is an inference tensor: subtract first, never save it
+        terms = {"task": (task * task_w).sum(), "out": (out * kd_w).sum()}
+        teacher_ms = []
+        for i, (fs, ft) in enumerate(zip(feats_s, feats_t)):
+            terms[f"feat/{i}"] = (per_sample(fs - ft) * kd_w).sum()
+            teacher_ms.append(ft.pow(2).mean() / b.world_size)
+        stats = torch.cat([torch.stack([v.detach() for v in terms.values()]),
+                           torch.stack(teacher_ms) if teacher_ms else torch.zeros(0, device=dev),
+                           *self._feedback(out.detach(), plan, part)])
+        return Forward(terms, stats)
+
+    def _feedback(self, discrepancy: torch.Tensor, plan: StepPlan, part: slice):
+        """Per (region, timestep bin) sums and counts of D_i, on the device (no host sync)."""
+        regions = plan.regions[part]
+        bins = np.minimum(plan.timesteps[part] * self.bins // self.num_timesteps, self.bins - 1)
+        valid = regions >= 0
+        flat = torch.from_numpy(np.where(valid, regions, 0) * self.bins + bins).to(self.device)
+        mask = torch.from_numpy(valid).to(self.device, torch.float32)
+        size = self.num_regions * self.bins
+        sums = torch.zeros(size, device=self.device).scatter_add_(0, flat, discrepancy * mask)
+        counts = torch.zeros(size, device=self.device).scatter_add_(0, flat, mask)
+        return sums, counts
+
+    def reduce(self, out: Forward, step: int) -> Reduced:
+        """All-reduce the step statistics and read them on the host (the step's one sync)."""
+        stats = self.backend.all_reduce(out.stats).double().cpu().numpy()
+        k = len(self.term_names)
+        nb = len(self.pairs)
+        terms = dict(zip(self.term_names, stats[:k].tolist()))
+        teacher_ms = stats[k:k + nb]
+        size = self.num_regions * self.bins
+        sums = stats[k + nb:k + nb + size].reshape(self.num_regions, self.bins)
+        counts = stats[k + nb + size:].reshape(self.num_regions, self.bins)
+        finite = all(math.isfinite(v) for v in terms.values())
+        return Reduced(finite, terms, teacher_ms, Feedback(sums, np.rint(counts), step))
+
+    # -- the loss ---------------------------------------------------------------------------
+    def scales(self, red: Reduced) -> np.ndarray:
+        """Feature-balance divisors for this step: EMA of the teacher's mean squares, this step included."""
+        nb = len(self.pairs)
+        if not self.config.feature_balance or nb == 0:
+            return np.ones(nb)
+        ms = np.maximum(red.teacher_ms, 1e-12)
+        if self.feature_scale is None:
+            return ms
+        d = self.config.feature_balance_decay
+        return d * self.feature_scale + (1 - d) * ms
+
+    def loss(self, out: Forward, red: Reduced) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to backpropagate (scaled by WORLD_SIZE for gradient averaging) and the logged terms.
+        Commits the feature-balance scales, so call it only for a finite step."""
+        c = self.config
+        scales = self.scales(red)
+        self.feature_scale = scales
+        feat = sum((out.terms[f"feat/{i}"] / float(s) for i, s in enumerate(scales)), torch.zeros((), device=self.device))
+        total = c.w_task * out.terms["task"] + c.w_out * out.terms["out"] + c.w_feat * feat
+        logged = {"task": red.terms["task"], "out": red.terms["out"],
+                  "feat": float(sum(red.terms[f"feat/{i}"] / s for i, s in enumerate(scales)))}
+        logged["loss"] = c.w_task * logged["task"] + c.w_out * logged["out"] + c.w_feat * logged["feat"]
+        return total * self.backend.world_size, logged
+
+    def state_dict(self) -> dict:
+        return {"feature_scale": None if self.feature_scale is None else [float(x) for x in self.feature_scale]}
+
+    def load_state_dict(self, state: dict) -> None:
+        scale = state.get("feature_scale")
+        self.feature_scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+
+
+class WeightEMA:
+    """Exponential moving average of the student's floating-point weights (kept in checkpoints)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        current = module.state_dict()
+        keys = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [current[k].float() for k in keys], 1.0 - self.decay)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        state = module.state_dict()
+        with torch.no_grad():
+            for k, v in self.shadow.items():
+                state[k].copy_(v.to(state[k].dtype))

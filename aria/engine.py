@@ -1,0 +1,275 @@
+"""The distillation loop: ``run_distillation(config, resume, check_consistency)``.
+
+A recipe in three parts (``setup``, ``train``, ``finish``); the step itself is ``aria.distill``
+and never branches on the backend. Everything random is a function of (seed, step): the paired
+batch (rng [seed, step, 0], each rank its slice), timesteps, switches, CFG dropout, prompts and
+noise, and the strategy draws ([seed, step]). A resumed run therefore needs no RNG state, and may
+use another number of ranks with the same global batch. Every rank holds the same strategy state
+(it is updated from all-reduced feedback); its hash is compared at every checkpoint, and at every
+step with ``check_consistency``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import RunConfig, config_to_dict
+from .errors import UserError
+from .metrics import RegionWindow, RunLogger, format_table, probe_discrepancy_by_regime, read_jsonl, regime_table, \
+    run_summary
+
+
+class TrainingStopped(UserError):
+    """Too many consecutive non-finite losses: the run stops, its last good state checkpointed."""
+
+
+def _hash63(state) -> int:
+    from aria.strategies import state_hash
+
+    return int(state_hash(state)[:15], 16)
+
+
+class DistillationRun:
+    """Setup, train and finish one distillation run. ``bundle`` / ``teacher`` may be passed in
+    (tests, comparisons) instead of being prepared from the config."""
+
+    def __init__(self, config: RunConfig, resume: bool = False, check_consistency: bool = False,
+                 bundle=None, teacher=None):
+        self.config, self.resume, self.check_consistency = config, resume, check_consistency
+        self.bundle, self.teacher = bundle, teacher
+        self.output_dir = Path(config.output_dir)
+        self.ckpt_root = ckpt.checkpoint_dir(self.output_dir)
+        self.start_step = 0
+        self.nonfinite = {"consecutive": 0, "total": 0}
+        self.last_saved = -1
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self) -> "DistillationRun":
+        from aria.models import build_student, feature_pairs, load_teacher
+        from aria.strategies import create_strategy
+
+        from .backends import create_backend
+        from .distill import Distiller, WeightEMA
+        from diffusers import DDPMScheduler
+
+        c = self.config
+        self.t0 = time.perf_counter()
+        self.backend = b = create_backend(c.backend, c.distillation)
+        self.main = b.is_main
+        if not self.resume and ckpt.list_checkpoints(self.ckpt_root):
+            raise UserError(f"output_dir {self.output_dir} already holds checkpoints: pass --resume, "
+                            f"or choose another output_dir")
+        self.strategy = create_strategy(c.strategy.name, c.strategy.params_for())
+        if self.bundle is None:
+            from .data import prepare_data
+
+            for turn in (0, 1):  # rank 0 fills the caches first, the others then read them
+                if (turn == 0) == self.main:
+                    self.bundle = prepare_data(c)
+                b.barrier()
+        if self.teacher is None:
+            dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
+            self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
+        self.teacher.unet.to(b.device).eval().requires_grad_(False)
+        torch.manual_seed(c.seed)  # the student's layers that are not copied from the teacher
+        student, report = build_student(self.teacher.unet, c.student)
+        self.pairs = feature_pairs(self.teacher.unet, student)
+        self.scheduler = DDPMScheduler.from_config(self.teacher.scheduler_config)
+        if c.backend.compile:
+            self.teacher.unet.compile()
+            student.compile()
+        self.model = b.setup(student.train())
+        self.student = b.unwrap()
+        self.ema = WeightEMA(self.student, c.distillation.ema_decay) if c.distillation.ema_decay else None
+        self.distiller = Distiller(teacher=self.teacher.unet, student=self.model, backend=b, bundle=self.bundle,
+                                   scheduler=self.scheduler, pairs=self.pairs, config=c.distillation, seed=c.seed,
+                                   vae=self.teacher.vae)
+        self.state = self.strategy.init(self.bundle.region_info, c.seed)
+        self.window = RegionWindow(self.bundle.region_info.num_regions)
+        if self.resume:
+            self._restore()
+        self.logger = RunLogger(self.output_dir, c.logging, c.distillation.steps, self.start_step,
+                                c.distillation.batch_size, enabled=self.main)
+        if self.main and report is not None:
+            self.logger.write(f"student {c.student.variant}: {report.summary()}; {len(self.pairs)} feature pairs")
+        return self
+
+    def _restore(self) -> None:
+        b = self.backend
+        found = torch.zeros(1, dtype=torch.int64, device=b.device)
+        if self.main:
+            folder = ckpt.latest_good(self.ckpt_root, report=lambda m: print(m, flush=True))
+            found[0] = -1 if folder is None else int(folder.name[len(ckpt.PREFIX):]) + 1
+        step = int(b.all_reduce(found)[0]) - 1  # rank 0 chooses, every rank follows
+        if step < 0:
+            if self.main:
+                print(f"no checkpoint in {self.ckpt_root}; starting from step 0", flush=True)
+            return
+        folder = self.ckpt_root / f"{ckpt.PREFIX}{step:08d}"
+        state, saved_config = ckpt.read_state(folder)
+        ckpt.check_resume_config(saved_config, config_to_dict(self.config), state["strategy"]["config"],
+                                 self.strategy.config.model_dump(mode="json"))
+        if (self.config.backend.kind == "deepspeed" and self.config.backend.zero_stage > 0
+                and state["world_size"] != b.world_size):
+            raise UserError(f"cannot resume: the checkpoint has ZeRO shards of {state['world_size']} ranks, "
+                            f"this run has {b.world_size}")
+        from aria.strategies import state_from_json
+
+        self.student.load_state_dict(ckpt.load_weights(folder, "student"))
+        b.load(folder)
+        if self.ema is not None and (folder / "ema.safetensors").is_file():
+            self.ema.shadow = {k: v.to(b.device) for k, v in ckpt.load_weights(folder, "ema").items()}
+        self.state = state_from_json(state["strategy"]["state"])
+        self.distiller.load_state_dict(state["distiller"])
+        self.nonfinite = dict(state["nonfinite"])
+        self.window.sums[:], self.window.counts[:] = state["window"]["sums"], state["window"]["counts"]
+        self.start_step = self.last_saved = int(state["step"])
+        if self.main:
+            print(f"resuming from {folder} (step {self.start_step})", flush=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loss_step(self, step: int):
+        """Plan, forward and reduce one step: (plan, forward, reduced statistics)."""
+        plan = self.distiller.plan(step, self.strategy, self.state)
+        out = self.distiller.forward(plan)
+        return plan, out, self.distiller.reduce(out, step)
+
+    def train(self) -> None:
+        c, b = self.config, self.backend
+        every = c.logging.every
+        for step in range(self.start_step, c.distillation.steps):
+            plan, out, red = self._loss_step(step)
+            record = {"step": step + 1, "switched_fraction": float(plan.switched.mean()), "lr": b.lr(),
+                      "nonfinite": not red.finite}
+            if red.finite:
+                loss, logged = self.distiller.loss(out, red)
+                b.backward(loss)
+                norm = b.step()
+                b.zero_grad()
+                if self.ema is not None:
+                    self.ema.update(self.student)
+                self.state = self.strategy.update(self.state, red.feedback)
+                self.window.add(red.feedback)
+                self.nonfinite["consecutive"] = 0
+                record.update(logged, grad_norm=None if norm is None else float(norm))
+            else:
+                self.nonfinite["consecutive"] += 1
+                self.nonfinite["total"] += 1
+                record.update({k: None for k in ("loss", "task", "out", "feat", "grad_norm")})
+            del out
+            if (step + 1) % every == 0 or step + 1 == c.distillation.steps:
+                record["probabilities"] = plan.probabilities
+                record["estimates"] = self.state.get("estimate")
+                record["region_discrepancy"] = self.window.take()
+                record["feat_blocks"] = [red.terms[f"feat/{i}"] for i in range(len(self.pairs))]
+            self.logger.step(record)
+            if self.check_consistency:
+                self._check_consistency(step + 1)
+            if self.nonfinite["consecutive"] >= c.distillation.max_nonfinite_steps:
+                self._stop(step + 1)
+            if (step + 1) % c.logging.checkpoint_every == 0:
+                self.save(step + 1)
+
+    def _check_consistency(self, step: int) -> None:
+        if not self.backend.same_on_all_ranks(_hash63(self.state)):
+            raise RuntimeError(f"strategy state differs across ranks at step {step} (hash on rank "
+                               f"{self.backend.rank}: {_hash63(self.state):x})")
+
+    def _stop(self, step: int) -> None:
+        """Non-finite losses in a row: the weights did not change since the last good step, so they are
+        checkpointed as the last good state before stopping."""
+        self.save(step)
+        n = self.nonfinite["consecutive"]
+        self.logger.close()
+        raise TrainingStopped(f"stopped at step {step}: {n} consecutive non-finite losses "
+                              f"(distillation.max_nonfinite_steps); the last good state is in "
+                              f"{self.ckpt_root / f'{ckpt.PREFIX}{step:08d}'} (try a lower distillation.lr)")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, step: int) -> Path:
+        from aria.strategies import state_to_json
+
+        self._check_consistency(step)
+        training_state = {
+            "step": step, "world_size": self.backend.world_size, "backend": self.config.backend.kind,
+            "strategy": {"name": self.strategy.name, "config": self.strategy.config.model_dump(mode="json"),
+                         "state": state_to_json(self.state)},
+            "distiller": self.distiller.state_dict(), "nonfinite": self.nonfinite,
+            "window": {"sums": self.window.sums.tolist(), "counts": self.window.counts.tolist()},
+        }
+        folder = ckpt.save_checkpoint(self.ckpt_root, step, self.backend, student=self.student,
+                                      training_state=training_state, config=config_to_dict(self.config),
+                                      ema=None if self.ema is None else self.ema.shadow,
+                                      keep=self.config.logging.keep_checkpoints)
+        self.last_saved = step
+        return folder
+
+    # -- the end ----------------------------------------------------------------------------
+    def finish(self) -> dict:
+        from aria.models import export_student, parameter_count
+
+        c, b = self.config, self.backend
+        steps = c.distillation.steps
+        if self.last_saved != steps:
+            self.save(steps)
+        result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"]}
+        if self.main:
+            student = self.student
+            if self.ema is not None:
+                student = copy.deepcopy(self.student)
+                self.ema.copy_to(student)
+            card = {"teacher": str(self.teacher.path), "variant": c.student.variant,
+                    "teacher_parameters": parameter_count(self.teacher.unet), "strategy": c.strategy.name,
+                    "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None}
+            result["student"] = str(export_student(student, self.output_dir / "student", card))
+            result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
+                                                            self.scheduler.alphas_cumprod.numpy(),
+                                                            encode=self._encode_fn())
+            self.logger.event({"event": "end", "step": steps, "regimes": result["regimes"]})
+            self.logger.close()
+            wall = time.perf_counter() - self.t0
+            records = read_jsonl(self.logger.path)
+            run = [r for r in records if r.get("step", 0) > self.start_step and "loss" in r]
+            print(format_table(["quantity", "value"], run_summary(run, wall, self.nonfinite["total"]),
+                               title=f"\nRun summary ({c.strategy.name}, {b.kind}, {b.world_size} rank(s))"))
+            print(regime_table(result["regimes"]), flush=True)
+            print(f"student exported to {result['student']}", flush=True)
+        b.barrier()
+        return result
+
+    def _encode_fn(self):
+        vae = self.teacher.vae
+        if vae is None:
+            return None
+        scale = vae.config.scaling_factor
+
+        @torch.no_grad()
+        def encode(x: np.ndarray) -> np.ndarray:
+            dev = next(vae.parameters())
+            return np.concatenate([(vae.encode(torch.from_numpy(x[i:i + 16]).to(dev)).latent_dist.mean * scale)
+                                   .float().cpu().numpy() for i in range(0, len(x), 16)])
+        return encode
+
+    def close(self) -> None:
+        if getattr(self, "backend", None) is not None:
+            self.backend.close()
+
+
+def run_distillation(config: RunConfig, resume: bool = False, check_consistency: bool = False, *,
+                     bundle=None, teacher=None) -> dict:
+    """Distil ``config``'s teacher into its student; returns a summary dict (see ``finish``)."""
+    run = DistillationRun(config, resume, check_consistency, bundle=bundle, teacher=teacher)
+    try:
+        run.setup()
+        run.train()
+        return run.finish()
+    finally:
+        if getattr(run, "logger", None) is not None:
+            run.logger.close()
+        run.close()

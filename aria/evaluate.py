@@ -1,0 +1,379 @@
+"""``aria eval``: score a student against its teacher per regime and per region.
+
+- probe discrepancy: mean over pixels of (eps_S - eps_T)^2 on a fixed probe set (prompts
+  stratified over regimes then regions, their rendered images, a midpoint grid of timesteps and
+  noises), every piece derived from ``eval.seed`` and the data config, never from the student;
+- judge metrics on DDIM samples (teacher and student from the same initial noise; prompts split
+  evenly over the regimes): attribute accuracy of both, agreement (identical judge readings),
+  pixel MSE, and KID (unbiased polynomial-kernel MMD) in the judge's feature space.
+
+The teacher's share (probe predictions, samples) is a pure function of the probe set and the
+teacher, so ``--reference DIR`` caches it for every student of a comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from .errors import UserError
+from . import report
+
+GROUPS = report.REGIME_NAMES  # regime r -> name; "all" is added to every result
+
+
+# -- probe set and sample prompts ---------------------------------------------------------------
+
+def stratified_prompts(regime_of_prompt, region_of_prompt, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n pool indices: split evenly over the regimes present, then round-robin over the regions
+    holding prompts of that regime (in random order), uniformly inside (region, regime)."""
+    region = np.asarray(region_of_prompt, dtype=np.int64)
+    regime = np.zeros(len(region), np.int8) if regime_of_prompt is None else np.asarray(regime_of_prompt)
+    present = [r for r in np.unique(regime) if r >= 0]
+    picks = []
+    for i, r in enumerate(present):
+        count = n // len(present) + (i < n % len(present))
+        members = np.flatnonzero(regime == r)
+        cells = {k: members[region[members] == k] for k in np.unique(region[members])}
+        order = rng.permutation(list(cells))
+        for j in range(count):
+            cell = cells[order[j % len(order)]]
+            picks.append(cell[rng.integers(len(cell))])
+    return np.asarray(picks, dtype=np.int64)
+
+
+@dataclass
+class ProbeSet:
+    prompt_ids: np.ndarray  # (N,) pool indices
+    x0: np.ndarray  # (N, C, H, W) in the model's space (pixels, or latents of a latent teacher)
+    timesteps: np.ndarray  # (J,) midpoint grid over the training timesteps
+    noise: np.ndarray  # (N, J, C, H, W)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.prompt_ids, self.x0, self.timesteps, self.noise):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+
+def probe_images(bundle, prompt_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Images for the probe prompts: the world renders each prompt's combination; other data
+    sources use paired images drawn with ``seed`` (as switched conditions pair them)."""
+    combos = _combos(bundle)
+    if combos is not None:
+        from .world.shapes import render, to_tensor_range
+
+        return to_tensor_range(render(combos[prompt_ids], seed=seed))
+    rng = np.random.default_rng([seed, 11])
+    return np.asarray(bundle.paired_images[rng.integers(len(bundle.paired_images), size=len(prompt_ids))],
+                      dtype=np.float32)
+
+
+def build_probe_set(bundle, eval_config, num_train_timesteps: int, encode=None) -> ProbeSet:
+    """The fixed probe set of ``eval_config`` (``encode``: pixels -> model space, for latent teachers)."""
+    seed, n, j = eval_config.seed, eval_config.probe_images, eval_config.probe_timesteps
+    ids = stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, n, np.random.default_rng([seed, 1]))
+    x0 = probe_images(bundle, ids, seed)
+    if encode is not None:
+        x0 = encode(x0)
+    timesteps = ((np.arange(j) + 0.5) * num_train_timesteps / j).astype(np.int64)
+    noise = np.random.default_rng([seed, 2]).standard_normal((n, j, *x0.shape[1:]), dtype=np.float32)
+    return ProbeSet(ids, x0.astype(np.float32), timesteps, noise)
+
+
+def sample_prompt_ids(bundle, eval_config) -> np.ndarray:
+    return stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, eval_config.sample_prompts,
+                              np.random.default_rng([eval_config.seed, 3]))
+
+
+# -- model passes ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def probe_predictions(unet, probe: ProbeSet, context: torch.Tensor, alphas_cumprod, batch: int) -> np.ndarray:
+    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep)."""
+    param = next(unet.parameters())
+    n, j = probe.noise.shape[:2]
+    a = torch.as_tensor(np.asarray(alphas_cumprod)[probe.timesteps], dtype=torch.float32)
+    out = np.empty_like(probe.noise)
+    flat = [(i, k) for i in range(n) for k in range(j)]
+    for s in range(0, len(flat), batch):
+        i, k = (np.array(v) for v in zip(*flat[s:s + batch]))
+        x0, eps = torch.from_numpy(probe.x0[i]), torch.from_numpy(probe.noise[i, k])
+        ak = a[k].view(-1, 1, 1, 1)
+        xt = ak.sqrt() * x0 + (1 - ak).sqrt() * eps
+        t = torch.from_numpy(probe.timesteps[k])
+        pred = unet(xt.to(param), t.to(param.device), encoder_hidden_states=context[i].to(param)).sample
+        out[i, k] = pred.float().cpu().numpy()
+    return out
+
+
+def ddim_samples(unet, context, uncond, noise: np.ndarray, steps: int, guidance: float, scheduler_config,
+                 batch: int) -> np.ndarray:
+    """DDIM samples (the world teacher's sampler) from the given initial noise, in batches."""
+    from .world.teacher import sample_ddim
+
+    return np.concatenate([
+        sample_ddim(unet, context[s:s + batch], uncond, steps, guidance, noise=torch.from_numpy(noise[s:s + batch]),
+                    scheduler_config=scheduler_config).float().cpu().numpy()
+        for s in range(0, len(noise), batch)])
+
+
+def teacher_reference(teacher_unet, probe, sample_noise, ctx, alphas, args: dict, cache: Path | None) -> dict:
+    """The teacher's probe predictions and samples, read from / written to ``cache`` when given."""
+    from safetensors.numpy import load_file, save_file
+
+    key = hashlib.sha256(json.dumps({**args, "probe": probe.digest, "teacher": weights_digest(teacher_unet),
+                                     "noise": hashlib.sha256(sample_noise.tobytes()).hexdigest()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = None if cache is None else Path(cache) / f"teacher-{key}.safetensors"
+    if path is not None and path.is_file():
+        return load_file(path)
+    ref = {"probe_eps": probe_predictions(teacher_unet, probe, ctx["probe"], alphas, args["batch"]),
+           "samples": ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
+                                   args["guidance"], args["scheduler"], args["batch"])}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, str(tmp))
+        tmp.replace(path)
+    return ref
+
+
+def weights_digest(module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+def _groups(regimes: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+    """name -> boolean mask over n items: every regime present, then ``all``."""
+    out = {}
+    if regimes is not None:
+        out = {GROUPS[r]: regimes == r for r in range(len(GROUPS)) if (regimes == r).any()}
+    out["all"] = np.ones(n, dtype=bool)
+    return out
+
+
+def judge_readings(judge, pixels: np.ndarray) -> dict:
+    """The judge's attribute readings and features of images in [-1, 1]."""
+    from .world.shapes import from_tensor_range
+
+    images = from_tensor_range(pixels)
+    return {"pred": judge.predict(images), "features": np.asarray(judge.features(images))}
+
+
+def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.ndarray) -> dict:
+    """Accuracy (all attributes right) of student and teacher, agreement and KID on ``mask``."""
+    from .compare import kid
+    from .world.shapes import ATTRIBUTES, combo_attributes
+
+    truth = dict(zip(ATTRIBUTES, combo_attributes(combos[mask])))
+    s_pred = {a: np.asarray(student["pred"][a])[mask] for a in ATTRIBUTES}
+    t_pred = {a: np.asarray(teacher["pred"][a])[mask] for a in ATTRIBUTES}
+    s_ok = np.all([s_pred[a] == truth[a] for a in ATTRIBUTES], axis=0)
+    t_ok = np.all([t_pred[a] == truth[a] for a in ATTRIBUTES], axis=0)
+    same = np.all([s_pred[a] == t_pred[a] for a in ATTRIBUTES], axis=0)
+    out = {"judge_accuracy": float(s_ok.mean()), "teacher_accuracy": float(t_ok.mean()),
+           "accuracy_gap": float(t_ok.mean() - s_ok.mean()), "agreement": float(same.mean()),
+           "kid": kid(student["features"][mask], teacher["features"][mask])}
+    out["attributes"] = {a: {"student": float((s_pred[a] == truth[a]).mean()),
+                             "teacher": float((t_pred[a] == truth[a]).mean())} for a in ATTRIBUTES}
+    return out
+
+
+def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray) -> dict:
+    """Per region: probe discrepancy (raw, and divided by each timestep's all-probe mean, as aria's
+    tracker normalises), probes, pool size and main regime."""
+    k = len(bundle.region_info.sizes)
+    reg = np.asarray(bundle.region_of_prompt)[probe_ids]
+    counts = np.bincount(reg, minlength=k)
+    sums = np.bincount(reg, weights=disc.mean(1), minlength=k)
+    scale = disc.mean(0, keepdims=True)
+    norm = np.bincount(reg, weights=(disc / np.where(scale > 0, scale, 1.0)).mean(1), minlength=k)
+    main = [None] * k
+    if bundle.regime_of_prompt is not None:
+        cells = np.zeros((k, len(GROUPS)), dtype=np.int64)
+        np.add.at(cells, (bundle.region_of_prompt, bundle.regime_of_prompt), 1)
+        main = [int(np.argmax(c)) if c.sum() else None for c in cells]
+    return {"discrepancy": [float(s / c) if c else None for s, c in zip(sums, counts)],
+            "normalised": [float(s / c) if c else None for s, c in zip(norm, counts)],
+            "probes": counts.tolist(), "size": np.asarray(bundle.region_info.sizes).tolist(), "regime": main}
+
+
+def _combos(bundle):
+    try:
+        return np.asarray(bundle.pool.meta("combo"), dtype=np.int64)
+    except (KeyError, AttributeError, ValueError):
+        return None
+
+
+# -- the evaluation -------------------------------------------------------------------------------
+
+def find_student(path: Path, required: bool = True) -> Path | None:
+    """The student's diffusers folder: ``path`` itself or the export inside a run's output_dir."""
+    path = Path(path)
+    for folder in (path, path / "student"):
+        cfg = folder / "config.json"
+        if cfg.is_file() and any(folder.glob("diffusion_pytorch_model*")):
+            return folder
+    if required:
+        raise UserError(f"--student {path}: no exported student (a diffusers UNet folder, or a run "
+                        f"output_dir holding one in student/)")
+    return None
+
+
+def load_student(path: Path, device: str):
+    from diffusers import UNet2DConditionModel
+
+    folder = find_student(path)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # corrupt or foreign folder: one line naming it
+        raise UserError(f"--student {folder}: cannot load a UNet2DConditionModel "
+                        f"({(str(err).strip().splitlines() or [type(err).__name__])[0]})") from err
+    return unet.to(device).eval().requires_grad_(False), folder
+
+
+def _space(teacher):
+    """(encode, decode) between pixels in [-1, 1] and the teacher's space (identity in pixels)."""
+    if not teacher.latent:
+        return None, lambda x: x
+    vae, sf, dev = teacher.vae, teacher.vae.config.scaling_factor, next(teacher.vae.parameters())
+
+    @torch.no_grad()
+    def encode(x):
+        return np.concatenate([(vae.encode(torch.from_numpy(x[i:i + 16]).to(dev)).latent_dist.mean * sf)
+                               .float().cpu().numpy() for i in range(0, len(x), 16)])
+
+    @torch.no_grad()
+    def decode(z):
+        return np.concatenate([vae.decode(torch.from_numpy(z[i:i + 16]).to(dev) / sf).sample.float().cpu().numpy()
+                               for i in range(0, len(z), 16)])
+    return encode, decode
+
+
+def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None) -> dict:
+    """Every metric of one student (a dict ready for JSON); loads what is not passed in."""
+    from diffusers import DDPMScheduler
+
+    from .encoders import resolve_device
+
+    device = resolve_device(config.backend.device)
+    if teacher is None:
+        from .models import load_teacher
+
+        teacher = load_teacher(config.teacher, device=device)
+    student, folder = load_student(student_path, device)
+    for key in ("in_channels", "sample_size", "cross_attention_dim"):
+        if student.config[key] != teacher.unet.config[key]:
+            raise UserError(f"--student {folder}: {key} {student.config[key]} differs from the teacher's "
+                            f"{teacher.unet.config[key]}")
+    if bundle is None:
+        from .data import prepare_data
+
+        bundle = prepare_data(config)
+    ecfg = config.eval
+    if ecfg.sample_steps > 50:
+        raise UserError(f"eval.sample_steps {ecfg.sample_steps}: the DDIM sampler takes 1 to 50 steps")
+    sched = DDPMScheduler.from_config(teacher.scheduler_config)
+    alphas = sched.alphas_cumprod.numpy()
+    encode, decode = _space(teacher)
+    probe = build_probe_set(bundle, ecfg, sched.config.num_train_timesteps, encode)
+    ids = sample_prompt_ids(bundle, ecfg)
+    enc = bundle.encoder
+    ctx = {"probe": torch.from_numpy(enc.encode_tokens(_texts(bundle.pool, probe.prompt_ids))),
+           "sample": torch.from_numpy(enc.encode_tokens(_texts(bundle.pool, ids))),
+           "uncond": torch.from_numpy(enc.encode_tokens([""]))}
+    noise = np.random.default_rng([ecfg.seed, 4]).standard_normal((len(ids), *probe.x0.shape[1:]), dtype=np.float32)
+    args = {"steps": ecfg.sample_steps, "guidance": config.teacher.guidance_scale, "batch": ecfg.batch_size,
+            "scheduler": {k: v for k, v in teacher.scheduler_config.items() if not k.startswith("_")}}
+    ref = teacher_reference(teacher.unet, probe, noise, ctx, alphas, args, reference)
+    disc = ((probe_predictions(student, probe, ctx["probe"], alphas, ecfg.batch_size) - ref["probe_eps"]) ** 2
+            ).mean(axis=(2, 3, 4))  # (N, J)
+    s_px = decode(ddim_samples(student, ctx["sample"], ctx["uncond"], noise, ecfg.sample_steps,
+                               config.teacher.guidance_scale, args["scheduler"], ecfg.batch_size))
+    t_px = decode(ref["samples"])
+    combos = _combos(bundle)
+    if combos is not None:
+        if judge is None:
+            from .world.judge import Judge
+
+            judge = Judge.load()
+        s_read, t_read = judge_readings(judge, s_px), judge_readings(judge, t_px)
+    regimes = bundle.regime_of_prompt
+    p_groups = _groups(None if regimes is None else regimes[probe.prompt_ids], len(probe.prompt_ids))
+    s_groups = _groups(None if regimes is None else regimes[ids], len(ids))
+    metrics, counts, attributes, by_t = {}, {}, {}, {}
+    for g in p_groups:
+        m = {"discrepancy": float(disc[p_groups[g]].mean())}
+        by_t[g] = disc[p_groups[g]].mean(0).tolist()
+        sm = s_groups.get(g, np.zeros(len(ids), bool))
+        if sm.any():
+            m["pixel_mse"] = float(((s_px[sm] - t_px[sm]) ** 2).mean())
+            if combos is not None:
+                jm = judge_metrics(combos[ids], s_read, t_read, sm)
+                attributes[g] = jm.pop("attributes")
+                m.update(jm)
+        metrics[g] = m
+        counts[g] = {"probes": int(p_groups[g].sum()), "prompts": int(sm.sum())}
+    regions = region_table(bundle, probe.prompt_ids, disc)
+    return {
+        "format": "aria-eval/1",
+        "student": str(folder),
+        "teacher": str(teacher.path) + (f" ({teacher.subfolder})" if teacher.subfolder else ""),
+        "probe": {"digest": probe.digest, "seed": ecfg.seed, "images": len(probe.prompt_ids),
+                  "timesteps": probe.timesteps.tolist(), "sample_prompts": len(ids),
+                  "sample_steps": ecfg.sample_steps, "guidance_scale": config.teacher.guidance_scale},
+        "metrics": metrics, "counts": counts, "attributes": attributes, "by_timestep": by_t, "regions": regions,
+    }
+
+
+def write_eval(result: dict, out: Path) -> dict:
+    """eval.json, eval.md and region_discrepancy.png in ``out``; returns the paths."""
+    from .compare import write_json
+
+    out = Path(out)
+    write_json(out / "eval.json", result)
+    (out / "eval.md").write_text(report.eval_markdown(result))
+    plot = report.plot_region_discrepancy(result, out / "region_discrepancy.png")
+    return {"json": out / "eval.json", "markdown": out / "eval.md", "plot": plot}
+
+
+@click.command("eval")
+@click.option("--student", "student", type=click.Path(path_type=Path), required=True,
+              help="Exported student folder, or a run output_dir holding it.")
+@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
+              help="Teacher diffusers folder (overrides teacher.path).")
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. eval.sample_steps=50.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: eval/ in the run folder holding the student).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Cache folder for the teacher's predictions and samples (shared by a comparison).")
+def eval_command(student, teacher_path, config_path, overrides, out, reference):
+    """Score a student against its teacher per regime and per region."""
+    from .config import load_config
+
+    config = load_config(config_path, overrides)
+    if teacher_path is not None:
+        config.teacher.path = teacher_path
+    result = evaluate(config, student, reference=reference)
+    folder = Path(result["student"])
+    paths = write_eval(result, out or (folder.parent if folder == Path(student) else Path(student)) / "eval")
+    click.echo(report.eval_table(result))
+    click.echo(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+
+
+def _texts(pool, ids) -> list[str]:
+    return list(pool.texts(np.asarray(ids, np.int64)))

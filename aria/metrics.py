@@ -1,0 +1,225 @@
+"""Run logging (JSONL, TensorBoard, progress bar, closing tables) and the per-regime probe.
+
+``<output_dir>/metrics.jsonl`` holds one JSON object per line:
+
+- every step: ``step`` (1-based count of steps done), ``loss``, ``task``, ``out``, ``feat`` (the
+  terms as weighted in the loss), ``switched_fraction``, ``lr``, ``grad_norm``, ``nonfinite``
+  (true when the step was skipped), ``samples_per_s``;
+- every ``logging.every`` steps, also ``probabilities`` (the allocation over regions, or null
+  when nothing was switched), ``estimates`` (the strategy's per-region ``estimate`` state when it
+  has one) and ``region_discrepancy`` (mean observed discrepancy per region since the last such
+  line, null where unobserved), and ``feat_blocks`` (raw per-block feature MSE);
+- a final line with ``"event": "end"`` and the per-regime probe table.
+
+Only rank 0 writes. A resumed run appends; lines of steps after the checkpoint are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+class RunLogger:
+    """JSONL + optional TensorBoard + tqdm progress bar, on rank 0 only."""
+
+    def __init__(self, output_dir: Path, logging_config, total_steps: int, start_step: int, batch_size: int,
+                 enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.batch_size = batch_size
+        self.tb = self.bar = None
+        self._last = time.perf_counter()
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(self.path, start_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+        if logging_config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise UserError("logging.tensorboard is on but the tensorboard package is not installed "
+                                "(pip install tensorboard, or set logging.tensorboard=false)") from err
+            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
+        if logging_config.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            desc="distil")
+
+    def step(self, record: dict) -> None:
+        now = time.perf_counter()
+        record["samples_per_s"] = self.batch_size / max(now - self._last, 1e-9)
+        self._last = now
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key in ("loss", "task", "out", "feat", "switched_fraction", "lr", "grad_norm", "samples_per_s"):
+                if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]):
+                    self.tb.add_scalar(f"train/{key}", record[key], record["step"])
+            if record.get("probabilities") is not None:
+                self.tb.add_histogram("allocation/probabilities", np.asarray(record["probabilities"]), record["step"])
+        if self.bar is not None:
+            self.bar.update(1)
+            loss = record.get("loss")
+            self.bar.set_postfix(loss="skipped" if record.get("nonfinite") else f"{loss:.4f}",
+                                 sw=f"{record.get('switched_fraction', 0):.2f}",
+                                 img_s=f"{record['samples_per_s']:.0f}", refresh=False)
+
+    def event(self, record: dict) -> None:
+        if self.enabled:
+            self.file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+            self.file.flush()
+
+    def write(self, text: str) -> None:
+        """A message that does not break the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled or self.file.closed:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.file.close()
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop lines of steps after ``last_step`` (and any partial last line), for a resumed run."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("step", 0) <= last_step and rec.get("event") != "end":
+            keep.append(line)
+    path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class RegionWindow:
+    """Per-region sums and counts of observed discrepancy between two log lines."""
+
+    def __init__(self, num_regions: int):
+        self.sums = np.zeros(num_regions)
+        self.counts = np.zeros(num_regions)
+
+    def add(self, feedback) -> None:
+        self.sums += feedback.sums.sum(1)
+        self.counts += feedback.counts.sum(1)
+
+    def take(self) -> list:
+        means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+        self.sums[:], self.counts[:] = 0, 0
+        return [None if not np.isfinite(m) else float(m) for m in means]
+
+
+def format_table(header: list[str], rows: list[list], title: str | None = None) -> str:
+    """A plain aligned text table for the console."""
+    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title] if title else []
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells[0], widths))), line]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else "n/a"
+    return str(v)
+
+
+def run_summary(records: list[dict], wall_s: float, skipped: int) -> list[list]:
+    """Rows (quantity, value) of the closing summary from the JSONL records of this process."""
+    steps = [r for r in records if "step" in r and "loss" in r]
+    good = [r for r in steps if not r.get("nonfinite")]
+    last = good[-10:]
+    mean = lambda key: float(np.mean([r[key] for r in last])) if last else None  # noqa: E731
+    rows = [["steps run", len(steps)], ["skipped (non-finite)", skipped], ["wall time (s)", wall_s],
+            ["samples / s", float(np.mean([r["samples_per_s"] for r in steps[1:]])) if len(steps) > 1 else None]]
+    rows += [[f"{k} (last 10 steps)", mean(k)] for k in ("loss", "task", "out", "feat")]
+    rows += [["switched fraction (mean)", float(np.mean([r["switched_fraction"] for r in steps])) if steps else None]]
+    return rows
+
+
+# -- the per-regime probe -------------------------------------------------------------------------
+
+@torch.no_grad()
+def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cumprod, encode=None,
+                                batch: int | None = None) -> dict:
+    """Mean probe discrepancy per regime (``seen``, ``under``, ``unseen``, and ``all``).
+
+    The probe set is ``aria.evaluate.build_probe_set`` of ``eval_config`` (prompts stratified over
+    regimes and regions, rendered images, a midpoint timestep grid, fixed noise); the discrepancy of
+    a probe is the mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps. Returns
+    ``{group: {"discrepancy": float, "probes": int}}``; without regimes, only ``all``.
+    """
+    from .evaluate import build_probe_set, probe_predictions
+    from .report import REGIME_NAMES
+
+    num_t = len(alphas_cumprod)
+    probe = build_probe_set(bundle, eval_config, num_t, encode)
+    texts = list(bundle.pool.texts(probe.prompt_ids))
+    context = torch.as_tensor(bundle.encoder.encode_tokens(texts))
+    batch = batch or eval_config.batch_size
+    was = [m.training for m in (student, teacher)]
+    student.eval(), teacher.eval()
+    try:
+        disc = ((probe_predictions(student, probe, context, alphas_cumprod, batch)
+                 - probe_predictions(teacher, probe, context, alphas_cumprod, batch)) ** 2).mean(axis=(1, 2, 3, 4))
+    finally:
+        student.train(was[0]), teacher.train(was[1])
+    out = {}
+    if bundle.regime_of_prompt is not None:
+        regimes = np.asarray(bundle.regime_of_prompt)[probe.prompt_ids]
+        for r, name in enumerate(REGIME_NAMES):
+            mask = regimes == r
+            if mask.any():
+                out[name] = {"discrepancy": float(disc[mask].mean()), "probes": int(mask.sum())}
+    out["all"] = {"discrepancy": float(disc.mean()), "probes": int(disc.size)}
+    return out
+
+
+def regime_table(result: dict) -> str:
+    rows = [[name, v["discrepancy"], v["probes"]] for name, v in result.items()]
+    return format_table(["regime", "probe discrepancy", "probes"], rows,
+                        title="Student vs teacher on the probe set (mean over pixels of (eps_S - eps_T)^2)")

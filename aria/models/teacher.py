@@ -1,0 +1,106 @@
+"""Teacher loading: the shipped world teacher, a diffusers UNet folder or a Stable Diffusion folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "world" / "assets" / "teacher"
+
+
+@dataclass
+class Teacher:
+    unet: Any  # UNet2DConditionModel, eval, frozen
+    vae: Any  # AutoencoderKL or None (pixel-space teacher)
+    latent: bool
+    sample_size: int
+    in_channels: int
+    scheduler_config: dict
+    path: Path  # the folder given (SD root when subfolder is set)
+    subfolder: str | None = None
+
+
+def _check_model_folder(folder: Path, class_name: str) -> dict:
+    """Validate a diffusers model folder; return from_pretrained keyword arguments for its weights."""
+    if not folder.is_dir():
+        raise UserError(f"{class_name} folder {folder} does not exist")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        hint = " (a Stable Diffusion folder? set teacher.subfolder: unet)" if (folder / "unet").is_dir() else ""
+        raise UserError(f"{folder} is not a diffusers model folder (no config.json){hint}")
+    try:
+        found = json.loads(config_file.read_text(encoding="utf-8")).get("_class_name")
+    except (ValueError, UnicodeDecodeError, AttributeError) as err:
+        raise UserError(f"{config_file} is not a valid JSON config ({err})") from err
+    if found != class_name:
+        raise UserError(f"{folder} holds a {found!r} model, expected {class_name}")
+    for ext, safe in ((".safetensors", True), (".bin", False)):
+        for weights in sorted(folder.glob(f"diffusion_pytorch_model*{ext}*")):
+            variant = re.fullmatch(rf"diffusion_pytorch_model(?:\.(\w+))?{re.escape(ext)}(?:\.index\.json)?",
+                                   weights.name)
+            if variant:  # .bin is read by diffusers with torch.load(weights_only=True): no code runs
+                return {"use_safetensors": safe, "variant": variant.group(1)}
+    raise UserError(f"{folder} has no weights (diffusion_pytorch_model.safetensors)")
+
+
+def _load_pretrained(cls, folder: Path, dtype) -> nn.Module:
+    kwargs = _check_model_folder(folder, cls.__name__)
+    try:
+        model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, **kwargs)
+    except Exception as err:  # corrupt or mismatched weights: one line naming the folder
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"could not load {cls.__name__} from {folder}: {first}") from err
+    return model.eval().requires_grad_(False)
+
+
+def _scheduler_config(candidates: Iterable[Path]) -> dict:
+    """DDPMScheduler config from the first scheduler_config.json found, else DDPM defaults."""
+    from diffusers import DDPMScheduler
+
+    for file in candidates:
+        if file.is_file():
+            try:
+                raw = json.loads(file.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise UserError(f"{file} is not valid JSON ({err})") from err
+            return dict(DDPMScheduler.from_config(raw).config)
+    return dict(DDPMScheduler().config)
+
+
+def load_teacher(teacher_config, device="cpu", dtype=torch.float32) -> Teacher:
+    """Load the frozen teacher: shipped world teacher, a diffusers UNet folder or an SD folder's UNet.
+
+    With ``subfolder`` set (Stable Diffusion layout) the sibling ``vae`` and
+    ``scheduler/scheduler_config.json`` are required; a plain UNet folder may carry its own
+    ``scheduler_config.json`` (DDPM defaults otherwise).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    root = Path(teacher_config.path).expanduser() if teacher_config.path is not None else SHIPPED_TEACHER
+    if teacher_config.path is None and not root.is_dir():
+        raise UserError(f"the shipped world teacher is missing at {root}")
+    if not root.is_dir():
+        raise UserError(f"teacher.path {root} does not exist")
+    sub = teacher_config.subfolder
+    unet = _load_pretrained(UNet2DConditionModel, root / sub if sub else root, dtype).to(device)
+    vae, schedulers = None, [root / "scheduler_config.json"]
+    if sub:
+        if not (root / "vae").is_dir():
+            raise UserError(f"teacher {root} (subfolder {sub!r}) has no sibling vae folder")
+        if not (root / "scheduler" / "scheduler_config.json").is_file():
+            raise UserError(f"teacher {root} (subfolder {sub!r}) has no scheduler/scheduler_config.json")
+        vae = _load_pretrained(AutoencoderKL, root / "vae", dtype).to(device)
+        schedulers = [root / "scheduler" / "scheduler_config.json"]
+    size = unet.config.sample_size
+    return Teacher(unet=unet, vae=vae, latent=vae is not None,
+                   sample_size=int(size if isinstance(size, int) else size[0]),
+                   in_channels=int(unet.config.in_channels), scheduler_config=_scheduler_config(schedulers),
+                   path=root, subfolder=sub)

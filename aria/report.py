@@ -1,0 +1,280 @@
+"""Tables (markdown), plots (PNG) and the results document, all rendered from result dicts.
+
+Every number shown goes through ``fmt`` so that ``aria results --check`` can regenerate the
+document from ``results.json`` and compare it line by line with the file on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+REGIME_NAMES = ("seen", "under", "unseen")
+REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "all": "#777777", None: "#bbbbbb"}
+METRICS = {  # name -> (label, higher is better)
+    "discrepancy": ("probe discrepancy", False),
+    "judge_accuracy": ("judge accuracy", True),
+    "teacher_accuracy": ("teacher judge accuracy", True),
+    "accuracy_gap": ("accuracy gap to teacher", False),
+    "agreement": ("agreement with teacher", True),
+    "pixel_mse": ("pixel MSE to teacher", False),
+    "kid": ("KID to teacher", False),
+}
+READING_OPEN, READING_CLOSE = "<!-- reading -->", "<!-- /reading -->"
+READING_DEFAULT = "_Write the reading of these results here; `aria results` keeps this section._"
+
+
+def fmt(x) -> str:
+    """The one number format of every table: 4 significant digits, ``n/a`` for missing."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return f"{float(x):.4g}"
+
+
+def fmt_ci(stat: dict) -> str:
+    """``mean [low, high]`` (or just the mean when the interval is undefined)."""
+    if stat.get("low") is None:
+        return fmt(stat.get("mean"))
+    return f"{fmt(stat['mean'])} [{fmt(stat['low'])}, {fmt(stat['high'])}]"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# -- aria eval -------------------------------------------------------------------------------------
+
+def eval_table(result: dict) -> str:
+    """Rows: regimes (and ``all``); columns: the metrics present."""
+    groups = list(result["metrics"])
+    names = [m for m in METRICS if any(m in result["metrics"][g] for g in groups)]
+    rows = [[g] + [fmt(result["metrics"][g].get(m)) for m in names] + [fmt(result["counts"][g]["probes"]),
+            fmt(result["counts"][g]["prompts"])] for g in groups]
+    return table(["regime"] + [METRICS[m][0] for m in names] + ["probes", "prompts"], rows)
+
+
+def eval_markdown(result: dict) -> str:
+    p = result["probe"]
+    return "\n".join([
+        f"# aria eval: {result['student']}",
+        "",
+        f"teacher: {result['teacher']}; probe set {p['digest']}: {p['images']} images x "
+        f"{len(p['timesteps'])} timesteps; {p['sample_prompts']} sampled prompts, {p['sample_steps']} DDIM steps, "
+        f"guidance {fmt(p['guidance_scale'])}.",
+        "",
+        eval_table(result),
+        "",
+    ])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_region_discrepancy(result: dict, path: Path) -> Path:
+    """Per-region probe discrepancy, one bar per region, coloured by the region's main regime."""
+    plt = _plt()
+    regions = result["regions"]
+    values = np.array([np.nan if v is None else v for v in regions["discrepancy"]], dtype=float)
+    regimes = regions["regime"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(values) + 2), 3.5))
+    colors = [REGIME_COLORS[REGIME_NAMES[r] if r is not None else None] for r in regimes]
+    ax.bar(np.arange(len(values)), np.nan_to_num(values), color=colors, width=0.85)
+    _regime_legend(ax, [REGIME_NAMES[r] for r in sorted({r for r in regimes if r is not None})])
+    ax.set_xlabel("region")
+    ax.set_ylabel("teacher-student discrepancy")
+    ax.set_title("probe discrepancy per region (colour: the region's main regime)")
+    return _save(fig, path)
+
+
+def _regime_legend(ax, names) -> None:
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=REGIME_COLORS[n], label=n) for n in names], frameon=False,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+# -- aria compare ----------------------------------------------------------------------------------
+
+def summary_table(results: dict, metric: str) -> str:
+    """One metric: rows strategies, columns regimes, cells mean [95% CI]."""
+    groups = results["groups"]
+    rows = [[s] + [fmt_ci(results["summary"][s][g][metric]) for g in groups] for s in results["strategies"]]
+    return table(["strategy"] + groups, rows)
+
+
+def ratio_table(results: dict, metric: str) -> str:
+    groups = results["groups"]
+    rows = [[s] + [fmt_ci(results["ratios"][s][g][metric]) for g in groups]
+            for s in results["strategies"] if s in results["ratios"]]
+    return table(["strategy / rc"] + groups, rows)
+
+
+def checks_table(results: dict) -> str:
+    rows = [[c["name"], fmt_ci(c), f"{c['op']} {fmt(c['bar'])}", "pass" if c["pass"] else "fail",
+             fmt(c["ci_clear"])] for c in results["checks"]]
+    return table(["check (aria vs rc)", "value [95% CI]", "bar", "verdict (mean)", "CI clears bar"], rows)
+
+
+def results_tables(results: dict) -> str:
+    """Every table of a compare run, as markdown sections (used by results.md and RESULTS.md)."""
+    out = ["## The bar", ""]
+    out += [checks_table(results) if results["checks"] else "_aria or rc missing: no checks._", ""]
+    out += [f"Ratios to rc: {results['ratio_method']}. Each check passes when its mean meets the bar; the last "
+            "column says whether the whole 95% interval does.", ""]
+    for metric in results["metrics"]:
+        out += [f"## {METRICS[metric][0]} ({metric})", "", summary_table(results, metric), ""]
+        if results["ratios"]:
+            out += [ratio_table(results, metric), ""]
+    return "\n".join(out)
+
+
+def results_header(results: dict) -> list[str]:
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    return [
+        f"- command: `{results['command']}`",
+        f"- card: {results['card']}",
+        f"- date: {results['date']}",
+        f"- wall time: {fmt(results['wall_time_s'])} s (this invocation); "
+        f"{fmt(results['run_wall_time_s'])} s summed over runs",
+        f"- strategies: {', '.join(results['strategies'])}; seeds: {seeds}; "
+        f"{fmt(results['steps'])} distillation steps each",
+        f"- probe set: {results['probe_digest']}; mean and 95% t-interval over seeds",
+    ]
+
+
+def plot_regime_metrics(results: dict, path: Path) -> Path:
+    """One panel per metric: grouped bars (strategy x regime) with 95% CI error bars."""
+    plt = _plt()
+    metrics, groups, strategies = results["metrics"], results["groups"], results["strategies"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    width = 0.8 / len(groups)
+    for ax, metric in zip(axes[0], metrics):
+        for j, g in enumerate(groups):
+            stats = [results["summary"][s][g][metric] for s in strategies]
+            mean = np.array([np.nan if x["mean"] is None else x["mean"] for x in stats], dtype=float)
+            err = np.array([[0.0 if x["low"] is None else x["mean"] - x["low"] for x in stats],
+                            [0.0 if x["high"] is None else x["high"] - x["mean"] for x in stats]])
+            ax.bar(np.arange(len(strategies)) + j * width, np.nan_to_num(mean), width, yerr=err,
+                   color=REGIME_COLORS.get(g, "#777777"), label=g, capsize=2)
+        ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2, strategies, rotation=45, fontsize=8)
+        ax.set_title(METRICS[metric][0], fontsize=9)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_allocation(steps: np.ndarray, probs: np.ndarray, region_regime: np.ndarray, shares: np.ndarray,
+                    path: Path) -> Path:
+    """aria's allocation over time: probability mass per regime (solid) against pool share (dashed),
+    and the per-region probabilities as a heat map with regions sorted by regime."""
+    plt = _plt()
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r, name in enumerate(REGIME_NAMES):
+        mask = region_regime == r
+        if mask.any():
+            ax.plot(steps, probs[:, mask].sum(1), color=REGIME_COLORS[name], label=f"{name}")
+            ax.axhline(shares[mask].sum(), color=REGIME_COLORS[name], ls="--", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("allocation probability")
+    ax.set_title("aria: mass per regime (dashed: pool share)")
+    ax.legend(frameon=False)
+    order = np.argsort(region_regime, kind="stable")
+    im = hm.imshow(probs[:, order].T, aspect="auto", origin="lower", cmap="viridis",
+                   extent=(steps[0], steps[-1], -0.5, len(order) - 0.5))
+    hm.set_xlabel("step")
+    hm.set_ylabel("region (sorted by regime)")
+    fig.colorbar(im, ax=hm, label="p")
+    return _save(fig, path)
+
+
+def plot_tracking(estimates: np.ndarray, measured: np.ndarray, region_regime: np.ndarray, path: Path) -> Path:
+    """aria's final tracked estimate per region against the discrepancy measured on the probe set."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for r, name in enumerate(REGIME_NAMES):
+        mask = (region_regime == r) & np.isfinite(measured) & np.isfinite(estimates)
+        ax.scatter(measured[mask], estimates[mask], s=14, color=REGIME_COLORS[name], label=name)
+    ax.set_xlabel("measured probe discrepancy (per-timestep normalised)")
+    ax.set_ylabel("tracked estimate (end of training)")
+    ax.set_title("aria: tracked vs measured per region")
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+# -- the results document -------------------------------------------------------------------------
+
+def reading_section(existing: str | None) -> str:
+    """The human reading kept from an existing document (between the markers), or the default."""
+    if existing and READING_OPEN in existing:
+        start = existing.index(READING_OPEN) + len(READING_OPEN)
+        end = existing.find(READING_CLOSE, start)
+        if end < 0:
+            raise UserError(f"results document: {READING_OPEN} without {READING_CLOSE}")
+        return existing[start:end].strip("\n")
+    return READING_DEFAULT
+
+
+def results_document(results: dict, results_path: Path, doc_path: Path, existing: str | None) -> str:
+    """The whole RESULTS.md: generated header, reading (kept), tables and plot links."""
+    src = os.path.relpath(Path(results_path).resolve(), Path(doc_path).resolve().parent)
+    base = Path(results_path).resolve().parent
+    links = [f"- [{name}]({os.path.relpath(base / rel, Path(doc_path).resolve().parent)})"
+             for name, rel in results["plots"].items()]
+    return "\n".join([
+        "# aria: results",
+        "",
+        f"<!-- generated by `aria results` from {src}; edit only the reading section -->",
+        "",
+        *results_header(results),
+        "",
+        "## Reading",
+        "",
+        READING_OPEN,
+        reading_section(existing),
+        READING_CLOSE,
+        "",
+        results_tables(results),
+        "## Plots",
+        "",
+        *links,
+        "",
+    ])
+
+
+def check_document(expected: str, actual: str, doc_path: Path) -> None:
+    """Raise DocCheckError at the first line of ``actual`` that the JSON does not produce."""
+    exp, act = expected.splitlines(), actual.splitlines()
+    for i, (e, a) in enumerate(zip(exp, act)):
+        if e != a:
+            raise DocCheckError(f"{doc_path} line {i + 1} does not come from the results JSON: {a.strip()!r:.120} "
+                                f"(regenerated: {e.strip()!r:.120})")
+    if len(exp) != len(act):
+        raise DocCheckError(f"{doc_path}: {len(act)} lines, the results JSON gives {len(exp)}; regenerate it")
+
+
+class DocCheckError(UserError):
+    """The results document differs from what its JSON generates (``aria results --check``: exit 1)."""

@@ -1,0 +1,172 @@
+"""``aria regions``, ``aria teacher`` and ``aria world``: build regions, train/evaluate the world
+teacher, look at the world. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from aria.errors import UserError
+
+CONFIG = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+                      help="Run config YAML (defaults when omitted).")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. regions.k=32.")
+
+
+def _config(config_path, overrides):
+    from aria.config import load_config
+
+    return load_config(config_path, overrides)
+
+
+@click.group()
+def regions():
+    """Build and inspect the regions of a prompt pool."""
+
+
+@regions.command("build")
+@CONFIG
+@SET
+@click.option("--device", default=None, help="Encoder / k-means device (default: encoder.device).")
+def regions_build(config_path, overrides, device):
+    """Prepare data and regions (cached) and print the region statistics table."""
+    from aria.data import prepare_data
+    from aria.regions import format_statistics, region_statistics
+
+    config = _config(config_path, overrides)
+    bundle = prepare_data(config, device=device)
+    s = bundle.stats
+    click.echo(f"pool: {s['pool_size']} prompts ({s['source']}), encoder {s['encoder']}")
+    click.echo(f"regions: {s['regions_method']} K={s['num_regions']} ({s['empty_regions']} empty), "
+               f"paired: {s['paired_size']} images, cache {s['cache_dir']}")
+    for key in ("embed_s", "regions_s", "paired_s"):
+        if key in s:
+            click.echo(f"  {key[:-2]}: {s[key]:.1f}s{' (cached)' if s.get(key[:-2] + '_cached') else ''}")
+    rows = region_statistics(bundle.regions, bundle.paired_prompt_ids, bundle.regime_of_prompt)
+    click.echo(format_statistics(rows))
+
+
+@click.group()
+def teacher():
+    """Train or evaluate the embedded world's teacher."""
+
+
+@teacher.command("train")
+@CONFIG
+@SET
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (diffusers UNet).")
+@click.option("--steps", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i]")
+@click.option("--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop training after this many seconds (evaluation and saving come after).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
+def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval):
+    """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
+    from aria.world.teacher import train_teacher
+
+    config = _config(config_path, overrides)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} is not empty")
+    report = train_teacher(config, out_dir, steps=steps, batch_size=batch_size, lr=lr, device=device,
+                           time_limit_s=time_limit, compile=compile_, seed=seed, evaluate=not no_eval,
+                           log=lambda m: click.echo(m, err=True))
+    ev = report.get("evaluation")
+    click.echo(f"saved {out_dir}: {report['steps']} steps in {report['train_wall_s']}s, "
+               f"{report['weights_mb']} MB" + (f", judged fully correct {100 * ev['accuracy']:.1f}%" if ev else ""))
+
+
+@teacher.command("evaluate")
+@CONFIG
+@SET
+@click.option("--teacher", "teacher_dir", type=click.Path(path_type=Path), default=None,
+              help="Teacher folder (default: teacher.path or the shipped teacher).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--steps", type=click.IntRange(1, 50), default=25, show_default=True, help="DDIM steps.")
+@click.option("--per-combo", type=click.IntRange(min=1), default=1, show_default=True, help="Prompts per combination.")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: teacher.guidance_scale).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_combo, guidance, as_json):
+    """Judge DDIM samples of one pool prompt per combination (all four attributes)."""
+    import torch
+
+    from aria.data import world_pool
+    from aria.encoders import build_encoder, resolve_device
+    from aria.models.teacher import load_teacher
+    from aria.world.teacher import evaluate_teacher
+
+    config = _config(config_path, overrides)
+    tconf = config.teacher.model_copy(update={"path": teacher_dir}) if teacher_dir else config.teacher
+    device = resolve_device(device)
+    t = load_teacher(tconf, device=device, dtype=torch.float32)
+    if t.latent or t.sample_size != 32 or t.in_channels != 3:
+        raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
+    encoder = build_encoder(config.encoder, device)
+    result = evaluate_teacher(t.unet, world_pool(config), encoder, guidance=guidance if guidance is not None
+                              else config.teacher.guidance_scale, steps=steps, prompts_per_combo=per_combo,
+                              scheduler_config=t.scheduler_config)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    click.echo(f"{t.path}: fully correct {100 * result['accuracy']:.1f}% of {result['prompts']} prompts "
+               f"({result['sample_steps']} DDIM steps, guidance {result['guidance']})")
+    for attr, acc in result["per_attribute"].items():
+        click.echo(f"  {attr:<9} {100 * acc:.1f}%")
+
+
+@click.group()
+def world():
+    """Inspect the embedded world (renders, prompts, regimes, judge)."""
+
+
+@world.command("show")
+@CONFIG
+@SET
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--n", "count", type=click.IntRange(1, 256), default=24, show_default=True, help="Images in the grid.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def world_show(config_path, overrides, out_path, count, seed):
+    """Write a grid of renders of random pool prompts, each captioned with its prompt and regime."""
+    import numpy as np
+
+    from aria.data import world_pool
+    from aria.world import regimes, shapes
+    from aria.world.teacher import pool_texts
+
+    config = _config(config_path, overrides)
+    pool = world_pool(config)
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(len(pool), size=min(count, len(pool)), replace=False))
+    combos = np.asarray(pool.meta("combo"))[ids]
+    images = shapes.render(combos, seed)
+    regime = regimes.split_regimes(config.data.world)[combos]
+    labels = [f"{t}\n[{('seen', 'under', 'unseen')[r]}]" for t, r in zip(pool_texts(pool, ids), regime)]
+    save_grid(images, labels, out_path)
+    click.echo(f"wrote {out_path} ({len(ids)} renders)")
+
+
+def save_grid(images, labels, path: Path, cols: int = 6):
+    """A matplotlib grid of uint8 images with wrapped captions."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, label in zip(axes.ravel(), images, labels):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(label, 24)), fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

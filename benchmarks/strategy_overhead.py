@@ -1,0 +1,142 @@
+"""CPU overhead of every registered strategy per distillation step.
+
+One step = ``allocate`` (regions of the switched draws) + ``draw_members`` (prompt ids inside
+them, from a CSR pool) + ``update`` (feedback of shape (K, timestep bins), as the engine sends
+it after the all-reduce). Building the feedback is the engine's work and is not timed.
+
+    python benchmarks/strategy_overhead.py [--write benchmarks/RESULTS.md]
+
+Prints microseconds per step (median over repeats of the mean over a block of steps) and the
+ratio to ``rc`` measured in the same run; ``--write`` replaces the section
+"## Strategy overhead (CPU)" of the given markdown file (other sections are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aria.strategies import Feedback, RegionInfo, create_strategy, list_strategies
+from aria.strategies.base import draw_members
+
+HEADING = "## Strategy overhead (CPU)"
+TARGET_US = {"aria": 200.0}
+
+
+def make_pool(pool_size: int, num_regions: int, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random region sizes summing to ``pool_size`` (some may be empty) and the CSR offsets."""
+    rng = np.random.default_rng([seed, num_regions])
+    sizes = rng.multinomial(pool_size, rng.dirichlet(np.ones(num_regions)))
+    return sizes, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def time_strategy(name, sizes, offsets, members, args) -> float:
+    """Median over repeats of the mean time (µs) of one step: allocate + draw_members + update."""
+    k = sizes.size
+    strategy = create_strategy(name)
+    state = strategy.init(RegionInfo(sizes), seed=args.seed)
+    rng = np.random.default_rng([args.seed, k, 1])
+    level = 0.5 + rng.random(k)
+    factor = np.linspace(0.2, 2.0, args.bins)
+    per_step = []
+    total_steps = args.warmup + args.repeats * args.steps
+    elapsed = 0
+    for step in range(total_steps):
+        t0 = time.perf_counter_ns()
+        alloc = strategy.allocate(state, step, args.draws)
+        draw_members(offsets, members, alloc.regions, args.seed, step)
+        t1 = time.perf_counter_ns()
+        bins = rng.integers(0, args.bins, args.draws)
+        values = level[alloc.regions] * factor[bins] * rng.gamma(4.0, 0.25, args.draws)
+        feedback = Feedback.from_samples(alloc.regions, values, k, bins, args.bins, step)
+        t2 = time.perf_counter_ns()
+        state = strategy.update(state, feedback)
+        t3 = time.perf_counter_ns()
+        if step >= args.warmup:
+            elapsed += (t1 - t0) + (t3 - t2)
+            if (step - args.warmup + 1) % args.steps == 0:
+                per_step.append(elapsed / args.steps / 1e3)
+                elapsed = 0
+    return float(np.median(per_step))
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
+    except (OSError, subprocess.CalledProcessError, AttributeError):
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def render(results: dict[str, dict[int, float]], ks: list[int]) -> str:
+    lines = ["| strategy | " + " | ".join(f"K={k} µs (x rc)" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for name, row in results.items():
+        cells = [f"{row[k]:.0f} ({row[k] / results['rc'][k]:.2f})" for k in ks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this benchmark's section, keeping every other section of the file."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"{HEADING}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", type=int, nargs="+", default=[16, 256, 4096])
+    parser.add_argument("--pool", type=int, default=10_000_000, help="prompts in the pool")
+    parser.add_argument("--draws", type=int, default=256, help="switched draws per step")
+    parser.add_argument("--bins", type=int, default=10, help="timestep bins of the feedback (engine default)")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed steps first (past warm starts)")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=7, help="timed blocks; the median is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", type=Path, default=None, help="markdown file whose section to replace")
+    args = parser.parse_args(argv)
+
+    load_before = os.getloadavg()[0]
+    members = np.random.default_rng(args.seed).permutation(args.pool).astype(np.int64)
+    names = list(list_strategies())
+    results: dict[str, dict[int, float]] = {name: {} for name in names}
+    for k in args.ks:
+        sizes, offsets = make_pool(args.pool, k, members, args.seed)
+        for name in names:
+            results[name][k] = time_strategy(name, sizes, offsets, members, args)
+    table = render(results, args.ks)
+    print(table)
+    misses = [f"{n} K={k}: {results[n][k]:.0f} µs > {t:.0f}" for n, t in TARGET_US.items() for k in args.ks if results[n][k] > t]
+    verdict = "target met: aria <= 200 µs/step at every K" if not misses else "target missed: " + "; ".join(misses)
+    print(verdict)
+    if args.write is not None:
+        command = "python benchmarks/strategy_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
+        body = (
+            f"Command: `{command.strip()}`  \n"
+            f"Machine: {machine()} (shared; 1-min load average {load_before:.2f} at start)  \n"
+            f"Date: {date}  \n"
+            f"Setup: pool of {args.pool:,} prompts in K random-size regions (CSR), {args.draws} draws a step, "
+            f"feedback ({args.bins} timestep bins) after every step; one step = allocate + draw_members + update; "
+            f"median over {args.repeats} blocks of {args.steps} steps after {args.warmup} warm-up steps.\n\n"
+            f"{table}\n\n{verdict}\n"
+        )
+        write_section(args.write, body)
+    return 0 if not misses else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

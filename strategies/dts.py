@@ -1,0 +1,72 @@
+"""``dts``: discounted Thompson sampling with a Gaussian model (after Raj & Kalyani, "Taming
+non-stationary bandits: a Bayesian approach", 2017, whose discounted Beta posterior becomes a
+Gaussian one here, since the discrepancy is not a Bernoulli reward).
+
+Per region, discounted sums S_k and sample counts N_k (raw discrepancies pooled over timestep
+bins, multiplied by ``gamma`` every update). In units of the pooled mean B = sum S / sum N
+(scale-free), the posterior of region k's mean under a Gaussian prior N(1, noise^2 / n0) and a
+per-sample noise of ``noise`` (relative standard deviation) is
+
+    N((S_k / B + n0) / (N_k + n0),  noise^2 / (N_k + n0)).
+
+``allocate(state, step, n)`` draws one posterior sample theta from
+``np.random.default_rng([seed, step, 1])`` (so every rank and a resume draw the same) and uses
+softmax(theta / temperature) mixed with the uniform floor ``eps``: a distribution rather than
+the argmax, since each step draws many regions. ``probabilities(state)`` (no step) is the same
+rule on the posterior means: deterministic, the allocation the posterior expects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from .base import Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, region_totals, softmax_floor
+from .registry import register_strategy
+
+
+class DtsConfig(StrategyConfig):
+    gamma: float = Field(0.95, gt=0, le=1, description="discount per step (0.95: the memory of aria's alpha=0.05)")
+    noise: float = Field(1.0, gt=0, description="per-sample standard deviation of the discrepancy, relative to its mean")
+    prior_count: float = Field(1.0, gt=0, description="n0: weight of the prior (mean = pooled mean) in samples")
+    temperature: float = Field(0.5, gt=0, description="softmax temperature on the scale-free posterior sample")
+    eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")
+
+
+@register_strategy("dts")
+class DiscountedThompson(AllocationStrategy):
+    """Discounted Gaussian Thompson sampling; softmax over the step's posterior sample, uniform floor."""
+
+    description = "discounted Thompson sampling (Gaussian): softmax over a posterior sample, uniform floor"
+    Config = DtsConfig
+
+    def init_state(self, regions) -> State:
+        k = regions.num_regions
+        return {"discounted_sums": np.zeros(k), "discounted_counts": np.zeros(k)}
+
+    def posterior(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """Scale-free posterior mean and standard deviation of every region's discrepancy."""
+        sums, counts = np.asarray(state["discounted_sums"]), np.asarray(state["discounted_counts"])
+        total_count = counts.sum()
+        pooled_mean = sums.sum() / total_count if total_count > 0 else 0.0
+        n0 = self.config.prior_count
+        relative = sums / pooled_mean if pooled_mean > 0 else np.zeros_like(sums)
+        return (relative + n0) / (counts + n0), self.config.noise / np.sqrt(counts + n0)
+
+    def probabilities(self, state: State) -> np.ndarray:
+        mean, _ = self.posterior(state)
+        return softmax_floor(mean, self.config.temperature, self.config.eps, self.active(state))
+
+    def allocate(self, state: State, step: int, n: int) -> Allocation:
+        mean, std = self.posterior(state)
+        theta = mean + std * np.random.default_rng([int(state["seed"]), int(step), 1]).standard_normal(mean.size)
+        p = softmax_floor(theta, self.config.temperature, self.config.eps, self.active(state))
+        return Allocation(regions=draw_regions(p, int(state["seed"]), int(step), int(n)), probabilities=p)
+
+    def apply_feedback(self, state, sums, counts, step) -> State:
+        region_sum, region_count = region_totals(sums, counts)
+        gamma = self.config.gamma
+        return {
+            "discounted_sums": gamma * np.asarray(state["discounted_sums"]) + region_sum,
+            "discounted_counts": gamma * np.asarray(state["discounted_counts"]) + region_count,
+        }

@@ -1,0 +1,109 @@
+"""aria compare statistics, the results document and its --check, and compare end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from aria import compare, report
+from aria.errors import UserError
+
+
+def test_mean_ci_matches_t_interval():
+    x = [1.0, 2.0, 4.0]
+    ci = compare.mean_ci(x)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
+    assert ci["n"] == 3 and ci["mean"] == pytest.approx(7 / 3)
+    assert (ci["low"], ci["high"]) == pytest.approx((low, high))
+    assert compare.mean_ci([5.0])["low"] is None and compare.mean_ci([None])["mean"] is None
+
+
+def test_kid_is_unbiased_mmd_with_cubic_kernel():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(50, 4))
+    same = np.mean([compare.kid(rng.normal(size=(60, 4)), rng.normal(size=(50, 4))) for _ in range(40)])
+    assert abs(same) < 0.05  # unbiased: about 0 for one distribution
+    assert compare.kid(x, y + 1.0) > 0.5
+    k = lambda a, b: (a @ b.T / 4 + 1) ** 3  # noqa: E731
+    xs, ys = x[:3], y[:2]
+    brute = ((k(xs, xs).sum() - np.trace(k(xs, xs))) / 6 + (k(ys, ys).sum() - np.trace(k(ys, ys))) / 2
+             - 2 * k(xs, ys).mean())
+    assert compare.kid(xs, ys) == pytest.approx(brute)
+
+
+def fake_eval(disc, gap, seed):
+    """An eval-JSON-shaped dict (only what the summary reads)."""
+    metrics = {}
+    for g, d in disc.items():
+        metrics[g] = {"discrepancy": d + 0.01 * seed, "accuracy_gap": gap[g], "judge_accuracy": 0.5}
+    return {"metrics": metrics, "probe": {"digest": "abc"}}
+
+
+def synthetic_results():
+    seeds = [0, 1, 2]
+    evals = {
+        "rc": {s: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 1.0}, {"seen": 0, "under": 0.1, "unseen": 0.4}, s)
+               for s in seeds},
+        "aria": {s: fake_eval({"seen": 1.0, "under": 0.8, "unseen": 0.9}, {"seen": 0, "under": 0.1, "unseen": 0.1}, s)
+                 for s in seeds},
+    }
+    res = compare.summarise(evals, ["rc", "aria"], seeds)
+    res.update(format="aria-compare/1", command="aria compare --seeds 3", card="cpu", date="2026-01-01 00:00 UTC",
+               wall_time_s=12.5, run_wall_time_s=30.25, steps=10, strategies=["rc", "aria"], seeds=seeds,
+               probe_digest="abc", plots={"regime metrics per strategy": "plots/regime_metrics.png"}, runs={})
+    return res
+
+
+def test_checks_apply_the_bars():
+    checks = {c["name"]: c for c in synthetic_results()["checks"]}
+    assert checks["under discrepancy aria/rc"]["pass"]  # ~0.8 <= 0.85
+    assert not checks["unseen discrepancy aria/rc"]["pass"]  # ~0.9 > 0.85
+    assert checks["seen discrepancy aria/rc"]["pass"]  # 1.0 <= 1.02
+    gap = checks["unseen accuracy gap: aria - 0.5 rc"]
+    assert gap["pass"] and gap["mean"] == pytest.approx(0.1 - 0.5 * 0.4)
+
+
+def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
+    path = tmp_path / "res" / "results.json"
+    compare.write_json(path, synthetic_results())
+    doc = tmp_path / "docs" / "RESULTS.md"
+    text = compare.results_doc(path, doc)
+    assert "12.5 s" in text and "aria compare --seeds 3" in text and "../res/plots/regime_metrics.png" in text
+    compare.results_doc(path, doc, check=True)  # freshly generated: passes
+    # the reading section survives regeneration; its prose is not checked
+    doc.write_text(doc.read_text().replace(report.READING_DEFAULT, "aria wins on 0.123 of cases."))
+    compare.results_doc(path, doc)
+    assert "aria wins on 0.123 of cases." in doc.read_text()
+    compare.results_doc(path, doc, check=True)
+    # one number in the generated part changed by hand: the check fails naming the line
+    mean = compare.read_results(path)["summary"]["aria"]["under"]["discrepancy"]["mean"]
+    cell = report.fmt(mean)
+    assert cell in doc.read_text()
+    doc.write_text(doc.read_text().replace(cell, "0.7", 1))
+    with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
+        compare.results_doc(path, doc, check=True)
+
+
+def test_results_cli_check_exits_1_and_bad_json_exits_2(tmp_path):
+    path = tmp_path / "results.json"
+    compare.write_json(path, synthetic_results())
+    doc = tmp_path / "RESULTS.md"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("--results", str(path), "--out", str(doc)).returncode == 0
+    assert run("--results", str(path), "--out", str(doc), "--check").returncode == 0
+    doc.write_text(doc.read_text().replace("12.5 s", "11 s"))
+    out = run("--results", str(path), "--out", str(doc), "--check")
+    assert out.returncode == 1 and "line" in out.stderr
+    (tmp_path / "bad.json").write_text("{")
+    out = run("--results", str(tmp_path / "bad.json"), "--out", str(doc))
+    assert out.returncode == 2 and "bad.json" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_read_results_rejects_other_json(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(UserError, match="x.json"):
+        compare.read_results(tmp_path / "x.json")

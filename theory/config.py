@@ -1,0 +1,198 @@
+"""The sweep of ``aria theory-sim``: a typed config (unknown keys rejected), default and quick presets.
+
+A YAML file overrides the chosen preset key by key (nested sections merge), so a file may hold
+only what it changes. ``configs/theory.yaml`` is the default preset written out.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aria.errors import UserError, format_validation_error
+
+from .processes import Drift, Noise
+
+Alpha = Field(gt=0, le=1)
+Sampled = Literal["linear", "random_walk", "sinusoid", "piecewise", "decay", "coupled"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Runs(_Section):
+    seeds: int = Field(ge=2, le=1000, description="independent seeds per configuration")
+    steps: int = Field(ge=50, le=200_000, description="steps simulated per seed")
+    burn_in: int = Field(ge=0, description="steps discarded before measuring")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.steps - self.burn_in < 20:
+            raise ValueError("steps - burn_in must leave at least 20 measured steps")
+        return self
+
+
+class Every(Runs):
+    """Regions observed at every step (one strategy instance for all seeds x regions)."""
+
+    alphas: list[float] = Field(min_length=1)
+    sigmas: list[float] = Field(min_length=1)
+    deltas: list[float] = Field(min_length=1)
+    processes: list[Drift] = Field(min_length=1)
+    noises: list[Noise] = Field(min_length=1)
+    delays: list[int] = Field(min_length=1)
+    regions: int = Field(4, ge=1, le=64, description="regions per seed (independent replicates here)")
+
+
+class Scan(_Section):
+    """The alpha scan on the worst-case drift (linear trend, Gaussian noise): measured minimiser vs a*."""
+
+    alphas: list[float] = Field(min_length=5)
+    sigma: float = Field(gt=0)
+    delta: float = Field(gt=0)
+    delays: list[int] = Field(min_length=1)
+
+
+class SampledRuns(Runs):
+    """Regions observed only when the allocation draws them; designs are (K regions, eps, B draws)."""
+
+    alphas: list[float] = Field(min_length=1)
+    sigmas: list[float] = Field(min_length=1)
+    deltas: list[float] = Field(min_length=1)
+    designs: list[tuple[int, float, int]] = Field(min_length=1)
+    delays: list[int] = Field(min_length=1)
+    processes: list[Sampled] = Field(min_length=1, description="cycled over the configurations")
+    noises: list[Noise] = Field(min_length=1, description="cycled over the configurations")
+
+
+class Outside(_Section):
+    """Processes outside the assumptions: jumps far above delta, Student-t with df <= 2."""
+
+    alphas: list[float] = Field(min_length=1)
+    sigma: float = Field(gt=0)
+    delta: float = Field(gt=0)
+    jump: float = Field(gt=0, description="jump size (compare with delta)")
+    jump_every: int = Field(ge=2, description="mean steps between jumps")
+    heavy_df: list[float] = Field(description="Student-t degrees of freedom, each in (0, 2]")
+    heavy_processes: list[Drift] = Field(min_length=1)
+    delays: list[int] = Field(min_length=1)
+
+
+class Allocation(_Section):
+    """Allocation quality on the coupled process: every registered strategy but ``exclude``."""
+
+    regions: int = Field(ge=2, le=256)
+    draws: int = Field(ge=1)
+    steps: int = Field(ge=10)
+    seeds: int = Field(ge=1)
+    alpha: float = Alpha
+    eps: float = Field(ge=0, le=1)
+    sigma: float = Field(ge=0)
+    delta: float = Field(gt=0)
+    noise: Noise = "uniform"
+    skew: float = Field(1.0, ge=0, description="Zipf exponent of the region sizes (small regions start worse)")
+    exclude: list[str] = ["none"]
+
+
+class TheoryConfig(_Section):
+    seed: int = 0
+    confidence: float = Field(gt=0.5, lt=1, description="one-sided level of the confidence limits")
+    student_df: float = Field(gt=2, description="degrees of freedom of the in-assumption Student-t")
+    workers: int = Field(0, ge=0, le=64, description="processes (0: min(2, CPUs))")
+    every: Every
+    scan: Scan
+    sampled: SampledRuns
+    outside: Outside
+    allocation: Allocation
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("every", "scan", "sampled", "outside"):
+            sec = getattr(self, name)
+            if any(not 0 < a <= 1 for a in sec.alphas):
+                raise ValueError(f"{name}.alphas must lie in (0, 1]")
+            if any(not 0 <= d <= 8 for d in sec.delays):
+                raise ValueError(f"{name}.delays must lie in 0..8")
+        for sec in (self.every, self.sampled):
+            if any(s <= 0 for s in sec.sigmas) or any(d < 0 for d in sec.deltas):
+                raise ValueError("sigmas must be > 0 and deltas >= 0")
+        late = max(self.every.delays + self.scan.delays + self.outside.delays)
+        if self.every.burn_in < late:
+            raise ValueError("every.burn_in must be at least the largest delay")
+        for k, eps, b in self.sampled.designs:
+            if k < 1 or not 0 < eps <= 1 or b < 1:
+                raise ValueError("sampled.designs are (K >= 1, 0 < eps <= 1, B >= 1)")
+            if self.sampled.burn_in < (max(self.sampled.delays) + 1) * k:
+                raise ValueError("sampled.burn_in must cover the warm start: (max delay + 1) * K steps")
+        if any(not 0 < df <= 2 for df in self.outside.heavy_df):
+            raise ValueError("outside.heavy_df must lie in (0, 2]")
+        return self
+
+
+_ALL_DRIFTS = ["linear", "random_walk", "sinusoid", "piecewise", "decay"]
+_ALL_NOISES = ["gaussian", "uniform", "student_t", "two_point"]
+
+DEFAULT = {
+    "seed": 0, "confidence": 0.999, "student_df": 3.0, "workers": 0,
+    "every": {"alphas": [0.02, 0.08, 0.3], "sigmas": [0.1, 0.3], "deltas": [0.0005, 0.003],
+              "processes": _ALL_DRIFTS, "noises": _ALL_NOISES, "delays": [0, 1], "regions": 4,
+              "seeds": 12, "steps": 3000, "burn_in": 1000},
+    "scan": {"alphas": [0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.045, 0.065, 0.1, 0.15, 0.22, 0.33, 0.5],
+             "sigma": 0.3, "delta": 0.001, "delays": [0, 1]},
+    "sampled": {"alphas": [0.05, 0.2], "sigmas": [0.2], "deltas": [0.002],
+                "designs": [[4, 0.5, 1], [8, 1.0, 2], [16, 0.3, 4]], "delays": [0, 1],
+                "processes": _ALL_DRIFTS + ["coupled"], "noises": _ALL_NOISES,
+                "seeds": 8, "steps": 2500, "burn_in": 700},
+    "outside": {"alphas": [0.02, 0.08, 0.3], "sigma": 0.1, "delta": 0.0005, "jump": 0.5, "jump_every": 300,
+                "heavy_df": [1.5, 2.0], "heavy_processes": ["random_walk"], "delays": [0, 1]},
+    "allocation": {"regions": 12, "draws": 4, "steps": 2000, "seeds": 6, "alpha": 0.1, "eps": 0.2,
+                   "sigma": 0.1, "delta": 0.01, "noise": "uniform", "skew": 1.0, "exclude": ["none"]},
+}
+
+QUICK_CHANGES = {
+    "every": {"alphas": [0.03, 0.15], "sigmas": [0.2], "deltas": [0.002], "seeds": 8, "steps": 1200, "burn_in": 400},
+    "scan": {"alphas": [0.01, 0.015, 0.022, 0.032, 0.045, 0.065, 0.1, 0.15, 0.3]},
+    "sampled": {"alphas": [0.1], "designs": [[4, 0.5, 2], [8, 1.0, 1]], "seeds": 5, "steps": 800, "burn_in": 250},
+    "outside": {"alphas": [0.05], "heavy_df": [1.5]},
+    "allocation": {"regions": 8, "steps": 600, "seeds": 2},
+}
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key (nested dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+QUICK = merge(DEFAULT, QUICK_CHANGES)
+
+
+def load_config(path: Optional[Path] = None, quick: bool = False) -> TheoryConfig:
+    """The preset (default or quick) overridden by the YAML file at ``path``; UserError on a bad one."""
+    data = QUICK if quick else DEFAULT
+    source = "theory preset"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            changes = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(changes, dict):
+            raise UserError(f"{path}: expected a mapping of config keys")
+        data = merge(data, changes)
+    try:
+        return TheoryConfig(**data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source=source)) from err
+    except TypeError as err:
+        raise UserError(f"{source}: {err}") from err

@@ -1,0 +1,289 @@
+"""The sweep: configurations from a ``TheoryConfig``, run in parallel, judged against the bounds.
+
+The check (Monte Carlo error accounted for): per configuration the seeds are independent
+replicates of the time-averaged squared error. A configuration is a *violation* when, at level
+``confidence`` (Bonferroni over the tests of the configuration), either the one-sided lower
+confidence limit of its RMSE (Student-t over seeds; overall and per region) exceeds the bound,
+or a Markov sign test rejects: under the bound each seed's mean squared error exceeds
+4 bound^2 with probability at most 1/4, whatever the tails, so many such seeds are evidence of a
+violation even when heavy tails make the t-limit useless. Otherwise it is *within*.
+*strict* additionally requires the one-sided upper confidence limit to lie below the bound (the
+bound is then shown to hold at that level); it is reported, and cannot hold where the bound is
+essentially exact (noise-dominated, every-step updates).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.special import stdtrit
+
+from aria.strategies import list_strategies
+
+from . import bounds as Bd
+from .config import TheoryConfig
+from .simulate import Stream, run_allocation, run_every_step, run_sampled
+
+
+@dataclass
+class Row:
+    """One configuration: what was simulated, what was measured, and the verdict."""
+
+    kind: str  # every | scan | sampled | outside
+    process: str
+    noise: str
+    alpha: float
+    sigma: float
+    delta: float
+    delay: int
+    regions: int
+    seeds: int
+    eps: float = 1.0
+    draws: int = 0
+    p_min: float = 1.0
+    in_assumption: bool = True
+    rmse: float = 0.0
+    lcl: float = 0.0
+    ucl: float = 0.0
+    bound: float = 0.0
+    ratio: float = 0.0
+    region_ratio_max: float = 0.0
+    within: bool = True
+    strict: bool = True
+    markov_p: float = 1.0
+    dropped: int = 0
+    bound_theory_md: float | None = None
+    region_rmse: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        where = f"K={self.regions} eps={self.eps:g} B={self.draws}" if self.kind == "sampled" else f"K={self.regions}"
+        return (f"{self.kind:7s} {self.process:11s} {self.noise:10s} a={self.alpha:<6g} s={self.sigma:<5g} "
+                f"d={self.delta:<7g} D={self.delay} {where}")
+
+
+def confidence_limits(mse: np.ndarray, level: float) -> tuple[float, float, float]:
+    """(RMSE, lower, upper) one-sided limits at ``level`` from per-seed mean squared errors."""
+    mse = np.asarray(mse, dtype=np.float64)
+    n = mse.size
+    mean = float(mse.mean())
+    half = float(stdtrit(n - 1, level) * mse.std(ddof=1) / np.sqrt(n)) if n > 1 else np.inf
+    return np.sqrt(mean), np.sqrt(max(mean - half, 0.0)), np.sqrt(mean + half)
+
+
+def markov_pvalue(mse: np.ndarray, bound: float, factor: float = 4.0) -> float:
+    """P-value of "E[mse] <= bound^2" from how many seeds exceed factor * bound^2 (Markov + binomial)."""
+    n, m = len(mse), int(np.sum(np.asarray(mse) > factor * bound**2))
+    q = 1.0 / factor
+    return float(sum(math.comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(m, n + 1)))
+
+
+def judge(row: Row, mse: np.ndarray, bound: float, level: float) -> Row:
+    """Fill the measured values and the verdict from per-(seed, region) mean squared errors."""
+    tests = 2 + mse.shape[1]
+    lvl = 1.0 - (1.0 - level) / tests
+    row.rmse, row.lcl, row.ucl = confidence_limits(mse.mean(1), lvl)
+    row.markov_p = markov_pvalue(mse.mean(1), bound)
+    regional = [confidence_limits(mse[:, k], lvl) for k in range(mse.shape[1])]
+    row.bound = bound
+    row.ratio = row.rmse / bound
+    row.region_rmse = [r[0] for r in regional]
+    row.region_ratio_max = max(r[0] for r in regional) / bound
+    row.within = row.lcl <= bound and all(r[1] <= bound for r in regional) and row.markov_p >= 1.0 - lvl
+    row.strict = row.ucl <= bound and all(r[2] <= bound for r in regional)
+    return row
+
+
+# -- tasks (run in worker processes) -------------------------------------------------------------
+
+def _every_task(alpha, streams, burn, max_delay, trace):
+    return alpha, run_every_step(alpha, streams, burn, max_delay, trace)
+
+
+def _sampled_task(index, alpha, eps, draws, delay, stream, burn, trace):
+    return index, run_sampled(alpha, eps, draws, delay, stream, burn, trace)
+
+
+def _allocation_task(name, kwargs):
+    try:
+        return name, run_allocation(name, **kwargs)
+    except Exception as err:  # a strategy under construction elsewhere must not hide the others
+        return name, {"error": f"{type(err).__name__}: {err}"}
+
+
+def allocation_setup(cfg: TheoryConfig) -> dict:
+    """Region sizes (Zipf), starts (small regions start worse) and floors for the coupled comparison."""
+    a = cfg.allocation
+    k = np.arange(a.regions)
+    sizes = np.maximum(1, np.round(1000.0 / (k + 1.0) ** a.skew)).astype(np.int64)
+    start = 1.0 + 1.5 * k / max(a.regions - 1, 1)
+    floor = np.random.default_rng([cfg.seed, 7]).uniform(0.3, 0.8, a.regions)
+    return {"sizes": sizes, "start": start, "floor": floor}
+
+
+def strategies_to_compare(cfg: TheoryConfig) -> list[str]:
+    return [n for n in list_strategies() if n not in cfg.allocation.exclude]
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+
+
+def run_sweep(cfg: TheoryConfig, progress=None) -> dict:
+    """Run every configuration of ``cfg``; returns rows, the alpha scan, allocation results and traces."""
+    workers = cfg.workers or min(2, os.cpu_count() or 1)
+    ev, sc, sa, ou = cfg.every, cfg.scan, cfg.sampled, cfg.outside
+    base = dict(regions=ev.regions, seeds=ev.seeds, steps=ev.steps, seed=cfg.seed, df=cfg.student_df)
+    plan: dict[float, list[tuple[str, Stream, list[int]]]] = {}  # alpha -> (kind, stream, delays)
+    for a in ev.alphas:
+        for proc, noise, s, d in itertools.product(ev.processes, ev.noises, ev.sigmas, ev.deltas):
+            plan.setdefault(a, []).append(("every", Stream(proc, noise, s, d, **base), ev.delays))
+    for a in sc.alphas:
+        plan.setdefault(a, []).append(("scan", Stream("linear", "gaussian", sc.sigma, sc.delta, **base), sc.delays))
+    for a in ou.alphas:
+        out = [Stream("jumps", "gaussian", ou.sigma, ou.delta, jump=ou.jump, jump_every=ou.jump_every,
+                      **base)]
+        out += [Stream(p, "heavy_t", ou.sigma, ou.delta, **{**base, "df": df})
+                for p in ou.heavy_processes for df in ou.heavy_df]
+        plan.setdefault(a, []).extend(("outside", s, ou.delays) for s in out)
+    sampled = []
+    combos = list(itertools.product(sa.alphas, sa.sigmas, sa.deltas, sa.designs, sa.delays))
+    for i, (a, s, d, (k, eps, b), delay) in enumerate(combos):
+        proc, noise = sa.processes[i % len(sa.processes)], sa.noises[i % len(sa.noises)]
+        stream = Stream(proc, noise, s, d, regions=k, seeds=sa.seeds, steps=sa.steps, seed=cfg.seed + i,
+                        df=cfg.student_df)
+        sampled.append((a, eps, b, delay, stream))
+    setup = allocation_setup(cfg)
+    al = cfg.allocation
+    names = strategies_to_compare(cfg)
+
+    jobs = []  # (cost estimate, function, args)
+    trace_alpha = ev.alphas[len(ev.alphas) // 2]
+    for a, items in plan.items():
+        streams = [s for _, s, _ in items]
+        if a == trace_alpha:  # trace a curved path: the first non-linear stream goes first
+            first = next((j for j, s in enumerate(streams) if s.process != "linear"), 0)
+            items.insert(0, items.pop(first))
+            streams.insert(0, streams.pop(first))
+        max_delay = max(max(dl) for _, _, dl in items)
+        jobs.append((sum(s.seeds * s.regions for s in streams) * ev.steps * 0.02 + ev.steps * 60,
+                     _every_task, (a, streams, ev.burn_in, max_delay, 3 if a == trace_alpha else 0)))
+    traced = next((i for i, c in enumerate(sampled) if c[4].process != "linear"), 0)
+    for i, (a, eps, b, delay, stream) in enumerate(sampled):
+        jobs.append((stream.seeds * stream.steps * 110, _sampled_task,
+                     (i, a, eps, b, delay, stream, sa.burn_in, i == traced)))
+    for name in names:
+        params = {"alpha": al.alpha, "eps": al.eps, "timestep_norm": False} if name == "aria" else {}
+        kwargs = dict(params=params, sizes=setup["sizes"], start=setup["start"], floor=setup["floor"],
+                      delta=al.delta, sigma=al.sigma, noise_law=al.noise, draws=al.draws, steps=al.steps,
+                      seeds=al.seeds, seed=cfg.seed, trace=name == "aria", df=cfg.student_df)
+        jobs.append((al.seeds * al.steps * 160, _allocation_task, (name, kwargs)))
+    jobs.sort(key=lambda j: -j[0])
+
+    pool = _pool(workers)
+    try:
+        futures = [pool.submit(fn, *args) if pool else None for _, fn, args in jobs]
+        results = [f.result() if pool else fn(*args) for f, (_, fn, args) in zip(futures, jobs)]
+    finally:
+        if pool:
+            pool.shutdown()
+    every_out = {r[0]: r[1] for r, (_, fn, _) in zip(results, jobs) if fn is _every_task}
+    sampled_out = {r[0]: r[1] for r, (_, fn, _) in zip(results, jobs) if fn is _sampled_task}
+    alloc_out = {r[0]: r[1] for r, (_, fn, _) in zip(results, jobs) if fn is _allocation_task}
+
+    rows, traces = [], {}
+    for a, items in plan.items():
+        for (kind, s, delays), res in zip(items, every_out[a]):
+            if "trace" in res:
+                traces["every"] = {**res["trace"], "alpha": a, "process": s.process, "noise": s.noise}
+            for delay in delays:
+                bound = Bd.window_bound(a, s.sigma, s.delta, 1.0, delay, ev.burn_in, ev.steps, 0)
+                row = Row(kind, s.process, s.noise if s.noise != "heavy_t" else f"heavy_t{s.df:g}", a, s.sigma,
+                          s.delta, delay, s.regions, s.seeds, in_assumption=kind != "outside",
+                          dropped=res["dropped"])
+                rows.append(judge(row, res["mse"][delay], bound, cfg.confidence))
+    for i, (a, eps, b, delay, s) in enumerate(sampled):
+        res = sampled_out[i]
+        p = Bd.update_probability(eps, s.regions, b)
+        warm = (delay + 1) * s.regions
+        bound = Bd.window_bound(a, s.sigma, s.delta, p, delay, sa.burn_in, sa.steps, warm)
+        row = Row("sampled", s.process, s.noise, a, s.sigma, s.delta, delay, s.regions, s.seeds, eps, b, p,
+                  dropped=res["dropped"], bound_theory_md=float(Bd.noise_term(a, s.sigma) + Bd.theory_md_drift(a, s.delta, p)
+                                                                + delay * s.delta))
+        rows.append(judge(row, res["mse"], bound, cfg.confidence))
+        if "trace" in res:
+            traces["sampled"] = {**res["trace"], "alpha": a, "process": s.process, "noise": s.noise,
+                                 "regions": s.regions, "eps": eps, "draws": b, "delay": delay}
+    return {"rows": rows, "scan": scan_summary(rows, cfg), "allocation": allocation_summary(alloc_out),
+            "traces": traces, "setup": setup, "workers": workers}
+
+
+def scan_summary(rows: list[Row], cfg: TheoryConfig) -> list[dict]:
+    """Per delay: the measured minimiser in alpha (log-parabola through the grid minimum) against a*."""
+    out = []
+    for delay in cfg.scan.delays:
+        sel = sorted((r for r in rows if r.kind == "scan" and r.delay == delay), key=lambda r: r.alpha)
+        la, err = np.log([r.alpha for r in sel]), np.log([r.rmse for r in sel])
+        i = int(np.argmin(err))
+        best = la[i]
+        if 0 < i < len(sel) - 1:
+            c = np.polyfit(la[i - 1:i + 2], err[i - 1:i + 2], 2)
+            if c[0] > 0:
+                best = float(np.clip(-c[1] / (2 * c[0]), la[i - 1], la[i + 1]))
+        star = Bd.a_star(cfg.scan.sigma, cfg.scan.delta, 1.0, delay)
+        measured = float(np.exp(best))
+        out.append({"delay": delay, "measured_minimiser": measured, "grid_minimiser": float(np.exp(la[i])),
+                    "a_star": star, "a_star_approx": Bd.a_star_approx(cfg.scan.sigma, cfg.scan.delta),
+                    "ratio": measured / star, "within_factor_2": bool(0.5 <= measured / star <= 2.0),
+                    "alphas": [r.alpha for r in sel], "rmse": [r.rmse for r in sel],
+                    "lcl": [r.lcl for r in sel], "ucl": [r.ucl for r in sel], "bound": [r.bound for r in sel]})
+    return out
+
+
+def allocation_summary(results: dict) -> list[dict]:
+    out = []
+    for name, res in sorted(results.items()):
+        if "error" in res:
+            out.append({"strategy": name, "error": res["error"]})
+            continue
+        final = res["final"]
+        out.append({"strategy": name, "final_max": float(final.max(1).mean()),
+                    "final_max_sd": float(final.max(1).std()), "final_mean": float(final.mean()),
+                    "mean_worst": float(res["worst"].mean()), "worst_curve": res["worst"].mean(1),
+                    "probabilities": res["probabilities"]})
+    return out
+
+
+def summary(result: dict) -> dict:
+    """Counts, percentages and the median tightness of the in-assumption configurations."""
+    rows = result["rows"]
+    inside = [r for r in rows if r.in_assumption]
+    outside = [r for r in rows if not r.in_assumption]
+    ratios = np.array([r.ratio for r in inside])
+    by_kind = {k: float(np.median([r.ratio for r in inside if r.kind == k]))
+               for k in ("every", "scan", "sampled") if any(r.kind == k for r in inside)}
+    return {
+        "in_assumption": len(inside),
+        "pairs": int(sum(r.seeds for r in inside)),
+        "within": int(sum(r.within for r in inside)),
+        "within_pct": 100.0 * sum(r.within for r in inside) / max(len(inside), 1),
+        "strict": int(sum(r.strict for r in inside)),
+        "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
+        "median_ratio_by_kind": by_kind,
+        "max_ratio": float(ratios.max()) if len(ratios) else float("nan"),
+        "outside": len(outside),
+        "outside_violations": int(sum(not r.within for r in outside)),
+        "all_within": all(r.within for r in inside),
+    }
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [{**asdict(r), "label": r.label} for r in rows]
