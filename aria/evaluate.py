@@ -245,7 +245,7 @@ def load_student(path: Path, device: str):
     return unet.to(device).eval().requires_grad_(False), folder
 
 
-def _space(teacher):
+def pixel_codec(teacher):
     """(encode, decode) between pixels in [-1, 1] and the teacher's space (identity in pixels)."""
     if not teacher.latent:
         return None, lambda x: x
@@ -263,10 +263,8 @@ def _space(teacher):
     return encode, decode
 
 
-def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None) -> dict:
-    """Every metric of one student (a dict ready for JSON); loads what is not passed in."""
-    from diffusers import DDPMScheduler
-
+def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
+    """(teacher, bundle, judge) of ``config``, loading those not given (no judge outside the world)."""
     from .encoders import resolve_device
 
     device = resolve_device(config.backend.device)
@@ -274,21 +272,34 @@ def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, 
         from .models import load_teacher
 
         teacher = load_teacher(config.teacher, device=device)
-    student, folder = load_student(student_path, device)
+    if bundle is None:
+        from .data import prepare_data
+
+        bundle = prepare_data(config, device=None)
+    if judge is None and _combos(bundle) is not None:
+        from .world.judge import Judge
+
+        judge = Judge.load(device=device)
+    return teacher, bundle, judge
+
+
+def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None) -> dict:
+    """Every metric of one student (a dict ready for JSON); loads what is not passed in."""
+    from diffusers import DDPMScheduler
+
+    find_student(student_path)  # a wrong folder fails before any heavy work
+    teacher, bundle, judge = load_components(config, teacher, bundle, judge)
+    student, folder = load_student(student_path, next(teacher.unet.parameters()).device)
     for key in ("in_channels", "sample_size", "cross_attention_dim"):
         if student.config[key] != teacher.unet.config[key]:
             raise UserError(f"--student {folder}: {key} {student.config[key]} differs from the teacher's "
                             f"{teacher.unet.config[key]}")
-    if bundle is None:
-        from .data import prepare_data
-
-        bundle = prepare_data(config)
     ecfg = config.eval
     if ecfg.sample_steps > 50:
         raise UserError(f"eval.sample_steps {ecfg.sample_steps}: the DDIM sampler takes 1 to 50 steps")
     sched = DDPMScheduler.from_config(teacher.scheduler_config)
     alphas = sched.alphas_cumprod.numpy()
-    encode, decode = _space(teacher)
+    encode, decode = pixel_codec(teacher)
     probe = build_probe_set(bundle, ecfg, sched.config.num_train_timesteps, encode)
     ids = sample_prompt_ids(bundle, ecfg)
     enc = bundle.encoder
@@ -306,10 +317,6 @@ def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, 
     t_px = decode(ref["samples"])
     combos = _combos(bundle)
     if combos is not None:
-        if judge is None:
-            from .world.judge import Judge
-
-            judge = Judge.load()
         s_read, t_read = judge_readings(judge, s_px), judge_readings(judge, t_px)
     regimes = bundle.regime_of_prompt
     p_groups = _groups(None if regimes is None else regimes[probe.prompt_ids], len(probe.prompt_ids))

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-
-REGIME_NAMES = ("seen", "under", "unseen")
+from .world.regimes import REGIME_NAMES
 REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "all": "#777777", None: "#bbbbbb"}
 METRICS = {  # name -> (label, higher is better)
     "discrepancy": ("probe discrepancy", False),

@@ -56,8 +56,11 @@ class Aria(AllocationStrategy):
     def probabilities(self, state: State) -> np.ndarray:
         cfg = self.config
         active = self.active(state)
-        visited = (np.asarray(state["visits"]) > 0) & active
-        n_visited, n_active = np.count_nonzero(visited), np.count_nonzero(active)
+        n_active = np.count_nonzero(active)
+        visited = np.asarray(state["visits"]) > 0
+        if n_active < active.size:
+            visited &= active
+        n_visited = np.count_nonzero(visited)
         if n_visited == 0:
             return mix_floor(active.astype(np.float64), 0.0, active)
         if n_visited < n_active and cfg.warm_start:  # unvisited regions first, floor kept
@@ -67,8 +70,9 @@ class Aria(AllocationStrategy):
             m = np.where(visited, m, m[visited].max())  # optimism for regions never observed
         if cfg.rule == "softmax":
             scale = (m.sum() if n_active == m.size else m[active].sum()) / n_active
-            z = m / scale if scale > 0 else np.zeros_like(m)
-            return softmax_floor(z, cfg.temperature, cfg.eps, active)
+            if not scale > 0:
+                return mix_floor(active.astype(np.float64), cfg.eps, active)
+            return softmax_floor(m / scale, cfg.temperature, cfg.eps, active)
         top = np.where(active, m, 0.0).max()  # normalise by the max so m^power cannot overflow
         q = (m / top) ** cfg.power if top > 0 else np.ones_like(m)
         return mix_floor(q, cfg.eps, active)
@@ -82,31 +86,43 @@ class Aria(AllocationStrategy):
         return ratio[regions] ** beta
 
     def apply_feedback(self, state, sums, counts, step) -> State:
-        cfg = self.config
-        num_regions, num_bins = sums.shape
-        bin_mean = np.asarray(state["bin_mean"], dtype=np.float64)
-        bin_seen = np.asarray(state["bin_seen"], dtype=np.int64)
-        # a step touches few of the K * bins entries: work on those only
-        idx = nonzero_entries(counts)
+        idx = nonzero_entries(counts)  # a step touches few of the K * bins entries: work on those
+        if idx.size == 0:
+            return {}
+        num_bins = sums.shape[1]
         rows, bins = np.divmod(idx, num_bins)
         values, weights = sums.reshape(-1)[idx], counts.reshape(-1)[idx]
-        if cfg.timestep_norm:
-            if bin_mean.size != num_bins:
-                bin_mean, bin_seen = np.zeros(num_bins), np.zeros(num_bins, dtype=np.int64)
-            bin_sum = np.bincount(bins, values, minlength=num_bins)
-            bin_count = np.bincount(bins, weights, minlength=num_bins)
-            has = bin_count > 0
-            obs = np.divide(bin_sum, bin_count, out=np.zeros(num_bins), where=has)
-            new_bin = np.where(bin_seen > 0, (1 - cfg.norm_alpha) * bin_mean + cfg.norm_alpha * obs, obs)
-            bin_mean = np.where(has, new_bin, bin_mean)
-            bin_seen = bin_seen + has
-            values = values / np.where(bin_mean > 0, bin_mean, 1.0)[bins]
-        region_sum = np.bincount(rows, values, minlength=num_regions)
-        region_count = np.bincount(rows, weights, minlength=num_regions)
-        seen = np.flatnonzero(region_count > 0)
-        y = region_sum[seen] / region_count[seen]
+        new: State = {}
+        if self.config.timestep_norm:
+            bin_mean, new["bin_seen"] = self._bin_means(state, bins, values, weights, num_bins)
+            new["bin_mean"] = bin_mean
+            values = values / (bin_mean if bin_mean.all() else np.where(bin_mean > 0, bin_mean, 1.0))[bins]
+        # idx is sorted, so each observed region is a run of entries: sum the runs
+        starts = np.concatenate(([True], rows[1:] != rows[:-1])).nonzero()[0]
+        seen = rows[starts]
+        y = np.add.reduceat(values, starts) / np.add.reduceat(weights, starts)
+        alpha = self.config.alpha
         m = np.array(state["estimate"], dtype=np.float64)
         visits = np.array(state["visits"], dtype=np.int64)
-        m[seen] = np.where(visits[seen] > 0, (1 - cfg.alpha) * m[seen] + cfg.alpha * y, y)
-        visits[seen] += 1
-        return {"estimate": m, "visits": visits, "bin_mean": bin_mean, "bin_seen": bin_seen}
+        old, seen_visits = m[seen], visits[seen]
+        tracked = (1 - alpha) * old + alpha * y
+        m[seen] = tracked if seen_visits.all() else np.where(seen_visits > 0, tracked, y)
+        visits[seen] = seen_visits + 1
+        new.update(estimate=m, visits=visits)
+        return new
+
+    def _bin_means(self, state, bins, values, weights, num_bins) -> tuple[np.ndarray, np.ndarray]:
+        """Running mean of the observations of every timestep bin (over all regions), and visits."""
+        a = self.config.norm_alpha
+        mean = np.asarray(state["bin_mean"], dtype=np.float64)
+        seen = np.asarray(state["bin_seen"], dtype=np.int64)
+        if mean.size != num_bins:
+            mean, seen = np.zeros(num_bins), np.zeros(num_bins, dtype=np.int64)
+        bin_sum = np.bincount(bins, values, minlength=num_bins)
+        bin_count = np.bincount(bins, weights, minlength=num_bins)
+        if bin_count.all() and seen.all():  # the usual case: every bin tracked and observed
+            return (1 - a) * mean + a * (bin_sum / bin_count), seen + 1
+        has = bin_count > 0
+        obs = np.divide(bin_sum, bin_count, out=np.zeros(num_bins), where=has)
+        tracked = np.where(seen > 0, (1 - a) * mean + a * obs, obs)
+        return np.where(has, tracked, mean), seen + has

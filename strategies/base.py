@@ -9,10 +9,12 @@ switched conditions are drawn. It never touches models or tensors:
 
 - ``state`` is a flat ``dict`` of numpy arrays and Python scalars: it round-trips through JSON
   or safetensors (``state_to_json`` / ``state_to_arrays``), never pickle.
-- all randomness comes from ``np.random.default_rng([seed, step])``: two processes (ranks, or a
-  run and its resume) draw the same allocation for the same step without any RNG state.
+- all randomness comes from ``np.random.default_rng([seed, step, ...])``: two processes (ranks, or
+  a run and its resume) draw the same allocation for the same step without any RNG state
+  (``[seed, step]`` regions, ``[seed, step, 1]`` a strategy's own sample, ``[seed, step, 2]`` the
+  prompts inside the regions, see ``draw_members``).
 - feedback arrives as per-region sums and counts, so that it can be all-reduced over ranks before
-  the update; ``update`` drops non-finite or negative entries (and counts them in
+  the update; ``update`` drops non-finite, negative or absurdly large entries (and counts them in
   ``state["dropped"]``) before any strategy sees them. Feedback may arrive one step late: the
   allocation at step s depends only on the state and s.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -115,7 +118,6 @@ class Allocation:
 # Feedback above this (sqrt of the largest float, ~1.3e154) is not a measurement: dropping it lets
 # strategies add, scale and multiply a few feedback values without ever overflowing.
 FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
-LOG_TINY = float(np.log(np.finfo(np.float64).tiny))  # exp of anything lower underflows
 
 
 def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -124,30 +126,48 @@ def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarr
     An entry is bad if it is non-finite or negative, has a sum without a count, or exceeds
     ``FEEDBACK_LIMIT`` (as a sum or as a mean). Valid feedback is returned without a copy.
     """
+    sums, counts, dropped, _ = _sanitize(feedback, num_regions)
+    return sums, counts, dropped
+
+
+def _sanitize(feedback: Feedback, num_regions: int):
+    """``sanitize`` plus the flat indices of the non-zero counts of the result."""
     sums, counts = feedback.sums, feedback.counts
     if sums.shape[0] != num_regions:
         raise ValueError(f"feedback has {sums.shape[0]} regions, the strategy {num_regions}")
     # fast path: only entries with a non-zero count can hold data (a few per step), so check those
     # and verify that no sum hides elsewhere; NaN counts as non-zero and lands in the checked set.
     flat_sums = sums.reshape(-1)
-    idx = nonzero_entries(counts)
+    idx = _nonzero(counts)
     s, c = flat_sums[idx], counts.reshape(-1)[idx]
     if np.count_nonzero(flat_sums != 0) == np.count_nonzero(s) and _valid(s, c).all():
-        return sums, counts, 0
+        return sums, counts, 0, idx
     bad = ~_valid(sums, counts)
-    dropped = int(np.count_nonzero(bad))
-    return np.where(bad, 0.0, sums), np.where(bad, 0.0, counts), dropped
+    sums, counts = np.where(bad, 0.0, sums), np.where(bad, 0.0, counts)
+    return sums, counts, int(np.count_nonzero(bad)), _nonzero(counts)
 
 
 def _valid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Finite, non-negative, within the limit, and a count wherever there is a sum (NaN fails all)."""
-    limit = FEEDBACK_LIMIT
-    return (counts >= 0) & (counts <= limit) & (sums >= 0) & (sums <= limit) & (sums <= limit * counts)
+    # sums <= limit * min(counts, 1) bounds both the sum and the mean; a NaN or negative count fails it
+    return (counts <= FEEDBACK_LIMIT) & (sums >= 0) & (sums <= FEEDBACK_LIMIT * np.minimum(counts, 1.0))
+
+
+def _nonzero(counts: np.ndarray) -> np.ndarray:
+    return (counts.reshape(-1) != 0).nonzero()[0]  # a bool mask first: much faster than on floats
+
+
+# (counts, its non-zero entries) of the feedback being applied, set by ``update`` for the duration
+# of ``apply_feedback`` only, so that strategies do not scan the dense (K, bins) arrays again.
+_CURRENT_ENTRIES: ContextVar[tuple[np.ndarray, np.ndarray] | None] = ContextVar("aria_feedback_entries", default=None)
 
 
 def nonzero_entries(counts: np.ndarray) -> np.ndarray:
-    """Flat indices of the non-zero entries of ``counts`` (a bool mask first: much faster)."""
-    return np.flatnonzero(counts.reshape(-1) != 0)
+    """Flat indices of the non-zero entries of (K, bins) ``counts``, in increasing order."""
+    current = _CURRENT_ENTRIES.get()
+    if current is not None and current[0] is counts:
+        return current[1]
+    return _nonzero(counts)
 
 
 def region_totals(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,25 +198,35 @@ def mix_floor(q: np.ndarray, floor: float, active: np.ndarray) -> np.ndarray:
         q, total = active.astype(np.float64), n_active
     p = q * ((1.0 - floor) / total)
     p += floor / n_active if everywhere else active * (floor / n_active)
-    return p / p.sum()
+    return p  # sums to 1 up to rounding (K ulps); draw_regions scales by its own total
 
 
 def softmax_floor(scores: np.ndarray, temperature: float, floor: float, active: np.ndarray) -> np.ndarray:
-    """softmax(scores / temperature) over the active regions (finite scores), mixed with ``floor``."""
+    """softmax(scores / temperature) over the active regions (finite scores), mixed with ``floor``.
+
+    A temperature so small that (score gap) / temperature overflows gives exp(-inf) = 0, the
+    right limit (numpy warns).
+    """
     z = scores if active.all() else np.where(active, scores, -np.inf)
-    # clamp at log(tiny) before dividing, so that a tiny temperature cannot overflow
-    q = np.exp(np.maximum(z - z.max(), LOG_TINY * temperature) / temperature)
+    q = np.exp((z - z.max()) / temperature)
     return mix_floor(q, floor, active)
+
+
+def step_rng(*words: int) -> np.random.Generator:
+    """``np.random.default_rng(list(words))``, the same stream, built faster: words below 2**32
+    enter SeedSequence as one uint32 array, exactly as it splits a list of small ints."""
+    if min(words) >= 0 and max(words) < 4294967296:
+        return np.random.default_rng(np.array(words, dtype=np.uint32))
+    return np.random.default_rng(list(words))
 
 
 def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.ndarray:
     """n region indices from ``probabilities`` with the (seed, step) generator (inverse CDF)."""
-    rng = np.random.default_rng([seed, step])
-    cdf = np.cumsum(probabilities)
-    idx = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    rng = step_rng(seed, step)
+    cdf = probabilities.cumsum()
+    idx = cdf.searchsorted(rng.random(n) * cdf[-1], "right")
     # u * cdf[-1] may round up to cdf[-1]: clamp to the last region of positive probability
-    last = np.searchsorted(cdf, cdf[-1], side="left")
-    return np.minimum(idx, last).astype(np.int64, copy=False)
+    return np.minimum(idx, cdf.searchsorted(cdf[-1]), out=idx).astype(np.int64, copy=False)
 
 
 def draw_members(offsets: np.ndarray, members: np.ndarray, regions: np.ndarray, seed: int, step: int) -> np.ndarray:
@@ -211,7 +241,7 @@ def draw_members(offsets: np.ndarray, members: np.ndarray, regions: np.ndarray, 
     size = offsets[regions + 1] - start
     if size.size and size.min() <= 0:
         raise ValueError("draw_members: a drawn region is empty")
-    u = np.random.default_rng([seed, step, 2]).random(size.size)
+    u = step_rng(seed, step, 2).random(size.size)
     return members[start + (u * size).astype(np.int64)]
 
 
@@ -246,17 +276,21 @@ class AllocationStrategy(ABC):
 
     def allocate(self, state: State, step: int, n: int) -> Allocation:
         """Regions for the n switched draws of ``step`` (identical on every rank and resume)."""
-        p = self.probabilities(state)
+        p = np.asarray(self.probabilities(state), dtype=np.float64)
         regions = draw_regions(p, int(state["seed"]), int(step), int(n))
         return Allocation(regions=regions, probabilities=p, weights=self.weights(state, p, regions))
 
     def update(self, state: State, feedback: Feedback) -> State:
         """A new state from one step's (all-reduced) feedback; bad entries are dropped and counted."""
-        sums, counts, dropped = sanitize(feedback, int(np.asarray(state["sizes"]).size))
+        sums, counts, dropped, entries = _sanitize(feedback, int(np.asarray(state["sizes"]).size))
         new = dict(state)
         new["dropped"] = int(state["dropped"]) + dropped
         new["updates"] = int(state["updates"]) + 1
-        new.update(self.apply_feedback(state, sums, counts, int(feedback.step)))
+        token = _CURRENT_ENTRIES.set((counts, entries))
+        try:
+            new.update(self.apply_feedback(state, sums, counts, int(feedback.step)))
+        finally:
+            _CURRENT_ENTRIES.reset(token)
         return new
 
     # -- what subclasses provide ---------------------------------------------------------
@@ -345,6 +379,8 @@ def state_hash(state: State) -> str:
         if isinstance(value, np.ndarray):
             h.update(str(value.dtype).encode() + str(value.shape).encode())
             h.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, (bool, np.bool_, int, np.integer)):  # numpy and Python scalars alike,
+            h.update(repr(int(value)).encode())  # so that a JSON round trip keeps the hash
         else:
-            h.update(repr(value).encode())
+            h.update(repr(float(value)).encode())
     return h.hexdigest()[:16]

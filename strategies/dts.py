@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, region_totals, softmax_floor
+from .base import (
+    Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, region_totals, softmax_floor, step_rng,
+)
 from .registry import register_strategy
 
 
@@ -59,7 +61,7 @@ class DiscountedThompson(AllocationStrategy):
 
     def allocate(self, state: State, step: int, n: int) -> Allocation:
         mean, std = self.posterior(state)
-        theta = mean + std * np.random.default_rng([int(state["seed"]), int(step), 1]).standard_normal(mean.size)
+        theta = mean + std * step_rng(int(state["seed"]), int(step), 1).standard_normal(mean.size)
         p = softmax_floor(theta, self.config.temperature, self.config.eps, self.active(state))
         return Allocation(regions=draw_regions(p, int(state["seed"]), int(step), int(n)), probabilities=p)
 

@@ -58,10 +58,10 @@ class Exp3(AllocationStrategy):
         a = self.config.smoothing
         step_mean = region_sum.sum() / n
         old_scale = float(state["reward_scale"])
-        scale = a * old_scale + (1 - a) * step_mean if old_scale > 0 else step_mean
+        scale = float(a * old_scale + (1 - a) * step_mean if old_scale > 0 else step_mean)
         if scale <= 0:  # only zero discrepancy so far: no reward information
             return {"reward_scale": scale}
         p = self.probabilities(state)
         reward = np.divide(region_sum / (n * scale), p, out=np.zeros_like(p), where=p > 0)
         estimate = a * np.asarray(state["reward_estimate"]) + (1 - a) * reward
-        return {"reward_estimate": estimate, "reward_scale": float(scale)}
+        return {"reward_estimate": estimate, "reward_scale": scale}

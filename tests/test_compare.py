@@ -107,3 +107,46 @@ def test_read_results_rejects_other_json(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(UserError, match="x.json"):
         compare.read_results(tmp_path / "x.json")
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factory):
+    """Two strategies x one seed on tiny models: training subprocesses, evaluations, results folder,
+    and a second call that finds every run done (resume) and rewrites the same tables."""
+    from test_evaluate import ROOT, make_world_teacher, world_sets
+
+    make_world_teacher(tmp_path / "teacher")
+    sets = world_sets(tmp_path, tmp_path_factory.getbasetemp() / "world-cache")
+    sets += ["distillation.steps=3", "distillation.batch_size=4", "logging.every=1", "logging.checkpoint_every=3",
+             "backend.device=cpu", "encoder.device=cpu"]
+    out = tmp_path / "cmp"
+    args = ["compare", "--strategies", "rc,aria", "--seeds", "1", "--config", str(ROOT / "configs" / "tiny-test.yaml"),
+            "--out", str(out), *[a for s in sets for a in ("--set", s)]]
+    from aria.cli import main
+
+    main(args)
+    results = compare.read_results(out / "results.json")
+    promised = ["results.json", "results.md", *results["plots"].values()]
+    assert set(results["plots"]) == {"regime metrics per strategy", "aria allocation over time",
+                                     "aria tracked vs measured discrepancy"}
+    for name in promised:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for s in ("rc", "aria"):
+        run = out / "runs" / s / "seed0"
+        assert (run / "student" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
+        assert (run / "eval" / "eval.json").is_file() and (run / "eval" / "region_discrepancy.png").is_file()
+    assert results["strategies"] == ["rc", "aria"] and results["seeds"] == [0] and results["steps"] == 3
+    assert [c["name"] for c in results["checks"]] == [b[0] for b in compare.BARS]
+    assert results["card"] and results["date"] and results["wall_time_s"] > 0
+    assert "--strategies rc,aria" in results["command"]
+    table = (out / "results.md").read_text()
+    assert "unseen discrepancy aria/rc" in table and "| rc |" in table
+    # resumable: nothing is retrained or re-evaluated, the numbers are the same
+    stamp = (out / "runs" / "rc" / "seed0" / "eval" / "eval.json").stat().st_mtime_ns
+    main(args)
+    again = compare.read_results(out / "results.json")
+    assert again["summary"] == results["summary"]
+    assert (out / "runs" / "rc" / "seed0" / "eval" / "eval.json").stat().st_mtime_ns == stamp
+    doc = tmp_path / "RESULTS.md"
+    compare.results_doc(out / "results.json", doc)
+    compare.results_doc(out / "results.json", doc, check=True)

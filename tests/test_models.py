@@ -259,6 +259,9 @@ def test_plain_unet_folder_loads_as_pixel_teacher(tmp_path):
     assert torch.equal(teacher.unet.conv_in.weight, source.conv_in.weight)
     (tmp_path / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "squaredcos_cap_v2"}))
     assert load_teacher(TeacherConfig(path=tmp_path)).scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
+    half = tmp_path / "fp16_variant"  # only variant weights: found and loaded from safetensors
+    source.save_pretrained(half, variant="fp16")
+    assert torch.equal(load_teacher(TeacherConfig(path=half)).unet.conv_in.weight, source.conv_in.weight)
 
 
 def write_tiny_sd_folder(root: Path) -> None:
@@ -306,7 +309,7 @@ def test_export_student_is_complete_and_replaces_atomically(tmp_path):
     teacher = random_world_unet()
     student, _ = student_of(teacher, "tiny")
     card = {"teacher": "world", "variant": "tiny", "teacher_parameters": parameter_count(teacher),
-            "strategy": "aria", "steps": 10, "data": "shapes", "seed": 3}
+            "strategy": "aria", "steps": 10, "data": "shapes", "seed": 3, "config": {"seed": 3, "path": tmp_path}}
     out = tmp_path / "student"
     out.mkdir()
     (out / "stale.txt").write_text("old export")
@@ -314,9 +317,10 @@ def test_export_student_is_complete_and_replaces_atomically(tmp_path):
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temp folders left
     facts = json.loads((out / "aria.json").read_text())
-    assert facts == {**card, "student_parameters": parameter_count(student)}
+    assert facts == {**card, "student_parameters": parameter_count(student), "config": {"seed": 3, "path": str(tmp_path)}}
     readme = (out / "README.md").read_text()
-    assert "tiny" in readme and f"{parameter_count(student):,}" in readme and "aria" in readme
+    assert "tiny" in readme and f"| student_parameters | {parameter_count(student):,} |" in readme
+    assert "| config | see `aria.json` |" in readme and "| teacher | world |" in readme
     loaded = UNet2DConditionModel.from_pretrained(out, local_files_only=True)
     assert parameter_count(loaded) == parameter_count(student)
     assert (out / "diffusion_pytorch_model.safetensors").is_file()

@@ -19,6 +19,7 @@ from aria.strategies import (
     state_to_arrays,
     state_to_json,
 )
+from aria.strategies.base import step_rng
 
 NAMES = list(list_strategies())  # at collection time, so installed plugins are covered too
 SIZES = np.array([0, 7, 0, 120, 1, 3, 0, 9000, 15, 2, 40, 0])  # empty regions first, last, inside
@@ -179,3 +180,8 @@ def test_adversarial_region_sizes(name, sizes):
         state = strategy.update(state, make_feedback(regions, sizes.size, step))
         assert_finite_state(state)
     assert state_hash(state_from_json(state_to_json(state))) == state_hash(state)
+
+
+@pytest.mark.parametrize("words", [(0, 0), (11, 5), (2**32 - 1, 7, 2), (2**32, 3), (2**40 + 5, 2**33, 1)])
+def test_step_rng_is_default_rng_of_the_words(words):
+    np.testing.assert_array_equal(step_rng(*words).random(5), np.random.default_rng(list(words)).random(5))

@@ -141,25 +141,25 @@ DEFAULT = {
     "seed": 0, "confidence": 0.999, "student_df": 3.0, "workers": 0,
     "every": {"alphas": [0.02, 0.08, 0.3], "sigmas": [0.1, 0.3], "deltas": [0.0005, 0.003],
               "processes": _ALL_DRIFTS, "noises": _ALL_NOISES, "delays": [0, 1], "regions": 4,
-              "seeds": 12, "steps": 3000, "burn_in": 1000},
-    "scan": {"alphas": [0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.045, 0.065, 0.1, 0.15, 0.22, 0.33, 0.5],
+              "seeds": 12, "steps": 2500, "burn_in": 800},
+    "scan": {"alphas": [0.005, 0.0075, 0.011, 0.016, 0.023, 0.033, 0.047, 0.068, 0.1, 0.17, 0.3, 0.5],
              "sigma": 0.3, "delta": 0.001, "delays": [0, 1]},
     "sampled": {"alphas": [0.05, 0.2], "sigmas": [0.2], "deltas": [0.002],
                 "designs": [[4, 0.5, 1], [8, 1.0, 2], [16, 0.3, 4]], "delays": [0, 1],
                 "processes": _ALL_DRIFTS + ["coupled"], "noises": _ALL_NOISES,
-                "seeds": 8, "steps": 2500, "burn_in": 700},
+                "seeds": 5, "steps": 1600, "burn_in": 500},
     "outside": {"alphas": [0.02, 0.08, 0.3], "sigma": 0.1, "delta": 0.0005, "jump": 0.5, "jump_every": 300,
                 "heavy_df": [1.5, 2.0], "heavy_processes": ["random_walk"], "delays": [0, 1]},
-    "allocation": {"regions": 12, "draws": 4, "steps": 2000, "seeds": 6, "alpha": 0.1, "eps": 0.2,
+    "allocation": {"regions": 12, "draws": 4, "steps": 1200, "seeds": 3, "alpha": 0.1, "eps": 0.2,
                    "sigma": 0.1, "delta": 0.01, "noise": "uniform", "skew": 1.0, "exclude": ["none"]},
 }
 
 QUICK_CHANGES = {
-    "every": {"alphas": [0.03, 0.15], "sigmas": [0.2], "deltas": [0.002], "seeds": 8, "steps": 1200, "burn_in": 400},
+    "every": {"alphas": [0.03, 0.15], "sigmas": [0.2], "deltas": [0.002], "seeds": 8, "steps": 1100, "burn_in": 350},
     "scan": {"alphas": [0.01, 0.015, 0.022, 0.032, 0.045, 0.065, 0.1, 0.15, 0.3]},
-    "sampled": {"alphas": [0.1], "designs": [[4, 0.5, 2], [8, 1.0, 1]], "seeds": 5, "steps": 800, "burn_in": 250},
+    "sampled": {"alphas": [0.1], "designs": [[4, 0.5, 2], [8, 1.0, 1]], "seeds": 4, "steps": 600, "burn_in": 200},
     "outside": {"alphas": [0.05], "heavy_df": [1.5]},
-    "allocation": {"regions": 8, "steps": 600, "seeds": 2},
+    "allocation": {"regions": 8, "steps": 300, "seeds": 2},
 }
 
 

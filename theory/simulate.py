@@ -150,7 +150,9 @@ def run_sampled(alpha: float, eps: float, draws: int, delay: int, stream: Stream
         if t >= burn:
             acc += (hist[0]["estimate"].reshape(n, k) - shift - d) ** 2
         if trace:
-            rec["estimate"][t], rec["truth"][t] = hist[0]["estimate"][:k] - shift, d[0]
+            seen = np.asarray(hist[0]["visits"][:k]) > 0
+            rec["estimate"][t] = np.where(seen, hist[0]["estimate"][:k] - shift, np.nan)
+            rec["truth"][t] = d[0]
         if coupled:
             proc.step(counts.reshape(n, k))
     rate = np.asarray(state["visits"], dtype=np.float64).reshape(n, k) / steps

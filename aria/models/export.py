@@ -54,9 +54,16 @@ def random_world_unet(cross_attention_dim: int = 384, sample_size: int = 32, see
 CARD_KEYS = ("teacher", "variant", "teacher_parameters", "strategy", "steps", "data")
 
 
+def _card_cell(value) -> str:
+    if isinstance(value, (dict, list)):
+        return "see `aria.json`"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
 def _model_card(facts: dict) -> str:
-    rows = "\n".join(f"| {k} | {v:,} |" if isinstance(v, int) and not isinstance(v, bool) else f"| {k} | {v} |"
-                     for k, v in facts.items())
+    rows = "\n".join(f"| {k} | {_card_cell(v)} |" for k, v in facts.items())
     return (f"---\nlibrary_name: diffusers\ntags: [aria, bk-sdm, distillation]\n---\n\n"
             f"# aria student UNet ({facts['variant']})\n\n"
             f"A BK-SDM `{facts['variant']}` student distilled by aria from `{facts['teacher']}` with the "

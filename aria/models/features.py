@@ -80,6 +80,8 @@ class FeatureCapture:
 
 @dataclass(frozen=True)
 class FeaturePair:
+    """Submodule names whose outputs the feature-KD loss compares (see ``FeatureCapture``)."""
+
     teacher_name: str
     student_name: str
     shape_hint: tuple[int, int, int]  # (C, H, W) of one sample at the teacher's sample_size

@@ -92,6 +92,8 @@ def build_student(teacher_unet: nn.Module, student_config) -> tuple[nn.Module, "
 
 @dataclass
 class TransferReport:
+    """What ``transfer_weights`` copied (student key, teacher key) and skipped (student key, reason)."""
+
     copied: list[tuple[str, str]] = field(default_factory=list)  # (student key, teacher key)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (student key, reason)
     copied_elements: int = 0

@@ -18,6 +18,8 @@ SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "world" / "assets" / "te
 
 @dataclass
 class Teacher:
+    """The frozen teacher UNet with what training needs around it (``vae`` only for latent teachers)."""
+
     unet: Any  # UNet2DConditionModel, eval, frozen
     vae: Any  # AutoencoderKL or None (pixel-space teacher)
     latent: bool
@@ -42,8 +44,8 @@ def _check_model_folder(folder: Path, class_name: str) -> dict:
         raise UserError(f"{config_file} is not a valid JSON config ({err})") from err
     if found != class_name:
         raise UserError(f"{folder} holds a {found!r} model, expected {class_name}")
-    for ext, safe in ((".safetensors", True), (".bin", False)):
-        for weights in sorted(folder.glob(f"diffusion_pytorch_model*{ext}*")):
+    for ext, safe in ((".safetensors", True), (".bin", False)):  # plain weights before variants (fp16, ...)
+        for weights in sorted(folder.glob(f"diffusion_pytorch_model*{ext}*"), key=lambda f: (f.name.count("."), f.name)):
             variant = re.fullmatch(rf"diffusion_pytorch_model(?:\.(\w+))?{re.escape(ext)}(?:\.index\.json)?",
                                    weights.name)
             if variant:  # .bin is read by diffusers with torch.load(weights_only=True): no code runs

@@ -12,6 +12,8 @@ from aria.errors import UserError
 
 CONFIG = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
                       help="Run config YAML (defaults when omitted).")
+JUDGE = click.option("--judge", "judge_dir", type=click.Path(path_type=Path), default=None,
+                     help="Judge folder (judge.json + judge.safetensors); default: the shipped judge.")
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. regions.k=32.")
 
 
@@ -66,7 +68,9 @@ def teacher():
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
-def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval):
+@JUDGE
+def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval,
+                  judge_dir):
     """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
     from aria.world.teacher import train_teacher
 
@@ -75,7 +79,7 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
         raise UserError(f"--out {out_dir} is not empty")
     report = train_teacher(config, out_dir, steps=steps, batch_size=batch_size, lr=lr, device=device,
                            time_limit_s=time_limit, compile=compile_, seed=seed, evaluate=not no_eval,
-                           log=lambda m: click.echo(m, err=True))
+                           judge_path=judge_dir, log=lambda m: click.echo(m, err=True))
     ev = report.get("evaluation")
     click.echo(f"saved {out_dir}: {report['steps']} steps in {report['train_wall_s']}s, "
                f"{report['weights_mb']} MB" + (f", judged fully correct {100 * ev['accuracy']:.1f}%" if ev else ""))
@@ -91,13 +95,15 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
 @click.option("--per-combo", type=click.IntRange(min=1), default=1, show_default=True, help="Prompts per combination.")
 @click.option("--guidance", type=float, default=None, help="CFG scale (default: teacher.guidance_scale).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_combo, guidance, as_json):
+@JUDGE
+def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_combo, guidance, as_json, judge_dir):
     """Judge DDIM samples of one pool prompt per combination (all four attributes)."""
     import torch
 
     from aria.data import world_pool
     from aria.encoders import build_encoder, resolve_device
     from aria.models.teacher import load_teacher
+    from aria.world.judge import Judge
     from aria.world.teacher import evaluate_teacher
 
     config = _config(config_path, overrides)
@@ -107,7 +113,7 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     if t.latent or t.sample_size != 32 or t.in_channels != 3:
         raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
     encoder = build_encoder(config.encoder, device)
-    result = evaluate_teacher(t.unet, world_pool(config), encoder, guidance=guidance if guidance is not None
+    result = evaluate_teacher(t.unet, world_pool(config), encoder, Judge.load(judge_dir), guidance=guidance if guidance is not None
                               else config.teacher.guidance_scale, steps=steps, prompts_per_combo=per_combo,
                               scheduler_config=t.scheduler_config)
     if as_json:

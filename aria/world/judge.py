@@ -200,6 +200,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=20_240_601, help="render seed of the accuracy check")
+    parser.add_argument("--arch", type=json.loads, default=DEFAULT_ARCH, help="JSON, e.g. %(default)s")
     parser.add_argument("--out", type=Path, default=ASSETS)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -208,10 +209,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.train:
         start = time.perf_counter()
-        net = train(args.steps, args.batch_size, args.lr, args.seed)
+        net = train(args.steps, args.batch_size, args.lr, args.seed, args.arch)
         minutes = (time.perf_counter() - start) / 60
         config = {
-            "arch": DEFAULT_ARCH, "attributes": list(shapes.ATTRIBUTES), "classes": list(shapes.NUM_VALUES),
+            "arch": args.arch, "attributes": list(shapes.ATTRIBUTES), "classes": list(shapes.NUM_VALUES),
             "training": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                          "minutes": round(minutes, 1), "torch_threads": args.threads},
         }

@@ -1,7 +1,7 @@
 """The world teacher: a small pixel-space ``UNet2DConditionModel`` trained on rendered shapes.
 
 Architecture: 32x32x3 pixels, blocks (64, 96, 96) with cross-attention (384-d MiniLM token
-states, 16 tokens) at 16x16, 8x8 and the middle; about 4.5 M parameters, about 9 MB in fp16.
+states, 32 tokens: see ``aria.encoders.WORLD_MAX_LENGTH``) at 16x16, 8x8 and the middle; about 4.5 M parameters, about 9 MB in fp16.
 Training: DDPM epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas (the cosine schedule
 keeps more signal at low resolution than the linear one), sample clipping to [-1, 1]. Each step
 draws combinations uniformly over ALL combinations (unseen ones included), a random pool prompt
@@ -131,7 +131,8 @@ def _lr_factor(progress: float, step: int, warmup: int) -> float:
 def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 256, lr: float = 5e-4,
                   device: str = "auto", time_limit_s: float | None = None, compile: bool = False,
                   ema_decay: float = 0.999, warmup: int = 200, seed: int = 0, workers: int | None = None,
-                  evaluate: bool = True, eval_steps: int = 25, log: Callable[[str], None] | None = None) -> dict:
+                  evaluate: bool = True, eval_steps: int = 25, context_budget_bytes: float | None = None,
+                  judge_path: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train the world teacher; save the EMA weights (fp16 safetensors), README.md, training.json.
 
     ``config`` is a RunConfig (its data.world, data.cache_dir and encoder sections are used).
@@ -153,7 +154,7 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
 
         raise UserError(f"the world pool covers {len(prompts.covered)} of {shapes.NUM_COMBOS} combinations: "
                         "raise data.world.num_prompts")
-    contexts = Contexts(encoder, pool)
+    contexts = Contexts(encoder, pool, context_budget_bytes)
     unet = build_unet().to(device).train()
     ema = build_unet().to(device).eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
@@ -185,7 +186,7 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                pred = model(xt, t, encoder_hidden_states=ctx.to(xt.dtype if not cuda else ctx.dtype)).sample
+                pred = model(xt, t, encoder_hidden_states=ctx.float()).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -210,19 +211,20 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
               "train_wall_s": round(wall, 1), "steps_per_s": round(step / max(wall, 1e-9), 2),
               "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
               "parameters": n_params, "encoder": encoder.identity, "pool_hash": pool.content_hash,
-              "pool_size": len(pool), "unet_config": UNET_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
+              "pool_size": len(pool), "context_tokens": encoder.max_length, "unet_config": UNET_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
               "history": history}
     if evaluate:
+        from .judge import Judge
+
         t1 = time.time()
-        report["evaluation"] = evaluate_teacher(ema, pool, encoder, guidance=config.teacher.guidance_scale,
-                                                steps=eval_steps, seed=seed)
+        report["evaluation"] = evaluate_teacher(ema, pool, encoder, Judge.load(judge_path),
+                                                guidance=config.teacher.guidance_scale, steps=eval_steps, seed=seed)
         report["evaluation"]["wall_s"] = round(time.time() - t1, 1)
         log(f"judged fully correct: {report['evaluation']['accuracy']:.3f}")
-    save_teacher(ema, out_dir, report)
-    return report
+    return save_teacher(ema, out_dir, report)
 
 
-def save_teacher(unet, out_dir: Path, report: dict) -> Path:
+def save_teacher(unet, out_dir: Path, report: dict) -> dict:
     """fp16 safetensors UNet + scheduler_config.json + training.json + README.md model card."""
     out_dir = Path(out_dir)
     half = build_unet()
@@ -233,7 +235,7 @@ def save_teacher(unet, out_dir: Path, report: dict) -> Path:
     report = {**report, "weights_mb": round(weights.stat().st_size / 1e6, 2)}
     (out_dir / "training.json").write_text(json.dumps(report, indent=1, default=str))
     (out_dir / "README.md").write_text(model_card(report))
-    return out_dir
+    return report
 
 
 def model_card(report: dict) -> str:
@@ -244,7 +246,7 @@ def model_card(report: dict) -> str:
     return f"""# aria world teacher
 
 A pixel-space `diffusers.UNet2DConditionModel` (32x32 RGB) for aria's procedural shapes world,
-conditioned on all-MiniLM-L6-v2 token states (16 tokens, 384-d; `""` is the unconditional context).
+conditioned on all-MiniLM-L6-v2 token states ({report.get('context_tokens', 32)} tokens, 384-d; `""` is the unconditional context).
 DDPM epsilon prediction, 1000 steps, `squaredcos_cap_v2` (see `scheduler_config.json`).
 Weights: the EMA (decay {report['ema_decay']}), stored in fp16 ({report.get('weights_mb')} MB).
 
@@ -292,8 +294,8 @@ def sample_ddim(unet, contexts: torch.Tensor, uncond_context: torch.Tensor, step
 
 def evaluate_teacher(unet, pool, encoder, judge=None, guidance: float = 2.0, steps: int = 25,
                      prompts_per_combo: int = 1, seed: int = 0, batch_size: int = 576,
-                     scheduler_config: dict | None = None) -> dict:
-    """Sample random pool prompts of EVERY combination (unseen included) and judge all four attributes.
+                     scheduler_config: dict | None = None, combos: np.ndarray | None = None) -> dict:
+    """Sample random pool prompts of EVERY combination (or ``combos``) and judge all four attributes.
 
     ``accuracy`` is the share of samples whose shape, colour, size and position are all read back
     right by ``aria.world.judge`` (the quality bar is 0.9).
@@ -303,7 +305,8 @@ def evaluate_teacher(unet, pool, encoder, judge=None, guidance: float = 2.0, ste
     judge = judge or Judge.load()
     rng = np.random.default_rng([seed, 0xE7A1])
     prompts = ComboPrompts(np.asarray(pool.meta("combo")))
-    combos = np.repeat(np.arange(shapes.NUM_COMBOS), prompts_per_combo)
+    combos = np.arange(shapes.NUM_COMBOS) if combos is None else np.asarray(combos, np.int64)
+    combos = np.repeat(combos, prompts_per_combo)
     ids = prompts.draw(combos, rng)
     p = next(unet.parameters())
     uncond = encoder.token_states([""])

@@ -1,0 +1,146 @@
+"""prepare_data: a consistent bundle for the world (k-means and metadata regions) and for user files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aria.config import load_config
+from aria.data import prepare_data
+from aria.errors import UserError
+from aria.world import regimes as R
+
+WORLD = ["data.world.num_prompts=2000", "data.world.paired_size=3000", "regions.k=12"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def bundle(cache):
+    return prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}"]))
+
+
+def check_csr(b):
+    n = len(b.pool)
+    assert b.region_of_prompt.shape == (n,) and b.region_of_prompt.dtype == np.int32
+    assert b.region_offsets[0] == 0 and b.region_offsets[-1] == n
+    assert np.array_equal(np.sort(b.region_members), np.arange(n))  # every prompt exactly once
+    for k in range(len(b.region_offsets) - 1):
+        members = b.region_members[b.region_offsets[k]:b.region_offsets[k + 1]]
+        assert (b.region_of_prompt[members] == k).all()
+    assert np.array_equal(b.region_info.sizes, np.diff(b.region_offsets))
+
+
+def test_world_bundle_is_consistent(bundle):
+    b = bundle
+    assert len(b.pool) == 2000 and b.region_info.num_regions == 12
+    check_csr(b)
+    combo = np.asarray(b.pool.meta("combo"))
+    assert np.array_equal(b.regime_of_prompt, b.regimes[combo])
+    m = len(b.paired_prompt_ids)
+    assert m == 3000 and b.paired_images.shape == (m, 3, 32, 32) and b.paired_images.dtype == np.float32
+    assert b.paired_images.min() >= -1 and b.paired_images.max() <= 1 and b.paired_images.std() > 0.1
+    ids = b.paired_prompt_ids
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < len(b.pool)
+    assert np.array_equal(combo[ids], b.paired_combos)  # each caption is a pool prompt of its image's combo
+    assert set(np.unique(b.regime_of_prompt[ids])) == {R.SEEN, R.UNDER}  # never an unseen combination
+    assert len(np.unique(b.paired_combos[b.regimes[b.paired_combos] == R.UNDER])) == (b.regimes == R.UNDER).sum()
+    assert b.encoder.encode_tokens(b.pool.texts(ids[:2])).shape == (2, b.encoder.max_length, 384)
+    assert b.stats["pool_size"] == 2000 and b.stats["regime_paired"][R.UNSEEN] == 0
+
+
+def test_world_bundle_is_cached(bundle, cache, monkeypatch):
+    import aria.regions
+
+    monkeypatch.setattr(aria.regions, "kmeans", lambda *a, **k: pytest.fail("k-means re-ran"))
+    again = prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}"]))
+    assert again.stats["regions_cached"] and again.stats["paired_cached"]
+    assert np.array_equal(again.region_of_prompt, bundle.region_of_prompt)
+    assert np.array_equal(again.paired_images, bundle.paired_images)
+    assert not list(cache.rglob("*.tmp*"))
+
+
+def test_metadata_regions(bundle, cache):
+    b = prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}", "regions.method=metadata"]))
+    check_csr(b)
+    shape, color = (np.asarray(b.pool.meta(k)).astype(np.int64) for k in ("shape", "color"))
+    assert b.region_info.num_regions == 64 and np.array_equal(b.region_of_prompt, shape * 8 + color)
+    assert b.regions.names[0] == "circle/red"
+    with pytest.raises(UserError, match="metadata_keys"):
+        prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}", "regions.method=metadata",
+                                                "regions.metadata_keys=[shape, mood]"]))
+
+
+def test_k_larger_than_pool(cache):
+    with pytest.raises(UserError, match="regions.k"):
+        prepare_data(load_config(None, ["data.world.num_prompts=2000", "data.world.paired_size=3000",
+                                        "regions.k=2001", f"data.cache_dir={cache}"]))
+
+
+def make_files(tmp_path, captions, sizes=None):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([f"a photo of object {i}" for i in range(20)] + ["a red cube"]) + "\n")
+    paired = tmp_path / "paired"
+    paired.mkdir()
+    (paired / "captions.txt").write_text("\n".join(captions) + "\n")
+    rng = np.random.default_rng(0)
+    for i, size in enumerate(sizes or [40] * len(captions)):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(paired / f"{i:06d}.png")
+    return prompts, paired
+
+
+def files_config(tmp_path, prompts, paired, *extra):
+    return load_config(None, ["data.source=files", f"data.prompts_file={prompts}", f"data.paired_dir={paired}",
+                              f"data.cache_dir={tmp_path / 'cache'}", "regions.k=4", *extra])
+
+
+def test_files_source(tmp_path):
+    captions = ["a red cube", "a green cone", "a green cone", "  a blue ball  "]
+    prompts, paired = make_files(tmp_path, captions, [40, 32, 17, 64])
+    b = prepare_data(files_config(tmp_path, prompts, paired))
+    assert len(b.pool) == 23 and b.regime_of_prompt is None
+    check_csr(b)
+    assert b.paired_images.shape == (4, 3, 32, 32)
+    assert b.pool.texts(b.paired_prompt_ids) == ["a red cube", "a green cone", "a green cone", "a blue ball"]
+    assert b.paired_prompt_ids[0] == 20  # already in the prompts file: not added twice
+    again = prepare_data(files_config(tmp_path, prompts, paired))
+    assert again.pool.content_hash == b.pool.content_hash and again.stats["regions_cached"]
+
+
+def test_files_errors(tmp_path):
+    prompts, paired = make_files(tmp_path, ["a", "b"])
+    with pytest.raises(UserError, match="metadata"):
+        prepare_data(files_config(tmp_path, prompts, paired, "regions.method=metadata"))
+    (paired / "000001.png").unlink()
+    with pytest.raises(UserError, match="000001.png"):
+        prepare_data(files_config(tmp_path, prompts, paired))
+
+
+def run_cli(args, capsys):
+    from aria.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_regions_build_and_world_show(bundle, cache, tmp_path, capsys):
+    sets = [x for item in WORLD + [f"data.cache_dir={cache}"] for x in ("--set", item)]
+    code, out, err = run_cli(["regions", "build", *sets], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["region", "name"])
+    assert len(lines) - header - 1 == 12 and "pool: 2000 prompts" in out
+    assert sum(int(line.split()[1]) for line in lines[header + 1:]) == 2000
+    code, out, err = run_cli(["regions", "build", *sets, "--set", "regions.k=0"], capsys)
+    assert code == 2 and "regions.k" in err and err.strip().count("\n") == 0
+    png = tmp_path / "grid.png"
+    code, out, err = run_cli(["world", "show", "--out", str(png), "--n", "8", *sets], capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 200

@@ -1,0 +1,150 @@
+"""The distillation step: switch schedules, the plan, per-rank slicing, loss terms and feedback."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from aria.config import DistillConfig
+from aria.distill import Distiller, WeightEMA, plan_step, switch_probability
+from aria.models import build_student, feature_pairs
+from aria.strategies import create_strategy
+
+torch.set_num_threads(1)
+
+
+def test_switch_schedules():
+    t = np.array([0, 700, 1000])
+    np.testing.assert_allclose(switch_probability(t, 1000, "exp", 5.0, 0), np.exp([-5.0, -1.5, 0.0]))
+    np.testing.assert_allclose(switch_probability(t, 1000, "sigmoid", 0, 0), 1 / (1 + np.exp([14.0, 0.0, -6.0])))
+    np.testing.assert_allclose(switch_probability(t, 1000, "constant", 0, 0.3), [0.3] * 3)
+
+
+def plan(bundle, strategy="aria", step=3, **cfg):
+    config = DistillConfig(batch_size=16, cfg_dropout=0.2, switch_schedule="constant", switch_constant=0.5, **cfg)
+    s = create_strategy(strategy)
+    state = s.init(bundle.region_info, 0)
+    return plan_step(step, seed=0, batch_size=16, num_timesteps=1000, config=config, bundle=bundle, strategy=s,
+                     state=state)
+
+
+def test_plan_is_a_function_of_seed_and_step(world):
+    bundle, _ = world
+    a, b, c = plan(bundle), plan(bundle), plan(bundle, step=4)
+    for field in ("image_index", "prompt_ids", "timesteps", "switched", "dropped", "regions"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.timesteps, c.timesteps)
+
+
+def test_switched_prompts_come_from_the_allocated_regions(world):
+    bundle, _ = world
+    p = plan(bundle)
+    assert p.switched.any() and (~p.switched).any()
+    paired = bundle.paired_prompt_ids[p.image_index]
+    np.testing.assert_array_equal(p.prompt_ids[~p.switched], paired[~p.switched])
+    own = bundle.region_of_prompt[p.prompt_ids]
+    np.testing.assert_array_equal(p.regions, np.where(p.dropped, -1, own))  # CFG-dropped: no feedback
+    assert p.probabilities is not None and p.probabilities.shape == (bundle.region_info.num_regions,)
+
+
+def test_none_never_switches_and_feedback_from_switched(world):
+    bundle, _ = world
+    p = plan(bundle, "none")
+    assert not p.switched.any() and p.probabilities is None
+    q = plan(bundle, feedback_from="switched")
+    assert (q.regions[~q.switched] == -1).all() and (q.regions[q.switched & ~q.dropped] >= 0).all()
+
+
+class FakeRank:
+    """A backend of one rank of ``world`` processes whose all-reduce is the identity."""
+
+    def __init__(self, rank=0, world=1):
+        self.rank, self.world_size, self.device = rank, world, torch.device("cpu")
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def all_reduce(self, t):
+        return t
+
+
+def distiller(world, backend, **cfg):
+    bundle, teacher = world
+    torch.manual_seed(0)
+    student, _ = build_student(teacher.unet, SimpleNamespace(variant="small", channel_scale=0.5, init_from_teacher=True))
+    config = DistillConfig(batch_size=8, timestep_bins=4, cfg_dropout=0.25, switch_schedule="constant", **cfg)
+    return Distiller(teacher=teacher.unet, student=student, backend=backend, bundle=bundle,
+                     scheduler=DDPMScheduler.from_config(teacher.scheduler_config),
+                     pairs=feature_pairs(teacher.unet, student), config=config, seed=0), student
+
+
+def test_rank_slices_add_up_to_the_global_batch(world):
+    """Per-rank terms are weighted so that their sum over ranks is the global-batch value."""
+    s = create_strategy("aria")
+    state = s.init(world[0].region_info, 0)
+    full, _ = distiller(world, FakeRank())
+    p = full.plan(2, s, state)
+    whole = full.forward(p).stats
+    halves = sum(distiller(world, FakeRank(r, 2))[0].forward(p).stats for r in (0, 1))
+    k = len(full.term_names)
+    np.testing.assert_allclose(halves[:k].numpy(), whole[:k].numpy(), rtol=1e-5)  # loss terms
+    nb = len(full.pairs)
+    np.testing.assert_allclose(halves[k + nb:].numpy(), whole[k + nb:].numpy(), rtol=1e-5)  # feedback
+
+
+def test_feedback_counts_every_conditioned_sample_per_region_and_bin(world):
+    s = create_strategy("rc")
+    d, _ = distiller(world, FakeRank())
+    p = d.plan(5, s, s.init(world[0].region_info, 0))
+    red = d.reduce(d.forward(p), 5)
+    assert red.finite and red.feedback.step == 5
+    counts = red.feedback.counts
+    assert counts.sum() == (~p.dropped).sum()
+    for i in np.flatnonzero(~p.dropped):
+        assert counts[p.regions[i], p.timesteps[i] * 4 // 1000] >= 1
+    assert (red.feedback.sums[counts == 0] == 0).all() and (red.feedback.sums[counts > 0] > 0).all()
+
+
+def test_loss_combines_the_weighted_terms_and_trains(world):
+    s = create_strategy("aria")
+    d, student = distiller(world, FakeRank(), w_task=0.5, w_out=2.0, w_feat=0.1)
+    state = s.init(world[0].region_info, 0)
+    out = d.forward(d.plan(0, s, state))
+    red = d.reduce(out, 0)
+    loss, logged = d.loss(out, red)
+    np.testing.assert_allclose(d.feature_scale, red.teacher_ms)  # first step: the scale is the step's
+    expected = 0.5 * red.terms["task"] + 2.0 * red.terms["out"] + 0.1 * logged["feat"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5) and logged["loss"] == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in world[1].unet.parameters())  # the teacher never gets gradients
+    before = d.feature_scale.copy()
+    red2 = d.reduce(d.forward(d.plan(1, s, state)), 1)
+    d.loss(d.forward(d.plan(1, s, state)), red2)
+    np.testing.assert_allclose(d.feature_scale, 0.99 * before + 0.01 * red2.teacher_ms)
+
+
+def test_nan_input_is_reported_non_finite(world):
+    bundle, teacher = world
+    bundle.paired_images[:] = np.nan
+    s = create_strategy("rc")
+    d, _ = distiller((bundle, teacher), FakeRank())
+    assert not d.reduce(d.forward(d.plan(0, s, s.init(bundle.region_info, 0))), 0).finite
+
+
+def test_weight_ema():
+    m = torch.nn.Linear(2, 2)
+    ema = WeightEMA(m, 0.9)
+    start = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)
+    torch.testing.assert_close(ema.shadow["weight"], start["weight"] + 0.1)
+    target = torch.nn.Linear(2, 2)
+    ema.copy_to(target)
+    torch.testing.assert_close(target.weight, ema.shadow["weight"])
