@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ARIA_DEBUG") == "1"
     try:
-        cli.main(args=argv, prog_name="aria", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="aria", standalone_mode=False)
+        if isinstance(result, int) and result != 0:  # ctx.exit(code) in a subcommand
+            sys.exit(result)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -74,6 +74,7 @@ class DistillationRun:
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)
+        self._check_inputs()
         torch.manual_seed(c.seed)  # the student's layers that are not copied from the teacher
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
@@ -96,6 +97,21 @@ class DistillationRun:
         if self.main and report is not None:
             self.logger.write(f"student {c.student.variant}: {report.summary()}; {len(self.pairs)} feature pairs")
         return self
+
+    def _check_inputs(self) -> None:
+        """The data, encoder and teacher must fit together (one line naming what does not)."""
+        cfg, bundle = self.teacher.unet.config, self.bundle
+        cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
+        dim = getattr(bundle.encoder, "dim", cross)
+        if dim != cross:
+            raise UserError(f"encoder.kind {self.config.encoder.kind} gives {dim}-d contexts but the teacher "
+                            f"{self.teacher.path} cross-attends to {cross}-d ones")
+        if len(bundle.paired_prompt_ids) == 0:
+            raise UserError("the paired set is empty (data.paired_dir / data.world.paired_size)")
+        shape = tuple(bundle.paired_images.shape[1:])
+        if not self.teacher.latent and shape != (cfg.in_channels, self.teacher.sample_size, self.teacher.sample_size):
+            raise UserError(f"paired images are {shape} but the pixel-space teacher {self.teacher.path} takes "
+                            f"({cfg.in_channels}, {self.teacher.sample_size}, {self.teacher.sample_size})")
 
     def _restore(self) -> None:
         b = self.backend

@@ -82,6 +82,15 @@ def test_resume_guards(tmp_path, capsys):
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
 
 
+def test_mismatched_inputs_are_named(tmp_path):
+    bundle = make_bundle()
+    bundle.encoder.dim = 8
+    with pytest.raises(UserError, match="gives 8-d contexts but the teacher .* cross-attends to 16-d"):
+        run(tmp_path, bundle=bundle)
+    with pytest.raises(UserError, match=r"paired images are \(3, 8, 8\) but the pixel-space teacher"):
+        run(tmp_path, bundle=make_bundle(size=8))
+
+
 def poisoned_steps(bundle, bad_image, steps):
     config = DistillConfig(batch_size=8)
     s = create_strategy("rc")

@@ -32,10 +32,11 @@ def make_world_teacher(folder: Path) -> Path:
 
 
 def world_sets(tmp: Path, cache: Path) -> list[str]:
-    """--set overrides for the smallest world (1800 prompts, regions by shape: no embedding pass) with
-    the teacher in ``tmp`` and the data cache in ``cache``."""
-    return [f"teacher.path={tmp / 'teacher'}", f"data.cache_dir={cache}", "data.world.num_prompts=1800",
-            "data.world.paired_size=2600", "regions.method=metadata", "regions.metadata_keys=[shape]", *EVAL_SETS]
+    """--set overrides for a small world (1800 prompts, 360 paired images, regions by shape: no
+    embedding pass) with the teacher in ``tmp`` and the data cache in ``cache``."""
+    world = ["num_prompts=1800", "paired_size=360", "unseen_fraction=0.85", "under_fraction=0.1"]
+    return [f"teacher.path={tmp / 'teacher'}", f"data.cache_dir={cache}", *[f"data.world.{w}" for w in world],
+            "regions.method=metadata", "regions.metadata_keys=[shape]", *EVAL_SETS]
 
 
 def export_student(teacher_dir: Path, out: Path, seed: int) -> Path:

@@ -1,4 +1,4 @@
-"""``aria theory-sim``: the shipped config, user mistakes (exit 2), a tiny sweep (exit 0) and a broken bound (exit 1)."""
+"""``aria theory-sim``: shipped config, user mistakes (exit 2), a tiny sweep (exit 0), a broken bound (exit 1)."""
 
 import json
 from pathlib import Path

@@ -49,7 +49,7 @@ def reference_sampled(alpha, eps, draws, delay, s, burn):
     return mse / (s.steps - burn)
 
 
-@pytest.mark.parametrize("delay", [0, 1])
+@pytest.mark.parametrize("delay", [0, 1, 2])
 def test_batched_sampled_run_equals_one_instance_per_seed(delay):
     s = Stream("random_walk", "gaussian", 0.5, 0.003, regions=5, seeds=3, steps=250, seed=4)
     got = run_sampled(0.2, 0.3, 2, delay, s, burn=30)["mse"]
@@ -92,6 +92,15 @@ def test_sampled_runs_are_within(alpha, sigma, delta, eps, process):
     s = Stream(process, "gaussian", sigma, delta, regions=4, seeds=5, steps=500, seed=5)
     row = measured("sampled", s, alpha, 1, 150, eps, 1)
     assert row.within, row
+    if eps == 1.0 and process == "linear":  # oblivious updates at exactly p_min, worst-case drift
+        assert row.ratio > 0.6, row
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_sampled_bound_is_tight_for_oblivious_updates_and_the_worst_drift(delay):
+    s = Stream("linear", "gaussian", 0.1, 0.002, regions=4, seeds=5, steps=600, seed=2)
+    row = measured("sampled", s, 0.1, delay, 200, eps=1.0, draws=1)
+    assert row.within and row.ratio > 0.65, row
 
 
 def test_the_check_fails_on_jumps_heavy_tails_and_a_halved_bound():

@@ -59,7 +59,7 @@ def format_table(rows) -> str:
 @click.option("--quick", is_flag=True, help="The small preset (seconds).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML overriding the preset key by key (see configs/theory.yaml).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("theory-sim"), show_default=True,
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/theory-sim"), show_default=True,
               help="Folder for theory_sim.json and the figures.")
 def theory_sim(quick: bool, config_path: Path | None, out_dir: Path):
     """Simulate discrepancy processes and check the tracking bound of the aria tracker."""

@@ -1,16 +1,13 @@
 """The sweep: configurations from a ``TheoryConfig``, run in parallel, judged against the bounds.
 
-The check (Monte Carlo error accounted for): per configuration the seeds (every-step runs: the
-seeds x regions, independent there) are replicates of the time-averaged squared error. A configuration is a *violation* when, at level
-``confidence`` (Bonferroni over the tests of the configuration), either the one-sided lower
-confidence limit of its RMSE (Student-t over seeds; overall and per region) exceeds the bound,
-or the same limit computed on the replicates capped at 4 bound^2 does: capping only lowers a
-mean, so under the bound E[min(X, 4 bound^2)] <= bound^2 too, and the capped replicates are
-bounded, so this limit stays informative when heavy tails make the raw one useless. Otherwise
-the configuration is *within*.
-*strict* additionally requires the one-sided upper confidence limit to lie below the bound (the
-bound is then shown to hold at that level); it is reported, and cannot hold where the bound is
-essentially exact (noise-dominated, every-step updates).
+The check (Monte Carlo error accounted for): the replicates of a configuration are its seeds
+(every-step runs: seeds x regions, independent there), each a time-averaged squared error. At
+level ``confidence``, Bonferroni over the configuration's tests, it is a *violation* when the
+one-sided lower confidence limit of the RMSE (Student-t; overall and per region) exceeds the
+bound, or when the overall limit of the replicates capped at CAP bound^2 does (capping only
+lowers a mean, so the bound caps it too; capped replicates are bounded, so this limit stays
+informative under heavy tails). Otherwise *within*. *strict*: the upper limit is below the
+bound too, i.e. the bound is shown to hold; reported, and impossible where the bound is exact.
 """
 
 from __future__ import annotations
@@ -63,7 +60,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        where = f"K={self.regions} eps={self.eps:g} B={self.draws}" if self.kind == "sampled" else f"K={self.regions}"
+        where = f"K={self.regions}" + (f" eps={self.eps:g} B={self.draws}" if self.kind == "sampled" else "")
         return (f"{self.kind:7s} {self.process:11s} {self.noise:10s} a={self.alpha:<6g} s={self.sigma:<5g} "
                 f"d={self.delta:<7g} D={self.delay} {where}")
 
@@ -72,7 +69,7 @@ CAP = 4.0  # the robust limit caps every replicate's mean squared error at CAP *
 
 
 def confidence_limits(mse: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(RMSE, lower, upper) one-sided limits at ``level`` from per-seed mean squared errors."""
+    """(RMSE, lower, upper) one-sided limits at ``level`` from replicate mean squared errors."""
     mse = np.asarray(mse, dtype=np.float64)
     n = mse.size
     mean = float(mse.mean())
@@ -84,7 +81,7 @@ def judge(row: Row, mse: np.ndarray, bound: float, level: float, cells: bool = F
     """Fill the measured values and the verdict from per-(seed, region) mean squared errors.
 
     ``cells``: the regions of a seed are independent too (every-step runs), so the overall limits
-    and the sign test use all seeds x regions as replicates; otherwise seeds only.
+    use all seeds x regions as replicates; otherwise seeds only.
     """
     tests = 2 + mse.shape[1]
     lvl = 1.0 - (1.0 - level) / tests

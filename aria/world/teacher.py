@@ -16,10 +16,7 @@ import json
 import math
 import os
 import platform
-import queue
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -106,21 +103,25 @@ def _batch(step: int, seed: int, batch_size: int, prompts: ComboPrompts):
     return torch.from_numpy(images), ids, drop
 
 
-class _Prefetch:
-    """Batches for steps 0, 1, ... rendered ahead by worker threads, delivered in order."""
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is that step's batch: a pure function of (seed, step), rendered in a worker."""
 
-    def __init__(self, fn: Callable[[int], tuple], workers: int, depth: int):
-        self.fn, self.pool, self.depth = fn, ThreadPoolExecutor(max_workers=workers), depth
-        self.futures, self.next = {}, 0
+    def __init__(self, seed: int, batch_size: int, prompts: ComboPrompts, steps: int):
+        self.seed, self.batch_size, self.prompts, self.steps = seed, batch_size, prompts, steps
 
-    def get(self, step: int):
-        while self.next <= step + self.depth:
-            self.futures[self.next] = self.pool.submit(self.fn, self.next)
-            self.next += 1
-        return self.futures.pop(step).result()
+    def __len__(self):
+        return self.steps
 
-    def close(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def __getitem__(self, step: int):
+        images, ids, drop = _batch(step, self.seed, self.batch_size, self.prompts)
+        return images, torch.from_numpy(ids), torch.from_numpy(drop)
+
+
+def _feed(dataset: _StepBatches, workers: int):
+    """Batches for steps 0, 1, ... in order; ``workers`` processes render ahead (0: in-process)."""
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers else None, persistent_workers=False))
 
 
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
@@ -163,8 +164,9 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
     alphas = sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     model = torch.compile(unet) if compile else unet
-    workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
-    feed = _Prefetch(lambda s: _batch(s, seed, batch_size, prompts), workers, depth=2 * workers)
+    if workers is None:
+        workers = min(12, (os.cpu_count() or 2) - 2) if cuda else 0
+    feed = _feed(_StepBatches(seed, batch_size, prompts, steps), max(0, workers))
     params, ema_params = list(unet.parameters()), list(ema.parameters())
     gen = torch.Generator(device=device).manual_seed(seed)
     log(f"teacher: {n_params / 1e6:.2f} M parameters, device {device}, pool {len(pool)} prompts, "
@@ -178,9 +180,9 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
             progress = max(step / steps, elapsed / time_limit_s if time_limit_s else 0.0)
             for g in opt.param_groups:
                 g["lr"] = lr * _lr_factor(progress, step, warmup)
-            x0, ids, drop = feed.get(step)
+            x0, ids, drop = next(feed)
             x0 = x0.to(device, non_blocking=True)
-            ctx = contexts(ids, drop)
+            ctx = contexts(ids.numpy(), drop.numpy())
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen, device=device)
             a = alphas[t].view(-1, 1, 1, 1)
@@ -203,7 +205,7 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
                 history.append({"step": step, "loss": mean, "time_s": round(time.time() - t0, 1)})
                 log(f"step {step} loss {mean:.4f} {step / (time.time() - t0):.1f} it/s")
     finally:
-        feed.close()
+        del feed  # shuts the workers down
     if losses:
         history.append({"step": step, "loss": float(torch.stack(losses).mean()), "time_s": round(time.time() - t0, 1)})
     wall = time.time() - t0
