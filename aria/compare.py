@@ -29,6 +29,7 @@ from .errors import UserError
 from . import report
 
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
+TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
 BARS = (  # (name, regime, metric, kind, bar): kind "ratio" -> aria/rc <= bar; "gap" -> aria - bar*rc <= 0
     ("unseen discrepancy aria/rc", "unseen", "discrepancy", "ratio", 0.85),
     ("under discrepancy aria/rc", "under", "discrepancy", "ratio", 0.85),
@@ -82,8 +83,8 @@ def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
     summary = {s: {g: {m: mean_ci(per_seed(s, g, m)) for m in metrics} for g in groups} for s in strategies}
     ratios = {}
     if "rc" in strategies:
-        ratios = {s: {g: {m: mean_ci(paired_ratios(per_seed(s, g, m), per_seed("rc", g, m))) for m in metrics}
-                      for g in groups} for s in strategies if s != "rc"}
+        ratios = {s: {g: {m: mean_ci(paired_ratios(per_seed(s, g, m), per_seed("rc", g, m)))
+                          for m in metrics if m not in TEACHER_ONLY} for g in groups} for s in strategies if s != "rc"}
     checks = []
     if "rc" in strategies and "aria" in strategies:
         for name, g, m, kind, bar in BARS:
@@ -239,9 +240,11 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         sizes = np.asarray(ev["regions"]["size"], dtype=float)
         measured = np.array([np.nan if v is None else v for v in ev["regions"]["normalised"]], dtype=float)
         hist = read_region_history(run_paths(out, "aria", seed)["run"])
-        if hist["probabilities"] is not None:
+        fractions = ev["regions"].get("regime_fractions")
+        if hist["probabilities"] is not None and fractions is not None:
             plots["aria allocation over time"] = report.plot_allocation(
-                hist["probabilities_steps"], hist["probabilities"], regime, sizes / sizes.sum(), Path(out) / "plots" / "allocation.png")
+                hist["probabilities_steps"], hist["probabilities"], regime, np.asarray(fractions), sizes,
+                Path(out) / "plots" / "allocation.png")
         if hist["estimates"] is not None:
             plots["aria tracked vs measured discrepancy"] = report.plot_tracking(
                 hist["estimates"][-1], measured, regime, Path(out) / "plots" / "tracking.png")

@@ -194,21 +194,23 @@ def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.nda
 
 def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray) -> dict:
     """Per region: probe discrepancy (raw, and divided by each timestep's all-probe mean, as aria's
-    tracker normalises), probes, pool size and main regime."""
+    tracker normalises), probes, pool size, main regime and the fraction of its prompts per regime."""
     k = len(bundle.region_info.sizes)
     reg = np.asarray(bundle.region_of_prompt)[probe_ids]
     counts = np.bincount(reg, minlength=k)
     sums = np.bincount(reg, weights=disc.mean(1), minlength=k)
     scale = disc.mean(0, keepdims=True)
     norm = np.bincount(reg, weights=(disc / np.where(scale > 0, scale, 1.0)).mean(1), minlength=k)
-    main = [None] * k
+    main, fractions = [None] * k, None
     if bundle.regime_of_prompt is not None:
         cells = np.zeros((k, len(GROUPS)), dtype=np.int64)
-        np.add.at(cells, (bundle.region_of_prompt, bundle.regime_of_prompt), 1)
+        np.add.at(cells, (np.asarray(bundle.region_of_prompt), np.asarray(bundle.regime_of_prompt)), 1)
         main = [int(np.argmax(c)) if c.sum() else None for c in cells]
+        fractions = (cells / np.maximum(cells.sum(1, keepdims=True), 1)).tolist()
     return {"discrepancy": [float(s / c) if c else None for s, c in zip(sums, counts)],
             "normalised": [float(s / c) if c else None for s, c in zip(norm, counts)],
-            "probes": counts.tolist(), "size": np.asarray(bundle.region_info.sizes).tolist(), "regime": main}
+            "probes": counts.tolist(), "size": np.asarray(bundle.region_info.sizes).tolist(), "regime": main,
+            "regime_fractions": fractions}
 
 
 def _combos(bundle):

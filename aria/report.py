@@ -108,10 +108,11 @@ def _regime_legend(ax, names) -> None:
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
@@ -147,7 +148,8 @@ def results_tables(results: dict) -> str:
             "column says whether the whole 95% interval does.", ""]
     for metric in results["metrics"]:
         out += [f"## {METRICS[metric][0]} ({metric})", "", summary_table(results, metric), ""]
-        if results["ratios"]:
+        first = next(iter(results["ratios"].values()), {})
+        if metric in first.get(results["groups"][0], {}):
             out += [ratio_table(results, metric), ""]
     return "\n".join(out)
 
@@ -170,42 +172,51 @@ def plot_regime_metrics(results: dict, path: Path) -> Path:
     """One panel per metric: grouped bars (strategy x regime) with 95% CI error bars."""
     plt = _plt()
     metrics, groups, strategies = results["metrics"], results["groups"], results["strategies"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
     width = 0.8 / len(groups)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes.flat, metrics):
         for j, g in enumerate(groups):
             stats = [results["summary"][s][g][metric] for s in strategies]
             mean = np.array([np.nan if x["mean"] is None else x["mean"] for x in stats], dtype=float)
             err = np.array([[0.0 if x["low"] is None else x["mean"] - x["low"] for x in stats],
                             [0.0 if x["high"] is None else x["high"] - x["mean"] for x in stats]])
             ax.bar(np.arange(len(strategies)) + j * width, np.nan_to_num(mean), width, yerr=err,
-                   color=REGIME_COLORS.get(g, "#777777"), label=g, capsize=2)
+                   color=REGIME_COLORS.get(g, "#777777"), capsize=2)
         ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2, strategies, rotation=45, fontsize=8)
         ax.set_title(METRICS[metric][0], fontsize=9)
-    axes[0][0].legend(frameon=False, fontsize=8)
-    return _save(fig, path)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=REGIME_COLORS.get(g, "#777777"), label=g) for g in groups], frameon=False,
+               loc="upper center", ncol=len(groups), bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _save(fig, path, layout=False)
 
 
-def plot_allocation(steps: np.ndarray, probs: np.ndarray, region_regime: np.ndarray, shares: np.ndarray,
-                    path: Path) -> Path:
-    """aria's allocation over time: probability mass per regime (solid) against pool share (dashed),
-    and the per-region probabilities as a heat map with regions sorted by regime."""
+def plot_allocation(steps: np.ndarray, probs: np.ndarray, region_regime: np.ndarray, fractions: np.ndarray,
+                    sizes: np.ndarray, path: Path) -> Path:
+    """aria's allocation over time. Left: the regime mix of switched prompts (region probabilities
+    times each region's regime fractions; prompts are drawn uniformly inside a region) against the
+    pool's mix (dashed: what ``rc`` draws). Right: per-region probabilities, regions sorted by regime."""
     plt = _plt()
     fig, (ax, hm) = plt.subplots(1, 2, figsize=(11, 3.8))
+    mix = np.nan_to_num(probs) @ fractions
+    pool = sizes @ fractions / sizes.sum()
     for r, name in enumerate(REGIME_NAMES):
-        mask = region_regime == r
-        if mask.any():
-            ax.plot(steps, probs[:, mask].sum(1), color=REGIME_COLORS[name], label=f"{name}")
-            ax.axhline(shares[mask].sum(), color=REGIME_COLORS[name], ls="--", lw=0.8)
+        ax.plot(steps, mix[:, r], color=REGIME_COLORS[name], label=name)
+        ax.axhline(pool[r], color=REGIME_COLORS[name], ls="--", lw=0.8)
     ax.set_xlabel("step")
-    ax.set_ylabel("allocation probability")
-    ax.set_title("aria: mass per regime (dashed: pool share)")
+    ax.set_ylabel("share of switched prompts")
+    ax.set_title("aria: regime mix of switched prompts (dashed: pool)")
     ax.legend(frameon=False)
-    order = np.argsort(region_regime, kind="stable")
-    im = hm.imshow(probs[:, order].T, aspect="auto", origin="lower", cmap="viridis",
-                   extent=(steps[0], steps[-1], -0.5, len(order) - 0.5))
+    order = np.lexsort((-fractions[:, -1], region_regime))
+    im = hm.imshow(probs[:, order].T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                   extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(order) - 0.5))
     hm.set_xlabel("step")
-    hm.set_ylabel("region (sorted by regime)")
+    hm.set_ylabel("region (by main regime, then unseen share)")
     fig.colorbar(im, ax=hm, label="p")
     return _save(fig, path)
 

@@ -54,6 +54,11 @@ def load_plugins() -> None:
             obj = ep.load()
             if isinstance(obj, type) and issubclass(obj, AllocationStrategy) and obj not in _REGISTRY.values():
                 register_strategy(ep.name)(obj)
+        except Exception as err:  # a broken plugin is the user's environment: name it in one line
+            raise UserError(
+                f"strategy plugin {ep.name!r} ({_loading_origin}, {ep.value}) failed to load: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         finally:
             _loading_origin = None
 

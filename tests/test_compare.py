@@ -110,11 +110,14 @@ def test_read_results_rejects_other_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factory):
+def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factory, monkeypatch):
     """Two strategies x one seed on tiny models: training subprocesses, evaluations, results folder,
     and a second call that finds every run done (resume) and rewrites the same tables."""
+    import torch
     from test_evaluate import ROOT, make_world_teacher, world_sets
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses: no oversubscription stalls
+    torch.set_num_threads(1)
     make_world_teacher(tmp_path / "teacher")
     sets = world_sets(tmp_path, tmp_path_factory.getbasetemp() / "world-cache")
     sets += ["distillation.steps=3", "distillation.batch_size=4", "logging.every=1", "logging.checkpoint_every=3",

@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
     from aria.config import load_config
     from aria.data import prepare_data
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # shared CPU cores: one thread avoids oversubscription stalls
     tmp = tmp_path_factory.mktemp("eval")
     make_world_teacher(tmp / "teacher")
     export_student(tmp / "teacher", tmp / "run", seed=1)

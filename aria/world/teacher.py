@@ -133,7 +133,8 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
                   device: str = "auto", time_limit_s: float | None = None, compile: bool = False,
                   ema_decay: float = 0.999, warmup: int = 200, seed: int = 0, workers: int | None = None,
                   evaluate: bool = True, eval_steps: int = 25, context_budget_bytes: float | None = None,
-                  judge_path: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
+                  judge_path: Path | None = None, unet_config: dict | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
     """Train the world teacher; save the EMA weights (fp16 safetensors), README.md, training.json.
 
     ``config`` is a RunConfig (its data.world, data.cache_dir and encoder sections are used).
@@ -156,8 +157,8 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
         raise UserError(f"the world pool covers {len(prompts.covered)} of {shapes.NUM_COMBOS} combinations: "
                         "raise data.world.num_prompts")
     contexts = Contexts(encoder, pool, context_budget_bytes)
-    unet = build_unet().to(device).train()
-    ema = build_unet().to(device).eval().requires_grad_(False)
+    unet = build_unet(**(unet_config or {})).to(device).train()
+    ema = build_unet(**(unet_config or {})).to(device).eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     n_params = sum(p.numel() for p in unet.parameters())
     sched = make_scheduler()
@@ -213,7 +214,7 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
               "train_wall_s": round(wall, 1), "steps_per_s": round(step / max(wall, 1e-9), 2),
               "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
               "parameters": n_params, "encoder": encoder.identity, "pool_hash": pool.content_hash,
-              "pool_size": len(pool), "context_tokens": encoder.max_length, "unet_config": UNET_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
+              "pool_size": len(pool), "context_tokens": encoder.max_length, "unet_config": {**UNET_CONFIG, **(unet_config or {})}, "scheduler_config": SCHEDULER_CONFIG,
               "history": history}
     if evaluate:
         from .judge import Judge
@@ -229,7 +230,9 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
 def save_teacher(unet, out_dir: Path, report: dict) -> dict:
     """fp16 safetensors UNet + scheduler_config.json + training.json + README.md model card."""
     out_dir = Path(out_dir)
-    half = build_unet()
+    from diffusers import UNet2DConditionModel
+
+    half = UNet2DConditionModel.from_config(unet.config)
     half.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
     half.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     make_scheduler().save_pretrained(out_dir)
