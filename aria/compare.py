@@ -59,18 +59,6 @@ def paired_ratios(num: list, den: list) -> list:
     return [None if a is None or b is None or b == 0 else a / b for a, b in zip(num, den)]
 
 
-def kid(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3 (KID) between two feature sets."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    n, m, d = len(x), len(y), x.shape[1]
-    if n < 2 or m < 2:
-        return float("nan")
-    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-    sxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    syy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(sxx + syy - 2 * kxy.mean())
-
-
 def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
     """summary, ratios and checks from ``evals[strategy][seed]`` (eval JSON dicts)."""
     first = evals[strategies[0]][seeds[0]]["metrics"]
@@ -224,7 +212,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
         "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds} for s in strategies},
     }
     results["plots"] = make_plots(results, evals, out)
-    write_json(Path(out) / "results.json", results)
+    report.write_json(Path(out) / "results.json", results)
     (Path(out) / "results.md").write_text(
         "# aria compare\n\n" + "\n".join(report.results_header(results)) + "\n\n" + report.results_tables(results))
     return results
@@ -266,37 +254,13 @@ def read_region_history(run_dir: Path) -> dict:
     return out
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (NaN becomes null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def _clean(x):
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 # -- the commands ----------------------------------------------------------------------------------
 
 @click.command("compare")
 @click.option("--strategies", default="none,rc,uniform,exp3,ducb,swucb,dts,aria", show_default=True,
               help="Comma-separated strategy names.")
-@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1 (config.seed).")
+@click.option("--seeds", default="3", show_default=True,
+              help="N (seeds 0..N-1) or a comma-separated list; seed s sets config.seed = s.")
 @click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
@@ -305,13 +269,30 @@ def _clean(x):
 def compare_command(strategies, seeds, config_path, overrides, out, parallel):
     """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    cmd = ["aria", "compare", "--strategies", ",".join(names), "--seeds", str(seeds), "--config", str(config_path),
+    seed_list = parse_seeds(seeds)
+    cmd = ["aria", "compare", "--strategies", ",".join(names), "--seeds", seeds, "--config", str(config_path),
            "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
     if parallel:
         cmd += ["--parallel", str(parallel)]
-    results = compare(config_path, names, list(range(seeds)), out, parallel, overrides, shlex.join(cmd))
+    results = compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd))
     click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
     click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
+    try:
+        if "," not in text:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return list(range(n))
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected a count N >= 1 or a comma-separated list of seeds") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct seeds")
+    return seeds
 
 
 def read_results(path: Path) -> dict:

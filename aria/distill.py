@@ -179,6 +179,13 @@ class Distiller:
                                      config.context_cache_mb)
         self.feature_scale: np.ndarray | None = None
         self.term_names = ["task", "out"] + [f"feat/{i}" for i in range(len(self.pairs))]
+        # hooks stay for the whole run (stable for torch.compile); ``close`` removes them
+        self.cap_t = FeatureCapture(teacher, [p.teacher_name for p in self.pairs]).__enter__()
+        self.cap_s = FeatureCapture(student, [p.student_name for p in self.pairs]).__enter__()
+
+    def close(self) -> None:
+        self.cap_t.__exit__(None, None, None)
+        self.cap_s.__exit__(None, None, None)
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, step: int, strategy, state) -> StepPlan:
@@ -220,15 +227,14 @@ class Distiller:
         task_w = torch.from_numpy(task_w).to(dev, torch.float32)
         kd_w = torch.from_numpy(kd_w).to(dev, torch.float32)
 
-        t_names = [p.teacher_name for p in self.pairs]
-        s_names = [p.student_name for p in self.pairs]
-        with FeatureCapture(self.teacher, t_names) as cap_t, FeatureCapture(self.student, s_names) as cap_s:
-            with torch.inference_mode(), b.autocast():
-                eps_t = self.teacher(x_t.to(self.teacher.dtype), t, encoder_hidden_states=context.to(self.teacher.dtype)).sample
-                feats_t = [cap_t.outputs[n].float() for n in t_names]
-            with b.autocast():
-                eps_s = self.student(x_t, t, encoder_hidden_states=context).sample
-            feats_s = [cap_s.outputs[n].float() for n in s_names]
+        with torch.inference_mode(), b.autocast():
+            dtype = self.teacher.dtype
+            eps_t = self.teacher(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+            feats_t = [self.cap_t.outputs[p.teacher_name].float() for p in self.pairs]
+        with b.autocast():
+            eps_s = self.student(x_t, t, encoder_hidden_states=context).sample
+        feats_s = [self.cap_s.outputs[p.student_name].float() for p in self.pairs]
+        self.cap_t.outputs.clear(), self.cap_s.outputs.clear()  # the graph keeps what backward needs
 
         eps_s, eps_t = eps_s.float(), eps_t.float()
         per_sample = lambda d: d.pow(2).flatten(1).mean(1)  # noqa: E731

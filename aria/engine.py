@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig, config_to_dict
 from .errors import UserError
 from .metrics import RegionWindow, RunLogger, format_table, probe_discrepancy_by_regime, read_jsonl, regime_table, \
-    run_summary
+    run_summary, summary_writer_class
 
 
 class TrainingStopped(UserError):
@@ -60,19 +60,21 @@ class DistillationRun:
 
         c = self.config
         self.t0 = time.perf_counter()
+        if c.logging.tensorboard:
+            summary_writer_class()  # fail before any heavy work
         self.backend = b = create_backend(c.backend, c.distillation)
         self.main = b.is_main
         if not self.resume and ckpt.list_checkpoints(self.ckpt_root):
             raise UserError(f"output_dir {self.output_dir} already holds checkpoints: pass --resume, "
                             f"or choose another output_dir")
         self.strategy = create_strategy(c.strategy.name, c.strategy.params_for())
+        if self.teacher is None:
+            dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
+            self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         if self.bundle is None:  # rank 0 fills the caches first, the others then read them
             from .data import prepare_data
 
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
-        if self.teacher is None:
-            dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
-            self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)
         self._check_inputs()
         torch.manual_seed(c.seed)  # the student's layers that are not copied from the teacher
@@ -229,6 +231,7 @@ class DistillationRun:
 
         c, b = self.config, self.backend
         steps = c.distillation.steps
+        self.distiller.close()
         if self.last_saved != steps:
             self.save(steps)
         result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"]}
@@ -272,6 +275,8 @@ class DistillationRun:
         return encode
 
     def close(self) -> None:
+        if getattr(self, "distiller", None) is not None:
+            self.distiller.close()
         if getattr(self, "backend", None) is not None:
             self.backend.close()
 

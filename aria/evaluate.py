@@ -129,8 +129,10 @@ def teacher_reference(teacher_unet, probe, sample_noise, ctx, alphas, args: dict
     """The teacher's probe predictions and samples, read from / written to ``cache`` when given."""
     from safetensors.numpy import load_file, save_file
 
+    arrays = {"noise": sample_noise, **{k: v.numpy() for k, v in ctx.items()}}
     key = hashlib.sha256(json.dumps({**args, "probe": probe.digest, "teacher": weights_digest(teacher_unet),
-                                     "noise": hashlib.sha256(sample_noise.tobytes()).hexdigest()},
+                                     **{k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+                                        for k, v in arrays.items()}},
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = None if cache is None else Path(cache) / f"teacher-{key}.safetensors"
     if path is not None and path.is_file():
@@ -165,6 +167,18 @@ def _groups(regimes: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
     return out
 
 
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3 (KID) between two feature sets."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n, m, d = len(x), len(y), x.shape[1]
+    if n < 2 or m < 2:
+        return float("nan")
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    sxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+    syy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
 def judge_readings(judge, pixels: np.ndarray) -> dict:
     """The judge's attribute readings and features of images in [-1, 1]."""
     from .world.shapes import from_tensor_range
@@ -175,7 +189,6 @@ def judge_readings(judge, pixels: np.ndarray) -> dict:
 
 def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.ndarray) -> dict:
     """Accuracy (all attributes right) of student and teacher, agreement and KID on ``mask``."""
-    from .compare import kid
     from .world.shapes import ATTRIBUTES, combo_attributes
 
     truth = dict(zip(ATTRIBUTES, combo_attributes(combos[mask])))
@@ -270,6 +283,8 @@ def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     from .encoders import resolve_device
 
     device = resolve_device(config.backend.device)
+    if device == "cpu" and config.backend.cpu_threads:
+        torch.set_num_threads(config.backend.cpu_threads)
     if teacher is None:
         from .models import load_teacher
 
@@ -304,9 +319,9 @@ def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, 
     encode, decode = pixel_codec(teacher)
     probe = build_probe_set(bundle, ecfg, sched.config.num_train_timesteps, encode)
     ids = sample_prompt_ids(bundle, ecfg)
-    enc = bundle.encoder
-    ctx = {"probe": torch.from_numpy(enc.encode_tokens(_texts(bundle.pool, probe.prompt_ids))),
-           "sample": torch.from_numpy(enc.encode_tokens(_texts(bundle.pool, ids))),
+    enc, pool = bundle.encoder, bundle.pool
+    ctx = {"probe": torch.from_numpy(enc.encode_tokens(pool.texts(probe.prompt_ids))),
+           "sample": torch.from_numpy(enc.encode_tokens(pool.texts(ids))),
            "uncond": torch.from_numpy(enc.encode_tokens([""]))}
     noise = np.random.default_rng([ecfg.seed, 4]).standard_normal((len(ids), *probe.x0.shape[1:]), dtype=np.float32)
     args = {"steps": ecfg.sample_steps, "guidance": config.teacher.guidance_scale, "batch": ecfg.batch_size,
@@ -315,45 +330,48 @@ def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, 
     disc = ((probe_predictions(student, probe, ctx["probe"], alphas, ecfg.batch_size) - ref["probe_eps"]) ** 2
             ).mean(axis=(2, 3, 4))  # (N, J)
     s_px = decode(ddim_samples(student, ctx["sample"], ctx["uncond"], noise, ecfg.sample_steps,
-                               config.teacher.guidance_scale, args["scheduler"], ecfg.batch_size))
-    t_px = decode(ref["samples"])
-    combos = _combos(bundle)
-    if combos is not None:
-        s_read, t_read = judge_readings(judge, s_px), judge_readings(judge, t_px)
-    regimes = bundle.regime_of_prompt
-    p_groups = _groups(None if regimes is None else regimes[probe.prompt_ids], len(probe.prompt_ids))
-    s_groups = _groups(None if regimes is None else regimes[ids], len(ids))
-    metrics, counts, attributes, by_t = {}, {}, {}, {}
-    for g in p_groups:
-        m = {"discrepancy": float(disc[p_groups[g]].mean())}
-        by_t[g] = disc[p_groups[g]].mean(0).tolist()
-        sm = s_groups.get(g, np.zeros(len(ids), bool))
-        if sm.any():
-            m["pixel_mse"] = float(((s_px[sm] - t_px[sm]) ** 2).mean())
-            if combos is not None:
-                jm = judge_metrics(combos[ids], s_read, t_read, sm)
-                attributes[g] = jm.pop("attributes")
-                m.update(jm)
-        metrics[g] = m
-        counts[g] = {"probes": int(p_groups[g].sum()), "prompts": int(sm.sum())}
-    regions = region_table(bundle, probe.prompt_ids, disc)
-    return {
+                               args["guidance"], args["scheduler"], ecfg.batch_size))
+    result = {
         "format": "aria-eval/1",
         "student": str(folder),
         "teacher": str(teacher.path) + (f" ({teacher.subfolder})" if teacher.subfolder else ""),
         "probe": {"digest": probe.digest, "seed": ecfg.seed, "images": len(probe.prompt_ids),
                   "timesteps": probe.timesteps.tolist(), "sample_prompts": len(ids),
-                  "sample_steps": ecfg.sample_steps, "guidance_scale": config.teacher.guidance_scale},
-        "metrics": metrics, "counts": counts, "attributes": attributes, "by_timestep": by_t, "regions": regions,
+                  "sample_steps": ecfg.sample_steps, "guidance_scale": args["guidance"]},
     }
+    result.update(score(bundle, judge, probe.prompt_ids, disc, ids, s_px, decode(ref["samples"])))
+    result["regions"] = region_table(bundle, probe.prompt_ids, disc)
+    return result
+
+
+def score(bundle, judge, probe_ids, disc, sample_ids, student_px, teacher_px) -> dict:
+    """Per group (each regime, ``all``): probe discrepancy, pixel MSE and, in the world, judge metrics."""
+    combos = _combos(bundle)
+    if combos is not None:
+        s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)
+    regimes = bundle.regime_of_prompt
+    p_groups = _groups(None if regimes is None else regimes[probe_ids], len(probe_ids))
+    s_groups = _groups(None if regimes is None else regimes[sample_ids], len(sample_ids))
+    out = {"metrics": {}, "counts": {}, "attributes": {}, "by_timestep": {}}
+    for g, pm in p_groups.items():
+        m = {"discrepancy": float(disc[pm].mean())}
+        out["by_timestep"][g] = disc[pm].mean(0).tolist()
+        sm = s_groups.get(g, np.zeros(len(sample_ids), bool))
+        if sm.any():
+            m["pixel_mse"] = float(((student_px[sm] - teacher_px[sm]) ** 2).mean())
+            if combos is not None:
+                jm = judge_metrics(combos[sample_ids], s_read, t_read, sm)
+                out["attributes"][g] = jm.pop("attributes")
+                m.update(jm)
+        out["metrics"][g] = m
+        out["counts"][g] = {"probes": int(pm.sum()), "prompts": int(sm.sum())}
+    return out
 
 
 def write_eval(result: dict, out: Path) -> dict:
     """eval.json, eval.md and region_discrepancy.png in ``out``; returns the paths."""
-    from .compare import write_json
-
     out = Path(out)
-    write_json(out / "eval.json", result)
+    report.write_json(out / "eval.json", result)
     (out / "eval.md").write_text(report.eval_markdown(result))
     plot = report.plot_region_discrepancy(result, out / "region_discrepancy.png")
     return {"json": out / "eval.json", "markdown": out / "eval.md", "plot": plot}
@@ -383,6 +401,3 @@ def eval_command(student, teacher_path, config_path, overrides, out, reference):
     click.echo(report.eval_table(result))
     click.echo(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
 
-
-def _texts(pool, ids) -> list[str]:
-    return list(pool.texts(np.asarray(ids, np.int64)))

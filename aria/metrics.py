@@ -56,12 +56,7 @@ class RunLogger:
         truncate_jsonl(self.path, start_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if logging_config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise UserError("logging.tensorboard is on but the tensorboard package is not installed "
-                                "(pip install tensorboard, or set logging.tensorboard=false)") from err
-            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
+            self.tb = summary_writer_class()(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
         if logging_config.progress:
             from tqdm.auto import tqdm
 
@@ -111,6 +106,16 @@ class RunLogger:
         if self.tb is not None:
             self.tb.close()
         self.file.close()
+
+
+def summary_writer_class():
+    """TensorBoard's SummaryWriter, or a UserError naming the missing package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UserError("logging.tensorboard is on but the tensorboard package is not installed "
+                        "(pip install tensorboard, or set logging.tensorboard=false)") from err
+    return SummaryWriter
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:

@@ -6,6 +6,7 @@ document from ``results.json`` and compare it line by line with the file on disk
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -225,14 +226,46 @@ def plot_tracking(estimates: np.ndarray, measured: np.ndarray, region_regime: np
     """aria's final tracked estimate per region against the discrepancy measured on the probe set."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ok = np.isfinite(measured) & np.isfinite(estimates)
     for r, name in enumerate(REGIME_NAMES):
-        mask = (region_regime == r) & np.isfinite(measured) & np.isfinite(estimates)
-        ax.scatter(measured[mask], estimates[mask], s=14, color=REGIME_COLORS[name], label=name)
+        mask = (region_regime == r) & ok
+        if mask.any():
+            ax.scatter(measured[mask], estimates[mask], s=14, color=REGIME_COLORS[name], label=name)
+    title = "aria: tracked vs measured per region"
+    if ok.sum() >= 3:
+        from scipy.stats import spearmanr
+
+        title += f"\nSpearman rho {spearmanr(measured[ok], estimates[ok]).statistic:.2f} over {ok.sum()} regions"
     ax.set_xlabel("measured probe discrepancy (per-timestep normalised)")
     ax.set_ylabel("tracked estimate (end of training)")
-    ax.set_title("aria: tracked vs measured per region")
+    ax.set_title(title, fontsize=10)
     ax.legend(frameon=False)
     return _save(fig, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write (NaN becomes null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
 
 
 # -- the results document -------------------------------------------------------------------------

@@ -21,19 +21,6 @@ def test_mean_ci_matches_t_interval():
     assert compare.mean_ci([5.0])["low"] is None and compare.mean_ci([None])["mean"] is None
 
 
-def test_kid_is_unbiased_mmd_with_cubic_kernel():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(60, 4)), rng.normal(size=(50, 4))
-    same = np.mean([compare.kid(rng.normal(size=(60, 4)), rng.normal(size=(50, 4))) for _ in range(40)])
-    assert abs(same) < 0.05  # unbiased: about 0 for one distribution
-    assert compare.kid(x, y + 1.0) > 0.5
-    k = lambda a, b: (a @ b.T / 4 + 1) ** 3  # noqa: E731
-    xs, ys = x[:3], y[:2]
-    brute = ((k(xs, xs).sum() - np.trace(k(xs, xs))) / 6 + (k(ys, ys).sum() - np.trace(k(ys, ys))) / 2
-             - 2 * k(xs, ys).mean())
-    assert compare.kid(xs, ys) == pytest.approx(brute)
-
-
 def fake_eval(disc, gap, seed):
     """An eval-JSON-shaped dict (only what the summary reads)."""
     metrics = {}
@@ -68,7 +55,7 @@ def test_checks_apply_the_bars():
 
 def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
     path = tmp_path / "res" / "results.json"
-    compare.write_json(path, synthetic_results())
+    report.write_json(path, synthetic_results())
     doc = tmp_path / "docs" / "RESULTS.md"
     text = compare.results_doc(path, doc)
     assert "12.5 s" in text and "aria compare --seeds 3" in text and "../res/plots/regime_metrics.png" in text
@@ -89,7 +76,7 @@ def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
 
 def test_results_cli_check_exits_1_and_bad_json_exits_2(tmp_path):
     path = tmp_path / "results.json"
-    compare.write_json(path, synthetic_results())
+    report.write_json(path, synthetic_results())
     doc = tmp_path / "RESULTS.md"
     run = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", *a],  # noqa: E731
                                     capture_output=True, text=True)
@@ -123,7 +110,8 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     sets += ["distillation.steps=3", "distillation.batch_size=4", "logging.every=1", "logging.checkpoint_every=3",
              "backend.device=cpu", "encoder.device=cpu"]
     out = tmp_path / "cmp"
-    args = ["compare", "--strategies", "rc,aria", "--seeds", "1", "--config", str(ROOT / "configs" / "tiny-test.yaml"),
+    args = ["compare", "--strategies", "rc,aria", "--seeds", "1", "--parallel", "2",
+            "--config", str(ROOT / "configs" / "tiny-test.yaml"),
             "--out", str(out), *[a for s in sets for a in ("--set", s)]]
     from aria.cli import main
 
@@ -153,3 +141,10 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     doc = tmp_path / "RESULTS.md"
     compare.results_doc(out / "results.json", doc)
     compare.results_doc(out / "results.json", doc, check=True)
+
+
+def test_seeds_take_a_count_or_a_list():
+    assert compare.parse_seeds("3") == [0, 1, 2] and compare.parse_seeds("0,4,7") == [0, 4, 7]
+    for bad in ("0", "x", "1,1", ","):
+        with pytest.raises(UserError, match="--seeds"):
+            compare.parse_seeds(bad)

@@ -25,10 +25,13 @@ def test_switch_schedules():
     np.testing.assert_allclose(switch_probability(t, 1000, "constant", 0, 0.3), [0.3] * 3)
 
 
-def plan(bundle, strategy="aria", step=3, **cfg):
+def plan(bundle, strategy="aria", step=3, params=None, **cfg):
     config = DistillConfig(batch_size=16, cfg_dropout=0.2, switch_schedule="constant", switch_constant=0.5, **cfg)
-    s = create_strategy(strategy)
+    s = create_strategy(strategy, params)
     state = s.init(bundle.region_info, 0)
+    if strategy == "aria":  # past the warm start: the allocation follows the estimates
+        state["visits"][:] = 1
+        state["estimate"][:] = np.arange(len(state["estimate"])) + 1.0
     return plan_step(step, seed=0, batch_size=16, num_timesteps=1000, config=config, bundle=bundle, strategy=s,
                      state=state)
 
@@ -58,6 +61,17 @@ def test_none_never_switches_and_feedback_from_switched(world):
     assert not p.switched.any() and p.probabilities is None
     q = plan(bundle, feedback_from="switched")
     assert (q.regions[~q.switched] == -1).all() and (q.regions[q.switched & ~q.dropped] >= 0).all()
+
+
+def test_importance_weights_apply_to_switched_samples_only(world):
+    bundle, _ = world
+    p = plan(bundle, params={"importance_exponent": 1.0}, importance_weights=True)
+    share = bundle.region_info.shares
+    expected = share[p.regions[p.switched & ~p.dropped]] / p.probabilities[p.regions[p.switched & ~p.dropped]]
+    np.testing.assert_allclose(p.kd_weight[p.switched & ~p.dropped], expected)
+    assert (p.kd_weight[~p.switched] == 1).all() and not np.allclose(expected, 1)
+    off = plan(bundle, params={"importance_exponent": 1.0})
+    assert (off.kd_weight == 1).all()
 
 
 class FakeRank:

@@ -161,3 +161,14 @@ def test_gpu_bf16_trains_resumes_and_exports(tmp_path):
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
     assert np.isfinite(result["regimes"]["all"]["discrepancy"])
+
+
+def test_tensorboard_logs_or_names_the_missing_package(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="tensorboard package is not installed"):
+            run(tmp_path, logging={"tensorboard": True}, distillation={"steps": 1})
+    else:
+        run(tmp_path, logging={"tensorboard": True}, distillation={"steps": 1})
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -159,3 +159,16 @@ def test_user_mistakes_name_the_student(setup, tmp_path, capsys):
         tmp_path / "wrong")
     with pytest.raises(UserError, match="in_channels 4 differs"):
         evaluate.evaluate(setup["config"], tmp_path / "wrong", bundle=setup["bundle"])
+
+
+def test_kid_is_unbiased_mmd_with_cubic_kernel():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(50, 4))
+    same = np.mean([evaluate.kid(rng.normal(size=(60, 4)), rng.normal(size=(50, 4))) for _ in range(40)])
+    assert abs(same) < 0.05  # unbiased: about 0 for one distribution
+    assert evaluate.kid(x, y + 1.0) > 0.5
+    k = lambda a, b: (a @ b.T / 4 + 1) ** 3  # noqa: E731
+    xs, ys = x[:3], y[:2]
+    brute = ((k(xs, xs).sum() - np.trace(k(xs, xs))) / 6 + (k(ys, ys).sum() - np.trace(k(ys, ys))) / 2
+             - 2 * k(xs, ys).mean())
+    assert evaluate.kid(xs, ys) == pytest.approx(brute)

@@ -61,7 +61,7 @@ def teacher():
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (diffusers UNet).")
 @click.option("--steps", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i]")
 @click.option("--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop training after this many seconds (evaluation and saving come after).")

@@ -129,7 +129,7 @@ def _lr_factor(progress: float, step: int, warmup: int) -> float:
     return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 256, lr: float = 5e-4,
+def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 256, lr: float = 1e-3,
                   device: str = "auto", time_limit_s: float | None = None, compile: bool = False,
                   ema_decay: float = 0.999, warmup: int = 200, seed: int = 0, workers: int | None = None,
                   evaluate: bool = True, eval_steps: int = 25, context_budget_bytes: float | None = None,
