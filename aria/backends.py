@@ -29,9 +29,11 @@ class Backend(Protocol):
     local_rank: int
     device: torch.device
     compute_dtype: torch.dtype
+    input_dtype: torch.dtype
 
     def setup(self, model: torch.nn.Module, params: Iterable[torch.nn.Parameter] | None = None) -> torch.nn.Module: ...
     def autocast(self) -> contextlib.AbstractContextManager: ...
+    def student_autocast(self) -> contextlib.AbstractContextManager: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> float | None: ...
     def zero_grad(self) -> None: ...
@@ -97,6 +99,7 @@ class _Base:
         self.rank, self.world_size, self.local_rank = env_layout()
         self.device = resolve_device(backend_config.device, self.local_rank)
         self.compute_dtype = torch.bfloat16 if backend_config.precision == "bf16" else torch.float32
+        self.input_dtype = torch.float32  # dtype of the student's inputs (autocast does the rest)
         self.timeout = timedelta(seconds=backend_config.collective_timeout_s)
         self._owns_group = False
         if distill_config.batch_size % self.world_size:
@@ -120,6 +123,10 @@ class _Base:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
+    def student_autocast(self):
+        """The context of the student's forward (DeepSpeed: none, its engine runs bf16 weights itself)."""
+        return self.autocast() if self.input_dtype == torch.float32 else contextlib.nullcontext()
+
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place (a no-op on one process)."""
         if self.distributed:
@@ -141,10 +148,12 @@ class _Base:
             else:
                 dist.barrier()
 
-    def close(self) -> None:
-        """End of run: a barrier, then the process group is destroyed (when this backend made it)."""
+    def close(self, ok: bool = True) -> None:
+        """End of run: a barrier (skipped after an error: peers may be gone), then the process group
+        is destroyed (when this backend made it)."""
         if dist.is_available() and dist.is_initialized():
-            self.barrier()
+            if ok:
+                self.barrier()
             if self._owns_group:
                 dist.destroy_process_group()
                 self._owns_group = False
@@ -231,12 +240,17 @@ class DeepSpeedBackend(_Base):
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         super().__init__(backend_config, distill_config)
+        self.input_dtype = self.compute_dtype  # bf16 weights, and the engine's forward turns autocast off
         if self.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         from deepspeed.utils import logger as ds_logger
 
         ds_logger.setLevel(logging.WARNING)
+        if self.device.type == "cpu":  # gloo is enough: skip JIT-compiling DeepSpeed's shared-memory all-reduce
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self._ds = deepspeed
         if not dist.is_initialized():
             self._owns_group = True

@@ -46,7 +46,7 @@ class PromptPool:
         path = Path(path)
         info_file = path / "pool.json"
         if not info_file.is_file():
-            what = "does not exist" if not path.exists() else "is not a complete prompt pool (no pool.json)"
+            what = "is not a complete prompt pool (no pool.json)" if path.exists() else "does not exist"
             raise UserError(f"prompt pool {path} {what}")
         try:
             info = json.loads(info_file.read_text(encoding="utf-8"))
@@ -57,7 +57,8 @@ class PromptPool:
         if info.get("format") != FORMAT or info.get("version") != VERSION:
             raise UserError(f"prompt pool {path}: unsupported format {info.get('format')!r} v{info.get('version')}")
         count = info.get("count")
-        if not isinstance(count, int) or offsets.dtype != np.int64 or offsets.shape != (count + 1,) or int(offsets[-1]) != len(texts):
+        consistent = isinstance(count, int) and offsets.dtype == np.int64 and offsets.shape == (count + 1,)
+        if not consistent or int(offsets[-1]) != len(texts):
             raise UserError(f"prompt pool {path} is corrupt (offsets do not match count / texts.bin)")
         pool = cls(path, info, texts, offsets)
         for name in info.get("meta", []):
@@ -101,7 +102,8 @@ class PromptPool:
     def meta(self, name: str) -> np.ndarray:
         """Memory-mapped per-prompt array ``meta_<name>.npy``."""
         if name not in self.info.get("meta", []):
-            raise UserError(f"prompt pool {self.path} has no metadata {name!r} (has: {', '.join(self.meta_names) or 'none'})")
+            have = ", ".join(self.meta_names) or "none"
+            raise UserError(f"prompt pool {self.path} has no metadata {name!r} (has: {have})")
         return np.load(self.path / f"meta_{name}.npy", mmap_mode="r")
 
     @property
@@ -157,7 +159,7 @@ class PromptPool:
         """
         path, out_dir = Path(path), Path(out_dir)
         if not path.is_file():
-            raise UserError(f"prompts file {path} does not exist" if not path.exists() else f"prompts file {path} is not a file")
+            raise UserError(f"prompts file {path} {'is not a file' if path.exists() else 'does not exist'}")
         source = {"file": str(path.resolve()), "sha256": _file_sha256(path), "allow_blank": allow_blank}
         if (out_dir / "pool.json").is_file():
             try:
@@ -167,7 +169,8 @@ class PromptPool:
             except UserError:
                 pass
         params: dict = {"source": source}
-        pool = cls.write(out_dir, _read_prompt_lines(path, allow_blank, min_distinct, params["source"]), params=params)
+        lines = _read_prompt_lines(path, allow_blank, min_distinct, params["source"])
+        pool = cls.write(out_dir, lines, params=params)
         stats = pool.params["source"]
         if stats["duplicates"] or stats["blank_lines"]:
             log.warning("prompts file %s: dropped %d duplicate and %d blank lines; %d prompts",
@@ -184,7 +187,8 @@ def _read_prompt_lines(path: Path, allow_blank: bool, min_distinct: int, stats: 
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise UserError(f"prompts file {path} line {lines}: invalid UTF-8 at byte {byte_offset + err.start}") from None
+                where = f"line {lines}: invalid UTF-8 at byte {byte_offset + err.start}"
+                raise UserError(f"prompts file {path} {where}") from None
             byte_offset += len(raw)
             text = text.lstrip("\ufeff") if lines == 1 else text
             text = text.strip()
@@ -194,7 +198,8 @@ def _read_prompt_lines(path: Path, allow_blank: bool, min_distinct: int, stats: 
                 blanks += 1
                 continue
             if len(text) > MAX_PROMPT_CHARS:
-                raise UserError(f"prompts file {path} line {lines} is too long ({len(text)} > {MAX_PROMPT_CHARS} characters)")
+                raise UserError(f"prompts file {path} line {lines} is too long "
+                                f"({len(text)} > {MAX_PROMPT_CHARS} characters)")
             key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
             if key in seen:
                 duplicates += 1
@@ -205,7 +210,8 @@ def _read_prompt_lines(path: Path, allow_blank: bool, min_distinct: int, stats: 
         raise UserError(f"prompts file {path} is empty (no prompts)")
     if len(seen) < min_distinct:
         plural = "" if len(seen) == 1 else "s"
-        raise UserError(f"prompts file {path}: only {len(seen)} distinct prompt{plural} in {lines} lines (need at least {min_distinct})")
+        raise UserError(f"prompts file {path}: only {len(seen)} distinct prompt{plural} in {lines} lines "
+                        f"(need at least {min_distinct})")
     stats.update(lines=lines, duplicates=duplicates, blank_lines=blanks)
 
 

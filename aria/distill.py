@@ -48,6 +48,16 @@ def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, stream])
 
 
+def to_device(array, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host array -> device tensor without a stream sync (pinned, non-blocking copy on CUDA)."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if dtype is not None:
+        t = t.to(dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def switch_probability(t, num_timesteps: int, schedule: str, lam: float, constant: float) -> np.ndarray:
     """p(t) of switching a sample's condition (Random Conditioning schedules)."""
     x = np.asarray(t, dtype=np.float64) / num_timesteps
@@ -139,11 +149,10 @@ class ContextCache:
             if self.ids.size else np.zeros(n, dtype=bool)
         use = cached & ~dropped
         if use.any():
-            out[torch.from_numpy(np.flatnonzero(use)).to(self.device)] = self.table[
-                torch.from_numpy(rows[use]).to(self.device)]
+            out[to_device(np.flatnonzero(use), self.device)] = self.table[to_device(rows[use], self.device)]
         fresh = ~cached & ~dropped
         if fresh.any():
-            out[torch.from_numpy(np.flatnonzero(fresh)).to(self.device)] = self._encode(
+            out[to_device(np.flatnonzero(fresh), self.device)] = self._encode(
                 self.pool_texts(prompt_ids[fresh]))
         return out
 
@@ -200,7 +209,7 @@ class Distiller:
 
     def _x0(self, plan: StepPlan, part: slice) -> torch.Tensor:
         images = np.asarray(self.bundle.paired_images[plan.image_index[part]], dtype=np.float32)
-        x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x0 = to_device(images, self.device)
         if self.vae is None:
             return x0
         gen = torch.Generator(device=self.device)  # posterior draws of latent teachers (per rank)
@@ -216,7 +225,7 @@ class Distiller:
         dev = self.device
         x0 = self._x0(plan, part)
         noise = self._noise(plan.step, (plan.size, *x0.shape[1:]), part)
-        t = torch.from_numpy(plan.timesteps[part]).to(dev)
+        t = to_device(plan.timesteps[part], dev)
         x_t = self.scheduler.add_noise(x0, noise, t)
         context = self.contexts(plan.prompt_ids[part], plan.dropped[part])
 
@@ -224,15 +233,15 @@ class Distiller:
         n_paired = int(paired.sum())
         task_w = paired[part] / n_paired if n_paired else np.zeros(part.stop - part.start)
         kd_w = plan.kd_weight[part] / plan.kd_weight.sum()
-        task_w = torch.from_numpy(task_w).to(dev, torch.float32)
-        kd_w = torch.from_numpy(kd_w).to(dev, torch.float32)
+        task_w, kd_w = to_device(task_w, dev, torch.float32), to_device(kd_w, dev, torch.float32)
 
         with torch.inference_mode(), b.autocast():
             dtype = self.teacher.dtype
             eps_t = self.teacher(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
             feats_t = [self.cap_t.outputs[p.teacher_name].float() for p in self.pairs]
-        with b.autocast():
-            eps_s = self.student(x_t, t, encoder_hidden_states=context).sample
+        with b.student_autocast():
+            dtype = b.input_dtype
+            eps_s = self.student(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
         feats_s = [self.cap_s.outputs[p.student_name].float() for p in self.pairs]
         self.cap_t.outputs.clear(), self.cap_s.outputs.clear()  # the graph keeps what backward needs
 
@@ -255,8 +264,8 @@ class Distiller:
         regions = plan.regions[part]
         bins = np.minimum(plan.timesteps[part] * self.bins // self.num_timesteps, self.bins - 1)
         valid = regions >= 0
-        flat = torch.from_numpy(np.where(valid, regions, 0) * self.bins + bins).to(self.device)
-        mask = torch.from_numpy(valid).to(self.device, torch.float32)
+        flat = to_device(np.where(valid, regions, 0) * self.bins + bins, self.device)
+        mask = to_device(valid, self.device, torch.float32)
         size = self.num_regions * self.bins
         sums = torch.zeros(size, device=self.device).scatter_add_(0, flat, discrepancy * mask)
         counts = torch.zeros(size, device=self.device).scatter_add_(0, flat, mask)

@@ -172,11 +172,13 @@ class DistillationRun:
                 self.state = self.strategy.update(self.state, red.feedback)
                 self.window.add(red.feedback)
                 self.nonfinite["consecutive"] = 0
-                record.update(logged, grad_norm=None if norm is None else float(norm))
+                record.update(logged)
+                if (step + 1) % every == 0:  # reading the norm waits for the step: only on log steps
+                    record["grad_norm"] = None if norm is None else float(norm)
             else:
                 self.nonfinite["consecutive"] += 1
                 self.nonfinite["total"] += 1
-                record.update({k: None for k in ("loss", "task", "out", "feat", "grad_norm")})
+                record.update({k: None for k in ("loss", "task", "out", "feat")})
             del out
             if (step + 1) % every == 0 or step + 1 == c.distillation.steps:
                 record["probabilities"] = plan.probabilities
@@ -247,7 +249,7 @@ class DistillationRun:
                     "config": config_to_dict(c)}
             result["student"] = str(export_student(student, self.output_dir / "student", card))
             result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
-                                                            self.scheduler.alphas_cumprod.numpy(),
+                                                            self.scheduler.alphas_cumprod.cpu().numpy(),
                                                             encode=self._encode_fn())
             self.logger.event({"event": "end", "step": steps, "regimes": result["regimes"]})
             self.logger.close()
@@ -274,22 +276,25 @@ class DistillationRun:
                                    .float().cpu().numpy() for i in range(0, len(x), 16)])
         return encode
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if getattr(self, "distiller", None) is not None:
             self.distiller.close()
         if getattr(self, "backend", None) is not None:
-            self.backend.close()
+            self.backend.close(ok)
 
 
 def run_distillation(config: RunConfig, resume: bool = False, check_consistency: bool = False, *,
                      bundle=None, teacher=None) -> dict:
     """Distil ``config``'s teacher into its student; returns a summary dict (see ``finish``)."""
     run = DistillationRun(config, resume, check_consistency, bundle=bundle, teacher=teacher)
+    ok = False
     try:
         run.setup()
         run.train()
-        return run.finish()
+        result = run.finish()
+        ok = True
+        return result
     finally:
         if getattr(run, "logger", None) is not None:
             run.logger.close()
-        run.close()
+        run.close(ok)

@@ -302,6 +302,14 @@ def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
 
 def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None) -> dict:
     """Every metric of one student (a dict ready for JSON); loads what is not passed in."""
+    try:
+        return _evaluate(config, student_path, teacher, bundle, judge, reference)
+    except torch.cuda.OutOfMemoryError as err:
+        raise UserError(f"eval.batch_size={config.eval.batch_size}: out of GPU memory (the sampler runs twice "
+                        "that with guidance); lower eval.batch_size") from err
+
+
+def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
     from diffusers import DDPMScheduler
 
     find_student(student_path)  # a wrong folder fails before any heavy work
@@ -383,7 +391,8 @@ def write_eval(result: dict, out: Path) -> dict:
 @click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
               help="Teacher diffusers folder (overrides teacher.path).")
 @click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. eval.sample_steps=50.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Typed override, e.g. eval.sample_steps=50.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: eval/ in the run folder holding the student).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,

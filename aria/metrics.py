@@ -3,9 +3,10 @@
 ``<output_dir>/metrics.jsonl`` holds one JSON object per line:
 
 - every step: ``step`` (1-based count of steps done), ``loss``, ``task``, ``out``, ``feat`` (the
-  terms as weighted in the loss), ``switched_fraction``, ``lr``, ``grad_norm``, ``nonfinite``
-  (true when the step was skipped), ``samples_per_s``;
-- every ``logging.every`` steps, also ``probabilities`` (the allocation over regions, or null
+  terms as weighted in the loss), ``switched_fraction``, ``lr``, ``nonfinite`` (true when the
+  step was skipped; the terms are then null), ``samples_per_s``;
+- every ``logging.every`` steps, also ``grad_norm`` (read only then: it waits for the step),
+  ``probabilities`` (the allocation over regions, or null
   when nothing was switched), ``estimates`` (the strategy's per-region ``estimate`` state when it
   has one) and ``region_discrepancy`` (mean observed discrepancy per region since the last such
   line, null where unobserved), and ``feat_blocks`` (raw per-block feature MSE);

@@ -141,6 +141,9 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     doc = tmp_path / "RESULTS.md"
     compare.results_doc(out / "results.json", doc)
     compare.results_doc(out / "results.json", doc, check=True)
+    # the same folder with another config is refused before any work
+    with pytest.raises(UserError, match="trained with another config"):
+        compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])
 
 
 def test_seeds_take_a_count_or_a_list():

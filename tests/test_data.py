@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aria.config import load_config
@@ -12,6 +13,15 @@ from aria.world import regimes as R
 WORLD = ["data.world.num_prompts=2000", "data.world.paired_size=3000", "regions.k=12"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on 2 shared cores, OpenMP barriers cost more than the second core gives."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
@@ -19,7 +29,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(cache):
-    return prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}"]))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}"]))
+    finally:
+        torch.set_num_threads(n)
 
 
 def check_csr(b):

@@ -77,11 +77,15 @@ def test_importance_weights_apply_to_switched_samples_only(world):
 class FakeRank:
     """A backend of one rank of ``world`` processes whose all-reduce is the identity."""
 
+    input_dtype = torch.float32
+
     def __init__(self, rank=0, world=1):
         self.rank, self.world_size, self.device = rank, world, torch.device("cpu")
 
     def autocast(self):
         return contextlib.nullcontext()
+
+    student_autocast = autocast
 
     def all_reduce(self, t):
         return t

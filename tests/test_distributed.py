@@ -63,7 +63,8 @@ def launch(tmp_path, ranks: int, sections: dict, resume=False, poison=(), timeou
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(TESTS), tmp=str(tmp_path), sections=json.dumps(sections),
                                     resume=resume, poison=list(poison)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     if ranks == 1:

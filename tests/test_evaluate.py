@@ -19,13 +19,18 @@ EVAL_SETS = ["eval.probe_images=9", "eval.probe_timesteps=2", "eval.sample_promp
 
 
 def make_world_teacher(folder: Path) -> Path:
-    """A tiny random pixel-space world teacher (MiniLM context, world scheduler) saved as a folder."""
-    from aria.world.teacher import build_unet, make_scheduler
+    """A tiny random pixel-space world teacher (MiniLM context, the world's scheduler) saved as a folder."""
+    from diffusers import UNet2DConditionModel
 
+    from aria.world.teacher import make_scheduler
+
+    config = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(8, 16, 16),
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                  cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        unet = build_unet(block_out_channels=(8, 16, 16), layers_per_block=2, attention_head_dim=4,
-                          norm_num_groups=4)
+        unet = UNet2DConditionModel(**config)
     unet.save_pretrained(folder, safe_serialization=True)
     make_scheduler().save_pretrained(folder)
     return folder

@@ -68,9 +68,10 @@ def teacher():
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
+@click.option("--guidance", type=float, default=None, help="CFG scale of the evaluation (default: teacher.guidance_scale).")
 @JUDGE
 def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval,
-                  judge_dir):
+                  guidance, judge_dir):
     """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
     from aria.world.teacher import train_teacher
 
@@ -79,7 +80,7 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
         raise UserError(f"--out {out_dir} is not empty")
     report = train_teacher(config, out_dir, steps=steps, batch_size=batch_size, lr=lr, device=device,
                            time_limit_s=time_limit, compile=compile_, seed=seed, evaluate=not no_eval,
-                           judge_path=judge_dir, log=lambda m: click.echo(m, err=True))
+                           judge_path=judge_dir, eval_guidance=guidance, log=lambda m: click.echo(m, err=True))
     ev = report.get("evaluation")
     click.echo(f"saved {out_dir}: {report['steps']} steps in {report['train_wall_s']}s, "
                f"{report['weights_mb']} MB" + (f", judged fully correct {100 * ev['accuracy']:.1f}%" if ev else ""))

@@ -109,8 +109,9 @@ def _slot_sizes(combos: np.ndarray, templates: np.ndarray) -> np.ndarray:
     uses = _USES[templates]
     n = len(combos)
     pos = np.where(uses[:, 2], _PHRASE_COUNTS[position], _LABEL_COUNTS[position])
-    return np.stack([np.ones(n, dtype=np.int64), np.where(uses[:, 0], len(FRAMES), 1), np.where(uses[:, 1], len(BACKGROUNDS), 1),
-                     _SYN_COUNTS[0][shape], _SYN_COUNTS[1][color], _SYN_COUNTS[2][size], pos], axis=1)
+    frame, bg = np.where(uses[:, 0], len(FRAMES), 1), np.where(uses[:, 1], len(BACKGROUNDS), 1)
+    syn = [counts[values] for counts, values in zip(_SYN_COUNTS, (shape, color, size))]
+    return np.stack([np.ones(n, dtype=np.int64), frame, bg, *syn, pos], axis=1)
 
 
 def phrasing_capacity(combos=None) -> np.ndarray:
@@ -185,7 +186,8 @@ def _article(word: str) -> str:
 
 
 _SYNONYMS = (
-    [SHAPE_WORDS[n] for n in shapes.SHAPES], [COLOR_WORDS[n] for n in shapes.COLORS], [SIZE_WORDS[n] for n in shapes.SIZES],
+    [SHAPE_WORDS[n] for n in shapes.SHAPES], [COLOR_WORDS[n] for n in shapes.COLORS],
+    [SIZE_WORDS[n] for n in shapes.SIZES],
     [POSITION_PHRASES[n] for n in shapes.POSITIONS], [POSITION_LABELS[n] for n in shapes.POSITIONS],
 )
 _ARTICLE_BEFORE = [t[t.index("{D}") + 5] if "{D}" in t else None for t in TEMPLATES]  # slot after the article

@@ -48,7 +48,8 @@ _COLOR_TABLE = np.array(list(COLORS.values()), dtype=np.float32)
 def combo_index(shape, color, size, position):
     """Pack attribute indices (ints or int arrays) into combination indices."""
     n_color, n_size, n_pos = NUM_VALUES[1:]
-    return ((np.asarray(shape) * n_color + np.asarray(color)) * n_size + np.asarray(size)) * n_pos + np.asarray(position)
+    combo = (np.asarray(shape) * n_color + np.asarray(color)) * n_size + np.asarray(size)
+    return combo * n_pos + np.asarray(position)
 
 
 def combo_attributes(combo):

@@ -1,7 +1,8 @@
 """The world teacher: a small pixel-space ``UNet2DConditionModel`` trained on rendered shapes.
 
-Architecture: 32x32x3 pixels, blocks (64, 96, 96) with cross-attention (384-d MiniLM token
-states, 32 tokens: see ``aria.encoders.WORLD_MAX_LENGTH``) at 16x16, 8x8 and the middle; about 4.5 M parameters, about 9 MB in fp16.
+Architecture: 32x32x3 pixels, Stable Diffusion's block layout with channels (32, 64, 64, 64) and
+cross-attention (384-d MiniLM token states, 32 tokens: see ``aria.encoders.WORLD_MAX_LENGTH``) at
+32x32, 16x16, 8x8 and the middle; about 3.8 M parameters, about 7.7 MB in fp16.
 Training: DDPM epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas (the cosine schedule
 keeps more signal at low resolution than the linear one), sample clipping to [-1, 1]. Each step
 draws combinations uniformly over ALL combinations (unseen ones included), a random pool prompt
@@ -25,11 +26,13 @@ import torch
 
 from . import shapes
 
+# Stable Diffusion's layout at 32x32 (four stages, two layers a block, cross-attention in the
+# first three), so that the BK-SDM students (base / small / tiny) apply as they do to SD v1.4.
 UNET_CONFIG = dict(
-    sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(64, 96, 96), cross_attention_dim=384, attention_head_dim=32, norm_num_groups=16,
+    sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 64, 64), cross_attention_dim=384, attention_head_dim=32, norm_num_groups=16,
 )
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
                         clip_sample=True, clip_sample_range=1.0)
@@ -133,12 +136,13 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
                   device: str = "auto", time_limit_s: float | None = None, compile: bool = False,
                   ema_decay: float = 0.999, warmup: int = 200, seed: int = 0, workers: int | None = None,
                   evaluate: bool = True, eval_steps: int = 25, context_budget_bytes: float | None = None,
-                  judge_path: Path | None = None, unet_config: dict | None = None,
+                  judge_path: Path | None = None, unet_config: dict | None = None, eval_guidance: float | None = None,
                   log: Callable[[str], None] | None = None) -> dict:
     """Train the world teacher; save the EMA weights (fp16 safetensors), README.md, training.json.
 
     ``config`` is a RunConfig (its data.world, data.cache_dir and encoder sections are used).
-    Stops after ``steps`` or ``time_limit_s`` seconds of training, whichever comes first.
+    Stops after ``steps`` or ``time_limit_s`` seconds of training, whichever comes first. The judged
+    evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``).
     """
     from aria.data import world_pool
     from aria.encoders import build_encoder, resolve_device
@@ -221,7 +225,8 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
 
         t1 = time.time()
         report["evaluation"] = evaluate_teacher(ema, pool, encoder, Judge.load(judge_path),
-                                                guidance=config.teacher.guidance_scale, steps=eval_steps, seed=seed)
+                                                guidance=config.teacher.guidance_scale if eval_guidance is None
+                                                else eval_guidance, steps=eval_steps, seed=seed)
         report["evaluation"]["wall_s"] = round(time.time() - t1, 1)
         log(f"judged fully correct: {report['evaluation']['accuracy']:.3f}")
     return save_teacher(ema, out_dir, report)
