@@ -73,7 +73,7 @@ class RegionsConfig(Section):
 class TeacherConfig(Section):
     path: Optional[Path] = Field(None, description="diffusers UNet folder; None = the shipped world teacher")
     subfolder: Optional[str] = Field(None, description="e.g. 'unet' for a Stable Diffusion folder")
-    guidance_scale: float = Field(2.0, ge=0, description="classifier-free guidance for sampling")
+    guidance_scale: float = Field(1.5, ge=0, description="classifier-free guidance for sampling")
 
 
 class StudentConfig(Section):

@@ -230,16 +230,16 @@ def build_regions(config, pool, encoder, device: str, stats: dict):
 
     rc = config.regions
     if rc.method == "metadata":
-        return _metadata_regions(config, pool), True
+        return _metadata_regions(config, pool), False
     if rc.k > len(pool):
         raise UserError(f"regions.k={rc.k} exceeds the number of prompts ({len(pool)})")
     folder = regions_cache_dir(config.data.cache_dir, pool.content_hash, encoder.identity, "kmeans",
                                rc.k, rc.seed, rc.iterations)
+    if (folder / "regions.json").is_file():
+        return Regions.load(folder), True
     t = time.time()
     emb = cached_pooled_embeddings(pool, encoder, config.data.cache_dir)
     stats["embed_s"] = time.time() - t
-    if (folder / "regions.json").is_file():
-        return Regions.load(folder), True
     regions = kmeans_regions(emb, rc.k, rc.iterations, rc.seed, device=device)
     regions.save(folder)
     return regions, False

@@ -41,6 +41,7 @@ import torch
 from aria.models import FeatureCapture
 from aria.strategies.base import Feedback, draw_members
 
+# rng streams of a step: np.random.default_rng([seed, step, stream]) (draw_members uses stream 2)
 STREAM_DATA, STREAM_TIMESTEP, STREAM_PROMPT, STREAM_SWITCH, STREAM_CFG, STREAM_NOISE, STREAM_LATENT = range(7)
 
 
@@ -144,9 +145,10 @@ class ContextCache:
     def __call__(self, prompt_ids: np.ndarray, dropped: np.ndarray) -> torch.Tensor:
         n = len(prompt_ids)
         out = self.uncond.expand(n, *self.uncond.shape).clone()
-        rows = np.searchsorted(self.ids, prompt_ids)
-        cached = (rows < self.ids.size) & (self.ids[np.minimum(rows, max(self.ids.size - 1, 0))] == prompt_ids) \
-            if self.ids.size else np.zeros(n, dtype=bool)
+        rows, cached = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        if self.ids.size:
+            rows = np.minimum(np.searchsorted(self.ids, prompt_ids), self.ids.size - 1)
+            cached = self.ids[rows] == prompt_ids
         use = cached & ~dropped
         if use.any():
             out[to_device(np.flatnonzero(use), self.device)] = self.table[to_device(rows[use], self.device)]

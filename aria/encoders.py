@@ -121,16 +121,19 @@ class TextEncoder:
         return self.token_states(texts).float().cpu().numpy()
 
     def encode_pooled(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 (n, D): mean over the attention mask, L2-normalised."""
+        """float32 (n, D): mean over the attention mask, L2-normalised (batched by text length)."""
         import torch
 
-        out = [np.zeros((0, self.dim), np.float32)]
-        for b in self._batches(texts):
-            hidden, mask = self._forward(b, self.pooled_max_length, False)
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            hidden, mask = self._forward([texts[i] for i in rows], self.pooled_max_length, False)
             m = mask.unsqueeze(-1).to(torch.float32)
             mean = (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
+            out[rows] = torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy()
+        return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -139,16 +142,20 @@ def _load(kind: str, folder: Path, device: str, dtype: str):
     import torch
 
     _quiet_transformers()
-    if kind == "clip":
-        from transformers import CLIPTextModel, CLIPTokenizer
+    try:
+        if kind == "clip":
+            from transformers import CLIPTextModel, CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        model = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-    else:
-        from transformers import AutoModel, AutoTokenizer
+            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+            model = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+        else:
+            from transformers import AutoModel, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:  # missing or corrupt files: one line naming the folder
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"could not load the {kind} encoder from {folder}: {first}") from err
     return model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False), tokenizer
 
 

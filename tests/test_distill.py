@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from aria.config import DistillConfig
-from aria.distill import Distiller, WeightEMA, plan_step, switch_probability
+from aria.distill import ContextCache, Distiller, WeightEMA, plan_step, switch_probability
 from aria.models import build_student, feature_pairs
 from aria.strategies import create_strategy
 
@@ -72,6 +72,19 @@ def test_importance_weights_apply_to_switched_samples_only(world):
     assert (p.kd_weight[~p.switched] == 1).all() and not np.allclose(expected, 1)
     off = plan(bundle, params={"importance_exponent": 1.0})
     assert (off.kd_weight == 1).all()
+
+
+@pytest.mark.parametrize("budget_mb", [1024, 0])
+def test_context_cache_gives_the_encoder_contexts(world, budget_mb):
+    bundle, _ = world
+    enc = bundle.encoder
+    cache = ContextCache(enc, bundle.pool, bundle.paired_prompt_ids, torch.device("cpu"), budget_mb)
+    assert cache.ids.size == (len(np.unique(bundle.paired_prompt_ids)) if budget_mb else 0)
+    unpaired = int(np.flatnonzero(bundle.regime_of_prompt != 0)[0])
+    ids = np.array([bundle.paired_prompt_ids[0], unpaired, bundle.paired_prompt_ids[3]])
+    out = cache(ids, np.array([False, False, True]))
+    torch.testing.assert_close(out[:2], enc.token_states(bundle.pool.texts(ids[:2])))
+    torch.testing.assert_close(out[2], enc.token_states([""])[0])  # CFG dropout: the empty prompt
 
 
 class FakeRank:

@@ -108,8 +108,11 @@ def test_incompatible_teachers_name_the_variant():
     no_attention = {**base, "down_block_types": ["DownBlock2D"] * 4, "up_block_types": ["UpBlock2D"] * 4}
     with pytest.raises(UserError, match="student.variant 'base'.*no cross-attention"):
         student_unet_config(no_attention, "base")
-    with pytest.raises(UserError, match="student.variant 'small'.*layers_per_block=1"):
-        student_unet_config({**base, "layers_per_block": 1}, "small")
+    one_layer = {**base, "layers_per_block": 1}
+    with pytest.raises(UserError, match="student.variant 'base' would equal the teacher"):
+        student_unet_config(one_layer, "base")
+    small = student_unet_config(one_layer, "small")  # keeps its single layers, drops the mid block
+    assert small["layers_per_block"] == 1 and small["mid_block_type"] is None
     with pytest.raises(UserError, match="student.variant 'huge'"):
         student_unet_config(base, "huge")
 

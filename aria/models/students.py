@@ -55,10 +55,14 @@ def student_unet_config(teacher_config: Mapping, variant: str, channel_scale: fl
     _require_sd_family(cfg, variant)
     n = len(cfg["block_out_channels"])
     layers = _stage_list(cfg["layers_per_block"], n)
-    if min(layers) < 2:
-        raise UserError(f"student.variant {variant!r} removes one layer per stage; the teacher has "
-                        f"layers_per_block={cfg['layers_per_block']} (needs at least 2)")
-    cfg["layers_per_block"] = [x - 1 for x in layers] if isinstance(cfg["layers_per_block"], list) else layers[0] - 1
+    # BK-SDM removes one layer pair from every stage; a stage with a single layer keeps it (small
+    # teachers such as the world's have one layer a block: their students shrink by the mid block,
+    # the innermost stage or the width instead).
+    reduced = [max(1, x - 1) for x in layers]
+    if variant == "base" and reduced == layers:
+        raise UserError(f"student.variant 'base' would equal the teacher (layers_per_block="
+                        f"{cfg['layers_per_block']}: nothing to remove); use small, tiny or channels")
+    cfg["layers_per_block"] = reduced if isinstance(cfg["layers_per_block"], list) else reduced[0]
     if variant in ("small", "tiny"):
         cfg["mid_block_type"] = None
     if variant == "tiny":

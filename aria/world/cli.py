@@ -69,18 +69,35 @@ def teacher():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
 @click.option("--guidance", type=float, default=None, help="CFG scale of the evaluation (default: teacher.guidance_scale).")
+@click.option("--unet-config", "unet_json", default=None, metavar="JSON",
+              help='Overrides of the UNet config, e.g. \'{"block_out_channels": [64, 96, 96], ...}\'.')
 @JUDGE
 def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval,
-                  guidance, judge_dir):
+                  guidance, unet_json, judge_dir):
     """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
     from aria.world.teacher import train_teacher
 
     config = _config(config_path, overrides)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir} is not empty")
+    unet_config = None
+    if unet_json:
+        try:
+            unet_config = json.loads(unet_json)
+        except ValueError as err:
+            raise UserError(f"--unet-config is not valid JSON ({err})") from err
+        if not isinstance(unet_config, dict):
+            raise UserError("--unet-config must be a JSON object")
+        from aria.world.teacher import build_unet
+
+        try:
+            build_unet(**unet_config)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"--unet-config: {str(err).splitlines()[0]}") from err
     report = train_teacher(config, out_dir, steps=steps, batch_size=batch_size, lr=lr, device=device,
                            time_limit_s=time_limit, compile=compile_, seed=seed, evaluate=not no_eval,
-                           judge_path=judge_dir, eval_guidance=guidance, log=lambda m: click.echo(m, err=True))
+                           judge_path=judge_dir, eval_guidance=guidance, unet_config=unet_config,
+                           log=lambda m: click.echo(m, err=True))
     ev = report.get("evaluation")
     click.echo(f"saved {out_dir}: {report['steps']} steps in {report['train_wall_s']}s, "
                f"{report['weights_mb']} MB" + (f", judged fully correct {100 * ev['accuracy']:.1f}%" if ev else ""))

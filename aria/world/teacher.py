@@ -1,8 +1,8 @@
 """The world teacher: a small pixel-space ``UNet2DConditionModel`` trained on rendered shapes.
 
-Architecture: 32x32x3 pixels, Stable Diffusion's block layout with channels (32, 64, 64, 64) and
-cross-attention (384-d MiniLM token states, 32 tokens: see ``aria.encoders.WORLD_MAX_LENGTH``) at
-32x32, 16x16, 8x8 and the middle; about 3.8 M parameters, about 7.7 MB in fp16.
+Architecture: 32x32x3 pixels, blocks (64, 96, 96) with cross-attention (384-d MiniLM token
+states, 32 tokens: see ``aria.encoders.WORLD_MAX_LENGTH``) at 16x16, 8x8 and the middle; about
+4.5 M parameters, about 9 MB in fp16.
 Training: DDPM epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas (the cosine schedule
 keeps more signal at low resolution than the linear one), sample clipping to [-1, 1]. Each step
 draws combinations uniformly over ALL combinations (unseen ones included), a random pool prompt
@@ -26,13 +26,15 @@ import torch
 
 from . import shapes
 
-# Stable Diffusion's layout at 32x32 (four stages, two layers a block, cross-attention in the
-# first three), so that the BK-SDM students (base / small / tiny) apply as they do to SD v1.4.
+# Three stages at 32, 16 and 8 px, one layer a block, cross-attention at 16x16, 8x8 and the
+# middle. A four-stage Stable-Diffusion layout (two layers a block) reached 4.5% judged accuracy
+# after 200 s on an H200 where this one reached 99% in 450 s, so the shipped teacher uses this;
+# its BK-SDM students shrink by the mid block (small) and the innermost stage (tiny).
 UNET_CONFIG = dict(
-    sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(32, 64, 64, 64), cross_attention_dim=384, attention_head_dim=32, norm_num_groups=16,
+    sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(64, 96, 96), cross_attention_dim=384, attention_head_dim=32, norm_num_groups=16,
 )
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
                         clip_sample=True, clip_sample_range=1.0)
