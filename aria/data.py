@@ -14,6 +14,8 @@ filesystem) or build their own copy (node-local caches). Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -101,7 +103,8 @@ def files_pool(config, captions: list[str]):
     cache = Path(config.data.cache_dir) / "pools"
     prompts_file = Path(config.data.prompts_file)
     if not prompts_file.is_file():
-        raise UserError(f"data.prompts_file {prompts_file} does not exist")
+        raise UserError(f"data.prompts_file {prompts_file} "
+                        f"{'is not a file' if prompts_file.exists() else 'does not exist'}")
     base = PromptPool.from_text_file(prompts_file, cache / f"prompts-{_key(prompts_file.resolve())}")
     first: dict[str, int] = {}
     wanted = set(captions)
@@ -127,6 +130,57 @@ def _chain(base, extra):
     for chunk in base.iter_chunks(8192):
         yield from chunk
     yield from extra
+
+
+def paired_captions(config) -> list[str]:
+    """The captions of ``data.paired_dir`` (``captions.txt``), validated; images are not read."""
+    paired_dir = Path(config.data.paired_dir)
+    if not paired_dir.is_dir():
+        raise UserError(f"data.paired_dir {paired_dir} {'is not a folder' if paired_dir.exists() else 'does not exist'}")
+    captions_file = paired_dir / "captions.txt"
+    if not captions_file.is_file():
+        raise UserError(f"data.paired_dir {paired_dir} has no captions.txt")
+    captions = _read_lines(captions_file, "paired captions file")
+    if not captions or not all(captions):
+        raise UserError(f"{captions_file}: empty or blank caption lines")
+    return captions
+
+
+def check_inputs(config) -> None:
+    """Fail fast, before any model is loaded, on data inputs that can be checked cheaply (no torch, no
+    images decoded): ``files``: the paired captions and the prompts file (its pool is built into the
+    cache, where ``prepare_data`` reuses it) and ``regions.k`` against the pool size; ``shapes``:
+    ``regions.k`` against ``data.world.num_prompts``."""
+    rc = config.regions
+    if config.data.source == "shapes":
+        if rc.method == "kmeans" and rc.k > config.data.world.num_prompts:
+            raise UserError(f"regions.k={rc.k} exceeds the number of prompts "
+                            f"(data.world.num_prompts={config.data.world.num_prompts})")
+        return
+    with cache_write_errors(config):
+        pool, _ = files_pool(config, paired_captions(config))
+    if rc.method == "kmeans" and rc.k > len(pool):
+        raise UserError(f"regions.k={rc.k} exceeds the number of prompts ({len(pool)})")
+
+
+_WRITE_ERRORS = {"ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EEXIST", "EISDIR"}
+
+
+@contextlib.contextmanager
+def cache_write_errors(config):
+    """Turn a failed write under ``data.cache_dir`` (disk full, file size limit, read-only, a path
+    under a file) into one line naming the file."""
+    try:
+        yield
+    except OSError as err:
+        code = errno.errorcode.get(err.errno)
+        if code not in _WRITE_ERRORS:
+            raise
+        cache, where = Path(config.data.cache_dir), Path(err.filename or config.data.cache_dir)
+        reason = err.strerror or code
+        if where.resolve() == cache.resolve() or cache.resolve() in where.resolve().parents:
+            raise UserError(f"data.cache_dir {cache}: cannot write {where} ({reason})") from err
+        raise UserError(f"{where}: {reason}") from err
 
 
 # -- paired sets ---------------------------------------------------------------------------------
@@ -268,7 +322,8 @@ def prepare_data(config, device: str | None = "cpu") -> DataBundle:
     if world > 1 and rank != 0:
         barrier()  # rank 0 builds first; we then load its files (shared FS) or build ours
     try:
-        bundle = _prepare(config, device)
+        with cache_write_errors(config):
+            bundle = _prepare(config, device)
     finally:
         if world > 1 and rank == 0:
             barrier()

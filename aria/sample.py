@@ -86,6 +86,8 @@ def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None
         raise UserError("--prompt: give at least one prompt")
     if not 1 <= steps <= 1000:
         raise UserError(f"--steps {steps}: expected 1 to 1000")
+    if not (Path(model) / "aria.json").is_file() and (Path(model) / "student" / "aria.json").is_file():
+        model = Path(model) / "student"  # a run's output_dir
     card = read_card(model)
     config = RunConfig(**card["config"])
     device = resolve_device(device)

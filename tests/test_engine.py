@@ -144,8 +144,7 @@ def test_exported_student_samples_with_ddim_and_the_grid_command(tmp_path):
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
     teacher_dir = tmp_path / "teacher"
     make_teacher().unet.save_pretrained(teacher_dir)
-    out = sample_grid(tmp_path / "run" / "student", ["p1", "p2", "p3"], tmp_path / "grid.png", teacher_dir, steps=3,
-                      encoder=enc)
+    out = sample_grid(tmp_path / "run", ["p1", "p2", "p3"], tmp_path / "grid.png", teacher_dir, steps=3, encoder=enc)
     image = np.asarray(Image.open(out))
     assert image.shape == (3 * 18 + 2, 2 * 18 + 2, 3)
     left, right = image[2:18, 2:18], image[2:18, 20:36]
@@ -172,3 +171,11 @@ def test_tensorboard_logs_or_names_the_missing_package(tmp_path):
     else:
         run(tmp_path, logging={"tensorboard": True}, distillation={"steps": 1})
         assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sample_command_names_a_folder_that_is_not_a_student(tmp_path, capsys):
+    from aria.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--model", str(tmp_path), "--prompt", "a red circle", "--out", str(tmp_path / "g.png")])
+    assert exit_.value.code == 2 and "no aria.json" in capsys.readouterr().err

@@ -54,7 +54,12 @@ def _check_model_folder(folder: Path, class_name: str) -> dict:
 
 
 def _load_pretrained(cls, folder: Path, dtype) -> nn.Module:
+    from diffusers.utils import is_accelerate_available
+
     kwargs = _check_model_folder(folder, cls.__name__)
+    # without accelerate, diffusers' default low_cpu_mem_usage=True only logs a multi-line warning
+    # on stderr (breaking one-line errors) and falls back to False: ask for what it will do
+    kwargs["low_cpu_mem_usage"] = is_accelerate_available()
     try:
         model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, **kwargs)
     except Exception as err:  # corrupt or mismatched weights: one line naming the folder
@@ -77,6 +82,32 @@ def _scheduler_config(candidates: Iterable[Path]) -> dict:
     return dict(DDPMScheduler().config)
 
 
+def check_teacher(teacher_config) -> dict:
+    """Validate the folders ``load_teacher`` reads, without loading any weights (a fail-fast check
+    before heavy work); returns the UNet's ``config.json`` as a dict."""
+    root = Path(teacher_config.path).expanduser() if teacher_config.path is not None else SHIPPED_TEACHER
+    if teacher_config.path is None and not root.is_dir():
+        raise UserError(f"the shipped world teacher is missing at {root}")
+    if not root.is_dir():
+        raise UserError(f"teacher.path {root} {'is not a folder' if root.exists() else 'does not exist'}")
+    sub = teacher_config.subfolder
+    unet_dir = root / sub if sub else root
+    try:
+        _check_model_folder(unet_dir, "UNet2DConditionModel")
+        if sub:
+            if not (root / "vae").is_dir():
+                raise UserError(f"teacher {root} (subfolder {sub!r}) has no sibling vae folder")
+            if not (root / "scheduler" / "scheduler_config.json").is_file():
+                raise UserError(f"teacher {root} (subfolder {sub!r}) has no scheduler/scheduler_config.json")
+            _check_model_folder(root / "vae", "AutoencoderKL")
+    except UserError as err:
+        raise UserError(f"teacher.path: {err}") from None
+    config = json.loads((unet_dir / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise UserError(f"teacher.path: {unet_dir / 'config.json'} is not a JSON object")
+    return config
+
+
 def load_teacher(teacher_config, device="cpu", dtype=torch.float32) -> Teacher:
     """Load the frozen teacher: shipped world teacher, a diffusers UNet folder or an SD folder's UNet.
 
@@ -86,11 +117,8 @@ def load_teacher(teacher_config, device="cpu", dtype=torch.float32) -> Teacher:
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    check_teacher(teacher_config)
     root = Path(teacher_config.path).expanduser() if teacher_config.path is not None else SHIPPED_TEACHER
-    if teacher_config.path is None and not root.is_dir():
-        raise UserError(f"the shipped world teacher is missing at {root}")
-    if not root.is_dir():
-        raise UserError(f"teacher.path {root} does not exist")
     sub = teacher_config.subfolder
     unet = _load_pretrained(UNet2DConditionModel, root / sub if sub else root, dtype).to(device)
     vae, schedulers = None, [root / "scheduler_config.json"]
