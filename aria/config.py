@@ -16,7 +16,8 @@ from .errors import UserError, format_validation_error
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf/nan in any float field (lr: .inf would pass gt=0)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorldConfig(Section):
@@ -55,7 +56,8 @@ class EncoderConfig(Section):
     kind: Literal["minilm", "clip"] = Field("minilm", description="text encoder")
     path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
     batch_size: int = Field(512, ge=1, description="prompts per encoding chunk")
-    device: str = Field("auto", description="device for encoding")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="device for encoding: auto, cpu, mps, cuda or cuda:N")
     max_length: Optional[int] = Field(None, ge=1, description="token length L of the context; None = 32 (minilm: every world prompt fits), 77 (clip)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="compute dtype; auto = float32 on CPU, the stored weights' dtype on GPU"
@@ -120,7 +122,7 @@ class StrategySection(Section):
 
 class BackendConfig(Section):
     kind: Literal["torch", "deepspeed"] = Field("torch")
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda (the rank's GPU)")
     precision: Literal["fp32", "bf16"] = Field("fp32")
     zero_stage: int = Field(0, ge=0, le=2, description="DeepSpeed ZeRO stage")
     compile: bool = Field(False, description="torch.compile teacher and student")
@@ -191,16 +193,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+        raise UserError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"config file {path} is not valid UTF-8 (byte {err.start})") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -143,6 +143,11 @@ class PromptPool:
                     "meta": names, "params": dict(params or {})}
             _write_json(tmp / "pool.json", info)
             _replace_dir(tmp, path)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if err.filename is None:  # a failed write() (disk full, file size limit): name the pool
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

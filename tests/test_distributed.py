@@ -111,6 +111,7 @@ def test_two_ranks_agree_and_match_one_rank(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_deepspeed_single_process_zero2_trains_and_resumes(tmp_path):
+    """No launcher: the backend fills in RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT."""
     sections = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "distillation": {"steps": 2}, "logging": {"every": 1}}
     launch(tmp_path, 1, sections)
     folder = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
