@@ -149,10 +149,13 @@ def paired_captions(config) -> list[str]:
 def check_inputs(config) -> None:
     """Fail fast, before any model is loaded, on data inputs that can be checked cheaply (no torch, no
     images decoded): ``files``: the paired captions and the prompts file (its pool is built into the
-    cache, where ``prepare_data`` reuses it) and ``regions.k`` against the pool size; ``shapes``:
-    ``regions.k`` against ``data.world.num_prompts``."""
+    cache, where ``prepare_data`` reuses it) and ``regions.k`` against the pool size; ``shapes``: the
+    world's sizes (``num_prompts``, ``paired_size``) and ``regions.k`` against ``num_prompts``."""
     rc = config.regions
     if config.data.source == "shapes":
+        from .world import regimes as R
+
+        R.paired_combos(config.data.world, R.split_regimes(config.data.world))  # world sizes (milliseconds)
         if rc.method == "kmeans" and rc.k > config.data.world.num_prompts:
             raise UserError(f"regions.k={rc.k} exceeds the number of prompts "
                             f"(data.world.num_prompts={config.data.world.num_prompts})")

@@ -99,6 +99,8 @@ CASES = [
     Case("unknown-variant", run_(cfg("unknown_variant")), ["student.variant", "'huge'"]),
     Case("world-fractions", run_(cfg("fractions_sum")), ["data.world", "unseen_fraction + under_fraction"]),
     Case("world-too-small", run_(cfg("world_too_small")), ["data.world.num_prompts"]),
+    Case("world-below-combinations", run_(cfg("world_below_combinations")), ["world.num_prompts=200", "1728"]),
+    Case("world-paired-size", run_(cfg("paired_size_too_small")), ["world.paired_size=100", "too small"]),
     Case("files-without-prompts", run_(cfg("files_without_prompts")), ["data", "prompts_file"]),
     Case("backend-device", run_(cfg("backend_device")), ["backend.device", "'tpu'"]),
     Case("encoder-device", run_(cfg("encoder_device")), ["encoder.device", "'gpu'"]),
@@ -324,7 +326,7 @@ def test_corpus_is_large_and_every_file_is_used():
     assert not unused, f"corpus files no case uses: {unused}"
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case: Case, tmp_path, shared, request):
     if any(a.startswith("{shared}/student") for a in case.args):
         request.getfixturevalue("student")
