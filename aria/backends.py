@@ -183,7 +183,7 @@ class TorchBackend(_Base):
         self.model = model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), **fused)

@@ -6,6 +6,7 @@ strategy state, every step's metrics). Several minutes on 2 shared cores: marked
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "kill_resume.py"
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("kill_resume", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
