@@ -5,9 +5,12 @@
 2. The same run in another output_dir, killed with SIGKILL ``--kills`` times and restarted after each
    kill (``--resume`` once a checkpoint folder exists: without one there is nothing to resume), then
    left to finish. Kills are of two kinds:
-   - *random*: at a uniformly random wall-clock time within the attempt's expected remaining run time
-     (setup + remaining steps, measured on the reference), so kills land in setup, restore, steps,
-     checkpoint writes, the final export and evaluation;
+   - *random*: at a uniformly random point of the attempt's expected remaining run time (setup, the
+     steps after the checkpoint, most of the final export + evaluation; timings from the reference,
+     setup re-measured on every attempt), so kills land in start-up, restore, steps, checkpoint
+     writes and the export. A point inside the steps is followed by progress (after step k's line in
+     metrics.jsonl, then a random part of a step's time), so a slower or faster machine still kills
+     before the end;
    - *checkpoint*: the driver polls ``checkpoints/`` for the ``step-XXXXXXXX.tmp`` folder that
      ``aria.checkpoint.save_checkpoint`` writes into before its rename (the module offers no hook) and
      kills a random 0-20 ms after it appears. At least ``--checkpoint-kills`` kills are of this kind.
@@ -51,7 +54,7 @@ class Attempt:
     index: int
     resume: bool
     mode: str  # "random", "checkpoint" or "finish"
-    planned_s: float | None = None
+    plan: list | None = None  # random kills: see plan_random_kill
     killed: bool = False
     killed_at_s: float | None = None
     during_checkpoint: bool = False
@@ -144,19 +147,46 @@ def timed_reference(cmd: list[str], out: Path, log: Path, timeout: float) -> dic
             "tail_s": wall - (last or wall)}
 
 
+def progress(out: Path, start_ns: int, base: int) -> tuple[bool, int]:
+    """(set up, last step) of the attempt started at ``start_ns``: metrics.jsonl is rewritten (truncated to
+    the checkpoint's step) when the run's logger opens, at the end of its setup; lines older than that are
+    a killed attempt's."""
+    path = out / "metrics.jsonl"
+    try:
+        fresh = path.stat().st_mtime_ns >= start_ns
+    except FileNotFoundError:
+        return False, base
+    return (True, last_step(path)) if fresh else (False, base)
+
+
+def plan_random_kill(a: Attempt, rng: random.Random, est: dict, steps: int) -> None:
+    """A uniformly random point of the attempt's expected run (setup, the remaining steps, 80% of the final
+    export and evaluation), expressed as progress + delay so that it lands before the run ends even when
+    the machine's speed changes: ("time", t) in setup; ("step", k, d): d seconds after step k's line."""
+    remaining = max(steps - a.checkpoint_before, 0)
+    train = remaining * est["step_s"]
+    u = rng.uniform(0.0, est["setup_s"] + train + 0.8 * est["tail_s"])
+    if u < est["setup_s"]:
+        a.plan = ["time", round(u, 3)]
+    elif u < est["setup_s"] + train:
+        k, frac = divmod((u - est["setup_s"]) / est["step_s"], 1.0)
+        a.plan = ["step", a.checkpoint_before + int(k), round(frac * est["step_s"], 3)]
+    else:
+        a.plan = ["step", steps, round(u - est["setup_s"] - train, 3)]
+
+
 def run_attempt(a: Attempt, cmd: list[str], out: Path, log: Path, rng: random.Random, est: dict, steps: int,
                 timeout: float) -> Attempt:
     a.step_before = last_step(out / "metrics.jsonl")
     a.checkpoint_before = max(checkpoint_steps(out), default=0)
-    remaining = est["setup_s"] + max(steps - a.checkpoint_before, 0) * est["step_s"] + est["tail_s"]
     if a.mode == "random":
-        a.planned_s = rng.uniform(0.0, 0.9 * remaining)
+        plan_random_kill(a, rng, est, steps)
     before = {p.name for p in tmp_dirs(out)}
     start_ns = time.time_ns()
     t0 = time.perf_counter()
-    polls = 0
+    polls, deadline = 0, None
     with open(log, "ab") as f:
-        f.write(f"\n===== attempt {a.index} ({a.mode}, resume={a.resume}) =====\n".encode())
+        f.write(f"\n===== attempt {a.index} ({a.mode}, resume={a.resume}, plan={a.plan}) =====\n".encode())
         f.flush()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         while proc.poll() is None:
@@ -165,19 +195,27 @@ def run_attempt(a: Attempt, cmd: list[str], out: Path, log: Path, rng: random.Ra
                 kill_group(proc)
                 raise SystemExit(f"attempt {a.index} exceeded {timeout:.0f} s; see {log}")
             polls += 1
-            if a.first_step_s is None and polls % 20 == 0 and last_step(out / "metrics.jsonl") > a.checkpoint_before:
-                a.first_step_s = now  # this attempt's setup (+ one step): calibrates later kill times
-                est["setup_s"] = max(now - est["step_s"], 0.5)
-            if a.mode == "random" and now >= a.planned_s:
-                break
             if a.mode == "checkpoint":
                 fresh = [p for p in tmp_dirs(out) if p.name not in before or _created_after(p, start_ns)]
                 if fresh:
                     time.sleep(rng.uniform(0.0, 0.02))
                     break
                 time.sleep(0.002)
+                if polls % 10:
+                    continue
             else:
-                time.sleep(0.01)
+                time.sleep(0.005)
+            ready, step = progress(out, start_ns, a.checkpoint_before)
+            if a.first_step_s is None and ready and step > a.checkpoint_before:
+                a.first_step_s = now  # this attempt's setup + one step: calibrates later kill plans
+                est["setup_s"] = max(now - est["step_s"], 0.5)
+            if a.mode == "random":
+                if a.plan[0] == "time" and now >= a.plan[1]:
+                    break
+                if a.plan[0] == "step" and deadline is None and ready and step >= a.plan[1]:
+                    deadline = now + a.plan[2]
+                if deadline is not None and now >= deadline:
+                    break
         if proc.poll() is None:
             kill_group(proc)
             a.killed, a.killed_at_s = True, time.perf_counter() - t0
@@ -332,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         where = (f"killed at {a.killed_at_s:.2f} s" + (" DURING checkpoint write " + ",".join(a.tmp_dirs)
                                                         if a.during_checkpoint else "")) if a.killed \
             else f"finished (exit {a.returncode})"
-        print(f"attempt {a.index:2d} [{a.mode:10s}] resume={str(a.resume):5s} {where}; steps logged "
+        print(f"attempt {a.index:2d} [{a.mode:10s}] resume={str(a.resume):5s} plan={a.plan} {where}; steps logged "
               f"{a.step_before}->{a.step_after}, checkpoint {a.checkpoint_before}->{a.checkpoint_after}", flush=True)
         done = not a.killed
 

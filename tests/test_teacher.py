@@ -15,7 +15,7 @@ from aria.world.teacher import (ComboPrompts, Contexts, build_unet, evaluate_tea
                                 train_teacher)
 
 
-TINY = dict(block_out_channels=(8, 16, 16, 16), attention_head_dim=8, norm_num_groups=8)  # CPU smoke tests
+TINY = dict(block_out_channels=(8, 16, 16), attention_head_dim=8, norm_num_groups=8)  # CPU smoke tests
 
 
 @pytest.fixture(autouse=True)
