@@ -4,16 +4,18 @@
    CPU settings, ``logging.every=1``, a small ``logging.checkpoint_every``).
 2. The same run in another output_dir, killed with SIGKILL ``--kills`` times and restarted after each
    kill (``--resume`` once a checkpoint folder exists: without one there is nothing to resume), then
-   left to finish. Kills are of two kinds:
-   - *random*: at a uniformly random point of the attempt's expected remaining run time (setup, the
-     steps after the checkpoint, most of the final export + evaluation; timings from the reference,
-     setup re-measured on every attempt), so kills land in start-up, restore, steps, checkpoint
-     writes and the export. A point inside the steps is followed by progress (after step k's line in
-     metrics.jsonl, then a random part of a step's time), so a slower or faster machine still kills
-     before the end;
+   left to finish. The kills are drawn up front (``draw_schedule``) and are of three kinds:
+   - *step*: at a uniformly random position of the whole run in step units, the positions sorted so
+     the kills spread over all of it: after step k's line in metrics.jsonl, a random part of a step's
+     time later (positions past the last step fall in the final export and evaluation); a position
+     the resumed run has already passed lands in its first re-run step;
+   - *setup*: a uniformly random time within an attempt's start-up (imports, teacher, data, restore);
+     about a quarter of the random kills;
    - *checkpoint*: the driver polls ``checkpoints/`` for the ``step-XXXXXXXX.tmp`` folder that
      ``aria.checkpoint.save_checkpoint`` writes into before its rename (the module offers no hook) and
-     kills a random 0-20 ms after it appears. At least ``--checkpoint-kills`` kills are of this kind.
+     kills a random 0-20 ms after it appears; ``--checkpoint-kills`` of them.
+   Step and setup times come from the reference and are re-measured on every attempt (the machine's
+   speed changes), and a kill waits for progress rather than a fixed clock, so it lands before the end.
    A kill counts as *during a checkpoint write* when a ``.tmp`` folder created by that attempt is still
    there after the process died (random kills that happen to land in a write count too).
 3. Compare: the exported student (``student/diffusion_pytorch_model.safetensors``) and the last
@@ -53,8 +55,9 @@ TIMING_KEYS = ("samples_per_s",)  # wall-clock measurements: the only fields all
 class Attempt:
     index: int
     resume: bool
-    mode: str  # "random", "checkpoint" or "finish"
-    plan: list | None = None  # random kills: see plan_random_kill
+    mode: str  # "checkpoint", "setup", "step" or "finish" (see draw_schedule)
+    entry: list | None = None  # the schedule entry
+    plan: list | None = None  # see concrete_plan
     killed: bool = False
     killed_at_s: float | None = None
     during_checkpoint: bool = False
@@ -153,34 +156,63 @@ def progress(out: Path, start_ns: int, base: int) -> tuple[bool, int]:
     a killed attempt's."""
     path = out / "metrics.jsonl"
     try:
-        fresh = path.stat().st_mtime_ns >= start_ns
+        st = path.stat()
     except FileNotFoundError:
         return False, base
-    return (True, last_step(path)) if fresh else (False, base)
+    if st.st_mtime_ns < start_ns:
+        return False, base
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:  # parse only when the file changed (the driver polls every few ms)
+        _PARSED.clear()
+        _PARSED[key] = last_step(path)
+    return True, _PARSED[key]
 
 
-def plan_random_kill(a: Attempt, rng: random.Random, est: dict, steps: int) -> None:
-    """A uniformly random point of the attempt's expected run (setup, the remaining steps, 80% of the final
-    export and evaluation), expressed as progress + delay so that it lands before the run ends even when
-    the machine's speed changes: ("time", t) in setup; ("step", k, d): d seconds after step k's line."""
-    remaining = max(steps - a.checkpoint_before, 0)
-    train = remaining * est["step_s"]
-    u = rng.uniform(0.0, est["setup_s"] + train + 0.8 * est["tail_s"])
-    if u < est["setup_s"]:
-        a.plan = ["time", round(u, 3)]
-    elif u < est["setup_s"] + train:
-        k, frac = divmod((u - est["setup_s"]) / est["step_s"], 1.0)
-        a.plan = ["step", a.checkpoint_before + int(k), round(frac * est["step_s"], 3)]
+_PARSED: dict = {}
+
+
+def draw_schedule(rng: random.Random, kills: int, aimed: int, steps: int, aimed_first: bool,
+                  setup_share: float = 0.25) -> list[list]:
+    """The kills of the run, in order: ["checkpoint"] (aimed at a checkpoint write), ["setup", u] (at u x the
+    attempt's setup time: start-up, restore) or ["step", x] (at x in step units of the whole run: after step
+    floor(x)'s line, a fraction x - floor(x) of a step later; x > steps falls in the final export and
+    evaluation). Step positions are uniform over the run and sorted, so the kills spread over all of it."""
+    rest = kills - aimed
+    n_setup = round(setup_share * rest)
+    positions = sorted(rng.uniform(0.0, steps + 0.8) for _ in range(rest - n_setup))
+    kinds = ["checkpoint"] * aimed + ["setup"] * n_setup + ["step"] * (rest - n_setup)
+    if aimed_first:
+        tail = kinds[aimed:]
+        rng.shuffle(tail)
+        kinds = kinds[:aimed] + tail
     else:
-        a.plan = ["step", steps, round(u - est["setup_s"] - train, 3)]
+        rng.shuffle(kinds)
+    out, it = [], iter(positions)
+    for kind in kinds:
+        out.append(["checkpoint"] if kind == "checkpoint" else ["setup", rng.random()] if kind == "setup"
+                   else ["step", next(it)])
+    return out
+
+
+def concrete_plan(entry: list, checkpoint: int, est: dict, steps: int) -> list | None:
+    """An attempt's kill: ["time", t] (seconds after its start) or ["after", k, d] (d s after step k's line)."""
+    if entry[0] == "setup":
+        return ["time", round(entry[1] * est["setup_s"], 3)]
+    if entry[0] == "step":
+        x = entry[1]
+        if x >= steps:
+            return ["after", steps, round((x - steps) * est["tail_s"], 3)]
+        k, frac = int(x), x - int(x)
+        return ["after", max(k, checkpoint), round(frac * est["step_s"], 3)]  # passed: the first re-run step
+    return None
 
 
 def run_attempt(a: Attempt, cmd: list[str], out: Path, log: Path, rng: random.Random, est: dict, steps: int,
                 timeout: float) -> Attempt:
     a.step_before = last_step(out / "metrics.jsonl")
     a.checkpoint_before = max(checkpoint_steps(out), default=0)
-    if a.mode == "random":
-        plan_random_kill(a, rng, est, steps)
+    a.plan = concrete_plan(a.entry, a.checkpoint_before, est, steps) if a.entry else None
+    seen_step, seen_at = a.checkpoint_before, None
     before = {p.name for p in tmp_dirs(out)}
     start_ns = time.time_ns()
     t0 = time.perf_counter()
@@ -206,16 +238,19 @@ def run_attempt(a: Attempt, cmd: list[str], out: Path, log: Path, rng: random.Ra
             else:
                 time.sleep(0.005)
             ready, step = progress(out, start_ns, a.checkpoint_before)
-            if a.first_step_s is None and ready and step > a.checkpoint_before:
-                a.first_step_s = now  # this attempt's setup + one step: calibrates later kill plans
-                est["setup_s"] = max(now - est["step_s"], 0.5)
-            if a.mode == "random":
-                if a.plan[0] == "time" and now >= a.plan[1]:
-                    break
-                if a.plan[0] == "step" and deadline is None and ready and step >= a.plan[1]:
-                    deadline = now + a.plan[2]
-                if deadline is not None and now >= deadline:
-                    break
+            if ready and step > seen_step:  # calibrate later plans on this attempt's own speed
+                if seen_at is None:
+                    a.first_step_s = now
+                    est["setup_s"] = max(now - est["step_s"], 0.5)
+                else:
+                    est["step_s"] = max((now - seen_at) / (step - seen_step), 0.05)
+                seen_step, seen_at = step, now
+            if a.plan and a.plan[0] == "time" and now >= a.plan[1]:
+                break
+            if a.plan and a.plan[0] == "after" and deadline is None and ready and step >= a.plan[1]:
+                deadline = now + a.plan[2]
+            if deadline is not None and now >= deadline:
+                break
         if proc.poll() is None:
             kill_group(proc)
             a.killed, a.killed_at_s = True, time.perf_counter() - t0
@@ -354,24 +389,23 @@ def main(argv: list[str] | None = None) -> dict:
                           args.attempt_timeout)
     print(f"reference: {est['wall_s']:.1f} s (setup {est['setup_s']:.1f} s, {est['step_s']:.2f} s/step)", flush=True)
 
-    modes = ["checkpoint"] * args.checkpoint_kills + ["random"] * (args.kills - args.checkpoint_kills)
-    if not args.aimed_first:
-        rng.shuffle(modes)
+    schedule = draw_schedule(rng, args.kills, args.checkpoint_kills, args.steps, args.aimed_first)
     attempts: list[Attempt] = []
     done = False
     while not done:
-        mode = modes[len([a for a in attempts if a.killed])] if len([a for a in attempts if a.killed]) < args.kills \
-            else "finish"
+        killed = sum(a.killed for a in attempts)
+        entry = schedule[killed] if killed < len(schedule) else None
         resume = bool(checkpoint_steps(run))
-        a = run_attempt(Attempt(len(attempts) + 1, resume, mode),
+        a = run_attempt(Attempt(len(attempts) + 1, resume, entry[0] if entry else "finish", entry),
                         aria_command(out=run, resume=resume, **common), run, work / "killed.log", rng, est,
                         args.steps, args.attempt_timeout)
         attempts.append(a)
         where = (f"killed at {a.killed_at_s:.2f} s" + (" DURING checkpoint write " + ",".join(a.tmp_dirs)
                                                         if a.during_checkpoint else "")) if a.killed \
             else f"finished (exit {a.returncode})"
-        print(f"attempt {a.index:2d} [{a.mode:10s}] resume={str(a.resume):5s} plan={a.plan} {where}; steps logged "
-              f"{a.step_before}->{a.step_after}, checkpoint {a.checkpoint_before}->{a.checkpoint_after}", flush=True)
+        print(f"attempt {a.index:2d} [{a.mode:10s}] resume={str(a.resume):5s} plan={a.plan} {where}; steps "
+              f"logged {a.step_before}->{a.step_after}, checkpoint {a.checkpoint_before}->{a.checkpoint_after}",
+              flush=True)
         done = not a.killed
 
     cmp = compare(ref, run, args.steps)
