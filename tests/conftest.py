@@ -111,3 +111,14 @@ def tiny_config(tmp_path, **sections):
 @pytest.fixture
 def world():
     return make_bundle(), make_teacher()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on 2 shared cores, OpenMP barriers cost more than the second core gives."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from aria.world import regimes as R
 WORLD = ["data.world.num_prompts=2000", "data.world.paired_size=3000", "regions.k=12"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP barriers cost more than the second core gives."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from aria.errors import UserError
 TEXTS = ["a small red circle in the top left", "a large blue star, center", "", "a small red circle in the top left"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP barriers cost more than the second core gives."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from aria.world.teacher import (ComboPrompts, Contexts, build_unet, evaluate_tea
 TINY = dict(block_out_channels=(8, 16, 16), attention_head_dim=8, norm_num_groups=8)  # CPU smoke tests
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on 2 shared cores, OpenMP barriers cost more than the second core gives."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_architecture_size():
