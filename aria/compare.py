@@ -10,6 +10,7 @@ paired per seed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -134,21 +135,21 @@ class Evaluator:
 
 
 def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict,
-         evaluator: Evaluator, digest: str) -> dict:
+         evaluator: Evaluator, digest: str, gpus: "GpuSlots") -> dict:
     """Train (``aria run`` subprocess, unless the student is there) and evaluate one run; returns wall times."""
     from .evaluate import find_student
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
     p["record"].write_text(json.dumps({"config": digest}))
-    times = {"config": digest, "train_s": 0.0, "eval_s": 0.0}
+    times = {"config": digest, "train_s": 0.0, "eval_s": 0.0, "card": gpus.card}
     if find_student(p["run"], required=False) is None:
         sets = [a for o in [*overrides, f"seed={seed}", f"output_dir={p['run']}"] for a in ("--set", o)]
         resume = ["--resume"] if (p["run"] / "checkpoints").is_dir() else []
         cmd = _aria("run", "--config", str(config_path), "--strategy", strategy, *sets, *resume)
         t0, log = time.perf_counter(), p["run"] / "train.log"
-        with open(log, "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        with gpus.take() as device_env, open(log, "w") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **device_env}).returncode
         times["train_s"] = time.perf_counter() - t0
         if rc != 0:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -168,12 +169,38 @@ class RunFailed(UserError):
     """One run of a comparison failed (training or evaluation); the message names it."""
 
 
-def _device_card() -> tuple[str, bool]:
+def _device_card() -> tuple[str, int]:
+    """The machine in words and its number of CUDA devices (0 on CPU)."""
     import torch
 
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}", True
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", False
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}", torch.cuda.device_count()
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", 0
+
+
+class GpuSlots:
+    """Spreads concurrent trainings over the visible GPUs: each ``aria run`` subprocess sees one
+    (``CUDA_VISIBLE_DEVICES``), the least loaded at its start. Nothing to spread on CPU or one GPU."""
+
+    def __init__(self, card: str, num_gpus: int):
+        self.card, self.lock = card, threading.Lock()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(num_gpus)]
+        self.load = {i: 0 for i in ids[:num_gpus]} if num_gpus > 1 else {}
+
+    @contextlib.contextmanager
+    def take(self):
+        if not self.load:
+            yield {}
+            return
+        with self.lock:
+            gpu = min(self.load, key=self.load.get)
+            self.load[gpu] += 1
+        try:
+            yield {"CUDA_VISIBLE_DEVICES": gpu}
+        finally:
+            with self.lock:
+                self.load[gpu] -= 1
 
 
 def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Path, parallel: int | None,
@@ -187,13 +214,13 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
     if len(set(strategies)) != len(strategies):
         raise UserError(f"--strategies: duplicate names in {','.join(strategies)}")
     configs = {s: load_config(config_path, overrides, strategy=s) for s in strategies}  # validates every name
-    card, cuda = _device_card()
-    # H200, world-sized teacher, batch 256: 4 concurrent runs trained at 0.95x the samples/s of one (the GPU
-    # time-slices), but overlapped start-up and evaluation; 2 keeps that overlap at little cost.
-    parallel = parallel or (min(2, len(strategies) * len(seeds)) if cuda else 1)
+    card, num_gpus = _device_card()
+    # World teacher, tiny student, batch 256: 4 concurrent runs on one GPU trained at 0.95x (H200) and 1.08x
+    # (H100) the samples/s of one (the GPU time-slices), but overlap start-up and evaluation; 2 a GPU keeps
+    # that overlap at little cost.
+    parallel = parallel or (min(2 * num_gpus, len(strategies) * len(seeds)) if num_gpus else 1)
     env = dict(os.environ)
-    if not cuda:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
     digest = config_digest(configs[strategies[0]])
     for s in strategies:
         for seed in seeds:
@@ -203,8 +230,13 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
                                 "values; choose another --out or delete that run")
     jobs = [(s, seed) for s in strategies for seed in seeds if not run_paths(out, s, seed)["eval_json"].exists()]
     errors, evaluator = [], Evaluator(configs[strategies[0]], Path(out) / "reference")
+    if jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
+        from .data import prepare_data
+
+        prepare_data(configs[strategies[0]], "cuda" if num_gpus else "cpu")
+    gpus = GpuSlots(card, num_gpus)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, evaluator, digest)
+        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, evaluator, digest, gpus)
                    for s, seed in jobs]
         for f in futures:
             try:
@@ -213,7 +245,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
                 errors.append(str(err))
     if errors:
         raise UserError(f"{len(errors)} run(s) failed: " + " | ".join(errors))
-    evals, wall = {}, 0.0
+    evals, wall, cards = {}, 0.0, set()
     for s in strategies:
         evals[s] = {}
         for seed in seeds:
@@ -222,6 +254,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
             if p["record"].exists():
                 record = json.loads(p["record"].read_text())
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
+                cards.add(record.get("card") or card)
     digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values()}
     if len(digests) != 1:
         raise UserError(f"{out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
@@ -229,7 +262,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
     results = {
         "format": "aria-compare/1",
         "command": command,
-        "card": card,
+        "card": " + ".join(sorted(cards)) or card,  # where the runs trained (a summary may be made elsewhere)
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": time.perf_counter() - t0,
         "run_wall_time_s": wall,
@@ -295,7 +328,7 @@ def read_region_history(run_dir: Path) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
 @click.option("--parallel", type=click.IntRange(1), default=None,
-              help="Concurrent training runs (default: 1 on CPU, 2 on a GPU).")
+              help="Concurrent training runs (default: 1 on CPU, 2 a GPU, spread over the GPUs).")
 def compare_command(strategies, seeds, config_path, overrides, out, parallel):
     """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
