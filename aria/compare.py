@@ -1,8 +1,10 @@
 """``aria compare``: train and evaluate strategies x seeds; ``aria results``: the results document.
 
 Each (strategy, seed) run trains in an ``aria run`` subprocess, ``--parallel`` at a time (small
-models leave a GPU idle), in ``OUT/runs/<strategy>/seed<s>``, then is evaluated in this process
-(teacher, data, judge and the teacher's reference loaded once for all runs). A run whose
+models leave a GPU idle; several GPUs share the runs), in ``OUT/runs/<strategy>/seed<s>``, then is
+evaluated by an ``aria eval`` subprocess on the same GPU (the teacher's reference, computed once, is
+shared through ``OUT/reference``). Jobs start in the order ``rc``, ``aria``, then the others, seed
+by seed, so that a comparison cut short has its headline pair first. A run whose
 ``eval/eval.json`` exists is skipped and a trained student is not retrained, so an interrupted
 comparison resumes. The summary is the mean and 95% t-interval over seeds; ratios to ``rc`` are
 paired per seed.
@@ -117,26 +119,19 @@ def config_digest(config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class Evaluator:
-    """Evaluates students in this process, one at a time, with one teacher, data bundle and judge
-    (loaded once) and the teacher's reference cached in ``reference``."""
+def sets(overrides) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
 
-    def __init__(self, config, reference: Path):
-        self.config, self.reference = config, reference
-        self.lock, self.parts = threading.Lock(), None
 
-    def __call__(self, run_dir: Path, out: Path) -> None:
-        from .evaluate import evaluate, load_components, write_eval
-
-        with self.lock:
-            self.parts = self.parts or load_components(self.config)
-            teacher, bundle, judge = self.parts
-            write_eval(evaluate(self.config, run_dir, teacher, bundle, judge, self.reference), out)
+def last_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict,
-         evaluator: Evaluator, digest: str, gpus: "GpuSlots") -> dict:
-    """Train (``aria run`` subprocess, unless the student is there) and evaluate one run; returns wall times."""
+         digest: str, gpus: "GpuSlots") -> dict:
+    """Train (``aria run``, unless the student is there) and evaluate (``aria eval``) one run, each a
+    subprocess on one GPU slot; returns wall times."""
     from .evaluate import find_student
 
     p = run_paths(out, strategy, seed)
@@ -144,22 +139,22 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
     p["record"].write_text(json.dumps({"config": digest}))
     times = {"config": digest, "train_s": 0.0, "eval_s": 0.0, "card": gpus.card}
     if find_student(p["run"], required=False) is None:
-        sets = [a for o in [*overrides, f"seed={seed}", f"output_dir={p['run']}"] for a in ("--set", o)]
         resume = ["--resume"] if (p["run"] / "checkpoints").is_dir() else []
-        cmd = _aria("run", "--config", str(config_path), "--strategy", strategy, *sets, *resume)
+        cmd = _aria("run", "--config", str(config_path), "--strategy", strategy,
+                    *sets([*overrides, f"seed={seed}", f"output_dir={p['run']}"]), *resume)
         t0, log = time.perf_counter(), p["run"] / "train.log"
         with gpus.take() as device_env, open(log, "w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **device_env}).returncode
         times["train_s"] = time.perf_counter() - t0
         if rc != 0:
-            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise RunFailed(f"{strategy}/seed{seed}: aria run exited {rc} ({lines[-1] if lines else 'no output'}); "
-                            f"see {log}")
-    t0 = time.perf_counter()
-    try:
-        evaluator(p["run"], p["eval"])
-    except UserError as err:
-        raise RunFailed(f"{strategy}/seed{seed}: evaluation: {err}") from err
+            raise RunFailed(f"{strategy}/seed{seed}: aria run exited {rc} ({last_line(log)}); see {log}")
+    t0, log = time.perf_counter(), p["run"] / "eval.log"
+    cmd = _aria("eval", "--student", str(p["run"]), "--config", str(config_path), *sets(overrides),
+                "--reference", str(Path(out) / "reference"), "--out", str(p["eval"]))
+    with gpus.take() as device_env, open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **device_env}).returncode
+    if rc != 0:
+        raise RunFailed(f"{strategy}/seed{seed}: aria eval exited {rc} ({last_line(log)}); see {log}")
     times["eval_s"] = time.perf_counter() - t0
     p["record"].write_text(json.dumps(times))
     return times
@@ -186,7 +181,9 @@ class GpuSlots:
         self.card, self.lock = card, threading.Lock()
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(num_gpus)]
-        self.load = {i: 0 for i in ids[:num_gpus]} if num_gpus > 1 else {}
+        ids = ids[:num_gpus]
+        start = os.getpid() % max(1, len(ids))  # several comparisons at once start on different GPUs
+        self.load = {i: 0 for i in ids[start:] + ids[:start]} if num_gpus > 1 else {}
 
     @contextlib.contextmanager
     def take(self):
@@ -228,15 +225,16 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
             if record.is_file() and json.loads(record.read_text()).get("config") != digest:
                 raise UserError(f"{record.parent}: trained with another config than {config_path} and these --set "
                                 "values; choose another --out or delete that run")
-    jobs = [(s, seed) for s in strategies for seed in seeds if not run_paths(out, s, seed)["eval_json"].exists()]
-    errors, evaluator = [], Evaluator(configs[strategies[0]], Path(out) / "reference")
+    first = [s for s in ("rc", "aria") if s in strategies] + [s for s in strategies if s not in ("rc", "aria")]
+    jobs = [(s, seed) for seed in seeds for s in first if not run_paths(out, s, seed)["eval_json"].exists()]
+    errors = []
     if jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
         from .data import prepare_data
 
         prepare_data(configs[strategies[0]], "cuda" if num_gpus else "cpu")
     gpus = GpuSlots(card, num_gpus)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, evaluator, digest, gpus)
+        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, digest, gpus)
                    for s, seed in jobs]
         for f in futures:
             try:
