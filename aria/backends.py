@@ -214,7 +214,8 @@ class TorchBackend(_Base):
         """Optimizer and LR schedule (tensors and primitives only); rank 0 writes."""
         if self.is_main:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-            torch.save(state, Path(folder) / "training.pt")
+            with open(Path(folder) / "training.pt", "wb") as f:  # a failed write keeps its OSError (full disk)
+                torch.save(state, f)
         return ["training.pt"]
 
     def load(self, folder: Path) -> None:

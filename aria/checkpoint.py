@@ -12,8 +12,11 @@ Layout of ``<output_dir>/checkpoints/step-00000200/``::
     manifest.json         every other file with its size and sha256 (written last)
 
 A checkpoint is written into ``step-XXXXXXXX.tmp``, every file fsynced, then renamed; only rank 0
-writes (ranks share the filesystem), except DeepSpeed's shards. On resume, checkpoints are tried
-newest first and the first whose manifest verifies is used; the others are reported.
+writes (ranks share the filesystem), except DeepSpeed's shards. A write that fails (a full disk, a
+quota) removes the temporary folder, leaves the earlier checkpoints as they were and is a
+``CheckpointWriteError`` (a ``UserError``) naming the folder and the system's reason, on every rank.
+On resume, checkpoints are tried newest first and the first whose manifest verifies is used; the
+others are reported; ``--resume`` without one that verifies is a ``UserError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ FORMAT = 1
 RESUME_FIELDS = ("seed", "data", "encoder.kind", "encoder.path", "encoder.max_length", "regions", "teacher.path",
                  "teacher.subfolder", "student", "strategy.name", "distillation.batch_size",
                  "distillation.timestep_bins", "backend.kind")
+# fields under RESUME_FIELDS that do not change what is trained (where caches live)
+RESUME_IGNORED = ("data.cache_dir",)
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, quota, permissions): nothing of it was kept."""
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
@@ -65,35 +74,97 @@ def _tensors(module_or_state) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
+def _io_reason(err: BaseException) -> str | None:
+    """The system's reason when ``err`` is, or was raised while handling, a failed read or write
+    (torch.save reports 'unexpected pos' with the OSError as its context); None otherwise."""
+    seen = set()
+    e = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            where = f" ({e.filename})" if e.filename else ""
+            return f"{e.strerror or e}{where}" if e.errno is None else f"[Errno {e.errno}] {e.strerror}{where}"
+        if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):
+            return str(e).split("I/O error:", 1)[1].strip()
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _attempt(fn, *args) -> BaseException | None:
+    try:
+        fn(*args)
+    except Exception as err:  # noqa: BLE001 -- settled by _settle on every rank
+        return err
+    return None
+
+
+def _settle(backend, error: BaseException | None, root: Path, tmp: Path) -> None:
+    """Every rank learns whether any rank failed (one all-reduce); on a failure the temporary folder
+    is removed and every rank raises: a ``CheckpointWriteError`` for a failed write, else the error."""
+    failed = error is not None
+    if getattr(backend, "world_size", 1) > 1:
+        flag = torch.tensor([int(failed)], dtype=torch.int64, device=backend.device)
+        failed = int(backend.all_reduce(flag)[0]) > 0
+    if not failed:
+        return
+    if backend.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            root.rmdir()  # when the first checkpoint failed: no checkpoints/ that looks resumable
+        except OSError:
+            pass
+    if error is None:
+        raise CheckpointWriteError(f"checkpoint {tmp}: another rank failed to write its part (see its error); "
+                                   f"the partial checkpoint was removed")
+    reason = _io_reason(error)
+    if reason is None:
+        raise error
+    kept = list_checkpoints(root)
+    before = (f"the previous checkpoint {kept[0].name} is intact" if kept else "there is no earlier checkpoint")
+    raise CheckpointWriteError(f"output_dir {root.parent}: cannot write checkpoint {tmp}: {reason}; the partial "
+                               f"checkpoint was removed, {before}") from error
+
+
+def _start(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+
+def _finish(root: Path, tmp: Path, final: Path, step: int, student, training_state: dict, config: dict,
+            ema: dict | None) -> None:
+    """Rank 0: weights, state, config and manifest into ``tmp``, everything fsynced, then the rename."""
+    save_file(_tensors(student), tmp / "student.safetensors")
+    if ema is not None:
+        save_file(_tensors(ema), tmp / "ema.safetensors")
+    (tmp / "state.json").write_text(json.dumps(training_state, sort_keys=True, allow_nan=False))
+    (tmp / "config.json").write_text(json.dumps(config, sort_keys=True, indent=1))
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    for p in files:
+        _fsync(p)
+    manifest = {"format": FORMAT, "step": int(step), "files": {
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync(tmp / MANIFEST)
+    for d in {p.parent for p in files} | {tmp}:
+        _fsync(d)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+
+
 def save_checkpoint(root: Path, step: int, backend, *, student, training_state: dict, config: dict,
                     ema: dict | None = None, keep: int = 2) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (collective: call on every rank)."""
     root = Path(root)
     final, tmp = root / f"{PREFIX}{step:08d}", root / f"{PREFIX}{step:08d}.tmp"
+    _settle(backend, _attempt(_start, tmp) if backend.is_main else None, root, tmp)  # also the barrier
+    _settle(backend, _attempt(backend.save, tmp), root, tmp)  # optimizer state (DeepSpeed: every rank's shard)
+    error = None
     if backend.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    backend.barrier()
-    backend.save(tmp)  # optimizer state (DeepSpeed: every rank writes its shard)
+        error = _attempt(_finish, root, tmp, final, step, student, training_state, config, ema)
+    _settle(backend, error, root, tmp)
     if backend.is_main:
-        save_file(_tensors(student), tmp / "student.safetensors")
-        if ema is not None:
-            save_file(_tensors(ema), tmp / "ema.safetensors")
-        (tmp / "state.json").write_text(json.dumps(training_state, sort_keys=True, allow_nan=False))
-        (tmp / "config.json").write_text(json.dumps(config, sort_keys=True, indent=1))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        for p in files:
-            _fsync(p)
-        manifest = {"format": FORMAT, "step": int(step), "files": {
-            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync(tmp / MANIFEST)
-        for d in {p.parent for p in files} | {tmp}:
-            _fsync(d)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
         prune(root, keep)
     backend.barrier()
     return final
@@ -151,6 +222,30 @@ def latest_good(root: Path, report: Callable[[str], None] = print) -> Path | Non
     return None
 
 
+def resume_checkpoint(root: Path, report: Callable[[str], None] = print) -> Path:
+    """The checkpoint ``--resume`` continues from: the newest that verifies (the damaged ones skipped
+    are reported). Without one, a ``UserError`` naming ``root`` and what it holds."""
+    root = Path(root)
+    damaged = []
+    folder = latest_good(root, report=damaged.append)
+    if folder is not None:
+        for line in damaged:
+            report(line)
+        return folder
+    found = list_checkpoints(root)
+    if found:
+        reasons = "; ".join(f"{f.name}: {verify(f)}" for f in found)
+        raise UserError(f"--resume: no usable checkpoint in {root}: {len(found)} damaged ({reasons}); move "
+                        f"them away to start again from step 0, or use another output_dir")
+    if not root.is_dir():
+        what = "the folder does not exist"
+    else:
+        partial = sorted(p.name for p in root.glob(f"{PREFIX}*.tmp"))
+        what = (f"only an unfinished write: {', '.join(partial)}" if partial else
+                "the folder holds no step-* checkpoint")
+    raise UserError(f"--resume: no checkpoint in {root} ({what}); run without --resume to start from step 0")
+
+
 def read_state(folder: Path) -> tuple[dict, dict]:
     """(training state, resolved config) of a verified checkpoint."""
     folder = Path(folder)
@@ -178,7 +273,11 @@ def check_resume_config(saved: dict, current: dict, saved_strategy: dict, curren
     old.update((f"strategy.params.{name}.{k}", v) for k, v in _leaves(saved_strategy))
     new.update((f"strategy.params.{name}.{k}", v) for k, v in _leaves(current_strategy))
     fields += (f"strategy.params.{name}",)
+    def checked(key: str) -> bool:
+        under = lambda prefixes: any(key == f or key.startswith(f + ".") for f in prefixes)  # noqa: E731
+        return under(fields) and not under(RESUME_IGNORED)
+
     for key in sorted(set(old) | set(new)):
-        if any(key == f or key.startswith(f + ".") for f in fields) and old.get(key) != new.get(key):
+        if checked(key) and old.get(key) != new.get(key):
             raise UserError(f"cannot resume: {key} is {old.get(key)!r} in the checkpoint but {new.get(key)!r} now "
                             f"(use a new output_dir, or restore the value)")

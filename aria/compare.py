@@ -132,6 +132,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
          digest: str, gpus: "GpuSlots") -> dict:
     """Train (``aria run``, unless the student is there) and evaluate (``aria eval``) one run, each a
     subprocess on one GPU slot; returns wall times."""
+    from . import checkpoint as ckpt
     from .evaluate import find_student
 
     p = run_paths(out, strategy, seed)
@@ -139,7 +140,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
     p["record"].write_text(json.dumps({"config": digest}))
     times = {"config": digest, "train_s": 0.0, "eval_s": 0.0, "card": gpus.card}
     if find_student(p["run"], required=False) is None:
-        resume = ["--resume"] if (p["run"] / "checkpoints").is_dir() else []
+        resume = ["--resume"] if ckpt.list_checkpoints(p["run"] / "checkpoints") else []  # not an unfinished write
         cmd = _aria("run", "--config", str(config_path), "--strategy", strategy,
                     *sets([*overrides, f"seed={seed}", f"output_dir={p['run']}"]), *resume)
         t0, log = time.perf_counter(), p["run"] / "train.log"

@@ -48,6 +48,7 @@ class DistillationRun:
         self.start_step = 0
         self.nonfinite = {"consecutive": 0, "total": 0}
         self.last_saved = -1
+        self.new_output_dir = not self.output_dir.exists()  # all in it is this run's (see save)
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> "DistillationRun":
@@ -67,6 +68,8 @@ class DistillationRun:
         if not self.resume and ckpt.list_checkpoints(self.ckpt_root):
             raise UserError(f"output_dir {self.output_dir} already holds checkpoints: pass --resume, "
                             f"or choose another output_dir")
+        if self.resume:  # before any heavy work: --resume needs a checkpoint that verifies
+            self.resume_step = self._choose_checkpoint()
         self.strategy = create_strategy(c.strategy.name, c.strategy.params_for())
         if self.teacher is None:
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
@@ -115,17 +118,28 @@ class DistillationRun:
             raise UserError(f"paired images are {shape} but the pixel-space teacher {self.teacher.path} takes "
                             f"({cfg.in_channels}, {self.teacher.sample_size}, {self.teacher.sample_size})")
 
-    def _restore(self) -> None:
+    def _choose_checkpoint(self) -> int:
+        """The step of the checkpoint to resume from: rank 0 chooses (the newest that verifies; the
+        damaged ones skipped are reported), every rank follows. None: a UserError on every rank."""
         b = self.backend
         found = torch.zeros(1, dtype=torch.int64, device=b.device)
+        error = None
         if self.main:
-            folder = ckpt.latest_good(self.ckpt_root, report=lambda m: print(m, flush=True))
-            found[0] = -1 if folder is None else int(folder.name[len(ckpt.PREFIX):]) + 1
-        step = int(b.all_reduce(found)[0]) - 1  # rank 0 chooses, every rank follows
+            try:
+                folder = ckpt.resume_checkpoint(self.ckpt_root, report=lambda m: print(m, flush=True))
+                found[0] = int(folder.name[len(ckpt.PREFIX):]) + 1
+            except UserError as err:
+                error = err
+        step = int(b.all_reduce(found)[0]) - 1
+        if error is not None:
+            raise error
         if step < 0:
-            if self.main:
-                print(f"no checkpoint in {self.ckpt_root}; starting from step 0", flush=True)
-            return
+            raise UserError(f"--resume: rank 0 found no usable checkpoint in {self.ckpt_root}")
+        return step
+
+    def _restore(self) -> None:
+        b = self.backend
+        step = self.resume_step
         folder = self.ckpt_root / f"{ckpt.PREFIX}{step:08d}"
         state, saved_config = ckpt.read_state(folder)
         ckpt.check_resume_config(saved_config, config_to_dict(self.config), state["strategy"]["config"],
@@ -220,12 +234,35 @@ class DistillationRun:
             "distiller": self.distiller.state_dict(), "nonfinite": self.nonfinite,
             "window": {"sums": self.window.sums.tolist(), "counts": self.window.counts.tolist()},
         }
-        folder = ckpt.save_checkpoint(self.ckpt_root, step, self.backend, student=self.student,
-                                      training_state=training_state, config=config_to_dict(self.config),
-                                      ema=None if self.ema is None else self.ema.shadow,
-                                      keep=self.config.logging.keep_checkpoints)
+        try:
+            folder = ckpt.save_checkpoint(self.ckpt_root, step, self.backend, student=self.student,
+                                          training_state=training_state, config=config_to_dict(self.config),
+                                          ema=None if self.ema is None else self.ema.shadow,
+                                          keep=self.config.logging.keep_checkpoints)
+        except ckpt.CheckpointWriteError as err:
+            if self.main and self.new_output_dir and not ckpt.list_checkpoints(self.ckpt_root):
+                self._discard_output()  # nothing to resume from: no partial run left behind
+                raise ckpt.CheckpointWriteError(f"{err}; {self.output_dir} (made by this run) was removed") from err
+            raise
         self.last_saved = step
         return folder
+
+    def _discard_output(self) -> None:
+        """Remove what this run wrote in the output_dir it created (metrics, TensorBoard, checkpoints/)."""
+        import shutil
+
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
+        for name in ("metrics.jsonl", "tensorboard", self.ckpt_root.name):
+            path = self.output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        try:
+            self.output_dir.rmdir()  # only when nothing else (a data cache) is in it
+        except OSError:
+            pass
 
     # -- the end ----------------------------------------------------------------------------
     def finish(self) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake in the user's input (config, file, flag). The message is one line naming it."""
@@ -25,3 +28,17 @@ def format_validation_error(err, source: str = "config") -> str:
     value = first.get("input")
     shown = "" if kind in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r:.60})"
     return f"{source}: {loc}: {msg}{shown}{more}"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be, or be created as, a writable folder (None if it can); nothing is created.
+    Checked before long work, so that a bad output path fails at once instead of at the end."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:  # exists() is False under a regular file
+        probe = probe.parent
+    if not probe.is_dir():
+        return "is a file, not a folder" if probe == path else f"cannot be created ({probe} is a file)"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
+    return None

@@ -13,8 +13,10 @@ teacher, so ``--reference DIR`` caches it for every student of a comparison.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import click
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, folder_problem
 from . import report
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; "all" is added to every result
@@ -135,17 +137,24 @@ def teacher_reference(teacher_unet, probe, sample_noise, ctx, alphas, args: dict
                                         for k, v in arrays.items()}},
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = None if cache is None else Path(cache) / f"teacher-{key}.safetensors"
-    if path is not None and path.is_file():
-        return load_file(path)
-    ref = {"probe_eps": probe_predictions(teacher_unet, probe, ctx["probe"], alphas, args["batch"]),
-           "samples": ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
-                                   args["guidance"], args["scheduler"], args["batch"])}
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        return _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:  # concurrent evaluations compute it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return load_file(path)
+        ref = _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args)
         tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.tmp")
         save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, str(tmp))
         tmp.replace(path)
     return ref
+
+
+def _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args: dict) -> dict:
+    return {"probe_eps": probe_predictions(teacher_unet, probe, ctx["probe"], alphas, args["batch"]),
+            "samples": ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
+                                    args["guidance"], args["scheduler"], args["batch"])}
 
 
 def weights_digest(module) -> str:
@@ -377,12 +386,29 @@ def score(bundle, judge, probe_ids, disc, sample_ids, student_px, teacher_px) ->
 
 
 def write_eval(result: dict, out: Path) -> dict:
-    """eval.json, eval.md and region_discrepancy.png in ``out``; returns the paths."""
+    """eval.json, eval.md and region_discrepancy.png in ``out``; returns the paths. Each is written to a
+    temporary name first and renamed once all three are written, eval.json (the result) last; a failed
+    write leaves none of them (a UserError naming ``out``)."""
     out = Path(out)
-    report.write_json(out / "eval.json", result)
-    (out / "eval.md").write_text(report.eval_markdown(result))
-    plot = report.plot_region_discrepancy(result, out / "region_discrepancy.png")
-    return {"json": out / "eval.json", "markdown": out / "eval.md", "plot": plot}
+    final = {"markdown": out / "eval.md", "plot": out / "region_discrepancy.png", "json": out / "eval.json"}
+    tmp = {k: out / f".{os.getpid()}.tmp.{p.name}" for k, p in final.items()}  # suffix kept: the plot's format
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp["markdown"].write_text(report.eval_markdown(result))
+        report.plot_region_discrepancy(result, tmp["plot"])
+        tmp["json"].write_text(report.json_text(result))
+        for key in ("markdown", "plot", "json"):
+            os.replace(tmp[key], final[key])
+    except OSError as err:
+        report.discard(*tmp.values())
+        if created:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise UserError(f"--out {out}: cannot write the evaluation ({err.strerror or err})") from err
+    return final
 
 
 @click.command("eval")
@@ -404,9 +430,16 @@ def eval_command(student, teacher_path, config_path, overrides, out, reference):
     config = load_config(config_path, overrides)
     if teacher_path is not None:
         config.teacher.path = teacher_path
+    folder = find_student(student)
+    what = "--out" if out is not None else "the eval folder (--out)"
+    if out is None:
+        out = (folder.parent if folder == Path(student) else Path(student)) / "eval"
+    for path, what in ((out, what), (reference, "--reference")):
+        problem = None if path is None else folder_problem(path)
+        if problem:  # before the evaluation, not after it
+            raise UserError(f"{what} {path}: {problem}")
     result = evaluate(config, student, reference=reference)
-    folder = Path(result["student"])
-    paths = write_eval(result, out or (folder.parent if folder == Path(student) else Path(student)) / "eval")
+    paths = write_eval(result, out)
     click.echo(report.eval_table(result))
     click.echo(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
 

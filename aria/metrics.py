@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,13 +92,14 @@ class RunLogger:
             self.file.flush()
 
     def write(self, text: str) -> None:
-        """A message that does not break the progress bar."""
+        """An information line on stdout (stderr is for the progress bar and errors) that does not
+        break the progress bar."""
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
+            self.bar.write(text, file=sys.stdout)
         else:
-            print(text, file=sys.stderr, flush=True)
+            print(text, flush=True)
 
     def close(self) -> None:
         if not self.enabled or self.file.closed:
@@ -120,18 +122,39 @@ def summary_writer_class():
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines of steps after ``last_step`` (and any partial last line), for a resumed run."""
+    """Drop lines of steps after ``last_step`` (and any partial last line), for a resumed run.
+
+    The kept lines go to a temporary file in the same folder, fsynced, then renamed over ``path``: a
+    process killed (or a disk filling) mid-rewrite leaves the old file whole."""
+    path = Path(path)
     if not path.is_file():
         return
+    text = path.read_text(encoding="utf-8", errors="replace")
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("step", 0) <= last_step and rec.get("event") != "end":
+        if isinstance(rec, dict) and rec.get("step", 0) <= last_step and rec.get("event") != "end":
             keep.append(line)
-    path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+    new = "".join(f"{line}\n" for line in keep)
+    if new == text:
+        return
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a rewrite killed before its rename
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"output_dir {path.parent}: cannot rewrite {path.name} for the resume "
+                        f"({err.strerror or err}); it is unchanged") from err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:

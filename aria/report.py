@@ -243,13 +243,30 @@ def plot_tracking(estimates: np.ndarray, measured: np.ndarray, region_regime: np
     return _save(fig, path)
 
 
+def json_text(data: dict) -> str:
+    """``data`` as the JSON written by ``write_json`` (NaN becomes null)."""
+    return json.dumps(_clean(data), indent=1, allow_nan=False)
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (NaN becomes null)."""
+    """Atomic JSON write (NaN becomes null): a temporary file renamed, removed if the write fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json_text(data))
+        os.replace(tmp, path)
+    finally:
+        discard(tmp)
+
+
+def discard(*paths: Path) -> None:
+    """Remove files if they are there (a failed write's leftovers); never raises."""
+    for p in paths:
+        try:
+            Path(p).unlink()
+        except OSError:
+            pass
 
 
 def _clean(x):

@@ -9,13 +9,14 @@ the VAE of the Stable Diffusion folder named there.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, folder_problem
 
 
 @torch.no_grad()
@@ -86,6 +87,7 @@ def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None
         raise UserError("--prompt: give at least one prompt")
     if not 1 <= steps <= 1000:
         raise UserError(f"--steps {steps}: expected 1 to 1000")
+    out, image_format = check_out(out)  # before any model is loaded or sampled
     if not (Path(model) / "aria.json").is_file() and (Path(model) / "student" / "aria.json").is_file():
         model = Path(model) / "student"  # a run's output_dir
     card = read_card(model)
@@ -110,10 +112,35 @@ def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None
     image = grid([[col[i] for col in columns] for i in range(len(prompts))])
     from PIL import Image
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:  # a temporary file renamed: a failed write (full disk) leaves no partial image
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp, format=image_format)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write the grid ({err.strerror or err})") from err
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
     return out
+
+
+def check_out(out: Path) -> tuple[Path, str]:
+    """(``out``, its image format): an image file name whose folder is, or can be made, writable."""
+    from PIL import Image
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder (give an image file name, e.g. grid.png)")
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise UserError(f"--out {out}: unknown image type {out.suffix or '(no extension)'!r} (use .png)")
+    problem = folder_problem(out.parent)
+    if problem:
+        raise UserError(f"--out {out}: its folder {out.parent} {problem}")
+    return out, image_format
 
 
 def _decoder(config, device):

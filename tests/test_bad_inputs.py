@@ -69,14 +69,6 @@ def cfg(name: str) -> str:
 
 TINY_RUN = ("--set", "data.world.num_prompts=2000")
 
-# engine.py DistillationRun._restore: no (good) checkpoint -> prints "no checkpoint in ...; starting from
-# step 0" and trains from scratch instead of refusing --resume (tests/test_engine.py::test_resume_guards
-# asserts that behaviour for the damaged case, so the engine's owner has to decide)
-RESTART_BUG = ("aria/engine.py DistillationRun._restore (the `if step < 0:` branch) treats --resume without a "
-               "usable checkpoint as a fresh start: it prints 'no checkpoint in ...; starting from step 0' on "
-               "stdout, exits 0 after training, and for damaged checkpoints overwrites them; the brief asks for "
-               "exit 2 naming the folder (conflicts with tests/test_engine.py::test_resume_guards)")
-
 CASES = [
     # ---------------------------------------------------------------- config keys, types and values
     Case("unknown-top-key", run_(cfg("unknown_top_key")), ["bogus_key", "unknown key"]),
@@ -159,11 +151,10 @@ CASES = [
     Case("disk-full-checkpoint", run_(str(TINY), "--set", "distillation.steps=2", "--set", "distillation.batch_size=2",
                                       "--set", "distillation.context_cache_mb=0", "--set", "logging.checkpoint_every=1",
                                       "--set", "logging.progress=false"),
-         ["output_dir", "File too large"], fsize_limit=12 << 20, timeout=600, slow=True,  # the data cache fits
-         xfail="a failed checkpoint write is a traceback: aria/engine.py:194 save -> aria/checkpoint.py:77 "
-               "backend.save -> aria/backends.py:217 torch.save raises RuntimeError '[enforce fail at "
-               "inline_container.cc:672] . unexpected pos ...' (exit 1), leaving metrics.jsonl and "
-               "checkpoints/step-00000001.tmp in output_dir"),
+         # the data cache fits; the first checkpoint does not: its temporary folder is removed, and the
+         # output_dir this run made (metrics.jsonl, an empty checkpoints/) too, as nothing can resume from it
+         ["output_dir", "File too large", "step-00000001.tmp", "no earlier checkpoint", "removed"],
+         fsize_limit=12 << 20, timeout=600, slow=True),
     # ---------------------------------------------------------------- prompt files and paired folders
     Case("prompts-empty", files_run(prompts="{bad}/prompts/empty.txt"), ["empty.txt", "is empty"]),
     Case("prompts-duplicates-only", files_run(prompts="{bad}/prompts/duplicates_only.txt"),
@@ -188,10 +179,14 @@ CASES = [
          ["cannot resume", "strategy.name is 'aria' in the checkpoint but 'exp3'"], setup="checkpoint"),
     Case("checkpoints-without-resume", run_(str(TINY), *TINY_RUN),
          ["output_dir", "already holds checkpoints", "--resume"], setup="checkpoint"),
-    Case("resume-without-checkpoint", run_(str(TINY), *TINY_RUN, "--resume"), ["--resume", "no checkpoint"],
-         timeout=30, xfail=RESTART_BUG, slow=True),
-    Case("resume-corrupted-only", run_(str(TINY), *TINY_RUN, "--resume"), ["--resume", "damaged"],
-         setup="corrupted_checkpoint", timeout=30, xfail=RESTART_BUG, slow=True),
+    Case("resume-without-checkpoint", run_(str(TINY), *TINY_RUN, "--resume"),
+         ["--resume", "no checkpoint", "out/checkpoints", "does not exist"], timeout=30, slow=True),
+    Case("resume-corrupted-only", run_(str(TINY), *TINY_RUN, "--resume"),
+         ["--resume", "no usable checkpoint", "1 damaged", "step-00000002: student.safetensors does not match"],
+         setup="corrupted_checkpoint", timeout=30, slow=True),
+    Case("resume-unfinished-write-only", run_(str(TINY), *TINY_RUN, "--resume"),
+         ["--resume", "no checkpoint", "only an unfinished write: step-00000002.tmp"],
+         setup="unfinished_checkpoint", timeout=30, slow=True),
     # ---------------------------------------------------------------- eval, sample, theory-sim
     Case("eval-student-missing", ["eval", "--student", "{case}/no-student", "--config", str(TINY)],
          ["--student", "no-student"]),
@@ -199,20 +194,21 @@ CASES = [
          ["none.yaml", "does not exist"]),
     Case("eval-out-unwritable", ["eval", "--student", "{shared}/student", "--config", str(TINY),
                                  "--set", "data.cache_dir={cache}", "--set", "eval.sample_prompts=3",
-                                 "--out", "{file}/eval"], ["--out", "eval"], timeout=30, slow=True,
-         xfail="aria/evaluate.py eval_command never checks --out: the whole evaluation runs first (past the "
-               "30 s limit here), then evaluate.py:409 write_eval -> aria/report.py:249 write_json "
-               "`path.parent.mkdir` raises NotADirectoryError (traceback, exit 1)"),
+                                 "--out", "{file}/eval"], ["--out", "eval", "a-file is a file"], timeout=30),
     Case("sample-model-missing", ["sample", "--model", "{case}/no-model", "--prompt", "a red circle",
                                   "--out", "{case}/grid.png"], ["--model", "no-model"]),
     Case("sample-steps-zero", ["sample", "--model", "{shared}/student", "--prompt", "a red circle", "--steps", "0",
                                "--out", "{case}/grid.png"], ["--steps 0"]),
     Case("sample-out-unwritable", ["sample", "--model", "{shared}/student", "--prompt", "a red circle",
-                                   "--steps", "1", "--out", "{file}/grid.png"], ["--out", "grid.png"],
-         timeout=30, slow=True,
-         xfail="aria/sample.py sample_grid never checks --out before sampling: `out.parent.mkdir` (line 114, "
-               "after the DDIM loop) raises FileExistsError (traceback, exit 1); stderr also gets diffusers' "
-               "4-line 'accelerate was not found' warning from load_unet's from_pretrained (line 57)"),
+                                   "--steps", "1", "--out", "{file}/grid.png"],
+         ["--out", "grid.png", "a-file is a file"], timeout=30),
+    Case("sample-out-is-folder", ["sample", "--model", "{shared}/student", "--prompt", "a red circle",
+                                  "--out", "{case}"], ["--out", "is a folder"]),
+    Case("sample-out-unknown-type", ["sample", "--model", "{shared}/student", "--prompt", "a red circle",
+                                     "--out", "{case}/grid.xyz"], ["--out", "grid.xyz", "unknown image type"]),
+    Case("eval-reference-unwritable", ["eval", "--student", "{shared}/student", "--config", str(TINY),
+                                       "--reference", "{file}/ref", "--out", "{case}/eval"],
+         ["--reference", "ref", "a-file is a file"]),
     Case("theory-out-unwritable", ["theory-sim", "--quick", "--out", "{file}/theory"], ["--out", "not writable"]),
     Case("theory-config-missing", ["theory-sim", "--quick", "--config", "{case}/none.yaml", "--out", "{case}/t"],
          ["none.yaml"]),
@@ -300,6 +296,8 @@ def _write_checkpoint(out: Path, cache: Path, corrupt: bool = False) -> None:
 SETUPS = {
     "checkpoint": lambda case, cache: _write_checkpoint(case / "out", cache),
     "corrupted_checkpoint": lambda case, cache: _write_checkpoint(case / "out", cache, corrupt=True),
+    # killed during its first checkpoint write: checkpoints/ holds only the temporary folder
+    "unfinished_checkpoint": lambda case, cache: (case / "out" / "checkpoints" / "step-00000002.tmp").mkdir(parents=True),
 }
 
 

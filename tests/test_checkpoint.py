@@ -122,3 +122,97 @@ def test_resume_allows_harmless_changes_and_compares_resolved_strategy_params():
                                                         logging__every=3), {"eps": 0.2}, {"eps": 0.2})
     with pytest.raises(UserError, match="strategy.params.aria.eps is 0.2 in the checkpoint but 0.3"):
         ckpt.check_resume_config(config_dict(), config_dict(), {"eps": 0.2}, {"eps": 0.3})
+
+
+def test_resume_allows_moving_the_data_cache():
+    """data.cache_dir only says where caches live: moving it is no other config (data.* else is)."""
+    ckpt.check_resume_config(config_dict(), config_dict(data__cache_dir="/moved/cache"), {}, {})
+    with pytest.raises(UserError, match="data.source"):
+        ckpt.check_resume_config(config_dict(), config_dict(data__source="files"), {}, {})
+
+
+def test_resume_checkpoint_names_the_folder_and_what_it_holds(tmp_path):
+    root = tmp_path / "checkpoints"
+    with pytest.raises(UserError, match=r"--resume: no checkpoint in .*checkpoints \(the folder does not exist\)"):
+        ckpt.resume_checkpoint(root)
+    root.mkdir()
+    with pytest.raises(UserError, match=r"no checkpoint in .*\(the folder holds no step-\* checkpoint\)"):
+        ckpt.resume_checkpoint(root)
+    (root / "step-00000002.tmp").mkdir()  # killed during the first write
+    with pytest.raises(UserError, match=r"no checkpoint in .*\(only an unfinished write: step-00000002.tmp\)"):
+        ckpt.resume_checkpoint(root)
+    model, backend = trained()
+    save(root, 2, model, backend)
+    latest = save(root, 4, model, backend)
+    (latest / "manifest.json").unlink()
+    reports = []
+    assert ckpt.resume_checkpoint(root, reports.append).name == "step-00000002"
+    assert len(reports) == 1 and "step-00000004 is damaged (no manifest)" in reports[0]
+    (root / "step-00000002" / "state.json").write_text("{}")
+    with pytest.raises(UserError, match=r"--resume: no usable checkpoint in .*checkpoints: 2 damaged "
+                                        r"\(step-00000004: no manifest; step-00000002: state.json has 2 bytes"):
+        ckpt.resume_checkpoint(root, reports.append)
+    assert len(reports) == 1  # nothing reported when nothing is used: the error says it all
+
+
+def files_under(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_write_removes_the_partial_checkpoint_and_keeps_the_previous(tmp_path, monkeypatch):
+    """A full disk while the student's weights are written: one CheckpointWriteError naming the folder and
+    the system's reason; no step-*.tmp left, the previous checkpoint untouched and still verified."""
+    import errno
+
+    model, backend = trained()
+    save(tmp_path, 2, model, backend)
+    before = files_under(tmp_path)
+
+    def full_disk(tensors, path):
+        Path(path).write_bytes(b"\0" * 100)  # a partial file, as a real full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"cannot write checkpoint .*step-00000004.tmp: \[Errno 28\] "
+                                                        r"No space left on device; .*step-00000002 is intact") as err:
+        save(tmp_path, 4, model, backend)
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+    assert files_under(tmp_path) == before and not list(tmp_path.glob("*.tmp"))
+    assert ckpt.latest_good(tmp_path).name == "step-00000002"
+
+
+def test_a_full_disk_in_torch_save_is_named(tmp_path):
+    """torch.save under a file-size limit (a full disk) raises RuntimeError('... unexpected pos ...'): the
+    OSError behind it is what the message names. Run in a subprocess, the limit set for it alone."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_checkpoint import OneRank
+        from aria import checkpoint as ckpt
+        model = torch.nn.Linear(512, 512)
+        backend = OneRank(model)
+        model(torch.randn(4, 512)).pow(2).mean().backward()
+        backend.optimizer.step()  # optimizer state: 2 x 1 MiB, over the limit
+        try:
+            ckpt.save_checkpoint({str(tmp_path / "checkpoints")!r}, 1, backend, student=model, training_state={{}},
+                                 config={{}})
+        except ckpt.CheckpointWriteError as err:
+            print("error:", err)
+    """)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=limit,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step-00000001.tmp: [Errno 27] File too large" in proc.stdout, proc.stdout
+    assert "there is no earlier checkpoint" in proc.stdout
+    assert not (tmp_path / "checkpoints").exists()  # the partial checkpoint is gone, and the folder it made

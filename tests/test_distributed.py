@@ -1,13 +1,21 @@
-"""Several ranks (torchrun, gloo on CPU) and the DeepSpeed backend (one and two processes, CPU)."""
+"""Several ranks (torchrun, gloo on CPU) and the DeepSpeed backend (one and two processes, CPU).
+
+Issue #7, item 5: two ranks keep identical strategy state and allocations over 1,000 steps (hash compared
+every step: ``test_two_ranks_keep_identical_strategy_state_for_1000_steps``); a rank that dies or hangs
+makes the others stop instead of hanging (``test_a_dead_or_hung_rank_stops_the_others``); a checkpoint
+written by two ranks resumes on one with the same allocation and data order
+(``test_a_two_rank_checkpoint_resumes_on_one_rank``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +115,189 @@ def test_two_ranks_agree_and_match_one_rank(tmp_path, monkeypatch):
     a, b = steps(tmp_path / "one"), steps(tmp_path / "two")
     assert [r["nonfinite"] for r in a] == [r["nonfinite"] for r in b] and a[1]["nonfinite"]
     np.testing.assert_allclose([r["loss"] or 0 for r in a], [r["loss"] or 0 for r in b], rtol=1e-4)
+
+
+AGREE_WORKER = textwrap.dedent("""
+    # The engine's strategy path without the models (a step of the tiny UNets costs ~0.1 s on a CPU):
+    # plan_step from (seed, step) and the state, each rank's share of the per (region, timestep bin)
+    # feedback summed in float32 as the Distiller does, the backend's all_reduce, the strategy update,
+    # and the engine's per-step consistency check (backend.same_on_all_ranks of the state hash).
+    import hashlib, json, os, sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    import conftest
+    from aria.backends import TorchBackend
+    from aria.config import BackendConfig, DistillConfig
+    from aria.distill import plan_step
+    from aria.engine import _hash63
+    from aria.strategies import create_strategy
+    from aria.strategies.base import Feedback
+
+    steps, bins, batch = {steps}, 4, 8
+    config = DistillConfig(batch_size=batch, timestep_bins=bins, switch_schedule="constant", switch_constant=0.75)
+    backend = TorchBackend(BackendConfig(device="cpu", collective_timeout_s=60), config)
+    bundle = conftest.make_bundle()
+    k = bundle.region_info.num_regions
+    digests = {{}}
+    for name in {strategies!r}:
+        strategy = create_strategy(name)
+        state = strategy.init(bundle.region_info, 0)
+        digest = hashlib.sha256()
+        for step in range(steps):
+            plan = plan_step(step, seed=0, batch_size=batch, num_timesteps=1000, config=config, bundle=bundle,
+                             strategy=strategy, state=state)
+            part = plan.part(backend.rank, backend.world_size)
+            # a drifting, region-dependent discrepancy of every sample of the global batch
+            d = (np.random.default_rng([7, step]).gamma(2.0, size=batch) * (1 + np.abs(plan.regions) % 3)
+                 * (1.5 + np.sin(step / 40)))
+            regions, t_bins = plan.regions[part], np.minimum(plan.timesteps[part] * bins // 1000, bins - 1)
+            mask = torch.from_numpy((regions >= 0).astype(np.float32))
+            flat = torch.from_numpy(np.where(regions >= 0, regions, 0) * bins + t_bins)
+            sums = torch.zeros(k * bins).scatter_add_(0, flat, torch.from_numpy(d[part].astype(np.float32)) * mask)
+            counts = torch.zeros(k * bins).scatter_add_(0, flat, mask)
+            stats = backend.all_reduce(torch.cat([sums, counts])).double().numpy()
+            state = strategy.update(state, Feedback(stats[:k * bins].reshape(k, bins),
+                                                    np.rint(stats[k * bins:]).reshape(k, bins), step))
+            h = _hash63(state)
+            if not backend.same_on_all_ranks(h):
+                raise SystemExit(f"{{name}}: strategy state differs across ranks after step {{step}}")
+            digest.update(np.int64(h).tobytes() + plan.prompt_ids.tobytes() + plan.regions.tobytes()
+                          + (b"" if plan.probabilities is None else plan.probabilities.tobytes()))
+        digests[name] = digest.hexdigest()
+    with open(os.path.join({tmp!r}, f"rank{{backend.rank}}.json"), "w") as f:
+        json.dump(digests, f)
+    backend.close()
+""")
+
+
+def torchrun(script: Path, ranks: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [str(TORCHRUN), f"--nproc_per_node={ranks}", f"--master_port={free_port()}", str(script)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_identical_strategy_state_for_1000_steps(tmp_path):
+    """1,000 steps of every strategy with a learnt state, two gloo ranks: the state hashes agree after every
+    step (checked in the loop, through the backend's all-reduce) and the per-step hashes, allocations and
+    drawn prompts are identical on both ranks (compared here). ~30 s on 2 cores."""
+    strategies = ["aria", "dts", "ducb", "exp3", "swucb"]
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_WORKER.format(tests=str(TESTS), tmp=str(tmp_path), steps=1000, strategies=strategies))
+    proc = torchrun(script, 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert sorted(ranks[0]) == sorted(strategies) and ranks[0] == ranks[1]
+
+
+DEATH_WORKER = textwrap.dedent("""
+    # Two ranks of the real engine (started by hand, not by torchrun, whose agent would stop the survivor
+    # itself); rank 1 dies (os._exit) or hangs (sleeps) when it plans step 2.
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    import conftest
+    from aria import distill
+    from aria.engine import run_distillation
+    from aria.errors import UserError
+
+    original = distill.Distiller.plan
+    def plan(self, step, strategy, state):
+        if self.backend.rank == 1 and step == 2:
+            print("rank 1 stops", flush=True)
+            if {mode!r} == "dies":
+                os._exit(9)
+            time.sleep(300)
+        return original(self, step, strategy, state)
+    distill.Distiller.plan = plan
+
+    config = conftest.tiny_config(__import__("pathlib").Path({tmp!r}), distillation={{"steps": 6}},
+                                  backend={{"collective_timeout_s": {timeout}}}, logging={{"checkpoint_every": 100}})
+    try:  # as aria.cli.main: a UserError is one line and exit status 2
+        run_distillation(config, bundle=conftest.make_bundle(), teacher=conftest.make_teacher())
+    except UserError as err:
+        print(f"error: {{err}}", file=sys.stderr)
+        sys.exit(2)
+""")
+
+
+def start_two_ranks(tmp_path: Path, mode: str, timeout_s: int) -> tuple[list[subprocess.Popen], float]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "worker.py"
+    script.write_text(DEATH_WORKER.format(tests=str(TESTS), tmp=str(tmp_path), mode=mode, timeout=timeout_s))
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    return procs, time.perf_counter()
+
+
+def stop_all(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dies", "hangs"])
+def test_a_dead_or_hung_rank_stops_the_others(tmp_path, mode):
+    """Rank 1 dies (the survivor's collective fails at once: connection reset) or hangs (the collective times
+    out after backend.collective_timeout_s): rank 0 stops with an error naming the failed collective instead
+    of waiting forever."""
+    timeout_s = 4
+    procs, t0 = start_two_ranks(tmp_path, mode, timeout_s)
+    try:
+        out, err = procs[0].communicate(timeout=180)
+        waited = time.perf_counter() - t0
+    finally:
+        stop_all(procs)
+    assert procs[0].returncode != 0, out[-2000:] + err[-2000:]
+    assert any(needle in err for needle in ("Connection reset", "Connection closed", "Timed out")), err[-3000:]
+    assert waited < 120, f"rank 0 took {waited:.0f} s to stop"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a failed collective is a raw gloo traceback on the survivors (RuntimeError "
+                   "'[.../gloo/transport/tcp/pair.cc] Read error ... Connection reset by peer' or 'Timed out "
+                   "waiting 4000ms for recv operation'), exit 1: aria/backends.py _Base.all_reduce / "
+                   "same_on_all_ranks / barrier would have to turn it into one line naming the rank, the "
+                   "collective and backend.collective_timeout_s (outside this change's files)")
+def test_a_dead_rank_is_one_line_on_the_others(tmp_path):
+    procs, _ = start_two_ranks(tmp_path, "dies", 4)
+    try:
+        out, err = procs[0].communicate(timeout=180)
+    finally:
+        stop_all(procs)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert procs[0].returncode == 2 and len(lines) == 1 and "rank" in lines[0], err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
+    """Two ranks run 4 steps (checkpoints at 2 and 4, state hashes compared every step); the run folder,
+    without its step-4 checkpoint, resumes on one rank (same global batch): steps 3 and 4 draw the same
+    data, timesteps, switches and allocations as the two ranks did, and metrics.jsonl continues at step 3."""
+    sections = {"strategy": {"name": "aria"}, "distillation": {"steps": 4},
+                "logging": {"every": 1, "checkpoint_every": 2, "keep_checkpoints": 2}}
+    two = launch(tmp_path / "two", 2, sections)
+    assert two[0]["plans"] == two[1]["plans"] and two[0]["state"] == two[1]["state"]
+    run = tmp_path / "one" / "run"
+    shutil.copytree(tmp_path / "two" / "run", run)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    saved = json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert saved["world_size"] == 2 and saved["step"] == 2
+    one = launch(tmp_path / "one", 1, sections, resume=True)
+    assert one[0]["world"] == 1
+    assert [p[0] for p in one[0]["plans"]] == [2, 3]
+    assert one[0]["plans"] == two[0]["plans"][2:]  # step, prompts (data order and allocation), regions, timesteps
+    assert [r["step"] for r in steps(tmp_path / "one")] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in steps(tmp_path / "one")],
+                               [r["loss"] for r in steps(tmp_path / "two")], rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -68,18 +68,32 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_guards(tmp_path, capsys):
-    run(tmp_path, distillation={"steps": 2})
+    """--resume continues from the newest checkpoint that verifies (a damaged latest is reported and an
+    older one used); without one, none or only damaged ones, it is a UserError naming the folder and what
+    it holds, raised before any work: nothing is trained or written."""
+    root = tmp_path / "run" / "checkpoints"
+    with pytest.raises(UserError, match=r"--resume: no checkpoint in .*run/checkpoints \(the folder does not exist\)"):
+        run(tmp_path, resume=True, distillation={"steps": 2})
+    assert not (tmp_path / "run").exists()
+    run(tmp_path, distillation={"steps": 4})  # checkpoints at steps 2 and 4
     with pytest.raises(UserError, match="already holds checkpoints"):
-        run(tmp_path, distillation={"steps": 2})
+        run(tmp_path, distillation={"steps": 4})
     with pytest.raises(UserError, match="distillation.batch_size is 8 in the checkpoint but 4"):
         run(tmp_path, resume=True, distillation={"steps": 4, "batch_size": 4})
-    latest = ckpt.latest_good(tmp_path / "run" / "checkpoints")
-    (latest / "state.json").write_text("{}")  # damaged: the manifest no longer verifies
+    (root / "step-00000004" / "state.json").write_text("{}")  # damaged: the manifest no longer verifies
     capsys.readouterr()
-    _, _, records = run(tmp_path, resume=True, distillation={"steps": 3})
+    _, _, records = run(tmp_path, resume=True, distillation={"steps": 5})
     out = capsys.readouterr().out
-    assert "step-00000002 is damaged" in out and "starting from step 0" in out
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert "step-00000004 is damaged" in out and "resuming from" in out and "step-00000002 (step 2)" in out
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000005", "step-00000004"]
+    for folder in ckpt.list_checkpoints(root):
+        (folder / "student.safetensors").write_bytes(b"x")
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*")}
+    with pytest.raises(UserError, match=r"--resume: no usable checkpoint in .*run/checkpoints: 2 damaged "
+                                        r"\(step-00000005: student.safetensors has 1 bytes.*; step-00000004: "):
+        run(tmp_path, resume=True, distillation={"steps": 6})
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*")} == before
 
 
 def test_mismatched_inputs_are_named(tmp_path):
