@@ -63,13 +63,13 @@ def paired_ratios(num: list, den: list) -> list:
 
 
 def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
-    """summary, ratios and checks from ``evals[strategy][seed]`` (eval JSON dicts)."""
-    first = evals[strategies[0]][seeds[0]]["metrics"]
+    """summary, ratios and checks from ``evals[strategy][seed]`` (eval JSON dicts; None = missing run)."""
+    first = next(e for by_seed in evals.values() for e in by_seed.values() if e is not None)["metrics"]
     groups = list(first)
     metrics = [m for m in report.METRICS if m in first[groups[0]]]
 
     def per_seed(s, g, m):
-        return [evals[s][seed]["metrics"].get(g, {}).get(m) for seed in seeds]
+        return [None if evals[s][seed] is None else evals[s][seed]["metrics"].get(g, {}).get(m) for seed in seeds]
 
     summary = {s: {g: {m: mean_ci(per_seed(s, g, m)) for m in metrics} for g in groups} for s in strategies}
     ratios = {}
@@ -137,8 +137,10 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
-    p["record"].write_text(json.dumps({"config": digest}))
-    times = {"config": digest, "train_s": 0.0, "eval_s": 0.0, "card": gpus.card}
+    before = json.loads(p["record"].read_text()) if p["record"].is_file() else {}  # kept if only evaluated now
+    p["record"].write_text(json.dumps({**before, "config": digest}))
+    times = {"config": digest, "train_s": before.get("train_s", 0.0), "eval_s": 0.0,
+             "card": before.get("card", gpus.card)}
     if find_student(p["run"], required=False) is None:
         resume = ["--resume"] if ckpt.list_checkpoints(p["run"] / "checkpoints") else []  # not an unfinished write
         cmd = _aria("run", "--config", str(config_path), "--strategy", strategy,
@@ -146,7 +148,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
         t0, log = time.perf_counter(), p["run"] / "train.log"
         with gpus.take() as device_env, open(log, "w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **device_env}).returncode
-        times["train_s"] = time.perf_counter() - t0
+        times["train_s"], times["card"] = time.perf_counter() - t0, gpus.card
         if rc != 0:
             raise RunFailed(f"{strategy}/seed{seed}: aria run exited {rc} ({last_line(log)}); see {log}")
     t0, log = time.perf_counter(), p["run"] / "eval.log"
@@ -202,8 +204,11 @@ class GpuSlots:
 
 
 def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Path, parallel: int | None,
-            overrides: list[str] = (), command: str = "") -> dict:
-    """Train and evaluate every (strategy, seed); write results.json, results.md and plots in ``out``."""
+            overrides: list[str] = (), command: str = "", summary_only: bool = False) -> dict:
+    """Train and evaluate every (strategy, seed); write results.json, results.md and plots in ``out``.
+
+    ``summary_only``: train and evaluate nothing; summarise the evaluations found in ``out`` (runs
+    made on other machines and copied there), listing the missing ones in the results."""
     from .config import load_config
 
     t0 = time.perf_counter()
@@ -228,7 +233,10 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
                                 "values; choose another --out or delete that run")
     first = [s for s in ("rc", "aria") if s in strategies] + [s for s in strategies if s not in ("rc", "aria")]
     jobs = [(s, seed) for seed in seeds for s in first if not run_paths(out, s, seed)["eval_json"].exists()]
-    errors = []
+    missing = [f"{s}/seed{seed}" for s, seed in jobs] if summary_only else []
+    jobs, errors = ([] if summary_only else jobs), []
+    if summary_only and len(missing) == len(strategies) * len(seeds):
+        raise UserError(f"--summary-only: no evaluated run in {out}/runs")
     if jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
         from .data import prepare_data
 
@@ -244,17 +252,21 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
                 errors.append(str(err))
     if errors:
         raise UserError(f"{len(errors)} run(s) failed: " + " | ".join(errors))
-    evals, wall, cards = {}, 0.0, set()
+    evals, wall, cards, finished = {}, 0.0, set(), 0.0
     for s in strategies:
         evals[s] = {}
         for seed in seeds:
             p = run_paths(out, s, seed)
+            if not p["eval_json"].exists():  # summary_only: listed in "missing"
+                evals[s][seed] = None
+                continue
             evals[s][seed] = json.loads(p["eval_json"].read_text())
+            finished = max(finished, p["eval_json"].stat().st_mtime)
             if p["record"].exists():
                 record = json.loads(p["record"].read_text())
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
                 cards.add(record.get("card") or card)
-    digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values()}
+    digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values() if e is not None}
     if len(digests) != 1:
         raise UserError(f"{out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
                         "delete the stale eval/ folders")
@@ -262,15 +274,16 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
         "format": "aria-compare/1",
         "command": command,
         "card": " + ".join(sorted(cards)) or card,  # where the runs trained (a summary may be made elsewhere)
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_time_s": time.perf_counter() - t0,
+        "date": _dt.datetime.fromtimestamp(finished, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # last eval
+        "wall_time_s": None if summary_only else time.perf_counter() - t0,
         "run_wall_time_s": wall,
         "steps": configs[strategies[0]].distillation.steps,
         "strategies": list(strategies),
         "seeds": list(seeds),
         "probe_digest": digests.pop(),
         **summarise(evals, strategies, seeds),
-        "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds} for s in strategies},
+        "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds if evals[s][seed]} for s in strategies},
+        "missing": missing,
     }
     results["plots"] = make_plots(results, evals, out)
     report.write_json(Path(out) / "results.json", results)
@@ -283,8 +296,8 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
     """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region."""
     folder = Path(out) / "plots"
     plots = {"regime metrics per strategy": report.plot_regime_metrics(results, folder / "regime_metrics.png")}
-    if "aria" in evals:
-        seed = results["seeds"][0]
+    seed = next((seed for seed in results["seeds"] if evals.get("aria", {}).get(seed)), None)
+    if seed is not None:
         ev = evals["aria"][seed]
         regime = np.array([-1 if r is None else r for r in ev["regions"]["regime"]])
         sizes = np.asarray(ev["regions"]["size"], dtype=float)
@@ -328,7 +341,9 @@ def read_region_history(run_dir: Path) -> dict:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
 @click.option("--parallel", type=click.IntRange(1), default=None,
               help="Concurrent training runs (default: 1 on CPU, 2 a GPU, spread over the GPUs).")
-def compare_command(strategies, seeds, config_path, overrides, out, parallel):
+@click.option("--summary-only", is_flag=True,
+              help="Train nothing: summarise the evaluated runs already in --out (e.g. copied from other machines).")
+def compare_command(strategies, seeds, config_path, overrides, out, parallel, summary_only):
     """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     seed_list = parse_seeds(seeds)
@@ -336,7 +351,9 @@ def compare_command(strategies, seeds, config_path, overrides, out, parallel):
            "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
     if parallel:
         cmd += ["--parallel", str(parallel)]
-    results = compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd))
+    if summary_only:
+        cmd += ["--summary-only"]
+    results = compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd), summary_only)
     click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
     click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
 
@@ -370,11 +387,16 @@ def read_results(path: Path) -> dict:
     return data
 
 
-def results_doc(results_path: Path, out: Path, check: bool = False) -> str:
-    """Write (or, with ``check``, verify) the results document generated from ``results_path``."""
-    results = read_results(results_path)
+def results_doc(results_path: Path | list[Path], out: Path, check: bool = False) -> str:
+    """Write (or, with ``check``, verify) the results document generated from ``results_path`` (one
+    results JSON, or several: the headline first)."""
+    paths = list(results_path) if isinstance(results_path, (list, tuple)) else [results_path]
+    results = [read_results(p) for p in paths]
     existing = Path(out).read_text() if Path(out).is_file() else None
-    text = report.results_document(results, results_path, out, existing)
+    if len(paths) == 1:
+        text = report.results_document(results[0], paths[0], out, existing)
+    else:
+        text = report.results_document(results, paths, out, existing)
     if check:
         if existing is None:
             raise report.DocCheckError(f"--out {out} does not exist (nothing to check)")
@@ -386,7 +408,8 @@ def results_doc(results_path: Path, out: Path, check: bool = False) -> str:
 
 
 @click.command("results")
-@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True)
+@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="A compare results.json; repeat for more (the headline first, then e.g. a second split).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
 @click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
 def results_command(results_path, out, check):
@@ -396,4 +419,4 @@ def results_command(results_path, out, check):
     except report.DocCheckError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
-    click.echo(f"{out}: {'matches' if check else 'written from'} {results_path}")
+    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, results_path))}")

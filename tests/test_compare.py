@@ -74,6 +74,26 @@ def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
         compare.results_doc(path, doc, check=True)
 
 
+def test_results_doc_of_several_results_files_titles_them_and_checks_every_number(tmp_path):
+    first, second = tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"
+    report.write_json(first, synthetic_results())
+    report.write_json(second, {**synthetic_results(), "command": "aria compare --seeds 3 --set data.world.seed=1"})
+    doc = tmp_path / "RESULTS.md"
+    text = compare.results_doc([first, second], doc)
+    assert "## 1. headline" in text and "## 2. with `data.world.seed=1`" in text
+    assert text.count("### The bar") == 2 and text.count(report.READING_OPEN) == 1
+    doc.write_text(text.replace(report.READING_DEFAULT, "our reading"))
+    compare.results_doc([first, second], doc, check=True)
+    assert "our reading" in compare.results_doc([first, second], doc)  # the reading survives
+    # a number of the second results changed by hand: the check fails
+    cell = report.fmt(compare.read_results(second)["summary"]["aria"]["under"]["discrepancy"]["mean"])
+    text = doc.read_text()
+    at = text.index("## 2.")
+    doc.write_text(text[:at] + text[at:].replace(cell, "0.7", 1))
+    with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
+        compare.results_doc([first, second], doc, check=True)
+
+
 def test_results_cli_check_exits_1_and_bad_json_exits_2(tmp_path):
     path = tmp_path / "results.json"
     report.write_json(path, synthetic_results())
@@ -141,6 +161,14 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     doc = tmp_path / "RESULTS.md"
     compare.results_doc(out / "results.json", doc)
     compare.results_doc(out / "results.json", doc, check=True)
+    # --summary-only trains and evaluates nothing: a second seed that was never run is listed as missing
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("summary-only started a subprocess"))
+    summary = compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0, 1], out, 1, sets,
+                              summary_only=True)
+    assert summary["missing"] == ["rc/seed1", "aria/seed1"] and summary["wall_time_s"] is None
+    assert summary["summary"]["rc"]["all"]["discrepancy"]["n"] == 1
+    assert summary["summary"]["rc"]["all"]["discrepancy"]["mean"] == results["summary"]["rc"]["all"]["discrepancy"]["mean"]
+    assert "missing runs (not in the statistics): rc/seed1, aria/seed1" in (out / "results.md").read_text()
     # the same folder with another config is refused before any work
     with pytest.raises(UserError, match="trained with another config"):
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])
