@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ class Backend(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> float | None: ...
     def zero_grad(self) -> None: ...
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def all_reduce(self, tensor: torch.Tensor, what: str = "all_reduce") -> torch.Tensor: ...
     def same_on_all_ranks(self, value: int) -> bool: ...
     def barrier(self) -> None: ...
     def unwrap(self) -> torch.nn.Module: ...
@@ -45,6 +46,30 @@ class Backend(Protocol):
     def load(self, folder: Path) -> None: ...
     def lr(self) -> float: ...
     def close(self) -> None: ...
+
+
+class CollectiveError(UserError):
+    """A collective failed: another rank died or did not answer within backend.collective_timeout_s.
+    One line (exit status 2), like a user mistake: the traceback would only show torch.distributed's insides."""
+
+
+# a plain RuntimeError that is a failed collective (gloo raises these; NCCL and the store raise DistError)
+_COMM_FAILURE = re.compile(r"gloo|nccl|timed? ?out|connection|peer|socket|broken pipe|process group", re.I)
+
+
+def _is_comm_failure(err: BaseException) -> bool:
+    return isinstance(err, (dist.DistError, TimeoutError, ConnectionError)) or bool(_COMM_FAILURE.search(str(err)))
+
+
+def _short_cause(err: BaseException) -> str:
+    """The gist of a torch.distributed error: its first line, without the C++ source location prefix,
+    up to the first sentence end ("Connection closed by peer [127.0.0.1]:5507", "Timed out waiting 4000ms
+    for recv operation to complete")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[0]) if lines else ""
+    text = re.split(r"(?<=[^.])\.\s", text, maxsplit=1)[0].rstrip(". ")
+    text = text or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def env_layout() -> tuple[int, int, int]:
@@ -102,6 +127,7 @@ class _Base:
         self.input_dtype = torch.float32  # dtype of the student's inputs (autocast does the rest)
         self.timeout = timedelta(seconds=backend_config.collective_timeout_s)
         self._owns_group = False
+        self._failed = False  # a collective failed: the peers may be gone (no barrier, no orderly teardown)
         if distill_config.batch_size % self.world_size:
             raise UserError(
                 f"distillation.batch_size {distill_config.batch_size} is not divisible by WORLD_SIZE {self.world_size}"
@@ -127,10 +153,27 @@ class _Base:
         """The context of the student's forward (DeepSpeed: none, its engine runs bf16 weights itself)."""
         return self.autocast() if self.input_dtype == torch.float32 else contextlib.nullcontext()
 
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, in place (a no-op on one process)."""
+    @contextlib.contextmanager
+    def _collective(self, what: str):
+        """Turns a failed collective (a peer died: connection reset or closed; or it hung: timeout) into one
+        CollectiveError line naming this rank, the collective and backend.collective_timeout_s."""
+        try:
+            yield
+        except (RuntimeError, TimeoutError, ConnectionError) as err:
+            if not _is_comm_failure(err):
+                raise
+            self._failed = True
+            raise CollectiveError(
+                f"rank {self.rank} of {self.world_size}: {what} failed: another rank died or did not answer "
+                f"within backend.collective_timeout_s = {self.config.collective_timeout_s} s "
+                f"({_short_cause(err)}); see the other ranks' output for the cause"
+            ) from err
+
+    def all_reduce(self, tensor: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:
+        """Sum over ranks, in place (a no-op on one process). ``what`` names it in the error of a failed one."""
         if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            with self._collective(what):
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def same_on_all_ranks(self, value: int) -> bool:
@@ -138,25 +181,44 @@ class _Base:
         if not self.distributed:
             return True
         v = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(v, op=dist.ReduceOp.MAX)
-        return int(v[0]) == value and int(v[1]) == -value
+        with self._collective("all_reduce of the state hash (same_on_all_ranks)"):
+            dist.all_reduce(v, op=dist.ReduceOp.MAX)
+            return int(v[0]) == value and int(v[1]) == -value  # reading it waits for NCCL
 
     def barrier(self) -> None:
         if self.distributed:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
+            with self._collective("barrier"):
+                if self.device.type == "cuda":
+                    dist.barrier(device_ids=[self.device.index])
+                else:
+                    dist.barrier()
 
     def close(self, ok: bool = True) -> None:
-        """End of run: a barrier (skipped after an error: peers may be gone), then the process group
-        is destroyed (when this backend made it)."""
-        if dist.is_available() and dist.is_initialized():
-            if ok:
+        """End of run: a barrier (skipped after an error or a failed collective: peers may be gone), then
+        the process group is destroyed (when this backend made it; aborted, not waited on, after a failed
+        collective, so that the process exits at once)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        try:
+            if ok and not self._failed:
                 self.barrier()
+        finally:
             if self._owns_group:
-                dist.destroy_process_group()
                 self._owns_group = False
+                self._teardown()
+
+    def _teardown(self) -> None:
+        if not self._failed:
+            dist.destroy_process_group()
+            return
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        try:  # NCCL: abort the communicators (an orderly destroy may wait on the dead peer)
+            if abort is not None and dist.get_backend() == "nccl":
+                abort()
+            else:
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the collective's error is the one to report
+            pass
 
     def _optimizer_kwargs(self) -> dict:
         d = self.distill

@@ -275,7 +275,8 @@ class Distiller:
 
     def reduce(self, out: Forward, step: int) -> Reduced:
         """All-reduce the step statistics and read them on the host (the step's one sync)."""
-        stats = self.backend.all_reduce(out.stats).double().cpu().numpy()
+        stats = self.backend.all_reduce(out.stats, what="all-reduce of the step's losses and feedback")
+        stats = stats.double().cpu().numpy()
         k = len(self.term_names)
         nb = len(self.pairs)
         terms = dict(zip(self.term_names, stats[:k].tolist()))

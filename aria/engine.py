@@ -130,7 +130,7 @@ class DistillationRun:
                 found[0] = int(folder.name[len(ckpt.PREFIX):]) + 1
             except UserError as err:
                 error = err
-        step = int(b.all_reduce(found)[0]) - 1
+        step = int(b.all_reduce(found, what="all-reduce choosing the checkpoint to resume")[0]) - 1
         if error is not None:
             raise error
         if step < 0:

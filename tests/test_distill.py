@@ -100,7 +100,7 @@ class FakeRank:
 
     student_autocast = autocast
 
-    def all_reduce(self, t):
+    def all_reduce(self, t, what="all_reduce"):
         return t
 
 
