@@ -179,3 +179,13 @@ def test_seeds_take_a_count_or_a_list():
     for bad in ("0", "x", "1,1", ","):
         with pytest.raises(UserError, match="--seeds"):
             compare.parse_seeds(bad)
+
+
+def test_gpu_slots_spread_runs_over_the_visible_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    slots = compare.GpuSlots("2 cards", 2)
+    with slots.take() as a, slots.take() as b, slots.take() as c:
+        assert {a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]} == {"3", "5"} and c["CUDA_VISIBLE_DEVICES"] in "35"
+    assert set(slots.load.values()) == {0}  # released
+    with compare.GpuSlots("cpu", 0).take() as env, compare.GpuSlots("1 card", 1).take() as one:
+        assert env == {} and one == {}  # nothing to choose
