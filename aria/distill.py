@@ -41,7 +41,8 @@ import torch
 from aria.models import FeatureCapture
 from aria.strategies.base import Feedback, draw_members
 
-# rng streams of a step: np.random.default_rng([seed, step, stream]) (draw_members uses stream 2)
+# rng streams of a step: np.random.default_rng([seed, step, stream]) (the strategy draws regions and members
+# from its own generator, aria.strategies.base.step_rng)
 STREAM_DATA, STREAM_TIMESTEP, STREAM_PROMPT, STREAM_SWITCH, STREAM_CFG, STREAM_NOISE, STREAM_LATENT = range(7)
 
 

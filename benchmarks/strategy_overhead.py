@@ -159,7 +159,7 @@ def main(argv=None) -> int:
             f"strategies taking turns block by block.\n\n"
             f"{table}\n\n{verdict}  \n"
             "`rc` and `none` do no work in `update`: their time is the floor shared by every strategy "
-            "(two seeded generators a step, the region and member draws, feedback sanitising).\n"
+            "(one seeded generator a step, the region and member draws, feedback sanitising).\n"
         )
         write_section(args.write, body)
     return 0

@@ -9,10 +9,12 @@ switched conditions are drawn. It never touches models or tensors:
 
 - ``state`` is a flat ``dict`` of numpy arrays and Python scalars: it round-trips through JSON
   or safetensors (``state_to_json`` / ``state_to_arrays``), never pickle.
-- all randomness comes from ``np.random.default_rng([seed, step, ...])``: two processes (ranks, or
-  a run and its resume) draw the same allocation for the same step without any RNG state
-  (``[seed, step]`` regions, ``[seed, step, 1]`` a strategy's own sample, ``[seed, step, 2]`` the
-  prompts inside the regions, see ``draw_members``).
+- all randomness comes from ``step_rng(seed, step, stream)``, a generator that is a pure function
+  of those three integers (SFC64 seeded with their BLAKE2b digest, built in a few µs), so two
+  processes (ranks, or a run and its resume) draw the same allocation for the same step without
+  any RNG state. Stream 0 gives a step's 2n uniforms: the first n choose the regions
+  (``draw_regions``), the next n the prompts inside them (``draw_members``); stream 1 is a
+  strategy's own sample (``dts``).
 - feedback arrives as per-region sums and counts, so that it can be all-reduced over ranks before
   the update; ``update`` drops non-finite, negative or absurdly large entries (and counts them in
   ``state["dropped"]``) before any strategy sees them. Feedback may arrive one step late: the
@@ -23,12 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+import sys
+import threading
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 from pydantic import BaseModel, ConfigDict
 
 State = dict[str, Union[np.ndarray, int, float]]
@@ -115,6 +121,13 @@ class Allocation:
     weights: np.ndarray | None = None
 
 
+# reductions without the Python wrappers of numpy's functions and methods (the same numbers, faster)
+_sum, _min, _max = np.add.reduce, np.minimum.reduce, np.maximum.reduce
+try:
+    from numpy._core.multiarray import count_nonzero as _count_nonzero  # np.count_nonzero without axis
+except ImportError:  # pragma: no cover - other numpy layouts
+    _count_nonzero = np.count_nonzero
+
 # Feedback above this (sqrt of the largest float, ~1.3e154) is not a measurement: dropping it lets
 # strategies add, scale and multiply a few feedback values without ever overflowing.
 FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
@@ -130,21 +143,42 @@ def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarr
     return sums, counts, dropped
 
 
+class _Entries(NamedTuple):
+    """The non-zero entries of sanitised (K, bins) feedback: flat indices (increasing), sums, counts."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    index: np.ndarray
+    sums_at: np.ndarray
+    counts_at: np.ndarray
+
+
 def _sanitize(feedback: Feedback, num_regions: int):
-    """``sanitize`` plus the flat indices of the non-zero counts of the result."""
+    """``sanitize`` plus the non-zero entries of the result (``_Entries``)."""
     sums, counts = feedback.sums, feedback.counts
     if sums.shape[0] != num_regions:
         raise ValueError(f"feedback has {sums.shape[0]} regions, the strategy {num_regions}")
     # fast path: only entries with a non-zero count can hold data (a few per step), so check those
     # and verify that no sum hides elsewhere; NaN counts as non-zero and lands in the checked set.
-    flat_sums = sums.reshape(-1)
-    idx = _nonzero(counts)
-    s, c = flat_sums[idx], counts.reshape(-1)[idx]
-    if np.count_nonzero(flat_sums != 0) == np.count_nonzero(s) and _valid(s, c).all():
-        return sums, counts, 0, idx
+    flat_sums, flat_counts = sums.reshape(-1), counts.reshape(-1)
+    idx = _nonzero(flat_counts)
+    s, c = flat_sums[idx], flat_counts[idx]
+    if idx.size == 0:
+        clean = not flat_sums.any()
+    else:
+        s_min = _min(s)
+        clean = bool(s_min >= 0 and _max(s) <= FEEDBACK_LIMIT and _max(c) <= FEEDBACK_LIMIT
+                     and (_min(c) >= 1.0 or _valid(s, c).all()))  # counts >= 1: the mean bound is the sum bound
+        if clean:  # no sum without a count: as many non-zero sums in all as among the entries
+            nonzero_sums = _count_nonzero(flat_sums if flat_sums.size <= 2048 else flat_sums != 0)  # faster each
+            clean = nonzero_sums == (idx.size if s_min > 0 else _count_nonzero(s))
+    if clean:
+        return sums, counts, 0, _Entries(sums, counts, idx, s, c)
     bad = ~_valid(sums, counts)
     sums, counts = np.where(bad, 0.0, sums), np.where(bad, 0.0, counts)
-    return sums, counts, int(np.count_nonzero(bad)), _nonzero(counts)
+    idx = _nonzero(counts)
+    entries = _Entries(sums, counts, idx, sums.reshape(-1)[idx], counts.reshape(-1)[idx])
+    return sums, counts, int(_count_nonzero(bad)), entries
 
 
 def _valid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -154,20 +188,30 @@ def _valid(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _nonzero(counts: np.ndarray) -> np.ndarray:
-    return (counts.reshape(-1) != 0).nonzero()[0]  # a bool mask first: much faster than on floats
+    flat = counts.reshape(-1)
+    return (flat if flat.size <= 512 else flat != 0).nonzero()[0]  # a bool mask first: faster on large arrays
 
 
-# (counts, its non-zero entries) of the feedback being applied, set by ``update`` for the duration
-# of ``apply_feedback`` only, so that strategies do not scan the dense (K, bins) arrays again.
-_CURRENT_ENTRIES: ContextVar[tuple[np.ndarray, np.ndarray] | None] = ContextVar("aria_feedback_entries", default=None)
+# The non-zero entries of the feedback being applied, set by ``update`` for the duration of
+# ``apply_feedback`` only, so that strategies do not scan the dense (K, bins) arrays again.
+_CURRENT_ENTRIES: ContextVar[_Entries | None] = ContextVar("aria_feedback_entries", default=None)
 
 
 def nonzero_entries(counts: np.ndarray) -> np.ndarray:
     """Flat indices of the non-zero entries of (K, bins) ``counts``, in increasing order."""
     current = _CURRENT_ENTRIES.get()
-    if current is not None and current[0] is counts:
-        return current[1]
+    if current is not None and current.counts is counts:
+        return current.index
     return _nonzero(counts)
+
+
+def feedback_entries(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat indices, sums, counts) of the non-zero entries of sanitised (K, bins) feedback."""
+    current = _CURRENT_ENTRIES.get()
+    if current is not None and current.counts is counts and current.sums is sums:
+        return current.index, current.sums_at, current.counts_at
+    idx = _nonzero(counts)
+    return idx, sums.reshape(-1)[idx], counts.reshape(-1)[idx]
 
 
 def region_totals(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,25 +223,44 @@ def region_totals(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.
     k, bins = counts.shape
     if bins == 1:
         return sums[:, 0], counts[:, 0]
-    idx = nonzero_entries(counts)
+    idx, sums_at, counts_at = feedback_entries(sums, counts)
     rows = idx // bins
-    return (
-        np.bincount(rows, sums.reshape(-1)[idx], minlength=k),
-        np.bincount(rows, counts.reshape(-1)[idx], minlength=k),
-    )
+    return np.bincount(rows, sums_at, minlength=k), np.bincount(rows, counts_at, minlength=k)
+
+
+def size_shares(state: State) -> np.ndarray:
+    """Each region's share of the pool, sizes / sum(sizes) (the allocation of ``rc`` and ``none``)."""
+    sizes = np.asarray(state["sizes"])
+    total = sizes.sum()
+    if not total > 0:
+        return mix_floor(sizes.astype(np.float64), 0.0, sizes > 0)
+    return sizes * (1.0 / total)
 
 
 def mix_floor(q: np.ndarray, floor: float, active: np.ndarray) -> np.ndarray:
     """(1 - floor) * q + floor * uniform over the active regions; inactive regions get 0."""
-    n_active = np.count_nonzero(active)
+    return _mix_floor(q, floor, active, int(_count_nonzero(active)), owned=False)
+
+
+def _mix_floor(q: np.ndarray, floor: float, active: np.ndarray, n_active: int, owned: bool) -> np.ndarray:
+    """``mix_floor`` with the active count known; ``owned``: q is a float64 temporary of the
+    caller's whose inactive entries are already 0 (or NaN, which the fallback catches), so it is
+    scaled in place."""
     everywhere = n_active == active.size
-    if not everywhere:
+    if not everywhere and not owned:
         q = np.where(active, q, 0.0)
-    total = q.sum()
+        owned = True
+    total = _sum(q)
     if not 0 < total < np.inf:  # NaN fails too
-        q, total = active.astype(np.float64), n_active
-    p = q * ((1.0 - floor) / total)
-    p += floor / n_active if everywhere else active * (floor / n_active)
+        q, total, owned = active.astype(np.float64), n_active, True
+    if owned:
+        p = np.multiply(q, (1.0 - floor) / total, out=q)
+    else:
+        p = q * ((1.0 - floor) / total)
+    if everywhere:
+        p += floor / n_active
+    else:
+        np.add(p, floor / n_active, out=p, where=active)
     return p  # sums to 1 up to rounding (K ulps); draw_regions scales by its own total
 
 
@@ -207,42 +270,116 @@ def softmax_floor(scores: np.ndarray, temperature: float, floor: float, active: 
     A temperature so small that (score gap) / temperature overflows gives exp(-inf) = 0, the
     right limit (numpy warns).
     """
-    z = scores if active.all() else np.where(active, scores, -np.inf)
-    q = np.exp((z - z.max()) / temperature)
-    return mix_floor(q, floor, active)
+    return _softmax_floor(scores, temperature, floor, active, int(_count_nonzero(active)), owned=False)
 
 
-def step_rng(*words: int) -> np.random.Generator:
-    """``np.random.default_rng(list(words))``, the same stream, built faster: words below 2**32
-    enter SeedSequence as one uint32 array, exactly as it splits a list of small ints."""
-    if min(words) >= 0 and max(words) < 4294967296:
-        return np.random.default_rng(np.array(words, dtype=np.uint32))
-    return np.random.default_rng(list(words))
+def _softmax_floor(scores, temperature, floor, active, n_active: int, owned: bool) -> np.ndarray:
+    """``softmax_floor`` with the active count known; ``owned``: scores is a float64 temporary
+    of the caller's, reused for the result."""
+    if n_active == active.size:
+        z = scores if owned else np.array(scores, dtype=np.float64)
+        z -= _max(z)
+    else:
+        z = np.where(active, scores, -np.inf)
+        z -= _max(z)
+    z /= temperature
+    return _mix_floor(np.exp(z, out=z), floor, active, n_active, owned=True)  # inactive: exp(-inf) = 0
+
+
+# -- per-step randomness -----------------------------------------------------------------------
+# The generator of (seed, step, stream) is SFC64 whose 192-bit seed is a BLAKE2b digest of the
+# three words (any non-negative integers), handed over directly (no SeedSequence, no OS entropy):
+# ~5 µs to build and draw a step's uniforms, against ~15 µs for default_rng([seed, step, stream])
+# and ~12 µs for a Philox keyed by the words. Stream 0 holds the step's uniforms for n draws: the
+# first n choose the regions (``draw_regions``), the next n the prompts inside them
+# (``draw_members``); stream 1 is a strategy's own sample (e.g. ``dts``).
+STREAM_DRAWS, STREAM_STRATEGY = 0, 1
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def step_key(seed: int, step: int, stream: int = 0) -> bytes:
+    """The 32-byte BLAKE2b digest of (seed, step, stream); raises ValueError on negative words."""
+    words = (operator.index(seed), operator.index(step), operator.index(stream))
+    if min(words) < 0:
+        raise ValueError(f"step_rng words must be non-negative, got {words}")
+    return hashlib.blake2b(b"%d,%d,%d" % words, digest_size=32, person=b"aria-step-rng").digest()
+
+
+class _Digest(ISeedSequence):
+    """Seeds a bit generator with the little-endian words of a digest instead of SeedSequence's."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest: bytes):
+        self.digest = digest
+
+    def generate_state(self, n_words, dtype=np.uint32):
+        if dtype is np.uint64 and n_words <= 4 and _LITTLE_ENDIAN:  # what SFC64 asks for (3 words)
+            return np.frombuffer(self.digest, dtype=np.uint64, count=n_words)
+        dtype = np.dtype(dtype)
+        size = n_words * dtype.itemsize
+        data = self.digest if size <= len(self.digest) else hashlib.shake_256(self.digest).digest(size)
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=n_words).astype(dtype)
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The generator of (seed, step, stream): SFC64 seeded with ``step_key(seed, step, stream)``.
+
+    A pure function of its words (no state to save for a resume, the same on every platform),
+    fresh at every call (generators handed out earlier are not disturbed).
+    """
+    return np.random.Generator(np.random.SFC64(_Digest(step_key(seed, step, stream))))
+
+
+# ((seed, step, n), member uniforms) of the last regions drawn in this thread: only a shortcut,
+# which ``draw_members`` takes once if its (seed, step, n) match (else it draws them itself).
+_PENDING = threading.local()
+
+
+def step_uniforms(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2n uniforms of stream 0 of (seed, step): (n for the regions, n for the members)."""
+    u = step_rng(seed, step, STREAM_DRAWS).random(2 * n)
+    return u[:n], u[n:]
 
 
 def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.ndarray:
-    """n region indices from ``probabilities`` with the (seed, step) generator (inverse CDF)."""
-    rng = step_rng(seed, step)
-    cdf = probabilities.cumsum()
-    idx = cdf.searchsorted(rng.random(n) * cdf[-1], "right")
-    # u * cdf[-1] may round up to cdf[-1]: clamp to the last region of positive probability
-    return np.minimum(idx, cdf.searchsorted(cdf[-1]), out=idx).astype(np.int64, copy=False)
+    """n region indices from ``probabilities`` (inverse CDF of the first n uniforms of the step).
+
+    Only regions of positive probability can be drawn (a zero-probability region has the CDF
+    value of the region before it), since every key stays below the CDF's last value: the CDF
+    is scaled to end at exactly 1 > u, or (many regions) u * total is clamped below the total.
+    """
+    cdf = np.add.accumulate(probabilities)
+    u, _PENDING.draw = step_uniforms(seed, step, n)
+    _PENDING.key = (seed, step, n)
+    if cdf.size <= 1024:
+        cdf /= cdf[-1]
+    else:
+        total = cdf[-1]
+        u *= total
+        np.minimum(u, np.nextafter(total, 0.0), out=u)  # u * total may round up to the total
+    return cdf.searchsorted(u, "right").astype(np.int64, copy=False)
 
 
 def draw_members(offsets: np.ndarray, members: np.ndarray, regions: np.ndarray, seed: int, step: int) -> np.ndarray:
     """One prompt id per drawn region, uniform inside the region (CSR ``offsets``/``members``).
 
-    Randomness from ``np.random.default_rng([seed, step, 2])``, so every rank draws the same ids.
-    Position = floor(u * size) with u = m / 2**53 < 1: for size < 2**53 the product rounds below
-    size, so it stays inside the region; its bias (size / 2**53) is nil. Raises ValueError if a
-    drawn region is empty.
+    Uses the n = len(regions) member uniforms of (seed, step) (``step_uniforms``), so every rank
+    draws the same ids; position = floor(u * size) with u = m / 2**53 < 1: for size < 2**53 the
+    product rounds below size, so it stays inside the region; its bias (size / 2**53) is nil.
+    Raises ValueError if a drawn region is empty.
     """
     start = offsets[regions]
-    size = offsets[regions + 1] - start
-    if size.size and size.min() <= 0:
+    size = offsets[1:][regions]
+    size -= start
+    if size.size and _min(size) <= 0:
         raise ValueError("draw_members: a drawn region is empty")
-    u = step_rng(seed, step, 2).random(size.size)
-    return members[start + (u * size).astype(np.int64)]
+    u = getattr(_PENDING, "draw", None)
+    if u is None or _PENDING.key != (seed, step, size.size):
+        u = step_uniforms(seed, step, size.size)[1]
+    _PENDING.draw = None  # taken (it is scaled in place below)
+    u *= size
+    return members[start + u.astype(np.int64)]
 
 
 class AllocationStrategy(ABC):
@@ -286,7 +423,7 @@ class AllocationStrategy(ABC):
         new = dict(state)
         new["dropped"] = int(state["dropped"]) + dropped
         new["updates"] = int(state["updates"]) + 1
-        token = _CURRENT_ENTRIES.set((counts, entries))
+        token = _CURRENT_ENTRIES.set(entries)
         try:
             new.update(self.apply_feedback(state, sums, counts, int(feedback.step)))
         finally:

@@ -9,8 +9,8 @@ per-sample noise of ``noise`` (relative standard deviation) is
 
     N((S_k / B + n0) / (N_k + n0),  noise^2 / (N_k + n0)).
 
-``allocate(state, step, n)`` draws one posterior sample theta from
-``np.random.default_rng([seed, step, 1])`` (so every rank and a resume draw the same) and uses
+``allocate(state, step, n)`` draws one posterior sample theta from ``step_rng(seed, step, 1)``
+(the strategy's own stream of the step, so every rank and a resume draw the same) and uses
 softmax(theta / temperature) mixed with the uniform floor ``eps``: a distribution rather than
 the argmax, since each step draws many regions. ``probabilities(state)`` (no step) is the same
 rule on the posterior means: deterministic, the allocation the posterior expects.
@@ -22,7 +22,8 @@ import numpy as np
 from pydantic import Field
 
 from .base import (
-    Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, region_totals, softmax_floor, step_rng,
+    STREAM_STRATEGY, Allocation, AllocationStrategy, State, StrategyConfig, _softmax_floor, draw_regions, region_totals,
+    step_rng,
 )
 from .registry import register_strategy
 
@@ -52,17 +53,25 @@ class DiscountedThompson(AllocationStrategy):
         total_count = counts.sum()
         pooled_mean = sums.sum() / total_count if total_count > 0 else 0.0
         n0 = self.config.prior_count
-        relative = sums / pooled_mean if pooled_mean > 0 else np.zeros_like(sums)
-        return (relative + n0) / (counts + n0), self.config.noise / np.sqrt(counts + n0)
+        shifted = counts + n0
+        mean = sums / pooled_mean if pooled_mean > 0 else np.zeros_like(sums, dtype=np.float64)
+        mean += n0
+        mean /= shifted
+        std = np.sqrt(shifted, out=shifted)
+        return mean, np.divide(self.config.noise, std, out=std)
 
     def probabilities(self, state: State) -> np.ndarray:
         mean, _ = self.posterior(state)
-        return softmax_floor(mean, self.config.temperature, self.config.eps, self.active(state))
+        active = self.active(state)
+        return _softmax_floor(mean, self.config.temperature, self.config.eps, active, int(np.count_nonzero(active)), owned=True)
 
     def allocate(self, state: State, step: int, n: int) -> Allocation:
         mean, std = self.posterior(state)
-        theta = mean + std * step_rng(int(state["seed"]), int(step), 1).standard_normal(mean.size)
-        p = softmax_floor(theta, self.config.temperature, self.config.eps, self.active(state))
+        theta = step_rng(int(state["seed"]), int(step), STREAM_STRATEGY).standard_normal(mean.size)
+        theta *= std
+        theta += mean
+        active = self.active(state)
+        p = _softmax_floor(theta, self.config.temperature, self.config.eps, active, int(np.count_nonzero(active)), owned=True)
         return Allocation(regions=draw_regions(p, int(state["seed"]), int(step), int(n)), probabilities=p)
 
     def apply_feedback(self, state, sums, counts, step) -> State:

@@ -23,22 +23,30 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import AllocationStrategy, State, StrategyConfig, mix_floor, region_totals, softmax_floor
+from .base import AllocationStrategy, State, StrategyConfig, _mix_floor, _softmax_floor, region_totals
 from .registry import register_strategy
 
 
 def ucb_probabilities(sums, counts, active, exploration: float, temperature: float, eps: float) -> np.ndarray:
     """Softmax-with-floor allocation over the scale-free UCB index of per-region (sum, count)."""
-    unseen = active & (counts < 1.0)
+    n_active = int(np.count_nonzero(active))
+    everywhere = n_active == active.size
+    unseen = counts < 1.0
+    if not everywhere:
+        unseen &= active
     if unseen.any():  # infinite index: observe these first
-        return mix_floor(unseen.astype(np.float64), eps, active)
-    total_sum, total_count = np.where(active, sums, 0.0).sum(), np.where(active, counts, 0.0).sum()
-    counts = np.where(active, counts, 1.0)
-    mean = sums / counts
+        return _mix_floor(unseen.astype(np.float64), eps, active, n_active, owned=True)
+    if everywhere:
+        total_sum, total_count = sums.sum(), counts.sum()
+    else:
+        total_sum, total_count = np.where(active, sums, 0.0).sum(), np.where(active, counts, 0.0).sum()
+        counts = np.where(active, counts, 1.0)
     pooled_mean = total_sum / total_count
-    relative = mean / pooled_mean if pooled_mean > 0 else np.zeros_like(mean)
-    bonus = exploration * np.sqrt(np.log(max(total_count, 1.0)) / counts)
-    return softmax_floor(relative + bonus, temperature, eps, active)
+    index = np.sqrt(np.log(max(total_count, 1.0)) / counts)
+    index *= exploration
+    if pooled_mean > 0:
+        index += sums / counts / pooled_mean
+    return _softmax_floor(index, temperature, eps, active, n_active, owned=True)  # mean / B + bonus
 
 
 class DucbConfig(StrategyConfig):

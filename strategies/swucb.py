@@ -2,9 +2,19 @@
 switching bandit problems", ALT 2011).
 
 The state keeps the last ``window`` steps of per-region feedback (sums and sample counts pooled
-over timestep bins, raw discrepancies) in a ring buffer of shape (window, K); the slot of an
-update is ``updates % window``. Window totals are recomputed exactly from the buffer at every
-update (no running subtraction, whose rounding would outlive a huge value leaving the window).
+over timestep bins, raw discrepancies): the update of step ``updates`` fills slot
+``updates % window``. Window totals are never kept by running subtraction (whose rounding would
+outlive a huge value leaving the window): the slots are the leaves of a binary sum tree (heap
+order, node i = node 2i + node 2i+1, the root = the window totals), and an update replaces one
+leaf and the log2(window) sums above it. Every node is a separate state entry, so an update
+builds O(K log window) new numbers and shares the other nodes with the previous state, and the
+totals stay an exact function of the window's contents (summed in a fixed order).
+
+State entries: ``window`` (steps), ``window_sums`` / ``window_counts`` (the root, per region)
+and ``tree_sums_<i>`` / ``tree_counts_<i>`` for the other nodes i whose subtree holds a slot
+(leaves are nodes ``leaves + slot``, ``leaves`` the power of two >= window). A state in the
+former layout (one ``(window, K)`` ring of each) is converted at its next update.
+
 The index and the allocation are those of ``ducb`` (scale-free index, softmax with a uniform
 floor) on the window totals; G&M's SW-UCB bonus is c = sqrt(xi), xi > 1/2 (default c = 0.75).
 """
@@ -18,12 +28,38 @@ from .base import AllocationStrategy, State, StrategyConfig, region_totals
 from .ducb import ucb_probabilities
 from .registry import register_strategy
 
+ROOT = ("window_sums", "window_counts")
+
 
 class SwucbConfig(StrategyConfig):
     window: int = Field(40, ge=1, le=100_000, description="steps in the window (40: same mean data age as aria's alpha=0.05)")
     exploration: float = Field(0.75, ge=0, description="c in S/N/B + c*sqrt(log n / N) (G&M: c = sqrt(xi), xi > 1/2)")
     temperature: float = Field(0.5, gt=0, description="softmax temperature on the scale-free index")
     eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")
+
+
+def _leaves(window: int) -> int:
+    return 1 << max(window - 1, 0).bit_length()  # the power of two >= window
+
+
+def _keys(node: int) -> tuple[str, str]:
+    return ROOT if node == 1 else (f"tree_sums_{node}", f"tree_counts_{node}")
+
+
+def _build(ring_sums: np.ndarray, ring_counts: np.ndarray) -> State:
+    """Every node of the tree over the slots (rows) of two (window, K) rings."""
+    window = ring_sums.shape[0]
+    leaves = _leaves(window)
+    nodes = {leaves + slot: (np.array(ring_sums[slot], dtype=np.float64), np.array(ring_counts[slot], dtype=np.float64))
+             for slot in range(window)}
+    for node in range(leaves - 1, 0, -1):
+        if 2 * node in nodes:
+            left, right = nodes[2 * node], nodes.get(2 * node + 1)
+            nodes[node] = left if right is None else (left[0] + right[0], left[1] + right[1])
+    out: State = {"window": window}
+    for node, (sums, counts) in nodes.items():
+        out.update(zip(_keys(node), (sums, counts)))
+    return out
 
 
 @register_strategy("swucb")
@@ -34,13 +70,8 @@ class SlidingWindowUcb(AllocationStrategy):
     Config = SwucbConfig
 
     def init_state(self, regions) -> State:
-        shape = (self.config.window, regions.num_regions)
-        return {
-            "ring_sums": np.zeros(shape),
-            "ring_counts": np.zeros(shape),
-            "window_sums": np.zeros(shape[1]),
-            "window_counts": np.zeros(shape[1]),
-        }
+        zeros = np.zeros((self.config.window, regions.num_regions))
+        return _build(zeros, zeros)
 
     def probabilities(self, state: State) -> np.ndarray:
         cfg = self.config
@@ -50,14 +81,29 @@ class SlidingWindowUcb(AllocationStrategy):
         )
 
     def apply_feedback(self, state, sums, counts, step) -> State:
-        ring_sums, ring_counts = np.array(state["ring_sums"]), np.array(state["ring_counts"])
-        if ring_sums.shape[0] != self.config.window:
-            raise ValueError(f"swucb state has a window of {ring_sums.shape[0]} steps, the config {self.config.window}")
-        slot = int(state["updates"]) % self.config.window
-        ring_sums[slot], ring_counts[slot] = region_totals(sums, counts)
-        return {
-            "ring_sums": ring_sums,
-            "ring_counts": ring_counts,
-            "window_sums": ring_sums.sum(axis=0),
-            "window_counts": ring_counts.sum(axis=0),
-        }
+        new: State = {}
+        if "ring_sums" in state:  # the former layout: build the tree from the rings (``update`` drops them)
+            new = _build(np.asarray(state["ring_sums"]), np.asarray(state["ring_counts"]))
+            state = {**state, **new}
+        window = int(state["window"])
+        if window != self.config.window:
+            raise ValueError(f"swucb state has a window of {window} steps, the config {self.config.window}")
+        node = _leaves(window) + int(state["updates"]) % window
+        values = region_totals(sums, counts)
+        if sums.shape[1] == 1:  # views of the feedback: copy them into the state
+            values = (values[0].copy(), values[1].copy())
+        new.update(zip(_keys(node), values))
+        while node > 1:  # the sums above the leaf, each from its two children (one, at the right edge)
+            sibling_keys = _keys(node ^ 1)
+            if sibling_keys[0] in state:
+                other = (state[sibling_keys[0]], state[sibling_keys[1]])
+                left, right = (values, other) if node & 1 == 0 else (other, values)
+                values = (left[0] + right[0], left[1] + right[1])
+            node //= 2
+            new.update(zip(_keys(node), values))
+        return new
+
+    def update(self, state: State, feedback) -> State:
+        new = super().update(state, feedback)
+        new.pop("ring_sums", None), new.pop("ring_counts", None)  # the former layout, converted
+        return new

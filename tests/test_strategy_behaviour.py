@@ -76,3 +76,83 @@ def test_aria_forgets_within_c_over_alpha_steps():
     back = drop + int(c / alpha)
     assert p[back, HOT] < 1.25 * others[back]
     assert p[drop + 10, HOT] > 1.25 * others[drop + 10]  # and it is the EMA, not a reset, that forgets
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 8, 40])
+def test_swucb_window_totals_are_the_sums_of_the_last_window_steps(window):
+    """The sum tree gives the totals of exactly the last ``window`` updates (no running subtraction:
+    a huge value that left the window leaves no trace), and an update shares untouched nodes."""
+    strategy = create_strategy("swucb", {"window": window})
+    state = strategy.init(RegionInfo(SIZES), seed=0)
+    rng = np.random.default_rng(window)
+    history = []
+    for step in range(3 * window + 2):
+        sums = rng.gamma(2.0, 1.0, (K, BINS)) * (rng.random((K, BINS)) < 0.3)
+        if step == 1:
+            sums[3, 0] = 1e150
+        counts = np.where(sums > 0, rng.integers(1, 4, (K, BINS)), 0).astype(float)
+        previous, state = state, strategy.update(state, Feedback(sums, counts, step))
+        history.append((sums.sum(1), counts.sum(1)))
+        recent = history[-window:]
+        np.testing.assert_allclose(state["window_sums"], np.sum([s for s, _ in recent], axis=0), rtol=1e-12)
+        np.testing.assert_array_equal(state["window_counts"], np.sum([c for _, c in recent], axis=0))
+        shared = [key for key in state if key.startswith("tree_") and state[key] is previous[key]]
+        assert len(shared) >= len([key for key in state if key.startswith("tree_")]) - 2 * window.bit_length()
+
+
+def test_swucb_converts_a_state_of_the_former_ring_layout():
+    strategy = create_strategy("swucb", {"window": 4})
+    fresh = strategy.init(RegionInfo(SIZES), seed=0)
+    ring_sums, ring_counts = np.random.default_rng(0).random((4, K)), np.full((4, K), 2.0)
+    old = {key: fresh[key] for key in ("seed", "sizes", "dropped")}
+    old.update(updates=6, ring_sums=ring_sums, ring_counts=ring_counts,
+               window_sums=ring_sums.sum(0), window_counts=ring_counts.sum(0))
+    new = strategy.update(old, Feedback(np.ones((K, 1)), np.ones((K, 1)), 6))
+    assert "ring_sums" not in new and "ring_counts" not in new and new["window"] == 4
+    ring_sums[6 % 4], ring_counts[6 % 4] = 1.0, 1.0
+    np.testing.assert_allclose(new["window_sums"], ring_sums.sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(new["window_counts"], ring_counts.sum(0))
+    assert set(new) == set(strategy.update(fresh, Feedback(np.ones((K, 1)), np.ones((K, 1)), 0)))
+
+
+def reference_aria_update(state, sums, counts, alpha, norm_alpha, timestep_norm):
+    """ARIA's update written out region by region and bin by bin (the docstring's definition)."""
+    m, visits = state["estimate"].copy(), state["visits"].copy()
+    bin_mean, bin_seen = state["bin_mean"].copy(), state["bin_seen"].copy()
+    k, bins = sums.shape
+    if bin_mean.size != bins:
+        bin_mean, bin_seen = np.zeros(bins), np.zeros(bins, dtype=np.int64)
+    norm = np.ones(bins)
+    if timestep_norm:
+        for b in range(bins):
+            if counts[:, b].sum() > 0:
+                obs = sums[:, b].sum() / counts[:, b].sum()
+                bin_mean[b] = (1 - norm_alpha) * bin_mean[b] + norm_alpha * obs if bin_seen[b] else obs
+                bin_seen[b] += 1
+        norm = np.where(bin_mean > 0, bin_mean, 1.0)
+    for r in range(k):
+        if counts[r].sum() > 0:
+            y = (sums[r] / norm).sum() / counts[r].sum()
+            m[r] = (1 - alpha) * m[r] + alpha * y if visits[r] else y
+            visits[r] += 1
+    return m, visits, bin_mean, bin_seen
+
+
+@pytest.mark.parametrize("timestep_norm", [True, False])
+@pytest.mark.parametrize("k, draws", [(16, 256), (3000, 64)], ids=["dense", "sparse"])
+def test_aria_update_is_the_per_region_ema(k, draws, timestep_norm):
+    params = {"alpha": 0.1, "norm_alpha": 0.2, "timestep_norm": timestep_norm, "warm_start": False}
+    strategy = create_strategy("aria", params)
+    rng = np.random.default_rng(k)
+    state = strategy.init(RegionInfo(rng.integers(0, 3, k) + (np.arange(k) % 7 > 0)), seed=0)
+    for step in range(30):
+        alloc = strategy.allocate(state, step, draws)
+        bins = rng.integers(0, BINS, draws)
+        feedback = Feedback.from_samples(alloc.regions, rng.gamma(2.0, 1.0, draws) * (1 + bins), k, bins, BINS, step)
+        expected = reference_aria_update(state, feedback.sums, feedback.counts, 0.1, 0.2, timestep_norm)
+        state = strategy.update(state, feedback)
+        np.testing.assert_allclose(state["estimate"], expected[0], rtol=1e-12)
+        np.testing.assert_array_equal(state["visits"], expected[1])
+        if timestep_norm:
+            np.testing.assert_allclose(state["bin_mean"], expected[2], rtol=1e-12)
+            np.testing.assert_array_equal(state["bin_seen"], expected[3])
