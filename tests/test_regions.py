@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aria.errors import UserError
 from aria.regions import (Regions, assign, format_statistics, kmeans, kmeans_regions, metadata_regions,
@@ -117,3 +119,27 @@ def test_statistics_and_roundtrip(tmp_path):
     back = Regions.load(tmp_path / "reg")
     assert np.array_equal(back.labels, r.labels) and np.array_equal(back.centroids, r.centroids)
     assert np.array_equal(back.members, r.members) and back.method == "kmeans"
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), d=st.integers(1, 5), k_frac=st.floats(0, 1), distinct=st.integers(1, 60),
+       huge=st.booleans(), seed=st.integers(0, 2**16))
+def test_kmeans_regions_partition_adversarial_points(n, d, k_frac, distinct, huge, seed):
+    """Duplicates, fewer distinct points than K, K = 1 and K = N, one region holding almost every
+    point: every prompt lands in exactly one region, labels stay in range, the CSR layout covers
+    each prompt once, and a rerun is identical."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(min(distinct, n), d)).astype(np.float32)
+    x = base[rng.integers(len(base), size=n)]
+    if huge and n > 2:
+        x[: n - 2] = base[0]  # one point repeated almost everywhere
+    k = max(1, round(k_frac * n))
+    r = kmeans_regions(x, k, iterations=5, seed=seed)
+    assert r.labels.shape == (n,) and r.labels.min() >= 0 and r.labels.max() < k
+    assert r.sizes.sum() == n and r.offsets[-1] == n
+    assert np.array_equal(np.sort(r.members), np.arange(n))
+    assert np.array_equal(r.labels, kmeans_regions(x, k, iterations=5, seed=seed).labels)
+    assert np.isfinite(r.centroids).all()
+    again = r.assign(x)
+    assert again.min() >= 0 and again.max() < k
+    assert r.info.num_regions == k and r.info.sizes.sum() == n  # a valid RegionInfo (not all empty)
