@@ -168,7 +168,9 @@ def main(argv=None) -> int:
             f"strategies taking turns block by block.\n\n"
             f"{table}\n\n{verdict}  \n"
             "`rc` and `none` do no work in `update`: their time is the floor shared by every strategy "
-            "(one seeded generator a step, the region and member draws, feedback sanitising).\n"
+            "(one seeded generator a step, the region and member draws, feedback sanitising). On the shared "
+            "2-core VM the absolute figures of one code version move by up to 1.5x between runs minutes apart "
+            "at the same load average; the ratios to rc, measured in turns within one run, are the stable part.\n"
         )
         write_section(args.write, body)
     return 0
