@@ -323,6 +323,16 @@ def test_deepspeed_two_ranks_zero2_identical_weights(tmp_path):
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["state"] == ranks[1]["state"]
 
 
+@pytest.mark.slow
+def test_deepspeed_cpu_bf16_zero2(tmp_path):
+    """The bf16 engine path (bf16 weights, inputs cast to the engine's dtype) on CPU, as on a GPU."""
+    sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cpu", "precision": "bf16"},
+                "distillation": {"steps": 3}, "logging": {"every": 1}}
+    launch(tmp_path, 1, sections)
+    losses = [r["loss"] for r in steps(tmp_path)]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
 @pytest.mark.gpu
 def test_deepspeed_gpu_bf16_zero2(tmp_path):
     sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cuda", "precision": "bf16"},
