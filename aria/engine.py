@@ -12,6 +12,7 @@ step with ``check_consistency``.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -84,7 +85,10 @@ class DistillationRun:
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
         self.scheduler = DDPMScheduler.from_config(self.teacher.scheduler_config)
-        if c.backend.compile:
+        if c.backend.compile:  # compiled at the first step (the summary's "first step" row); the compiler's
+            # caches go beside the data cache, so that a resumed or repeated run reuses them
+            if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(c.data.cache_dir).resolve() / "inductor")
             self.teacher.unet.compile()
             student.compile()
         self.model = b.setup(student.train())

@@ -68,6 +68,7 @@ class RunLogger:
     def step(self, record: dict) -> None:
         now = time.perf_counter()
         record["samples_per_s"] = self.batch_size / max(now - self._last, 1e-9)
+        record["batch"] = self.batch_size
         self._last = now
         if not self.enabled:
             return
@@ -203,8 +204,12 @@ def run_summary(records: list[dict], wall_s: float, skipped: int) -> list[list]:
     good = [r for r in steps if not r.get("nonfinite")]
     last = good[-10:]
     mean = lambda key: float(np.mean([r[key] for r in last])) if last else None  # noqa: E731
+    first = steps[0] if steps else {}  # its time includes compilation (backend.compile) and warm-up
     rows = [["steps run", len(steps)], ["skipped (non-finite)", skipped], ["wall time (s)", wall_s],
-            ["samples / s", float(np.mean([r["samples_per_s"] for r in steps[1:]])) if len(steps) > 1 else None]]
+            ["first step (s), compilation included",
+             first["batch"] / first["samples_per_s"] if first.get("batch") and first.get("samples_per_s") else None],
+            ["samples / s after the first step",
+             float(np.mean([r["samples_per_s"] for r in steps[1:]])) if len(steps) > 1 else None]]
     rows += [[f"{k} (last 10 steps)", mean(k)] for k in ("loss", "task", "out", "feat")]
     rows += [["switched fraction (mean)", float(np.mean([r["switched_fraction"] for r in steps])) if steps else None]]
     return rows
