@@ -132,14 +132,20 @@ def _chain(base, extra):
     yield from extra
 
 
-def paired_captions(config) -> list[str]:
-    """The captions of ``data.paired_dir`` (``captions.txt``), validated; images are not read."""
+def _captions_file(config) -> Path:
+    """``data.paired_dir/captions.txt``, or a UserError naming what is missing."""
     paired_dir = Path(config.data.paired_dir)
     if not paired_dir.is_dir():
         raise UserError(f"data.paired_dir {paired_dir} {'is not a folder' if paired_dir.exists() else 'does not exist'}")
     captions_file = paired_dir / "captions.txt"
     if not captions_file.is_file():
         raise UserError(f"data.paired_dir {paired_dir} has no captions.txt")
+    return captions_file
+
+
+def paired_captions(config) -> list[str]:
+    """The captions of ``data.paired_dir`` (``captions.txt``), validated; images are not read."""
+    captions_file = _captions_file(config)
     captions = _read_lines(captions_file, "paired captions file")
     if not captions or not all(captions):
         raise UserError(f"{captions_file}: empty or blank caption lines")
@@ -255,12 +261,8 @@ def read_paired_dir(paired_dir: Path, size: int) -> tuple[list[str], np.ndarray]
 
 def files_paired(config, size: int):
     """(captions, uint8 images) of ``data.paired_dir`` resized to ``size``, cached by content."""
-    paired_dir = Path(config.data.paired_dir)
-    if not paired_dir.is_dir():
-        raise UserError(f"data.paired_dir {paired_dir} does not exist")
-    captions_file = paired_dir / "captions.txt"
-    if not captions_file.is_file():
-        raise UserError(f"data.paired_dir {paired_dir} has no captions.txt")
+    captions_file = _captions_file(config)
+    paired_dir = captions_file.parent
     files = sorted(paired_dir.glob("*.png"))
     sig = _key(hashlib.sha256(captions_file.read_bytes()).hexdigest(),
                [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files], size)
