@@ -168,13 +168,17 @@ def sd_scheduler_config() -> dict:
 
 
 class Clock:
-    """Marks at step boundaries: CUDA events (no sync) or host time; durations read at the end."""
+    """Marks at step boundaries: CUDA events (no sync) or host time; durations read at the end.
+    ``profiler`` (a ``StepProfiler``) sees every mark."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, profiler: "StepProfiler | None" = None):
         self.cuda = device.type == "cuda"
         self.marks: list = []
+        self.profiler = profiler
 
     def mark(self) -> None:
+        if self.profiler is not None:
+            self.profiler.at_mark(len(self.marks))
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -188,6 +192,45 @@ class Clock:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+class StepProfiler:
+    """``torch.profiler`` over the steps after the timed ones (marks ``first`` .. ``first + steps``):
+    the kernels' table by self device time and the device's busy fraction, written to ``out``."""
+
+    def __init__(self, out: Path, first: int, steps: int, device: torch.device):
+        self.out, self.first, self.steps, self.device = out, first, steps, device
+        self.prof = None
+        self.t0 = 0.0
+
+    def at_mark(self, index: int) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if index == self.first:
+            sync(self.device)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        elif index == self.first + self.steps and self.prof is not None:
+            sync(self.device)
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            avg = self.prof.key_averages()
+            busy = sum(getattr(e, "self_device_time_total", 0.0) for e in avg) / 1e6
+            sort = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(f"{self.steps} steps, wall {wall:.3f} s (profiler on), device busy {busy:.3f} s "
+                                f"({100 * busy / wall:.1f}%)\n\n" + avg.table(sort_by=sort, row_limit=45) + "\n")
+            self.prof = None
+
+
+def profiler_for(ctx, path: str, total_steps: int) -> StepProfiler | None:
+    """The profiler of one path when ``--profile`` is set (it runs ``ctx.profile_steps`` extra steps)."""
+    if ctx.profile_dir is None:
+        return None
+    name = f"{ctx.variant}-b{ctx.batch}-{path}.txt".replace("+", "_")
+    return StepProfiler(ctx.profile_dir / name, total_steps, ctx.profile_steps, ctx.device)
 
 
 def sync(device: torch.device) -> None:
@@ -353,13 +396,14 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
             flops_out["ops"] = sorted({str(op) for ops in counter.get_flop_counts().values() for op in ops})
         sync(dev)
         result.setup_s = time.perf_counter() - t0
-        clock = Clock(dev)
-        for step in range(total_steps):
+        clock = Clock(dev, profiler_for(ctx, "baseline", total_steps))
+        for step in range(total_steps + (ctx.profile_steps if clock.profiler else 0)):
             clock.mark()
             result.losses.append(train_step(step))
         clock.mark()
         times = clock.durations()
-        result.warmup_s, result.step_s = times[:warmup], times[warmup:]
+        result.warmup_s, result.step_s = times[:warmup], times[warmup:total_steps]
+        result.losses = result.losses[:total_steps]
         result.facts = {"teacher_dtype": str(half), "student_params": "fp32", "autocast": str(half) if cuda else None,
                         "grad_scaler": cuda, "final_loss_scale": float(scaler.get_scale()) if cuda else None}
     finally:
@@ -451,7 +495,8 @@ def lever_is_noop(lever: str, facts: dict) -> str | None:
               "teacher_bf16": facts.get("teacher_dtype") == str(torch.bfloat16),
               "channels_last": facts.get("channels_last"), "zero0": facts.get("zero_stage") == 0,
               "channels_last_teacher": facts.get("teacher_channels_last")}
-    return f"already in the candidate ({lever})" if checks.get(lever) else None
+    parts = lever.split("+")
+    return f"already in the candidate ({lever})" if all(checks.get(p) for p in parts) else None
 
 
 def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_steps: int, warmup: int,
@@ -465,15 +510,16 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
     backend = {**ctx.backend_section}
     teacher_dtype = torch.bfloat16 if (dev.type == "cuda" and backend["precision"] == "bf16") else torch.float32
     patches: list[Callable[[], Any]] = []
-    if lever == "compile":
+    levers = set(lever.split("+")) if lever else set()
+    if "compile" in levers:
         backend["compile"] = True
-    elif lever == "zero0":
+    if "zero0" in levers:
         backend["zero_stage"] = 0
-    elif lever == "teacher_bf16":
+    if "teacher_bf16" in levers:
         teacher_dtype = torch.bfloat16
-    elif lever == "fused_adamw":
+    if "fused_adamw" in levers:
         patches.append(fused_adamw)
-    elif lever == "channels_last":  # DeepSpeed 0.19.8 rejects it at initialize (byte view of the params)
+    if "channels_last" in levers:  # DeepSpeed 0.19.8 rejects it at initialize (byte view of the params)
         patches.append(channels_last_student)
     result = PathResult("candidate" if lever is None else f"candidate+{lever}", lever)
     with tempfile.TemporaryDirectory(prefix="aria-bench-") as out, contextlib.ExitStack() as stack:
@@ -482,14 +528,15 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         config = RunConfig(
             seed=ctx.seed, output_dir=Path(out),
             student={"variant": student_variant, "init_from_teacher": True},
-            distillation={**ctx.distill_section, "batch_size": batch, "steps": total_steps},
+            distillation={**ctx.distill_section, "batch_size": batch,
+                          "steps": total_steps + (ctx.profile_steps if ctx.profile_dir else 0)},
             strategy={"name": ctx.strategy_name, "params": {ctx.strategy_name: ctx.strategy_params}},
             backend=backend,
             logging={"every": 10**9, "checkpoint_every": 10**9, "progress": False, "tensorboard": False},
         )
         t0 = time.perf_counter()
         unet = copy.deepcopy(teacher_master).to(dtype=teacher_dtype)
-        if lever in ("channels_last", "channels_last_teacher"):
+        if levers & {"channels_last", "channels_last_teacher"}:
             unet = unet.to(memory_format=torch.channels_last)
         size = unet.config.sample_size
         teacher = Teacher(unet=unet, vae=None, latent=False, sample_size=int(size if isinstance(size, int) else size[0]),
@@ -500,7 +547,7 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         try:
             run.setup()
             result.facts = candidate_facts(run)
-            clock = Clock(dev)
+            clock = Clock(dev, profiler_for(ctx, result.path, total_steps))
             plan = run.distiller.plan
 
             def timed_plan(*args, **kwargs):  # the first call of every engine step: a step boundary
@@ -513,7 +560,7 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             run.train()
             clock.mark()
             times = clock.durations()
-            result.warmup_s, result.step_s = times[:warmup], times[warmup:]
+            result.warmup_s, result.step_s = times[:warmup], times[warmup:total_steps]
             run.logger.close()
             records = [json.loads(line) for line in run.logger.path.read_text().splitlines() if line.strip()]
             by_step = {r["step"]: r.get("loss") for r in records if "step" in r and "event" not in r}
@@ -644,7 +691,11 @@ def parse_args(argv=None):
     p.add_argument("--students", default="base,small,tiny", help="BK-SDM variants, comma-separated")
     p.add_argument("--steps", type=int, default=20, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
-    p.add_argument("--levers", default="", help=f"candidate levers, one at a time: {','.join(LEVERS)} (or 'all')")
+    p.add_argument("--levers", default="", help=f"candidate levers, one path each: {','.join(LEVERS)} (or 'all'); "
+                   "join levers with '+' for one path with several (compile+zero0)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="folder: torch.profiler tables of a few extra steps after the timed ones, per path")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps profiled per path with --profile")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the candidate's backend.precision; auto: bf16 on CUDA, fp32 on CPU")
@@ -660,7 +711,7 @@ def parse_args(argv=None):
     args.variants = [s.strip() for s in args.students.split(",") if s.strip()]
     args.lever_list = list(LEVERS) if args.levers.strip() == "all" else \
         [x.strip() for x in args.levers.split(",") if x.strip()]
-    unknown = [x for x in args.lever_list if x not in LEVERS]
+    unknown = [p for x in args.lever_list for p in x.split("+") if p not in LEVERS]
     if unknown:
         p.error(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     if args.steps < 1 or args.warmup < 0:
@@ -717,7 +768,8 @@ def main(argv=None) -> int:
                          paired=4 * max(args.batches), prompts=512, regions=16, seed=args.seed)
     ctx = SimpleNamespace(device=dev, seed=args.seed, bundle=bundle, scheduler_config=sd_scheduler_config(),
                           distill_section=distill_section, backend_section=backend_section,
-                          strategy_name=strategy_name, strategy_params=strategy_params, teacher_path=unet_file)
+                          strategy_name=strategy_name, strategy_params=strategy_params, teacher_path=unet_file,
+                          profile_dir=args.profile, profile_steps=args.profile_steps)
     peak = matmul_peak(dev)
     print(f"device: {device_name(dev)}; {peak['kind']}: {peak['tflops']:.2f} TFLOP/s", flush=True)
 
@@ -728,6 +780,7 @@ def main(argv=None) -> int:
                                                                           init_from_teacher=True))
         pairs = feature_pairs(teacher_master, student_master)
         for batch in args.batches:
+            ctx.variant, ctx.batch = variant, batch
             ctx.distill = DistillConfig(**{**distill_section, "batch_size": batch, "steps": total_steps})
             flops: dict = {}
             print(f"== student {variant}, batch {batch}", flush=True)
