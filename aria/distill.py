@@ -99,7 +99,7 @@ def plan_step(step, *, seed, batch_size, num_timesteps, config, bundle, strategy
     """Decide the global batch of ``step`` from (seed, step) and the strategy state alone."""
     m = len(bundle.paired_prompt_ids)
     index = step_rng(seed, step, STREAM_DATA).choice(m, size=batch_size, replace=m < batch_size)
-    prompts = np.asarray(bundle.paired_prompt_ids, dtype=np.int64)[index]
+    prompts = np.asarray(bundle.paired_prompt_ids)[index].astype(np.int64)
     t = step_rng(seed, step, STREAM_TIMESTEP).integers(0, num_timesteps, size=batch_size)
     switched = np.zeros(batch_size, dtype=bool)
     weights = np.ones(batch_size, dtype=np.float64)
@@ -115,7 +115,7 @@ def plan_step(step, *, seed, batch_size, num_timesteps, config, bundle, strategy
             if config.importance_weights and alloc.weights is not None:
                 weights[switched] = np.asarray(alloc.weights, dtype=np.float64)
     dropped = step_rng(seed, step, STREAM_CFG).random(batch_size) < config.cfg_dropout
-    regions = np.asarray(bundle.region_of_prompt, dtype=np.int64)[prompts]
+    regions = np.asarray(bundle.region_of_prompt)[prompts].astype(np.int64)  # index first: no pool-sized copy
     excluded = dropped | (~switched if config.feedback_from == "switched" else False)
     regions = np.where(excluded, -1, regions)
     return StepPlan(step, index, prompts, t, switched, dropped, regions, weights, probabilities)

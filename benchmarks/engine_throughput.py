@@ -66,7 +66,8 @@ REPO = Path(__file__).resolve().parents[1]
 SD_UNET = REPO / "configs" / "unets" / "sd-v1-4-unet.json"
 TINY_UNET = REPO / "configs" / "unets" / "tiny-sd.json"
 PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
-LEVERS = ("compile", "fused_adamw", "teacher_bf16", "channels_last", "channels_last_teacher", "zero0")
+LEVERS = ("compile", "fused_adamw", "teacher_bf16", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
+          "torch_backend")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,17 +119,19 @@ class SyntheticPool:
 
 
 class StubEncoder:
-    """Fixed random token states per prompt (row ``n`` is ``""``), like ``TextEncoder.token_states``."""
+    """Fixed random token states per prompt, like ``TextEncoder.token_states``: prompt ``i`` gets row
+    ``i % rows`` of a table (at most 4,096 distinct rows, so a 10M pool fits); ``""`` the last row."""
 
     batch_size = 256
 
-    def __init__(self, n: int, length: int, dim: int, seed: int):
+    def __init__(self, n: int, length: int, dim: int, seed: int, rows: int = 4096):
         gen = torch.Generator().manual_seed(seed)
-        self.table = torch.randn(n + 1, length, dim, generator=gen)
-        self.max_length, self.dim, self.n = length, dim, n
+        self.n = min(n, rows)
+        self.table = torch.randn(self.n + 1, length, dim, generator=gen)
+        self.max_length, self.dim = length, dim
 
     def rows(self, texts) -> list[int]:
-        return [self.n if t == "" else int(t.rsplit(" ", 1)[1]) for t in texts]
+        return [self.n if t == "" else int(t.rsplit(" ", 1)[1]) % self.n for t in texts]
 
     def token_states(self, texts) -> torch.Tensor:
         return self.table[self.rows(texts)]
@@ -144,12 +147,12 @@ def make_bundle(*, latent_size: int, channels: int, context: tuple[int, int], pa
     from aria.strategies import RegionInfo
 
     rng = np.random.default_rng(seed)
-    region = rng.integers(regions, size=prompts)
+    region = rng.integers(regions, size=prompts, dtype=np.int32)
     region[:regions] = np.arange(regions)  # no empty region
-    members = np.argsort(region, kind="stable").astype(np.int64)
+    members = np.argsort(region, kind="stable").astype(np.int64)  # 10M prompts: about 1 s
     offsets = np.concatenate([[0], np.cumsum(np.bincount(region, minlength=regions))]).astype(np.int64)
     latents = rng.standard_normal((paired, channels, latent_size, latent_size)).astype(np.float32)
-    paired_ids = rng.choice(prompts, size=paired, replace=prompts < paired).astype(np.int64)
+    paired_ids = rng.integers(prompts, size=paired, dtype=np.int64)
     return DataBundle(pool=SyntheticPool(prompts), region_of_prompt=region.astype(np.int32), region_offsets=offsets,
                       region_members=members, region_info=RegionInfo(np.bincount(region, minlength=regions)),
                       paired_images=latents, paired_prompt_ids=paired_ids, regime_of_prompt=None,
@@ -217,12 +220,59 @@ class StepProfiler:
             wall = time.perf_counter() - self.t0
             self.prof.__exit__(None, None, None)
             avg = self.prof.key_averages()
-            busy = sum(getattr(e, "self_device_time_total", 0.0) for e in avg) / 1e6
             sort = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.out.write_text(f"{self.steps} steps, wall {wall:.3f} s (profiler on), device busy {busy:.3f} s "
-                                f"({100 * busy / wall:.1f}%)\n\n" + avg.table(sort_by=sort, row_limit=45) + "\n")
+            head = f"{self.steps} steps, wall {wall:.3f} s (profiler on)\n"
+            if self.device.type == "cuda":
+                head += kernel_summary(self.prof.events(), self.steps)
+            self.out.write_text(head + "\n" + avg.table(sort_by=sort, row_limit=45) + "\n")
             self.prof = None
+
+
+KERNEL_GROUPS = (  # first match wins (kernel names, lower case)
+    ("attention", ("sdpa", "flash", "fmha", "attention", "dot_do_o", "convert_dq")),
+    ("layout", ("nchwtonhwc", "nhwctonchw")),
+    ("convolution", ("fprop", "dgrad", "wgrad", "implicit_gemm", "conv")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("triton (fused)", ("triton",)),
+    ("copy", ("memcpy", "memset", "copy")),
+    ("norm", ("norm", "moments")),
+    ("elementwise / reduce", ("elementwise", "reduce", "vectorized", "index", "scatter", "cat")),
+)
+
+
+def kernel_summary(events, steps: int) -> str:
+    """Device time per kernel group, the union of kernel intervals (busy) and the largest idle gaps."""
+    spans, groups = [], {}
+    for e in events:
+        if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.end > e.time_range.start:
+            spans.append((e.time_range.start, e.time_range.end, e.name))
+            name = e.name.lower()
+            group = next((g for g, keys in KERNEL_GROUPS if any(k in name for k in keys)), "other")
+            groups[group] = groups.get(group, 0.0) + (e.time_range.end - e.time_range.start)
+    if not spans:
+        return "no device kernels recorded\n"
+    spans.sort()
+    busy, gaps, (lo, hi, _) = 0.0, [], spans[0]
+    for start, end, name in spans[1:]:
+        if start > hi:
+            busy += hi - lo
+            gaps.append((start - hi, name))
+            lo, hi = start, end
+        else:
+            hi = max(hi, end)
+    busy += hi - lo
+    window = spans[-1][1] - spans[0][0]
+    total = sum(groups.values())
+    lines = [f"device window {window / 1e3:.1f} ms ({window / 1e3 / steps:.1f} ms/step), kernels busy "
+             f"{busy / 1e3:.1f} ms ({100 * busy / window:.1f}%), idle {(window - busy) / 1e3:.1f} ms in "
+             f"{len(gaps)} gaps; per step:"]
+    lines += [f"  {g:<22} {t / 1e3 / steps:8.1f} ms  {100 * t / total:5.1f}%"
+              for g, t in sorted(groups.items(), key=lambda kv: -kv[1])]
+    lines.append("largest idle gaps (ms, next kernel): " + "; ".join(
+        f"{g / 1e3:.2f} {n[:40]}" for g, n in sorted(gaps, reverse=True)[:6]))
+    return "\n".join(lines) + "\n"
 
 
 def profiler_for(ctx, path: str, total_steps: int) -> StepProfiler | None:
@@ -288,22 +338,25 @@ class PathResult:
 
 
 def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_steps: int, warmup: int,
-                 flops_out: dict) -> PathResult:
-    """BK-SDM's loop on aria's batches and loss; also counts one step's FLOPs into ``flops_out``."""
+                 flops_out: dict, half_dtype: torch.dtype = torch.float16) -> PathResult:
+    """BK-SDM's loop on aria's batches and loss; also counts one step's FLOPs into ``flops_out``.
+    ``half_dtype=torch.bfloat16``: the same loop in bf16 autocast without a scaler, the loss-noise
+    reference (how far bf16 alone moves the losses from the fp16 baseline's)."""
     from aria.distill import STREAM_NOISE, plan_step, step_rng
     from aria.strategies import Feedback, create_strategy
     from diffusers import DDPMScheduler
 
     dev, dc, bundle, seed = ctx.device, ctx.distill, ctx.bundle, ctx.seed
     cuda = dev.type == "cuda"
-    half = torch.float16 if cuda else torch.float32
+    half = half_dtype if cuda else torch.float32
+    path_name = "baseline" if half_dtype == torch.float16 else "baseline-bf16"
     t0 = time.perf_counter()
     teacher = copy.deepcopy(teacher_master).to(dev, half).eval().requires_grad_(False)
     student = copy.deepcopy(student_master).to(dev).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=dc.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=dc.weight_decay)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cuda)
-    autocast = lambda: torch.autocast(dev.type, dtype=torch.float16, enabled=cuda)  # noqa: E731
+    scaler = torch.amp.GradScaler(dev.type, enabled=cuda and half == torch.float16)
+    autocast = lambda: torch.autocast(dev.type, dtype=half, enabled=cuda)  # noqa: E731
     scheduler = DDPMScheduler.from_config(ctx.scheduler_config)
     num_t = int(scheduler.config.num_train_timesteps)
     strategy = create_strategy(ctx.strategy_name, ctx.strategy_params)
@@ -318,7 +371,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
             hooks.append(modules[name].register_forward_hook(
                 lambda _m, _i, out, name=name, store=store: store.__setitem__(name, primary(out))))
     enc = bundle.encoder
-    contexts = enc.token_states(bundle.pool.texts(np.arange(len(bundle.pool)))).to(dev)
+    contexts = enc.table.to(dev)  # every prompt's token states: row (id % rows), as StubEncoder.rows
     uncond = enc.token_states([""])[0].to(dev)
     scales = None
 
@@ -335,7 +388,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
         noise = torch.randn(x0.shape, generator=gen, device=dev)
         t = h2d(plan.timesteps)
         x_t = scheduler.add_noise(x0, noise, t)
-        cond = contexts[h2d(plan.prompt_ids)]
+        cond = contexts[h2d(plan.prompt_ids % enc.n)]
         cond[h2d(plan.dropped)] = uncond
         with torch.no_grad(), autocast():
             eps_t = teacher(x_t.to(half), t, encoder_hidden_states=cond.to(half)).sample.float()
@@ -383,7 +436,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
                                                              nbins, step))
         return float(logged)
 
-    result = PathResult("baseline")
+    result = PathResult(path_name)
     try:
         if "flops" not in flops_out:  # model FLOPs of one step (no optimizer step: the weights stay as they are)
             from torch.utils.flop_counter import FlopCounterMode
@@ -396,7 +449,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
             flops_out["ops"] = sorted({str(op) for ops in counter.get_flop_counts().values() for op in ops})
         sync(dev)
         result.setup_s = time.perf_counter() - t0
-        clock = Clock(dev, profiler_for(ctx, "baseline", total_steps))
+        clock = Clock(dev, profiler_for(ctx, path_name, total_steps))
         for step in range(total_steps + (ctx.profile_steps if clock.profiler else 0)):
             clock.mark()
             result.losses.append(train_step(step))
@@ -405,7 +458,8 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
         result.warmup_s, result.step_s = times[:warmup], times[warmup:total_steps]
         result.losses = result.losses[:total_steps]
         result.facts = {"teacher_dtype": str(half), "student_params": "fp32", "autocast": str(half) if cuda else None,
-                        "grad_scaler": cuda, "final_loss_scale": float(scaler.get_scale()) if cuda else None}
+                        "grad_scaler": scaler.is_enabled(),
+                        "final_loss_scale": float(scaler.get_scale()) if scaler.is_enabled() else None}
     finally:
         for h in hooks:
             h.remove()
@@ -441,6 +495,17 @@ def fused_adamw():
 
     with patched(backends, "BACKENDS", {**backends.BACKENDS, "deepspeed": FusedDeepSpeedBackend}):
         yield
+
+
+@contextlib.contextmanager
+def flash_sdpa():
+    """Scaled-dot-product attention without the cuDNN kernel (torch then picks FlashAttention-2)."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 @contextlib.contextmanager
@@ -481,6 +546,7 @@ def candidate_facts(run) -> dict:
         "channels_last": _channels_last(conv),
         "teacher_channels_last": _channels_last(run.teacher.unet.conv_in.weight),
         "deterministic": bool(run.config.backend.deterministic),
+        "cudnn_sdpa": bool(torch.backends.cuda.cudnn_sdp_enabled()),
     }
 
 
@@ -494,7 +560,8 @@ def lever_is_noop(lever: str, facts: dict) -> str | None:
     checks = {"compile": facts.get("compiled"), "fused_adamw": facts.get("fused_adamw"),
               "teacher_bf16": facts.get("teacher_dtype") == str(torch.bfloat16),
               "channels_last": facts.get("channels_last"), "zero0": facts.get("zero_stage") == 0,
-              "channels_last_teacher": facts.get("teacher_channels_last")}
+              "channels_last_teacher": facts.get("teacher_channels_last"),
+              "flash_sdpa": facts.get("cudnn_sdpa") is False, "torch_backend": facts.get("backend") == "torch"}
     parts = lever.split("+")
     return f"already in the candidate ({lever})" if all(checks.get(p) for p in parts) else None
 
@@ -513,12 +580,16 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
     levers = set(lever.split("+")) if lever else set()
     if "compile" in levers:
         backend["compile"] = True
+    if "torch_backend" in levers:  # the engine's other backend: fp32 weights, bf16 autocast, fused AdamW
+        backend["kind"] = "torch"
     if "zero0" in levers:
         backend["zero_stage"] = 0
     if "teacher_bf16" in levers:
         teacher_dtype = torch.bfloat16
     if "fused_adamw" in levers:
         patches.append(fused_adamw)
+    if "flash_sdpa" in levers:
+        patches.append(flash_sdpa)
     if "channels_last" in levers:  # DeepSpeed 0.19.8 rejects it at initialize (byte view of the params)
         patches.append(channels_last_student)
     result = PathResult("candidate" if lever is None else f"candidate+{lever}", lever)
@@ -550,17 +621,33 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             clock = Clock(dev, profiler_for(ctx, result.path, total_steps))
             plan = run.distiller.plan
 
+            host = {"plan": [], "update": []}
+            strategy_update = run.strategy.update
+
             def timed_plan(*args, **kwargs):  # the first call of every engine step: a step boundary
                 clock.mark()
-                return plan(*args, **kwargs)
+                t = time.perf_counter()
+                try:
+                    return plan(*args, **kwargs)
+                finally:
+                    host["plan"].append(time.perf_counter() - t)
 
-            run.distiller.plan = timed_plan
+            def timed_update(*args, **kwargs):
+                t = time.perf_counter()
+                try:
+                    return strategy_update(*args, **kwargs)
+                finally:
+                    host["update"].append(time.perf_counter() - t)
+
+            run.distiller.plan, run.strategy.update = timed_plan, timed_update
             sync(dev)
             result.setup_s = time.perf_counter() - t0
             run.train()
             clock.mark()
             times = clock.durations()
             result.warmup_s, result.step_s = times[:warmup], times[warmup:total_steps]
+            result.facts["strategy_host_us"] = {k: 1e6 * statistics.median(v[warmup:total_steps] or v)
+                                                for k, v in host.items() if v}
             run.logger.close()
             records = [json.loads(line) for line in run.logger.path.read_text().splitlines() if line.strip()]
             by_step = {r["step"]: r.get("loss") for r in records if "step" in r and "event" not in r}
@@ -641,6 +728,9 @@ def summarise(r: PathResult, batch: int, flops: int | None, peak: float, base: d
         "losses": r.losses[:loss_steps],
         "facts": r.facts,
     })
+    host = r.facts.get("strategy_host_us")
+    if host:
+        row["strategy_host_fraction_of_step"] = sum(host.values()) / 1e6 / med
     if base is not None and "images_per_s" in base:
         row["speedup_vs_baseline"] = row["images_per_s"] / base["images_per_s"]
         rels = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], base["losses"])
@@ -702,8 +792,12 @@ def parse_args(argv=None):
     p.add_argument("--zero-stage", type=int, default=None, help="override the production config's ZeRO stage")
     p.add_argument("--strategy", default=None, help="override the production config's strategy (default: its own)")
     p.add_argument("--loss-steps", type=int, default=5, help="steps whose losses are compared (from step 0)")
+    p.add_argument("--bf16-reference", action="store_true",
+                   help="also run the baseline loop in bf16 autocast: the loss-noise reference of bf16 (CUDA)")
     p.add_argument("--tiny", action="store_true", help="configs/unets/tiny-sd.json, 8x8 latents, 77x32 contexts")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--regions", type=int, default=16, help="regions K of the synthetic pool")
+    p.add_argument("--pool", type=int, default=512, help="prompts in the synthetic pool (10000000: the issue's 10M)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("engine_throughput.json"), help="JSON results")
     args = p.parse_args(argv)
@@ -765,7 +859,7 @@ def main(argv=None) -> int:
     cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
     total_steps = args.warmup + args.steps
     bundle = make_bundle(latent_size=size, channels=int(cfg.in_channels), context=(77, int(cross)),
-                         paired=4 * max(args.batches), prompts=512, regions=16, seed=args.seed)
+                         paired=4 * max(args.batches), prompts=args.pool, regions=args.regions, seed=args.seed)
     ctx = SimpleNamespace(device=dev, seed=args.seed, bundle=bundle, scheduler_config=sd_scheduler_config(),
                           distill_section=distill_section, backend_section=backend_section,
                           strategy_name=strategy_name, strategy_params=strategy_params, teacher_path=unet_file,
@@ -789,6 +883,14 @@ def main(argv=None) -> int:
                 return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup, flops)
             base_fn.path = "baseline"
             raw = [measure(base_fn, dev)]
+            if args.bf16_reference and dev.type == "cuda":
+                def ref_fn():
+                    return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup,
+                                        flops, half_dtype=torch.bfloat16)
+                ref_fn.path = "baseline-bf16"
+                references = [measure(ref_fn, dev)]
+            else:
+                references = []
 
             def cand_fn(lever=None):
                 fn = lambda: candidate_run(ctx, teacher_master, variant, batch, total_steps, args.warmup, lever)  # noqa: E731
@@ -800,7 +902,7 @@ def main(argv=None) -> int:
                 raw.append(PathResult(f"candidate+{lever}", lever, skipped=why) if why else measure(cand_fn(lever), dev))
             base_row = summarise(raw[0], batch, flops.get("flops"), peak["tflops"], None, args.loss_steps)
             rows = [base_row] + [summarise(r, batch, flops.get("flops"), peak["tflops"], base_row, args.loss_steps)
-                                 for r in raw[1:]]
+                                 for r in references + raw[1:]]
             failed |= any(r.error for r in raw[:2])  # a lever that fails is a result, not a failure
             for r in rows[1:]:
                 if r.get("loss_max_rel_diff_vs_baseline") is not None:
