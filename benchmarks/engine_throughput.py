@@ -80,17 +80,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_process_group(device: torch.device) -> None:
-    """One rank: the launcher variables when absent, and a group that this script owns."""
+def init_process_group(device: torch.device, candidate_only: bool) -> None:
+    """The launcher's group (torchrun: candidate paths only), or one rank that this script owns."""
     import torch.distributed as dist
 
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if os.environ["WORLD_SIZE"] != "1":
-        raise SystemExit("engine_throughput.py runs one process (WORLD_SIZE=1); launch it without torchrun/deepspeed")
+    if os.environ["WORLD_SIZE"] != "1" and not candidate_only:
+        raise SystemExit("several ranks time the engine only: add --candidate-only (the baseline is one process)")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def close_process_group() -> None:
@@ -613,7 +614,8 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         teacher = Teacher(unet=unet, vae=None, latent=False, sample_size=int(size if isinstance(size, int) else size[0]),
                           in_channels=int(unet.config.in_channels), scheduler_config=ctx.scheduler_config,
                           path=ctx.teacher_path)
-        run = DistillationRun(config, bundle=ctx.bundle, teacher=teacher)
+        # several ranks: the strategy state's hash is compared across ranks after every step
+        run = DistillationRun(config, bundle=ctx.bundle, teacher=teacher, check_consistency=ctx.world_size > 1)
         ok = False
         try:
             run.setup()
@@ -649,7 +651,9 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             result.facts["strategy_host_us"] = {k: 1e6 * statistics.median(v[warmup:total_steps] or v)
                                                 for k, v in host.items() if v}
             run.logger.close()
-            records = [json.loads(line) for line in run.logger.path.read_text().splitlines() if line.strip()]
+            log = run.logger.path
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] \
+                if run.main and log.is_file() else []  # rank 0 logs
             by_step = {r["step"]: r.get("loss") for r in records if "step" in r and "event" not in r}
             result.losses = [by_step.get(s + 1) for s in range(total_steps)]
             ok = True
@@ -790,8 +794,14 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the candidate's backend.precision; auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--zero-stage", type=int, default=None, help="override the production config's ZeRO stage")
+    p.add_argument("--backend", choices=("deepspeed", "torch"), default=None,
+                   help="override the production config's backend.kind")
+    p.add_argument("--compile", action="store_true", help="the candidate with backend.compile on")
     p.add_argument("--strategy", default=None, help="override the production config's strategy (default: its own)")
     p.add_argument("--loss-steps", type=int, default=5, help="steps whose losses are compared (from step 0)")
+    p.add_argument("--candidate-only", action="store_true",
+                   help="no baseline paths (FLOPs not counted); required under torchrun, where each rank takes "
+                        "batch / WORLD_SIZE samples and the allocations are checked identical every step")
     p.add_argument("--bf16-reference", action="store_true",
                    help="also run the baseline loop in bf16 autocast: the loss-noise reference of bf16 (CUDA)")
     p.add_argument("--tiny", action="store_true", help="configs/unets/tiny-sd.json, 8x8 latents, 77x32 contexts")
@@ -821,10 +831,12 @@ def main(argv=None) -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    init_process_group(dev)
+    init_process_group(dev, args.candidate_only)
+    world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     with contextlib.suppress(ImportError):  # diffusers warns at every .to(dtype) of a UNet
         from diffusers.utils import logging as diffusers_logging
 
@@ -841,6 +853,10 @@ def main(argv=None) -> int:
                                     else args.precision)
     if args.zero_stage is not None:
         backend_section["zero_stage"] = args.zero_stage
+    if args.backend is not None:
+        backend_section["kind"] = args.backend
+    if args.compile:
+        backend_section["compile"] = True
     strategy_name = args.strategy or production["strategy"]["name"]
     strategy_params = dict(production["strategy"].get("params", {}).get(strategy_name, {}))
     from aria.config import DistillConfig
@@ -863,7 +879,8 @@ def main(argv=None) -> int:
     ctx = SimpleNamespace(device=dev, seed=args.seed, bundle=bundle, scheduler_config=sd_scheduler_config(),
                           distill_section=distill_section, backend_section=backend_section,
                           strategy_name=strategy_name, strategy_params=strategy_params, teacher_path=unet_file,
-                          profile_dir=args.profile, profile_steps=args.profile_steps)
+                          profile_dir=args.profile if rank == 0 else None, profile_steps=args.profile_steps,
+                          world_size=world_size)
     peak = matmul_peak(dev)
     print(f"device: {device_name(dev)}; {peak['kind']}: {peak['tflops']:.2f} TFLOP/s", flush=True)
 
@@ -882,8 +899,8 @@ def main(argv=None) -> int:
             def base_fn():
                 return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup, flops)
             base_fn.path = "baseline"
-            raw = [measure(base_fn, dev)]
-            if args.bf16_reference and dev.type == "cuda":
+            raw = [] if args.candidate_only else [measure(base_fn, dev)]
+            if args.bf16_reference and not args.candidate_only and dev.type == "cuda":
                 def ref_fn():
                     return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup,
                                         flops, half_dtype=torch.bfloat16)
@@ -897,13 +914,17 @@ def main(argv=None) -> int:
                 fn.path, fn.lever = ("candidate" if lever is None else f"candidate+{lever}"), lever
                 return fn
             raw.append(measure(cand_fn(), dev))
+            cand = raw[-1]
             for lever in args.lever_list:
-                why = lever_is_noop(lever, raw[1].facts) if raw[1].error is None else None
+                why = lever_is_noop(lever, cand.facts) if cand.error is None else None
                 raw.append(PathResult(f"candidate+{lever}", lever, skipped=why) if why else measure(cand_fn(lever), dev))
-            base_row = summarise(raw[0], batch, flops.get("flops"), peak["tflops"], None, args.loss_steps)
-            rows = [base_row] + [summarise(r, batch, flops.get("flops"), peak["tflops"], base_row, args.loss_steps)
-                                 for r in references + raw[1:]]
-            failed |= any(r.error for r in raw[:2])  # a lever that fails is a result, not a failure
+            failed |= any(r.error for r in raw[:len(raw) - len(args.lever_list)])  # a failing lever is a result
+            if args.candidate_only:
+                rows = [summarise(r, batch, None, peak["tflops"], None, args.loss_steps) for r in raw]
+            else:
+                base_row = summarise(raw[0], batch, flops.get("flops"), peak["tflops"], None, args.loss_steps)
+                rows = [base_row] + [summarise(r, batch, flops.get("flops"), peak["tflops"], base_row, args.loss_steps)
+                                     for r in references + raw[1:]]
             for r in rows[1:]:
                 if r.get("loss_max_rel_diff_vs_baseline") is not None:
                     print(f"   {r['path']}: loss max relative difference to the baseline over the first "
@@ -931,6 +952,7 @@ def main(argv=None) -> int:
         "command": shlex.join(["python", str(Path(__file__).resolve().relative_to(REPO)),
                                *(argv if argv is not None else sys.argv[1:])]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "world_size": world_size,
         "device": {"type": dev.type, "name": device_name(dev), "matmul_peak_tflops": peak["tflops"],
                    "matmul_peak_kind": peak["kind"], "matmul_peak_note": peak["note"]},
         "torch": torch.__version__,
@@ -945,10 +967,11 @@ def main(argv=None) -> int:
         "notes": notes,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    print(f"\nresults written to {args.out}")
-    print("\n" + table(results), flush=True)
+    if rank == 0:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        print(f"\nresults written to {args.out}")
+        print("\n" + table(results), flush=True)
     close_process_group()
     return 1 if failed else 0
 
