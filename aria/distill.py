@@ -141,6 +141,8 @@ class ContextCache:
     def _encode(self, texts) -> torch.Tensor:
         enc = self.encoder
         out = enc.token_states(texts) if hasattr(enc, "token_states") else torch.as_tensor(enc.encode_tokens(texts))
+        if out.device.type == "cpu" and self.device.type == "cuda":  # a host encoder: pinned, non-blocking copy
+            return out.float().pin_memory().to(self.device, non_blocking=True)
         return out.to(self.device, torch.float32)
 
     def __call__(self, prompt_ids: np.ndarray, dropped: np.ndarray) -> torch.Tensor:

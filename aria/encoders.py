@@ -97,7 +97,9 @@ class TextEncoder:
             list(texts), padding="max_length" if fixed else True, truncation=True,
             max_length=length, return_tensors="pt",
         )
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        cuda = torch.device(self.device).type == "cuda"  # pinned, non-blocking: no wait for the queued step
+        batch = {k: (v.pin_memory().to(self.device, non_blocking=True) if cuda else v.to(self.device))
+                 for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
         return hidden, batch["attention_mask"]

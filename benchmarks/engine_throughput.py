@@ -12,9 +12,10 @@ one process:
 - ``candidate``: the engine itself. ``aria.engine.DistillationRun`` is set up with a synthetic
   data bundle and a random teacher passed in (its documented seam for tests and comparisons), and
   ``DistillationRun.train`` runs the steps: ``Distiller.plan/forward/reduce/loss`` and the
-  ``DeepSpeedBackend``'s ``backward/step/zero_grad``, exactly as in a real run. Distillation,
-  strategy and backend settings come from ``configs/sd-bk-small.yaml`` (DeepSpeed, bf16 on CUDA,
-  ZeRO 2, aria strategy, feature balance, CFG dropout 0.1); on CPU the candidate runs in fp32.
+  backend's ``backward/step/zero_grad``, exactly as in a real run. Distillation, strategy and
+  backend settings come from ``configs/sd-bk-small.yaml`` (torch backend + torch.compile, bf16 on
+  CUDA, aria strategy, feature balance, CFG dropout 0.1; ``--backend deepspeed`` for ZeRO 2); on CPU
+  the candidate runs in fp32.
 - ``candidate+<lever>``: the candidate with one lever applied (``--levers``); a lever that the
   candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped.
 
@@ -796,7 +797,8 @@ def parse_args(argv=None):
     p.add_argument("--zero-stage", type=int, default=None, help="override the production config's ZeRO stage")
     p.add_argument("--backend", choices=("deepspeed", "torch"), default=None,
                    help="override the production config's backend.kind")
-    p.add_argument("--compile", action="store_true", help="the candidate with backend.compile on")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the production config's backend.compile")
     p.add_argument("--strategy", default=None, help="override the production config's strategy (default: its own)")
     p.add_argument("--loss-steps", type=int, default=5, help="steps whose losses are compared (from step 0)")
     p.add_argument("--candidate-only", action="store_true",
@@ -855,8 +857,8 @@ def main(argv=None) -> int:
         backend_section["zero_stage"] = args.zero_stage
     if args.backend is not None:
         backend_section["kind"] = args.backend
-    if args.compile:
-        backend_section["compile"] = True
+    if args.compile is not None:
+        backend_section["compile"] = args.compile
     strategy_name = args.strategy or production["strategy"]["name"]
     strategy_params = dict(production["strategy"].get("params", {}).get(strategy_name, {}))
     from aria.config import DistillConfig

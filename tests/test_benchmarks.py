@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "engine_throughput.py"
-SMOKE = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small"]
+SMOKE = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small",
+         "--backend", "deepspeed", "--no-compile"]  # the DeepSpeed engine path; compilation is a GPU lever
 TIMED = ("images_per_s", "step_s_median", "tflops", "fraction_of_matmul_peak", "warmup_s", "setup_s")
 
 
@@ -66,3 +67,28 @@ def test_engine_and_baseline_compute_the_same_loss(smoke):
     assert cand[0] == pytest.approx(base[0], rel=1e-6)  # same weights, batch and noise: same forward
     assert cand == pytest.approx(base, rel=1e-4)  # after AdamW steps (DeepSpeed's vs torch's clipping)
     assert paths["candidate"]["loss_rel_diff_first_step"] <= 1e-6
+
+
+def test_two_ranks_compute_the_losses_of_one(tmp_path):
+    """``--candidate-only`` under torchrun: each rank takes half the global batch, the allocations are
+    checked identical every step, and the logged losses equal the one-rank run's to float rounding."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    args = ["--candidate-only", "--tiny", "--device", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1",
+            "--batch", "4", "--students", "small", "--backend", "torch", "--no-compile"]
+    losses = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}.json"
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if ranks == 2 else \
+            [sys.executable]
+        proc = subprocess.run([*launch, str(SCRIPT), *args, "--out", str(out)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        report = json.loads(out.read_text())
+        assert report["world_size"] == ranks
+        (row,) = report["results"][0]["paths"]
+        assert row["path"] == "candidate" and row["facts"]["backend"] == "torch" and row["facts"]["compiled"] is False
+        assert row["facts"]["strategy_host_us"]["plan"] > 0
+        losses[ranks] = row["losses"]
+    assert len(losses[1]) == 3 and losses[2] == pytest.approx(losses[1], rel=1e-5)
