@@ -6,7 +6,7 @@ timesteps, which samples are switched, which regions and prompts they get) and a
 
     plan  = plan_step(...)                       # global batch, from rngs [seed, step, stream]
     out   = distiller.forward(plan)              # teacher (inference mode) + student, loss terms
-    red   = distiller.reduce(out, step)          # ONE all-reduce + ONE host read of a small tensor
+    red   = distiller.reduce(out, plan)          # ONE all-reduce + ONE host read of a small tensor
     loss  = distiller.loss(out, red)             # only when red.finite: weights x terms
     feedback = red.feedback                      # per (region, timestep bin) sums and counts
 
@@ -16,8 +16,11 @@ features when ``feature_balance`` is on. Terms are per-sample means, weighted so
 ranks equals the mean over the *global* batch (the weights are known on the host from the plan),
 then scaled by WORLD_SIZE so that the gradient averaging of DDP / DeepSpeed yields exactly it.
 
-Feedback: D_i = mean over pixels of (eps_S - eps_T)^2 (detached), reduced per (region, timestep
-bin) on the device with ``scatter_add``. By default *every* sample whose condition is not the
+Feedback: D_i = mean over pixels of (eps_S - eps_T)^2 (detached). Each rank writes its slice of the
+global batch's D into a zero vector; the all-reduce assembles the whole vector exactly (adding
+zeros), whatever the rank count, in B values rather than K x bins sums and counts. The host then
+sums it per (region, timestep bin) with ``Feedback.from_samples`` (sparse: a step touches at most B
+of the K x bins cells). By default *every* sample whose condition is not the
 empty (CFG-dropped) prompt contributes, paired ones with their caption's region: paired samples
 are genuine observations of the student-teacher gap inside their region (at other timesteps and
 with matched images), and the per-bin feedback lets strategies compare regions at equal t.
@@ -259,24 +262,22 @@ class Distiller:
         for i, (fs, ft) in enumerate(zip(feats_s, feats_t)):
             terms[f"feat/{i}"] = (per_sample(fs - ft) * kd_w).sum()
             teacher_ms.append(ft.pow(2).mean() / b.world_size)
+        # the global batch's per-sample discrepancy D_i, this rank's slice filled (zeros elsewhere): the
+        # all-reduce assembles it exactly, whatever the rank count (B values, not K x bins sums and counts)
+        samples = torch.zeros(plan.size, device=dev)
+        samples[part] = out.detach()
         stats = torch.cat([torch.stack([v.detach() for v in terms.values()]),
-                           torch.stack(teacher_ms) if teacher_ms else torch.zeros(0, device=dev),
-                           *self._feedback(out.detach(), plan, part)])
+                           torch.stack(teacher_ms) if teacher_ms else torch.zeros(0, device=dev), samples])
         return Forward(terms, stats)
 
-    def _feedback(self, discrepancy: torch.Tensor, plan: StepPlan, part: slice):
-        """Per (region, timestep bin) sums and counts of D_i, on the device (no host sync)."""
-        regions = plan.regions[part]
-        bins = np.minimum(plan.timesteps[part] * self.bins // self.num_timesteps, self.bins - 1)
-        valid = regions >= 0
-        flat = to_device(np.where(valid, regions, 0) * self.bins + bins, self.device)
-        mask = to_device(valid, self.device, torch.float32)
-        size = self.num_regions * self.bins
-        sums = torch.zeros(size, device=self.device).scatter_add_(0, flat, discrepancy * mask)
-        counts = torch.zeros(size, device=self.device).scatter_add_(0, flat, mask)
-        return sums, counts
+    def _feedback(self, discrepancy: np.ndarray, plan: StepPlan, step: int) -> Feedback:
+        """Per (region, timestep bin) sums and counts of D_i over the conditioned samples of the plan."""
+        valid = plan.regions >= 0
+        bins = np.minimum(plan.timesteps * self.bins // self.num_timesteps, self.bins - 1)
+        return Feedback.from_samples(plan.regions[valid], discrepancy[valid], self.num_regions, bins[valid],
+                                     self.bins, step)
 
-    def reduce(self, out: Forward, step: int) -> Reduced:
+    def reduce(self, out: Forward, plan: StepPlan) -> Reduced:
         """All-reduce the step statistics and read them on the host (the step's one sync)."""
         stats = self.backend.all_reduce(out.stats, what="all-reduce of the step's losses and feedback")
         stats = stats.double().cpu().numpy()
@@ -284,11 +285,8 @@ class Distiller:
         nb = len(self.pairs)
         terms = dict(zip(self.term_names, stats[:k].tolist()))
         teacher_ms = stats[k:k + nb]
-        size = self.num_regions * self.bins
-        sums = stats[k + nb:k + nb + size].reshape(self.num_regions, self.bins)
-        counts = stats[k + nb + size:].reshape(self.num_regions, self.bins)
         finite = all(math.isfinite(v) for v in terms.values())
-        return Reduced(finite, terms, teacher_ms, Feedback(sums, np.rint(counts), step))
+        return Reduced(finite, terms, teacher_ms, self._feedback(stats[k + nb:], plan, plan.step))
 
     # -- the loss ---------------------------------------------------------------------------
     def scales(self, red: Reduced) -> np.ndarray:

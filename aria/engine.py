@@ -171,7 +171,7 @@ class DistillationRun:
         """Plan, forward and reduce one step: (plan, forward, reduced statistics)."""
         plan = self.distiller.plan(step, self.strategy, self.state)
         out = self.distiller.forward(plan)
-        return plan, out, self.distiller.reduce(out, step)
+        return plan, out, self.distiller.reduce(out, plan)
 
     def train(self) -> None:
         c, b = self.config, self.backend

@@ -30,7 +30,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Union
 
 import numpy as np
@@ -89,6 +89,9 @@ class Feedback:
     sums: np.ndarray
     counts: np.ndarray
     step: int = 0
+    # flat indices (increasing) of the only entries that can be non-zero: set by ``from_samples``,
+    # which also makes the arrays read-only so that it cannot go stale; None: scan the dense arrays
+    support: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         sums = np.asarray(self.sums, dtype=np.float64)
@@ -107,9 +110,13 @@ class Feedback:
         bins = np.zeros_like(regions) if bins is None else np.asarray(bins, dtype=np.int64)
         flat = regions * num_bins + bins
         size = num_regions * num_bins
+        if flat.size and (flat.min() < 0 or flat.max() >= size):
+            raise ValueError(f"feedback samples outside {num_regions} regions x {num_bins} bins")
         sums = np.bincount(flat, weights=np.asarray(values, dtype=np.float64), minlength=size)
         counts = np.bincount(flat, minlength=size).astype(np.float64)
-        return Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step)
+        sums.flags.writeable = counts.flags.writeable = False  # the support below stays true
+        return Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step,
+                        support=np.unique(flat))
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,13 @@ def _sanitize(feedback: Feedback, num_regions: int):
     # fast path: only entries with a non-zero count can hold data (a few per step), so check those
     # and verify that no sum hides elsewhere; NaN counts as non-zero and lands in the checked set.
     flat_sums, flat_counts = sums.reshape(-1), counts.reshape(-1)
-    idx = _nonzero(flat_counts)
+    support = feedback.support
+    idx = _nonzero(flat_counts) if support is None else support  # support: every entry has a count >= 1
     s, c = flat_sums[idx], flat_counts[idx]
     if idx.size == 0:
         clean = not flat_sums.any()
+    elif support is not None:  # zero outside the support by construction: check the entries only
+        clean = bool(_min(s) >= 0 and _max(s) <= FEEDBACK_LIMIT and _max(c) <= FEEDBACK_LIMIT)
     else:
         s_min = _min(s)
         clean = bool(s_min >= 0 and _max(s) <= FEEDBACK_LIMIT and _max(c) <= FEEDBACK_LIMIT

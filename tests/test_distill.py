@@ -125,14 +125,14 @@ def test_rank_slices_add_up_to_the_global_batch(world):
     k = len(full.term_names)
     np.testing.assert_allclose(halves[:k].numpy(), whole[:k].numpy(), rtol=1e-5)  # loss terms
     nb = len(full.pairs)
-    np.testing.assert_allclose(halves[k + nb:].numpy(), whole[k + nb:].numpy(), rtol=1e-5)  # feedback
+    np.testing.assert_allclose(halves[k + nb:].numpy(), whole[k + nb:].numpy(), rtol=1e-5)  # per-sample D
 
 
 def test_feedback_counts_every_conditioned_sample_per_region_and_bin(world):
     s = create_strategy("rc")
     d, _ = distiller(world, FakeRank())
     p = d.plan(5, s, s.init(world[0].region_info, 0))
-    red = d.reduce(d.forward(p), 5)
+    red = d.reduce(d.forward(p), p)
     assert red.finite and red.feedback.step == 5
     counts = red.feedback.counts
     assert counts.sum() == (~p.dropped).sum()
@@ -145,8 +145,9 @@ def test_loss_combines_the_weighted_terms_and_trains(world):
     s = create_strategy("aria")
     d, student = distiller(world, FakeRank(), w_task=0.5, w_out=2.0, w_feat=0.1)
     state = s.init(world[0].region_info, 0)
-    out = d.forward(d.plan(0, s, state))
-    red = d.reduce(out, 0)
+    plan0 = d.plan(0, s, state)
+    out = d.forward(plan0)
+    red = d.reduce(out, plan0)
     loss, logged = d.loss(out, red)
     np.testing.assert_allclose(d.feature_scale, red.teacher_ms)  # first step: the scale is the step's
     expected = 0.5 * red.terms["task"] + 2.0 * red.terms["out"] + 0.1 * logged["feat"]
@@ -155,7 +156,8 @@ def test_loss_combines_the_weighted_terms_and_trains(world):
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     assert all(p.grad is None for p in world[1].unet.parameters())  # the teacher never gets gradients
     before = d.feature_scale.copy()
-    red2 = d.reduce(d.forward(d.plan(1, s, state)), 1)
+    plan1 = d.plan(1, s, state)
+    red2 = d.reduce(d.forward(plan1), plan1)
     d.loss(d.forward(d.plan(1, s, state)), red2)
     np.testing.assert_allclose(d.feature_scale, 0.99 * before + 0.01 * red2.teacher_ms)
 
@@ -165,7 +167,8 @@ def test_nan_input_is_reported_non_finite(world):
     bundle.paired_images[:] = np.nan
     s = create_strategy("rc")
     d, _ = distiller((bundle, teacher), FakeRank())
-    assert not d.reduce(d.forward(d.plan(0, s, s.init(bundle.region_info, 0))), 0).finite
+    plan = d.plan(0, s, s.init(bundle.region_info, 0))
+    assert not d.reduce(d.forward(plan), plan).finite
 
 
 def test_weight_ema():

@@ -234,3 +234,26 @@ def test_draw_regions_follows_the_probabilities_and_never_draws_a_zero(k):
         assert regions.dtype == np.int64 and (p[regions] > 0).all()
         counts += np.bincount(regions, minlength=k)
     assert abs(counts[k // 2] / counts.sum() - p[k // 2]) < 5 * np.sqrt(p[k // 2] / counts.sum())
+
+
+@pytest.mark.parametrize("strategy_name", ["aria", "exp3", "rc"])
+def test_sample_feedback_with_bad_values_matches_its_dense_copy(strategy_name):
+    """``Feedback.from_samples`` carries its support (the cells it touched) and read-only arrays; the
+    update checks only those cells, with the same outcome as the dense scan of the same arrays."""
+    rng = np.random.default_rng(3)
+    palette = np.array([0.0, 0.5, 2.0, -1.0, np.nan, np.inf, 1e300])
+    strategy = create_strategy(strategy_name)
+    sparse = dense = strategy.init(RegionInfo(SIZES), SEED)
+    for step in range(30):
+        alloc = strategy.allocate(sparse, step, DRAWS)
+        values = palette[rng.integers(0, palette.size, DRAWS)] if step % 3 == 0 else rng.random(DRAWS)
+        fb = Feedback.from_samples(alloc.regions, values, SIZES.size, rng.integers(0, BINS, DRAWS), BINS, step)
+        assert np.array_equal(fb.support, np.flatnonzero(fb.counts))
+        with pytest.raises(ValueError):
+            fb.sums[0, 0] = 1.0  # read-only: the support cannot go stale
+        sparse = strategy.update(sparse, fb)
+        dense = strategy.update(dense, Feedback(fb.sums.copy(), fb.counts.copy(), step))
+        assert state_hash(sparse) == state_hash(dense)
+    assert sparse["dropped"] > 0
+    with pytest.raises(ValueError, match="outside"):
+        Feedback.from_samples(np.array([SIZES.size]), np.ones(1), SIZES.size, np.zeros(1, int), BINS)
