@@ -100,6 +100,9 @@ class Feedback:
             sums, counts = sums[:, None], counts.reshape(-1, 1)
         if sums.shape != counts.shape or sums.ndim != 2:
             raise ValueError(f"feedback sums {sums.shape} and counts {counts.shape} differ")
+        if self.support is not None:  # the arrays may not change behind the support's back
+            sums, counts = sums.view(), counts.view()
+            sums.flags.writeable = counts.flags.writeable = False
         object.__setattr__(self, "sums", sums)
         object.__setattr__(self, "counts", counts)
 
@@ -114,7 +117,6 @@ class Feedback:
             raise ValueError(f"feedback samples outside {num_regions} regions x {num_bins} bins")
         sums = np.bincount(flat, weights=np.asarray(values, dtype=np.float64), minlength=size)
         counts = np.bincount(flat, minlength=size).astype(np.float64)
-        sums.flags.writeable = counts.flags.writeable = False  # the support below stays true
         return Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step,
                         support=np.unique(flat))
 
