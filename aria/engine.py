@@ -36,6 +36,19 @@ def _hash63(state) -> int:
     return int(state_hash(state)[:15], 16)
 
 
+def _inductor_cache_unset() -> bool:
+    """TORCHINDUCTOR_CACHE_DIR is empty or torch's default: importing diffusers already writes the
+    default into the environment, so "set" alone does not mean that the user chose a folder."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not value:
+        return True
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # pragma: no cover - other torch layouts
+        return False
+    return os.path.abspath(value) == os.path.abspath(default_cache_dir())
+
+
 class DistillationRun:
     """Setup, train and finish one distillation run. ``bundle`` / ``teacher`` may be passed in
     (tests, comparisons) instead of being prepared from the config."""
@@ -87,7 +100,7 @@ class DistillationRun:
         self.scheduler = DDPMScheduler.from_config(self.teacher.scheduler_config)
         if c.backend.compile:  # compiled at the first step (the summary's "first step" row); the compiler's
             # caches go beside the data cache, so that a resumed or repeated run reuses them
-            if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+            if _inductor_cache_unset():
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(c.data.cache_dir).resolve() / "inductor")
             self.teacher.unet.compile()
             student.compile()

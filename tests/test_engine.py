@@ -203,12 +203,19 @@ def test_compile_caches_beside_the_data_and_the_summary_separates_the_first_step
 
     from aria.metrics import run_summary
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # restored after the test
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # what importing diffusers leaves in the environment: torch's default, which the run replaces
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # restored after the test
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     config, _, records = run(tmp_path, backend={"compile": True}, distillation={"steps": 3}, logging={"every": 1})
     assert len(compiled) == 2  # teacher and student
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((config.data.cache_dir).resolve() / "inductor")
+    mine = tmp_path / "my-inductor-cache"  # a folder the user chose is kept
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
+    run(tmp_path / "again", backend={"compile": True}, distillation={"steps": 1})
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(mine)
     rows = dict((q, v) for q, v in run_summary(records, 1.0, 0))
     steps = [r for r in records if "loss" in r]
     assert rows["first step (s), compilation included"] == pytest.approx(steps[0]["batch"] / steps[0]["samples_per_s"])
