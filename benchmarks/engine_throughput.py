@@ -16,8 +16,8 @@ one process:
   backend settings come from ``configs/sd-bk-small.yaml`` (torch backend + torch.compile, bf16 on
   CUDA, aria strategy, feature balance, CFG dropout 0.1; ``--backend deepspeed`` for ZeRO 2); on CPU
   the candidate runs in fp32.
-- ``candidate+<lever>``: the candidate with one lever applied (``--levers``); a lever that the
-  candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped.
+- ``candidate+<lever>``: the candidate with one lever applied (``--levers``; ``a+b`` applies both); a
+  lever that the candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped.
 
 Not in either path: the VAE (the paired "images" are random 4x64x64 latents) and the text encoder
 (a stub returns fixed random 77x768 token states per prompt, as ``ContextCache`` expects).
@@ -155,7 +155,7 @@ def make_bundle(*, latent_size: int, channels: int, context: tuple[int, int], pa
     offsets = np.concatenate([[0], np.cumsum(np.bincount(region, minlength=regions))]).astype(np.int64)
     latents = rng.standard_normal((paired, channels, latent_size, latent_size)).astype(np.float32)
     paired_ids = rng.integers(prompts, size=paired, dtype=np.int64)
-    return DataBundle(pool=SyntheticPool(prompts), region_of_prompt=region.astype(np.int32), region_offsets=offsets,
+    return DataBundle(pool=SyntheticPool(prompts), region_of_prompt=region, region_offsets=offsets,
                       region_members=members, region_info=RegionInfo(np.bincount(region, minlength=regions)),
                       paired_images=latents, paired_prompt_ids=paired_ids, regime_of_prompt=None,
                       encoder=StubEncoder(prompts, *context, seed=seed + 1))
@@ -275,6 +275,22 @@ def kernel_summary(events, steps: int) -> str:
     lines.append("largest idle gaps (ms, next kernel): " + "; ".join(
         f"{g / 1e3:.2f} {n[:40]}" for g, n in sorted(gaps, reverse=True)[:6]))
     return "\n".join(lines) + "\n"
+
+
+def timed(fn, sink: list):
+    """``fn`` that appends the host seconds of every call to ``sink``."""
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - t)
+    return wrapper
+
+
+def steps_to_run(ctx, total_steps: int) -> int:
+    """The timed and warm-up steps, plus the profiled ones with ``--profile``."""
+    return total_steps + (ctx.profile_steps if ctx.profile_dir is not None else 0)
 
 
 def profiler_for(ctx, path: str, total_steps: int) -> StepProfiler | None:
@@ -452,7 +468,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
         sync(dev)
         result.setup_s = time.perf_counter() - t0
         clock = Clock(dev, profiler_for(ctx, path_name, total_steps))
-        for step in range(total_steps + (ctx.profile_steps if clock.profiler else 0)):
+        for step in range(steps_to_run(ctx, total_steps)):
             clock.mark()
             result.losses.append(train_step(step))
         clock.mark()
@@ -602,7 +618,7 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             seed=ctx.seed, output_dir=Path(out),
             student={"variant": student_variant, "init_from_teacher": True},
             distillation={**ctx.distill_section, "batch_size": batch,
-                          "steps": total_steps + (ctx.profile_steps if ctx.profile_dir else 0)},
+                          "steps": steps_to_run(ctx, total_steps)},
             strategy={"name": ctx.strategy_name, "params": {ctx.strategy_name: ctx.strategy_params}},
             backend=backend,
             logging={"every": 10**9, "checkpoint_every": 10**9, "progress": False, "tensorboard": False},
@@ -625,24 +641,13 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             plan = run.distiller.plan
 
             host = {"plan": [], "update": []}
-            strategy_update = run.strategy.update
+            timed_plan = timed(plan, host["plan"])
 
-            def timed_plan(*args, **kwargs):  # the first call of every engine step: a step boundary
+            def marked_plan(*args, **kwargs):  # the first call of every engine step: a step boundary
                 clock.mark()
-                t = time.perf_counter()
-                try:
-                    return plan(*args, **kwargs)
-                finally:
-                    host["plan"].append(time.perf_counter() - t)
+                return timed_plan(*args, **kwargs)
 
-            def timed_update(*args, **kwargs):
-                t = time.perf_counter()
-                try:
-                    return strategy_update(*args, **kwargs)
-                finally:
-                    host["update"].append(time.perf_counter() - t)
-
-            run.distiller.plan, run.strategy.update = timed_plan, timed_update
+            run.distiller.plan, run.strategy.update = marked_plan, timed(run.strategy.update, host["update"])
             sync(dev)
             result.setup_s = time.perf_counter() - t0
             run.train()

@@ -175,13 +175,11 @@ def _sanitize(feedback: Feedback, num_regions: int):
     s, c = flat_sums[idx], flat_counts[idx]
     if idx.size == 0:
         clean = not flat_sums.any()
-    elif support is not None:  # zero outside the support by construction: check the entries only
-        clean = bool(_min(s) >= 0 and _max(s) <= FEEDBACK_LIMIT and _max(c) <= FEEDBACK_LIMIT)
     else:
         s_min = _min(s)
         clean = bool(s_min >= 0 and _max(s) <= FEEDBACK_LIMIT and _max(c) <= FEEDBACK_LIMIT
                      and (_min(c) >= 1.0 or _valid(s, c).all()))  # counts >= 1: the mean bound is the sum bound
-        if clean:  # no sum without a count: as many non-zero sums in all as among the entries
+        if clean and support is None:  # no sum without a count: as many non-zero sums in all as among the entries
             nonzero_sums = _count_nonzero(flat_sums if flat_sums.size <= 2048 else flat_sums != 0)  # faster each
             clean = nonzero_sums == (idx.size if s_min > 0 else _count_nonzero(s))
     if clean:
