@@ -36,7 +36,7 @@ class Backend(Protocol):
     def autocast(self) -> contextlib.AbstractContextManager: ...
     def student_autocast(self) -> contextlib.AbstractContextManager: ...
     def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> torch.Tensor | float | None: ...  # the gradient norm, read by the caller only when logged
+    def step(self, skip: torch.Tensor | None = None) -> torch.Tensor | float | None: ...  # the gradient norm, read by the caller only when logged
     def zero_grad(self) -> None: ...
     def all_reduce(self, tensor: torch.Tensor, what: str = "all_reduce") -> torch.Tensor: ...
     def same_on_all_ranks(self, value: int) -> bool: ...
@@ -247,18 +247,22 @@ class TorchBackend(_Base):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), **fused)
+        # fused AdamW (CPU and GPU): one kernel on the GPU, and the AdamW that skips a step on the device (found_inf)
+        self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(self.distill.warmup_steps))
         return self.model
 
     def backward(self, loss):
         loss.backward()
 
-    def step(self):
+    def step(self, skip=None):
+        """Clip, step the optimizer and the LR schedule; returns the gradient norm (a device tensor).
+        ``skip``: a device bool; where True the fused AdamW leaves weights and moments unchanged
+        (the LR schedule still advances)."""
         norm = None
         if self.distill.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.distill.grad_clip)
+        self.optimizer.found_inf = None if skip is None else skip.float()  # read by the fused AdamW's step
         self.optimizer.step()
         self.scheduler.step()
         return norm
@@ -358,7 +362,9 @@ class DeepSpeedBackend(_Base):
     def backward(self, loss):
         self.engine.backward(loss)
 
-    def step(self):
+    def step(self, skip=None):
+        if skip is not None:  # RunConfig rejects step_sync 'device' with DeepSpeed
+            raise ValueError("DeepSpeedBackend cannot skip a step on the device")
         self.engine.step()  # clips, steps the optimizer and the LR schedule, zeroes the gradients
         return self.engine.get_global_grad_norm()  # a device tensor under bf16: read it only when logged
 

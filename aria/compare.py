@@ -116,6 +116,9 @@ def config_digest(config) -> str:
         data.pop(key)
     data["strategy"].pop("name")
     data["eval"].pop("batch_size")  # speed only
+    data["distillation"].pop("step_sync")  # where a non-finite step is skipped: speed only, the same results
+    if data["distillation"]["feedback_delay"] == 0:  # the default: digests made before the option stay valid
+        data["distillation"].pop("feedback_delay")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -387,16 +390,17 @@ def read_results(path: Path) -> dict:
     return data
 
 
-def results_doc(results_path: Path | list[Path], out: Path, check: bool = False) -> str:
+def results_doc(results_path: Path | list[Path], out: Path, check: bool = False, ablation_paths=()) -> str:
     """Write (or, with ``check``, verify) the results document generated from ``results_path`` (one
-    results JSON, or several: the headline first)."""
+    results JSON, or several: the headline first) and the ablations' results JSONs."""
     paths = list(results_path) if isinstance(results_path, (list, tuple)) else [results_path]
     results = [read_results(p) for p in paths]
+    ablations = [read_results(p) for p in ablation_paths]
     existing = Path(out).read_text() if Path(out).is_file() else None
-    if len(paths) == 1:
+    if len(paths) == 1 and not ablations:
         text = report.results_document(results[0], paths[0], out, existing)
     else:
-        text = report.results_document(results, paths, out, existing)
+        text = report.results_document(results, paths, out, existing, ablations, list(ablation_paths))
     if check:
         if existing is None:
             raise report.DocCheckError(f"--out {out} does not exist (nothing to check)")
@@ -410,13 +414,16 @@ def results_doc(results_path: Path | list[Path], out: Path, check: bool = False)
 @click.command("results")
 @click.option("--results", "results_path", type=click.Path(path_type=Path), required=True, multiple=True,
               help="A compare results.json; repeat for more (the headline first, then e.g. a second split).")
+@click.option("--ablation", "ablation_paths", type=click.Path(path_type=Path), multiple=True,
+              help="An ablation's results.json (same config but its --set values); repeat for more. Summarised "
+                   "in one table against rc (its own, or the headline's when it did not run rc).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
 @click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
-def results_command(results_path, out, check):
+def results_command(results_path, ablation_paths, out, check):
     """Generate docs/RESULTS.md from a results JSON (keeping the reading section)."""
     try:
-        results_doc(results_path, out, check)
+        results_doc(results_path, out, check, ablation_paths)
     except report.DocCheckError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
-    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, results_path))}")
+    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, [*results_path, *ablation_paths]))}")

@@ -108,6 +108,12 @@ class DistillConfig(Section):
         "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do)"
     )
     context_cache_mb: float = Field(1024, ge=0, description="device memory for precomputed paired-prompt contexts")
+    step_sync: Literal["host", "device"] = Field(
+        "host", description="host: read the step's statistics before backward and skip a non-finite step there "
+        "(any backend); device: skip it on the device (fused AdamW), read the statistics without stalling the "
+        "GPU (torch backend)")
+    feedback_delay: int = Field(0, ge=0, le=1, description="steps between a step and the strategy update from "
+                                "its feedback (step_sync device): 1 plans step s+1 before step s's statistics arrive")
 
 
 class StrategySection(Section):
@@ -161,6 +167,17 @@ class RunConfig(Section):
     backend: BackendConfig = BackendConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _step_sync(self):
+        d = self.distillation
+        if d.step_sync == "device" and self.backend.kind != "torch":
+            raise ValueError("distillation.step_sync 'device' needs backend.kind 'torch' (DeepSpeed reduces the "
+                             "gradients into its partitions during backward: a non-finite step is skipped on the host)")
+        if d.feedback_delay and d.step_sync != "device":
+            raise ValueError("distillation.feedback_delay 1 needs step_sync 'device' (the host sync waits for the "
+                             "step's statistics anyway)")
+        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -6,9 +6,9 @@ timesteps, which samples are switched, which regions and prompts they get) and a
 
     plan  = plan_step(...)                       # global batch, from rngs [seed, step, stream]
     out   = distiller.forward(plan)              # teacher (inference mode) + student, loss terms
-    red   = distiller.reduce(out, plan)          # ONE all-reduce + ONE host read of a small tensor
-    loss  = distiller.loss(out, red)             # only when red.finite: weights x terms
-    feedback = red.feedback                      # per (region, timestep bin) sums and counts
+    red   = distiller.reduce(out, plan)          # ONE all-reduce; the host copy starts, unawaited
+    loss  = distiller.loss(out, red)             # weights x terms, feature scales on the device
+    red.finite, red.feedback, distiller.logged(red)   # host values: the first read waits for the copy
 
 Loss = w_task MSE(eps_S, noise) on paired samples + w_out MSE(eps_S, eps_T) + w_feat sum_b
 MSE(F_S, F_T) / scale_b, where scale_b is a running (EMA) mean square of the teacher's block b
@@ -26,11 +26,15 @@ are genuine observations of the student-teacher gap inside their region (at othe
 with matched images), and the per-bin feedback lets strategies compare regions at equal t.
 ``feedback_from: switched`` restricts the feedback to switched samples.
 
-Why no one-step-late feedback: skipping a non-finite step must happen *before* backward (with
-ZeRO the gradients are reduced into partitions during backward and cannot be discarded
-cleanly), so the step reads its reduced statistics on the host once, right after the forward.
-The feedback rides in the same read; the next step's host work (plan, prompt encoding) then
-overlaps the backward on the device, so applying the feedback at once costs no extra sync.
+Where the host waits (``distillation.step_sync``): a non-finite step must not change the weights.
+``host`` reads the reduced statistics right after the forward and skips backward and the optimizer
+step on the host; this works with every backend (with ZeRO the gradients are reduced into
+partitions during backward and cannot be discarded cleanly) but leaves the GPU idle while the host
+reads and launches the backward. ``device`` never reads before backward: the finite flag and the
+feature scales stay on the device (``Reduced.device_finite``), the fused AdamW skips a non-finite
+step itself (``found_inf``) and the weight EMA is gated the same way; the host reads the statistics
+when the step's backward is already queued (and, with ``feedback_delay`` 1, only after the next
+step is queued too), so the GPU never waits for it.
 """
 
 from __future__ import annotations
@@ -171,12 +175,53 @@ class Forward:
     stats: torch.Tensor  # flat: terms (detached), teacher feature mean squares, feedback sums, counts
 
 
-@dataclass
 class Reduced:
-    finite: bool
-    terms: dict[str, float]  # global values of the loss terms
-    teacher_ms: np.ndarray  # per feature block, global mean square of the teacher's features
-    feedback: Feedback
+    """The all-reduced statistics of one step. On the device: ``device_finite`` (all loss terms finite)
+    and ``device_scales`` (the feature-balance divisors of this step's loss). On the host, read on first
+    access (waiting for the copy that ``Distiller.reduce`` started): ``finite``, ``terms``,
+    ``teacher_ms``, ``scales`` and ``feedback``."""
+
+    def __init__(self, payload: torch.Tensor, device_finite, device_scales, unpack):
+        self.device_finite, self.device_scales = device_finite, device_scales
+        self._unpack = unpack  # host float64 array -> (terms, teacher_ms, scales, feedback)
+        if payload.device.type == "cuda":  # pinned host copy, awaited at the first read only
+            self._host = torch.empty(payload.shape, dtype=payload.dtype, pin_memory=True)
+            self._host.copy_(payload, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host, self._ready = payload, None
+        self._values = None
+
+    def _read(self):
+        if self._values is None:
+            if self._ready is not None:
+                self._ready.synchronize()
+            self._values = self._unpack(self._host.numpy())
+        return self._values
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """Global values of the loss terms."""
+        return self._read()[0]
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.terms.values())
+
+    @property
+    def teacher_ms(self) -> np.ndarray:
+        """Per feature block, the global mean square of the teacher's features."""
+        return self._read()[1]
+
+    @property
+    def scales(self) -> np.ndarray:
+        """The feature-balance divisors this step's loss used."""
+        return self._read()[2]
+
+    @property
+    def feedback(self) -> Feedback:
+        return self._read()[3]
 
 
 class Distiller:
@@ -194,7 +239,7 @@ class Distiller:
         self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0) or 1.0)
         self.contexts = ContextCache(bundle.encoder, bundle.pool, bundle.paired_prompt_ids, self.device,
                                      config.context_cache_mb)
-        self.feature_scale: np.ndarray | None = None
+        self.feature_scale: torch.Tensor | None = None  # float64 on the device; NaN: no finite step yet
         self.term_names = ["task", "out"] + [f"feat/{i}" for i in range(len(self.pairs))]
         # hooks stay for the whole run (stable for torch.compile); ``close`` removes them
         self.cap_t = FeatureCapture(teacher, [p.teacher_name for p in self.pairs]).__enter__()
@@ -278,47 +323,68 @@ class Distiller:
                                      self.bins, step)
 
     def reduce(self, out: Forward, plan: StepPlan) -> Reduced:
-        """All-reduce the step statistics and read them on the host (the step's one sync)."""
+        """All-reduce the step statistics and start their copy to the host (not awaited here)."""
         stats = self.backend.all_reduce(out.stats, what="all-reduce of the step's losses and feedback")
-        stats = stats.double().cpu().numpy()
-        k = len(self.term_names)
-        nb = len(self.pairs)
-        terms = dict(zip(self.term_names, stats[:k].tolist()))
-        teacher_ms = stats[k:k + nb]
-        finite = all(math.isfinite(v) for v in terms.values())
-        return Reduced(finite, terms, teacher_ms, self._feedback(stats[k + nb:], plan, plan.step))
+        k, nb = len(self.term_names), len(self.pairs)
+        finite = torch.isfinite(stats[:k]).all()
+        scales = self._scales(stats[k:k + nb].double())
+        payload = torch.cat([stats.double(), scales])
+
+        def unpack(values: np.ndarray):
+            terms = dict(zip(self.term_names, values[:k].tolist()))
+            n = values.size - nb
+            feedback = self._feedback(values[k + nb:n], plan, plan.step)
+            return terms, values[k:k + nb], values[n:], feedback
+
+        return Reduced(payload, finite, scales, unpack)
 
     # -- the loss ---------------------------------------------------------------------------
-    def scales(self, red: Reduced) -> np.ndarray:
-        """Feature-balance divisors for this step: EMA of the teacher's mean squares, this step included."""
+    def _scales(self, teacher_ms: torch.Tensor) -> torch.Tensor:
+        """Feature-balance divisors for this step (float64, on the device): the EMA of the teacher's
+        mean squares, this step included; the step's own mean squares at the first step."""
         nb = len(self.pairs)
         if not self.config.feature_balance or nb == 0:
-            return np.ones(nb)
-        ms = np.maximum(red.teacher_ms, 1e-12)
+            return torch.ones(nb, dtype=torch.float64, device=self.device)
+        ms = teacher_ms.clamp_min(1e-12)
         if self.feature_scale is None:
             return ms
         d = self.config.feature_balance_decay
-        return d * self.feature_scale + (1 - d) * ms
+        previous = self.feature_scale
+        return torch.where(torch.isnan(previous), ms, d * previous + (1 - d) * ms)  # NaN: no finite step yet
 
-    def loss(self, out: Forward, red: Reduced) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss to backpropagate (scaled by WORLD_SIZE for gradient averaging) and the logged terms.
-        Commits the feature-balance scales, so call it only for a finite step."""
+    def loss(self, out: Forward, red: Reduced) -> torch.Tensor:
+        """The loss to backpropagate (scaled by WORLD_SIZE for gradient averaging). Commits the
+        feature-balance scales if the step is finite (decided on the device: no host read)."""
         c = self.config
-        scales = self.scales(red)
-        self.feature_scale = scales
-        feat = sum((out.terms[f"feat/{i}"] / float(s) for i, s in enumerate(scales)), torch.zeros((), device=self.device))
+        scales = red.device_scales
+        if scales.numel():
+            previous = self.feature_scale
+            if previous is None:
+                previous = torch.full_like(scales, float("nan"))
+            self.feature_scale = torch.where(red.device_finite, scales, previous)
+        divisors = scales.float()
+        feat = sum((out.terms[f"feat/{i}"] / divisors[i] for i in range(len(self.pairs))),
+                   torch.zeros((), device=self.device))
         total = c.w_task * out.terms["task"] + c.w_out * out.terms["out"] + c.w_feat * feat
-        logged = {"task": red.terms["task"], "out": red.terms["out"],
-                  "feat": float(sum(red.terms[f"feat/{i}"] / s for i, s in enumerate(scales)))}
+        return total * self.backend.world_size
+
+    def logged(self, red: Reduced) -> dict[str, float]:
+        """The step's loss and its terms as logged (host values: reads ``red``)."""
+        c, terms = self.config, red.terms
+        logged = {"task": terms["task"], "out": terms["out"],
+                  "feat": float(sum(terms[f"feat/{i}"] / s for i, s in enumerate(red.scales)))}
         logged["loss"] = c.w_task * logged["task"] + c.w_out * logged["out"] + c.w_feat * logged["feat"]
-        return total * self.backend.world_size, logged
+        return logged
 
     def state_dict(self) -> dict:
-        return {"feature_scale": None if self.feature_scale is None else [float(x) for x in self.feature_scale]}
+        scale = None if self.feature_scale is None else self.feature_scale.cpu().numpy()
+        if scale is None or np.isnan(scale).any():  # no finite step yet
+            return {"feature_scale": None}
+        return {"feature_scale": [float(x) for x in scale]}
 
     def load_state_dict(self, state: dict) -> None:
         scale = state.get("feature_scale")
-        self.feature_scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.feature_scale = None if scale is None else torch.tensor(scale, dtype=torch.float64, device=self.device)
 
 
 class WeightEMA:
@@ -329,10 +395,16 @@ class WeightEMA:
         self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
+    def update(self, module: torch.nn.Module, gate: torch.Tensor | None = None) -> None:
+        """One EMA step; ``gate``: a device bool, False leaves the shadow unchanged (no host read)."""
         current = module.state_dict()
         keys = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[k] for k in keys], [current[k].float() for k in keys], 1.0 - self.decay)
+        shadow, target = [self.shadow[k] for k in keys], [current[k].float() for k in keys]
+        if gate is None:
+            torch._foreach_lerp_(shadow, target, 1.0 - self.decay)
+        else:
+            weight = gate.float() * (1.0 - self.decay)
+            torch._foreach_lerp_(shadow, target, [weight] * len(keys))
 
     def copy_to(self, module: torch.nn.Module) -> None:
         state = module.state_dict()

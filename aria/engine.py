@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,17 @@ def _inductor_cache_unset() -> bool:
     except ImportError:  # pragma: no cover - other torch layouts
         return False
     return os.path.abspath(value) == os.path.abspath(default_cache_dir())
+
+
+@dataclass
+class _Launched:
+    """A step whose device work is queued; ``DistillationRun._complete`` does its host part."""
+
+    step: int
+    plan: object
+    red: object
+    record: dict
+    norm: object = None
 
 
 class DistillationRun:
@@ -180,48 +193,68 @@ class DistillationRun:
             print(f"resuming from {folder} (step {self.start_step})", flush=True)
 
     # -- the loop ---------------------------------------------------------------------------
-    def _loss_step(self, step: int):
-        """Plan, forward and reduce one step: (plan, forward, reduced statistics)."""
-        plan = self.distiller.plan(step, self.strategy, self.state)
-        out = self.distiller.forward(plan)
-        return plan, out, self.distiller.reduce(out, plan)
+    def _launch(self, step: int) -> _Launched:
+        """Plan, forward, reduce and (unless the host sees a non-finite step) backward and optimizer
+        step. With ``step_sync: device`` nothing here waits for the GPU."""
+        b, d = self.backend, self.distiller
+        on_device = self.config.distillation.step_sync == "device"
+        plan = d.plan(step, self.strategy, self.state)
+        out = d.forward(plan)
+        red = d.reduce(out, plan)
+        launched = _Launched(step, plan, red, {"step": step + 1, "switched_fraction": float(plan.switched.mean()),
+                                               "lr": b.lr()})
+        if on_device or red.finite:  # host sync: reading ``finite`` waits for the forward and the all-reduce
+            b.backward(d.loss(out, red))
+            skip = ~red.device_finite if on_device else None
+            launched.norm = b.step(skip=skip)
+            b.zero_grad()
+            if self.ema is not None:
+                self.ema.update(self.student, gate=red.device_finite if on_device else None)
+        return launched
+
+    def _complete(self, done: _Launched) -> None:
+        """The host's part of a launched step: strategy update, counters, the metrics record."""
+        c, red, record = self.config, done.red, done.record
+        step = done.step
+        record["nonfinite"] = not red.finite
+        if red.finite:
+            self.state = self.strategy.update(self.state, red.feedback)
+            self.window.add(red.feedback)
+            self.nonfinite["consecutive"] = 0
+            record.update(self.distiller.logged(red))
+            if (step + 1) % c.logging.every == 0:  # reading the norm waits for the step: only on log steps
+                record["grad_norm"] = None if done.norm is None else float(done.norm)
+        else:
+            self.nonfinite["consecutive"] += 1
+            self.nonfinite["total"] += 1
+            record.update({k: None for k in ("loss", "task", "out", "feat")})
+        if (step + 1) % c.logging.every == 0 or step + 1 == c.distillation.steps:
+            record["probabilities"] = done.plan.probabilities
+            record["estimates"] = self.state.get("estimate")
+            record["region_discrepancy"] = self.window.take()
+            record["feat_blocks"] = [red.terms[f"feat/{i}"] for i in range(len(self.pairs))]
+        self.logger.step(record)
+        if self.check_consistency:
+            self._check_consistency(step + 1)
 
     def train(self) -> None:
-        c, b = self.config, self.backend
-        every = c.logging.every
+        """Launch every step; complete each ``feedback_delay`` steps later (at once at checkpoints, the
+        last step and before stopping, so that a checkpoint holds every step's feedback)."""
+        c = self.config
+        delay = c.distillation.feedback_delay
+        launched: deque[_Launched] = deque()
         for step in range(self.start_step, c.distillation.steps):
-            plan, out, red = self._loss_step(step)
-            record = {"step": step + 1, "switched_fraction": float(plan.switched.mean()), "lr": b.lr(),
-                      "nonfinite": not red.finite}
-            if red.finite:
-                loss, logged = self.distiller.loss(out, red)
-                b.backward(loss)
-                norm = b.step()
-                b.zero_grad()
-                if self.ema is not None:
-                    self.ema.update(self.student)
-                self.state = self.strategy.update(self.state, red.feedback)
-                self.window.add(red.feedback)
-                self.nonfinite["consecutive"] = 0
-                record.update(logged)
-                if (step + 1) % every == 0:  # reading the norm waits for the step: only on log steps
-                    record["grad_norm"] = None if norm is None else float(norm)
-            else:
-                self.nonfinite["consecutive"] += 1
-                self.nonfinite["total"] += 1
-                record.update({k: None for k in ("loss", "task", "out", "feat")})
-            del out
-            if (step + 1) % every == 0 or step + 1 == c.distillation.steps:
-                record["probabilities"] = plan.probabilities
-                record["estimates"] = self.state.get("estimate")
-                record["region_discrepancy"] = self.window.take()
-                record["feat_blocks"] = [red.terms[f"feat/{i}"] for i in range(len(self.pairs))]
-            self.logger.step(record)
-            if self.check_consistency:
-                self._check_consistency(step + 1)
+            launched.append(self._launch(step))
+            checkpoint = (step + 1) % c.logging.checkpoint_every == 0
+            drain = checkpoint or step + 1 == c.distillation.steps
+            while launched and (drain or len(launched) > delay):
+                self._complete(launched.popleft())
             if self.nonfinite["consecutive"] >= c.distillation.max_nonfinite_steps:
-                self._stop(step + 1)
-            if (step + 1) % c.logging.checkpoint_every == 0:
+                while launched:  # steps already launched count: one of them may have recovered
+                    self._complete(launched.popleft())
+                if self.nonfinite["consecutive"] >= c.distillation.max_nonfinite_steps:
+                    self._stop(step + 1)
+            if checkpoint:
                 self.save(step + 1)
 
     def _check_consistency(self, step: int) -> None:

@@ -302,9 +302,10 @@ def reading_section(existing: str | None) -> str:
 
 
 def results_document(results: dict | list[dict], results_path: Path | list[Path], doc_path: Path,
-                     existing: str | None) -> str:
+                     existing: str | None, ablations: list[dict] = (), ablation_paths: list[Path] = ()) -> str:
     """The whole RESULTS.md: the reading (kept from ``existing``), then for every results JSON (the
-    headline first, then e.g. a second split or an ablation) its header, tables and plot links."""
+    headline first, then e.g. a second split) its header, tables and plot links, then the ablations'
+    table (``ablation_section``)."""
     many = isinstance(results, list)
     results_list, paths = (results, results_path) if many else ([results], [results_path])
     here = Path(doc_path).resolve().parent
@@ -324,7 +325,50 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
         else:
             out += [*results_header(res), "", "## Reading", "", READING_OPEN, reading_section(existing),
                     READING_CLOSE, "", results_tables(res), "## Plots", "", *links, ""]
+    if ablations:
+        out += ablation_section(results_list[0], list(ablations), list(ablation_paths), here)
     return "\n".join(out)
+
+
+ABLATION_REGIMES = ("seen", "under", "unseen")
+
+
+def ablation_rows(headline: dict, ablation: dict, metric: str = "discrepancy") -> list[dict]:
+    """Per strategy of an ablation: its ``metric`` over rc's, paired by seed, per regime. rc is the
+    ablation's own where it ran rc (a setting that changes rc too), else the headline's (a setting
+    that rc ignores, e.g. aria's own parameters or the regions, which rc's uniform draws do not use)."""
+    from .compare import mean_ci, paired_ratios
+
+    own = "rc" in ablation["runs"]
+    rc_runs = (ablation if own else headline)["runs"].get("rc", {})
+    rows = []
+    for strategy in ablation["strategies"]:
+        if strategy == "rc" or strategy not in ablation["runs"]:
+            continue
+        runs = ablation["runs"][strategy]
+        seeds = sorted(runs, key=int)
+        value = lambda r, seed, g: (r.get(seed) or {}).get(g, {}).get(metric)  # noqa: E731
+        cells = {g: mean_ci(paired_ratios([value(runs, s, g) for s in seeds], [value(rc_runs, s, g) for s in seeds]))
+                 for g in ABLATION_REGIMES}
+        rows.append({"strategy": strategy, "rc": "own" if own else "headline", "seeds": seeds, "cells": cells})
+    return rows
+
+
+def ablation_section(headline: dict, ablations: list[dict], paths: list[Path], here: Path) -> list[str]:
+    """The ablations in one table: probe discrepancy of each ablated strategy over rc's, paired by seed."""
+    rows = [["headline", "aria", "headline", ", ".join(str(s) for s in headline["seeds"]),
+             *[fmt_ci(headline["ratios"]["aria"][g]["discrepancy"]) for g in ABLATION_REGIMES]]] \
+        if "aria" in headline.get("ratios", {}) else []
+    for res, path in zip(ablations, paths):
+        link = f"[{experiment_title(res, headline, 1)}]({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})"
+        for row in ablation_rows(headline, res):
+            rows.append([link, row["strategy"], row["rc"], ", ".join(row["seeds"]),
+                         *[fmt_ci(row["cells"][g]) for g in ABLATION_REGIMES]])
+    return ["## Ablations", "",
+            "Probe discrepancy of the ablated strategy over `rc`'s, per regime: mean of the per-seed ratios "
+            "with a 95% t-interval (one seed: the ratio alone). `rc` is the ablation's own when the setting "
+            "changes rc too, else the headline's, same seeds. Each ablation's own tables are linked.", "",
+            table(["ablation", "strategy", "rc", "seeds", *[f"{g} / rc" for g in ABLATION_REGIMES]], rows), ""]
 
 
 def experiment_title(results: dict, headline: dict, index: int) -> str:

@@ -14,8 +14,8 @@ one process:
   ``DistillationRun.train`` runs the steps: ``Distiller.plan/forward/reduce/loss`` and the
   backend's ``backward/step/zero_grad``, exactly as in a real run. Distillation, strategy and
   backend settings come from ``configs/sd-bk-small.yaml`` (torch backend + torch.compile, bf16 on
-  CUDA, aria strategy, feature balance, CFG dropout 0.1; ``--backend deepspeed`` for ZeRO 2); on CPU
-  the candidate runs in fp32.
+  CUDA, step_sync device, aria strategy, feature balance, CFG dropout 0.1; ``--backend deepspeed``
+  for ZeRO 2, which skips non-finite steps on the host); on CPU the candidate runs in fp32.
 - ``candidate+<lever>``: the candidate with one lever applied (``--levers``; ``a+b`` applies both); a
   lever that the candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped.
 
@@ -68,7 +68,7 @@ SD_UNET = REPO / "configs" / "unets" / "sd-v1-4-unet.json"
 TINY_UNET = REPO / "configs" / "unets" / "tiny-sd.json"
 PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
 LEVERS = ("compile", "fused_adamw", "teacher_bf16", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
-          "torch_backend")
+          "torch_backend", "host_sync", "late_feedback")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,6 +565,8 @@ def candidate_facts(run) -> dict:
         "teacher_channels_last": _channels_last(run.teacher.unet.conv_in.weight),
         "deterministic": bool(run.config.backend.deterministic),
         "cudnn_sdpa": bool(torch.backends.cuda.cudnn_sdp_enabled()),
+        "step_sync": run.config.distillation.step_sync,
+        "feedback_delay": run.config.distillation.feedback_delay,
     }
 
 
@@ -579,7 +581,8 @@ def lever_is_noop(lever: str, facts: dict) -> str | None:
               "teacher_bf16": facts.get("teacher_dtype") == str(torch.bfloat16),
               "channels_last": facts.get("channels_last"), "zero0": facts.get("zero_stage") == 0,
               "channels_last_teacher": facts.get("teacher_channels_last"),
-              "flash_sdpa": facts.get("cudnn_sdpa") is False, "torch_backend": facts.get("backend") == "torch"}
+              "flash_sdpa": facts.get("cudnn_sdpa") is False, "torch_backend": facts.get("backend") == "torch",
+              "host_sync": facts.get("step_sync") == "host", "late_feedback": facts.get("feedback_delay") == 1}
     parts = lever.split("+")
     return f"already in the candidate ({lever})" if all(checks.get(p) for p in parts) else None
 
@@ -608,6 +611,11 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         patches.append(fused_adamw)
     if "flash_sdpa" in levers:
         patches.append(flash_sdpa)
+    distill = {**ctx.distill_section, "batch_size": batch, "steps": steps_to_run(ctx, total_steps)}
+    if "host_sync" in levers or backend["kind"] != "torch":  # read the statistics before backward, skip on the host
+        distill.update(step_sync="host", feedback_delay=0)
+    if "late_feedback" in levers:  # the strategy sees a step's feedback one step late
+        distill.update(step_sync="device", feedback_delay=1)
     if "channels_last" in levers:  # DeepSpeed 0.19.8 rejects it at initialize (byte view of the params)
         patches.append(channels_last_student)
     result = PathResult("candidate" if lever is None else f"candidate+{lever}", lever)
@@ -617,8 +625,7 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         config = RunConfig(
             seed=ctx.seed, output_dir=Path(out),
             student={"variant": student_variant, "init_from_teacher": True},
-            distillation={**ctx.distill_section, "batch_size": batch,
-                          "steps": steps_to_run(ctx, total_steps)},
+            distillation=distill,
             strategy={"name": ctx.strategy_name, "params": {ctx.strategy_name: ctx.strategy_params}},
             backend=backend,
             logging={"every": 10**9, "checkpoint_every": 10**9, "progress": False, "tensorboard": False},

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,56 @@ def test_gpu_slots_spread_runs_over_the_visible_gpus(monkeypatch):
     assert set(slots.load.values()) == {0}  # released
     with compare.GpuSlots("cpu", 0).take() as env, compare.GpuSlots("1 card", 1).take() as one:
         assert env == {} and one == {}  # nothing to choose
+
+
+def test_config_digest_keeps_the_experiment_runs_valid():
+    """The digest of docs/results/shapes-gpu's runs: a new config field must not invalidate them (the
+    compare folders check it), speed-only settings do not count, a result-changing one does."""
+    from aria.config import load_config
+
+    sets = ["encoder.path=.encoder", "encoder.device=cuda", "logging.progress=false"]
+    config = Path(__file__).resolve().parents[1] / "configs" / "shapes-gpu.yaml"
+    digest = lambda *extra: compare.config_digest(load_config(config, [*sets, *extra]))  # noqa: E731
+    assert digest() == "a75704b7362cb1de"
+    assert digest("distillation.step_sync=device") == digest("eval.batch_size=8") == digest()
+    assert digest("distillation.step_sync=device", "distillation.feedback_delay=1") != digest()
+
+
+def results_with_runs(disc_by_strategy: dict, seeds: list[int], command: str) -> dict:
+    """Results JSON with per-seed runs: discrepancy disc[g] * (1 + seed / 100) per strategy and regime."""
+    gap = {"seen": 0.0, "under": 0.1, "unseen": 0.2}
+    evals = {s: {seed: fake_eval({g: d * (1 + seed / 100) - 0.01 * seed for g, d in disc.items()}, gap, seed)
+                 for seed in seeds} for s, disc in disc_by_strategy.items()}
+    names = list(disc_by_strategy)
+    res = compare.summarise(evals, names, seeds)
+    res.update(format="aria-compare/1", command=command, card="cpu", date="2026-01-01 00:00 UTC", wall_time_s=1.0,
+               run_wall_time_s=2.0, steps=10, strategies=names, seeds=seeds, probe_digest="abc", plots={},
+               runs={s: {str(seed): e["metrics"] for seed, e in by_seed.items()} for s, by_seed in evals.items()})
+    return res
+
+
+def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
+    regimes = ("seen", "under", "unseen")
+    head = results_with_runs({"rc": dict.fromkeys(regimes, 2.0), "aria": dict.fromkeys(regimes, 1.8)}, [0, 1, 2],
+                             "aria compare --seeds 3")
+    eps = results_with_runs({"aria": {"seen": 1.0, "under": 1.2, "unseen": 1.4}}, [0, 2],
+                            "aria compare --seeds 0,2 --set strategy.params.aria.eps=0.5")
+    sched = results_with_runs({"rc": dict.fromkeys(regimes, 4.0), "aria": dict.fromkeys(regimes, 3.0)}, [0, 1],
+                              "aria compare --seeds 2 --set distillation.switch_schedule=sigmoid")
+    paths = []
+    for name, res in (("head", head), ("eps", eps), ("sched", sched)):
+        paths.append(tmp_path / name / "results.json")
+        report.write_json(paths[-1], res)
+    eps_row, = report.ablation_rows(head, eps)
+    assert eps_row["rc"] == "headline" and eps_row["seeds"] == ["0", "2"]
+    assert eps_row["cells"]["unseen"]["mean"] == pytest.approx(0.7)  # 1.4 / 2.0 at both seeds
+    sched_row, = report.ablation_rows(head, sched)
+    assert sched_row["rc"] == "own" and sched_row["cells"]["seen"]["mean"] == pytest.approx(0.75)
+    doc = tmp_path / "docs" / "RESULTS.md"
+    text = compare.results_doc([paths[0]], doc, ablation_paths=paths[1:])
+    assert "## Ablations" in text and "`strategy.params.aria.eps=0.5`" in text and "../eps/results.md" in text
+    assert "| 0.7 [0.7, 0.7] |" in text
+    compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])
+    doc.write_text(doc.read_text().replace("| 0.7 [0.7, 0.7] |", "| 0.6 [0.6, 0.6] |"))
+    with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
+        compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])

@@ -148,18 +148,43 @@ def test_loss_combines_the_weighted_terms_and_trains(world):
     plan0 = d.plan(0, s, state)
     out = d.forward(plan0)
     red = d.reduce(out, plan0)
-    loss, logged = d.loss(out, red)
-    np.testing.assert_allclose(d.feature_scale, red.teacher_ms)  # first step: the scale is the step's
+    loss = d.loss(out, red)
+    logged = d.logged(red)
+    np.testing.assert_allclose(d.state_dict()["feature_scale"], red.teacher_ms)  # first step: the step's own
+    np.testing.assert_allclose(red.scales, red.teacher_ms)
     expected = 0.5 * red.terms["task"] + 2.0 * red.terms["out"] + 0.1 * logged["feat"]
     assert loss.item() == pytest.approx(expected, rel=1e-5) and logged["loss"] == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     assert all(p.grad is None for p in world[1].unet.parameters())  # the teacher never gets gradients
-    before = d.feature_scale.copy()
+    before = np.array(d.state_dict()["feature_scale"])
     plan1 = d.plan(1, s, state)
     red2 = d.reduce(d.forward(plan1), plan1)
     d.loss(d.forward(d.plan(1, s, state)), red2)
-    np.testing.assert_allclose(d.feature_scale, 0.99 * before + 0.01 * red2.teacher_ms)
+    np.testing.assert_allclose(d.state_dict()["feature_scale"], 0.99 * before + 0.01 * red2.teacher_ms)
+    np.testing.assert_allclose(red2.scales, d.state_dict()["feature_scale"])
+
+
+def test_a_non_finite_step_leaves_the_feature_scales_unchanged(world):
+    """The scales are committed on the device, gated by the step's finite flag (no host read)."""
+    bundle, teacher = world
+    s = create_strategy("rc")
+    d, _ = distiller((bundle, teacher), FakeRank())
+    state = s.init(bundle.region_info, 0)
+    plan = d.plan(0, s, state)
+    out = d.forward(plan)
+    d.loss(out, d.reduce(out, plan))
+    committed = d.state_dict()["feature_scale"]
+    bundle.paired_images[:] = np.nan
+    plan = d.plan(1, s, state)
+    out = d.forward(plan)
+    red = d.reduce(out, plan)
+    assert not bool(red.device_finite) and not torch.isfinite(d.loss(out, red))
+    assert d.state_dict()["feature_scale"] == committed
+    d.load_state_dict({"feature_scale": None})
+    out = d.forward(plan)
+    d.loss(out, d.reduce(out, plan))
+    assert d.state_dict() == {"feature_scale": None}  # no finite step yet
 
 
 def test_nan_input_is_reported_non_finite(world):

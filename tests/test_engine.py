@@ -113,12 +113,18 @@ def poisoned_steps(bundle, bad_image, steps):
                                    strategy=s, state=state).image_index for k in range(steps)]
 
 
-def test_non_finite_steps_are_skipped(tmp_path):
+SYNC_MODES = {"host": {}, "device": {"step_sync": "device"},
+              "device-late": {"step_sync": "device", "feedback_delay": 1}}
+
+
+@pytest.mark.parametrize("mode", list(SYNC_MODES))
+def test_non_finite_steps_are_skipped(tmp_path, mode):
     bundle = make_bundle()
     bundle.paired_images[5] = np.nan
     expected = poisoned_steps(bundle, 5, 6)
     assert any(expected) and not all(expected)
-    config, result, records = run(tmp_path, bundle=bundle, strategy={"name": "aria"}, distillation={"steps": 6})
+    config, result, records = run(tmp_path, bundle=bundle, strategy={"name": "aria"},
+                                  distillation={"steps": 6, "ema_decay": 0.9, **SYNC_MODES[mode]})
     steps = [r for r in records if "loss" in r]
     assert [r["nonfinite"] for r in steps] == expected
     assert all((r["loss"] is None) == r["nonfinite"] for r in steps)
@@ -127,19 +133,76 @@ def test_non_finite_steps_are_skipped(tmp_path):
     assert json.loads(state["strategy"]["state"])["updates"] == 6 - sum(expected)  # no update when skipped
 
 
-def test_too_many_non_finite_steps_stop_with_a_checkpoint(tmp_path):
+def checkpoint_of(config):
+    folder = ckpt.latest_good(config.output_dir / "checkpoints")
+    return ckpt.read_state(folder)[0], {name: ckpt.load_weights(folder, name) for name in ("student", "ema")}
+
+
+def test_device_sync_computes_what_host_sync_does(tmp_path):
+    """step_sync device (skips on the device, reads the statistics after the backward is queued) gives
+    the host path's records, weights, EMA and strategy state bit for bit, non-finite steps included."""
+    bundle = make_bundle()
+    bundle.paired_images[5] = np.nan  # some steps are skipped
+    keys = ("loss", "task", "out", "feat", "probabilities", "estimates", "nonfinite", "grad_norm")
+    runs = {}
+    for mode in ("host", "device"):
+        config, _, records = run(tmp_path / mode, bundle=bundle, strategy={"name": "aria"}, logging={"every": 1},
+                                 distillation={"steps": 6, "ema_decay": 0.9, **SYNC_MODES[mode]})
+        runs[mode] = ([{k: r.get(k) for k in keys} for r in records if "loss" in r], *checkpoint_of(config))
+    (host_records, host_state, host_weights), (dev_records, dev_state, dev_weights) = runs["host"], runs["device"]
+    assert host_records == dev_records and any(r["nonfinite"] for r in host_records)
+    assert host_state["strategy"] == dev_state["strategy"] and host_state["distiller"] == dev_state["distiller"]
+    for name in ("student", "ema"):
+        assert all(torch.equal(host_weights[name][k], dev_weights[name][k]) for k in host_weights[name])
+
+
+def test_feedback_one_step_late_plans_with_the_state_of_two_steps_before(tmp_path):
+    """feedback_delay 1: step s is planned before step s-1's feedback arrives; a checkpoint holds every
+    step's feedback, and a resumed run continues exactly."""
+    late = {"step_sync": "device", "feedback_delay": 1, "ema_decay": 0.9}
+    sections = dict(strategy={"name": "aria"}, logging={"every": 1, "checkpoint_every": 4})
+    a_cfg, _, a = run(tmp_path / "a", distillation={"steps": 6, **late}, **sections)
+    _, _, host = run(tmp_path / "h", distillation={"steps": 6}, **sections)
+    a_steps, host_steps = [r for r in a if "loss" in r], [r for r in host if "loss" in r]
+    assert a_steps[0]["probabilities"] == host_steps[0]["probabilities"]  # no feedback yet either way
+    assert a_steps[2]["probabilities"] != host_steps[2]["probabilities"]  # step 3 lacks step 2's feedback
+    updates = [json.loads(ckpt.read_state(f)[0]["strategy"]["state"])["updates"]
+               for f in sorted(ckpt.list_checkpoints(a_cfg.output_dir / "checkpoints"))]
+    assert updates == [4, 6]  # drained at the checkpoint and at the end
+    run(tmp_path / "b", distillation={"steps": 4, **late}, **sections)
+    b_cfg, _, b = run(tmp_path / "b", resume=True, distillation={"steps": 6, **late}, **sections)
+    keys = ("loss", "probabilities", "estimates", "grad_norm")
+    b_steps = [r for r in b if "loss" in r]
+    assert [{k: r.get(k) for k in keys} for r in a_steps] == [{k: r.get(k) for k in keys} for r in b_steps]
+    (sa, wa), (sb, wb) = checkpoint_of(a_cfg), checkpoint_of(b_cfg)
+    assert sa["strategy"] == sb["strategy"]
+    assert all(torch.equal(wa["student"][k], wb["student"][k]) for k in wa["student"])
+
+
+@pytest.mark.parametrize("mode, stop_step", [("host", 2), ("device", 2), ("device-late", 3)])
+def test_too_many_non_finite_steps_stop_with_a_checkpoint(tmp_path, mode, stop_step):
+    """With feedback_delay 1 the limit is seen one step late: the step already launched is completed
+    first (it might have recovered), so the run stops one step later, weights still untouched."""
     bundle = make_bundle()
     bundle.paired_images[:] = np.nan
-    with pytest.raises(TrainingStopped, match="2 consecutive non-finite losses") as err:
-        run(tmp_path, bundle=bundle, distillation={"steps": 6, "max_nonfinite_steps": 2})
+    with pytest.raises(TrainingStopped, match=f"{stop_step} consecutive non-finite losses") as err:
+        run(tmp_path, bundle=bundle, distillation={"steps": 6, "max_nonfinite_steps": 2, **SYNC_MODES[mode]},
+            logging={"checkpoint_every": 100})
     folder = ckpt.latest_good(tmp_path / "run" / "checkpoints")
-    assert folder.name == "step-00000002" and str(folder) in str(err.value)
+    assert folder.name == f"step-{stop_step:08d}" and str(folder) in str(err.value)
     torch.manual_seed(0)
     from aria.models import build_student
 
     initial, _ = build_student(make_teacher().unet, tiny_config(tmp_path).student)
     saved = ckpt.load_weights(folder)
     assert all(torch.equal(saved[k], v) for k, v in initial.state_dict().items())  # weights never changed
+
+
+def test_device_sync_needs_the_torch_backend(tmp_path):
+    with pytest.raises(UserError, match="step_sync 'device' needs backend.kind 'torch'"):
+        tiny_config(tmp_path, distillation={"step_sync": "device"}, backend={"kind": "deepspeed"})
+    with pytest.raises(UserError, match="feedback_delay 1 needs step_sync 'device'"):
+        tiny_config(tmp_path, distillation={"feedback_delay": 1})
 
 
 def test_exported_student_samples_with_ddim_and_the_grid_command(tmp_path):
@@ -166,14 +229,32 @@ def test_exported_student_samples_with_ddim_and_the_grid_command(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_trains_resumes_and_exports(tmp_path):
-    sections = dict(backend={"device": "cuda", "precision": "bf16"}, distillation={"steps": 4, "ema_decay": 0.9},
-                    logging={"every": 1})
-    run(tmp_path, **{**sections, "distillation": {"steps": 2, "ema_decay": 0.9}})
+@pytest.mark.parametrize("mode", list(SYNC_MODES))
+def test_gpu_bf16_trains_resumes_and_exports(tmp_path, mode):
+    sync = SYNC_MODES[mode]
+    sections = dict(backend={"device": "cuda", "precision": "bf16"}, logging={"every": 1},
+                    distillation={"steps": 4, "ema_decay": 0.9, **sync})
+    run(tmp_path, **{**sections, "distillation": {"steps": 2, "ema_decay": 0.9, **sync}})
     _, result, records = run(tmp_path, resume=True, **sections)
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
     assert np.isfinite(result["regimes"]["all"]["discrepancy"])
+
+
+@pytest.mark.gpu
+def test_gpu_device_sync_skips_a_non_finite_step_on_the_device(tmp_path):
+    """On CUDA the fused AdamW skips a poisoned step by itself: the same records as the host path."""
+    bundle = make_bundle()
+    bundle.paired_images[5] = np.nan
+    keys = ("loss", "nonfinite", "probabilities", "estimates")
+    records = {}
+    for mode in ("host", "device"):
+        _, _, recs = run(tmp_path / mode, bundle=bundle, logging={"every": 1},
+                         backend={"device": "cuda", "precision": "bf16", "deterministic": True},
+                         distillation={"steps": 6, **SYNC_MODES[mode]})
+        records[mode] = [{k: r.get(k) for k in keys} for r in recs if "loss" in r]
+    assert any(r["nonfinite"] for r in records["host"])
+    assert records["host"] == records["device"]
 
 
 def test_tensorboard_logs_or_names_the_missing_package(tmp_path):
