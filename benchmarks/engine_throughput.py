@@ -550,7 +550,7 @@ def optimizer_of(engine):
 
 def candidate_facts(run) -> dict:
     engine = getattr(run.backend, "engine", None)
-    opt = optimizer_of(engine)
+    opt = optimizer_of(engine) if engine is not None else getattr(run.backend, "optimizer", None)
     conv = run.student.conv_in.weight
     return {
         "backend": run.backend.kind,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import sys
 import threading
@@ -92,6 +93,10 @@ class Feedback:
     # flat indices (increasing) of the only entries that can be non-zero: set by ``from_samples``,
     # which also makes the arrays read-only so that it cannot go stale; None: scan the dense arrays
     support: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # (sums, counts) at the support, read-only: set by ``from_samples`` only (not an argument), which
+    # computes them first and scatters them into the dense arrays; the counts are sample counts
+    # (integers >= 1), so that ``update`` checks only the sums there
+    entries: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         sums = np.asarray(self.sums, dtype=np.float64)
@@ -115,10 +120,18 @@ class Feedback:
         size = num_regions * num_bins
         if flat.size and (flat.min() < 0 or flat.max() >= size):
             raise ValueError(f"feedback samples outside {num_regions} regions x {num_bins} bins")
-        sums = np.bincount(flat, weights=np.asarray(values, dtype=np.float64), minlength=size)
-        counts = np.bincount(flat, minlength=size).astype(np.float64)
-        return Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step,
-                        support=np.unique(flat))
+        # the touched cells first (the same sums as a dense bincount: each cell adds its samples in
+        # order, from 0), then scattered into the dense arrays, which are written only there
+        support, cell = np.unique(flat, return_inverse=True)
+        sums_at = np.bincount(cell, weights=np.asarray(values, dtype=np.float64), minlength=support.size)
+        counts_at = np.bincount(cell, minlength=support.size).astype(np.float64)
+        sums, counts = np.zeros(size), np.zeros(size)
+        sums[support] = sums_at
+        counts[support] = counts_at
+        feedback = Feedback(sums.reshape(num_regions, num_bins), counts.reshape(num_regions, num_bins), step,
+                            support=support)
+        object.__setattr__(feedback, "entries", (readonly(sums_at), readonly(counts_at)))
+        return feedback
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,12 @@ except ImportError:  # pragma: no cover - other numpy layouts
 # Feedback above this (sqrt of the largest float, ~1.3e154) is not a measurement: dropping it lets
 # strategies add, scale and multiply a few feedback values without ever overflowing.
 FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
+
+
+def readonly(array: np.ndarray) -> np.ndarray:
+    """``array`` made read-only in place (it must be a new array of the caller's); returns it."""
+    array.setflags(write=False)
+    return array
 
 
 def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -169,8 +188,12 @@ def _sanitize(feedback: Feedback, num_regions: int):
         raise ValueError(f"feedback has {sums.shape[0]} regions, the strategy {num_regions}")
     # fast path: only entries with a non-zero count can hold data (a few per step), so check those
     # and verify that no sum hides elsewhere; NaN counts as non-zero and lands in the checked set.
+    support, entries = feedback.support, feedback.entries
+    if entries is not None:  # from_samples: counts >= 1 (sample counts) at the support, 0 elsewhere
+        s, c = entries
+        if support.size == 0 or (_min(s) >= 0 and _max(s) <= FEEDBACK_LIMIT):
+            return sums, counts, 0, _Entries(sums, counts, support, s, c)
     flat_sums, flat_counts = sums.reshape(-1), counts.reshape(-1)
-    support = feedback.support
     idx = _nonzero(flat_counts) if support is None else support  # support: every entry has a count >= 1
     s, c = flat_sums[idx], flat_counts[idx]
     if idx.size == 0:
@@ -344,6 +367,7 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 # ((seed, step, n), member uniforms) of the last regions drawn in this thread: only a shortcut,
 # which ``draw_members`` takes once if its (seed, step, n) match (else it draws them itself).
 _PENDING = threading.local()
+_SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 
 def step_uniforms(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +381,8 @@ def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.
 
     Only regions of positive probability can be drawn (a zero-probability region has the CDF
     value of the region before it), since every key stays below the CDF's last value: the CDF
-    is scaled to end at exactly 1 > u, or (many regions) u * total is clamped below the total.
+    is scaled to end at exactly 1 > u, or (many regions) the keys are u * total, which rounds
+    below a normal total since u <= 1 - 2**-53 (any other total: clamped below it).
     """
     cdf = np.add.accumulate(probabilities)
     u, _PENDING.draw = step_uniforms(seed, step, n)
@@ -365,10 +390,21 @@ def draw_regions(probabilities: np.ndarray, seed: int, step: int, n: int) -> np.
     if cdf.size <= 1024:
         cdf /= cdf[-1]
     else:
-        total = cdf[-1]
+        total = cdf.item(-1)
         u *= total
-        np.minimum(u, np.nextafter(total, 0.0), out=u)  # u * total may round up to the total
-    return cdf.searchsorted(u, "right").astype(np.int64, copy=False)
+        # u <= 1 - 2**-53, so for a normal total u * total rounds to at most the float below the total
+        # (the exact product is within total * 2**-53 of it); otherwise clamp it there
+        if not _SMALLEST_NORMAL <= total < math.inf:
+            np.minimum(u, math.nextafter(total, 0.0), out=u)
+        # the same regions, searched in increasing order of the keys: each search then starts where
+        # the one before it ended, in the cache lines it touched (the search of 256 keys in 4096
+        # regions takes half the time; with the sort, a few µs less per step)
+        order = u.argsort()
+        regions = np.empty(n, dtype=np.int64)
+        regions[order] = cdf.searchsorted(u[order], "right")
+        return regions
+    regions = cdf.searchsorted(u, "right")
+    return regions if regions.dtype == np.int64 else regions.astype(np.int64)
 
 
 def draw_members(offsets: np.ndarray, members: np.ndarray, regions: np.ndarray, seed: int, step: int) -> np.ndarray:

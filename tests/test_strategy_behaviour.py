@@ -156,3 +156,50 @@ def test_aria_update_is_the_per_region_ema(k, draws, timestep_norm):
         if timestep_norm:
             np.testing.assert_allclose(state["bin_mean"], expected[2], rtol=1e-12)
             np.testing.assert_array_equal(state["bin_seen"], expected[3])
+
+
+# Pinned with the code of 2026-11-26 (before the allocate/update fast paths): experiments ran with
+# these allocations, so a speed-up must reproduce them bit for bit (regions, probabilities, importance
+# weights and the state after every update; dense feedback every third step, sparse otherwise).
+ARIA_PINNED = {
+    "k16-default": (16, {}, False, 256, 10, 40, "f268ba7cd673dcfe", "e2a4600639c29b4f"),
+    "k4096-empty-regions": (4096, {}, False, 256, 10, 120, "fea47de7725a5945", "3ddbb6cc96e088e7"),
+    "k4096-full": (4096, {}, True, 256, 10, 120, "2ec5fcc6d15e34c2", "ea921043568b1b2d"),
+    "k3000-dense-no-norm": (3000, {"timestep_norm": False, "alpha": 0.2}, False, 1024, 4, 40,
+                            "3a6360b0c6743839", "f883c19100a2cd9a"),
+    "k700-power-weights": (700, {"rule": "power", "power": 2.0, "warm_start": False, "importance_exponent": 0.5},
+                           False, 128, 3, 40, "7d0da0c57f83fad8", "2ee85e936132588d"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARIA_PINNED))
+def test_aria_allocations_and_states_are_pinned(case):
+    import hashlib
+
+    from aria.strategies import state_hash
+
+    k, params, full, draws, bins, steps, run_digest, final_hash = ARIA_PINNED[case]
+    rng = np.random.default_rng([k, draws, bins])
+    sizes = rng.integers(0, 50, k) * (rng.random(k) > 0.05)
+    sizes[0], sizes[1] = 0, 7
+    if full:
+        sizes = rng.integers(1, 50, k)
+    strategy = create_strategy("aria", params)
+    state = strategy.init(RegionInfo(sizes), seed=k)
+    level = 0.5 + rng.random(k)
+    h = hashlib.sha256()
+    for step in range(steps):
+        alloc = strategy.allocate(state, step, draws)
+        h.update(alloc.regions.tobytes())
+        h.update(alloc.probabilities.tobytes())
+        if alloc.weights is not None:
+            h.update(alloc.weights.tobytes())
+        b = rng.integers(0, bins, draws)
+        values = level[alloc.regions] * (1 + b) * rng.gamma(4.0, 0.25, draws)
+        feedback = Feedback.from_samples(alloc.regions, values, k, b, bins, step)
+        if step % 3 == 2:
+            feedback = Feedback(feedback.sums.copy(), feedback.counts.copy(), step)
+        state = strategy.update(state, feedback)
+        h.update(state_hash(state).encode())
+    assert ((state["visits"] > 0) | (sizes == 0)).all()  # past the warm start
+    assert (h.hexdigest()[:16], state_hash(state)) == (run_digest, final_hash)

@@ -257,3 +257,28 @@ def test_sample_feedback_with_bad_values_matches_its_dense_copy(strategy_name):
     assert sparse["dropped"] > 0
     with pytest.raises(ValueError, match="outside"):
         Feedback.from_samples(np.array([SIZES.size]), np.ones(1), SIZES.size, np.zeros(1, int), BINS)
+
+
+def test_sample_feedback_carries_its_cells():
+    rng = np.random.default_rng(2)
+    regions, bins = rng.integers(0, 50, 200), rng.integers(0, BINS, 200)
+    values = rng.gamma(2.0, 1.0, 200)
+    fb = Feedback.from_samples(regions, values, 50, bins, BINS, 3)
+    dense_sums = np.bincount(regions * BINS + bins, weights=values, minlength=50 * BINS)
+    np.testing.assert_array_equal(fb.sums.reshape(-1), dense_sums)
+    sums_at, counts_at = fb.entries
+    assert sums_at.tobytes() == fb.sums.reshape(-1)[fb.support].tobytes()
+    np.testing.assert_array_equal(counts_at, fb.counts.reshape(-1)[fb.support])
+    assert not sums_at.flags.writeable and not counts_at.flags.writeable
+    with pytest.raises(TypeError):  # set by from_samples only: its counts are sample counts
+        Feedback(fb.sums, fb.counts, 3, support=fb.support, entries=fb.entries)
+
+
+def test_draw_regions_keeps_keys_below_any_total():
+    """u * total stays below a normal total (u <= 1 - 2**-53); a subnormal total is clamped."""
+    k = 2000
+    for scale in (1.0, 2.0**-20, 1e-310):
+        p = np.full(k, scale / (k - 100))
+        p[-100:] = 0.0  # the last regions cannot be drawn
+        for step in range(20):
+            assert draw_regions(p, SEED, step, 300).max() < k - 100

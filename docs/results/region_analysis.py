@@ -21,7 +21,7 @@ def main(folder: Path) -> None:
     runs = folder / "runs"
     seeds = sorted(int(p.name[4:]) for p in (runs / "aria").glob("seed*"))
     ev = lambda s, k: json.loads((runs / s / f"seed{k}" / "eval" / "eval.json").read_text())["regions"]  # noqa: E731
-    first = ev("rc", seeds[0])
+    first = ev("aria", seeds[0])  # the regions (sizes, regime mix) are the same for every strategy of a folder
     fractions, sizes = np.array(first["regime_fractions"]), np.array(first["size"], dtype=float)
     pool = (fractions * sizes[:, None]).sum(0) / sizes.sum()
     print(f"{len(sizes)} regions; pool regime shares seen/under/unseen {np.round(pool, 3).tolist()}; "
