@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ from .config import RunConfig, config_to_dict
 from .errors import UserError
 from .metrics import RegionWindow, RunLogger, format_table, probe_discrepancy_by_regime, read_jsonl, regime_table, \
     run_summary, summary_writer_class
+
+
+if TYPE_CHECKING:
+    from .distill import Reduced, StepPlan
 
 
 class TrainingStopped(UserError):
@@ -56,10 +61,10 @@ class _Launched:
     """A step whose device work is queued; ``DistillationRun._complete`` does its host part."""
 
     step: int
-    plan: object
-    red: object
+    plan: StepPlan
+    red: Reduced
     record: dict
-    norm: object = None
+    norm: torch.Tensor | float | None = None
 
 
 class DistillationRun:
