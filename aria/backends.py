@@ -52,6 +52,8 @@ class CollectiveError(UserError):
     """A collective failed: another rank died or did not answer within backend.collective_timeout_s.
     One line (exit status 2), like a user mistake: the traceback would only show torch.distributed's insides."""
 
+    exit_at_once = True  # the CLI exits without running destructors that could wait for the dead peer
+
 
 # a plain RuntimeError that is a failed collective (gloo raises these; NCCL and the store raise DistError)
 _COMM_FAILURE = re.compile(r"gloo|nccl|timed? ?out|connection|peer|socket|broken pipe|process group", re.I)

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -142,6 +143,17 @@ def strategies_command():
             click.echo(f"    {field}: {kind} = {default!r}" + (f"  # {desc}" if desc else ""))
 
 
+def exit_for_user_error(err: UserError) -> NoReturn:
+    """One line, exit status 2. After a failed collective (``exit_at_once``) the process ends at once:
+    a peer is gone, and the communicators' destructors could wait for it at interpreter exit."""
+    click.echo(f"error: {err}", err=True)
+    if getattr(err, "exit_at_once", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit status 2 for user mistakes, unless --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -159,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         if debug:
             raise
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        exit_for_user_error(err)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except KeyboardInterrupt:

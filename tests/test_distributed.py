@@ -203,6 +203,7 @@ DEATH_WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     import conftest
     from aria import distill
+    from aria.cli import exit_for_user_error
     from aria.engine import run_distillation
     from aria.errors import UserError
 
@@ -221,8 +222,7 @@ DEATH_WORKER = textwrap.dedent("""
     try:  # as aria.cli.main: a UserError is one line and exit status 2
         run_distillation(config, bundle=conftest.make_bundle(), teacher=conftest.make_teacher())
     except UserError as err:
-        print(f"error: {{err}}", file=sys.stderr)
-        sys.exit(2)
+        exit_for_user_error(err)
 """)
 
 
