@@ -239,7 +239,7 @@ class Distiller:
         self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0) or 1.0)
         self.contexts = ContextCache(bundle.encoder, bundle.pool, bundle.paired_prompt_ids, self.device,
                                      config.context_cache_mb)
-        self.feature_scale: torch.Tensor | None = None  # float64 on the device; NaN: no finite step yet
+        self.feature_scale = self._no_scales()  # float64 on the device, committed by ``loss``
         self.term_names = ["task", "out"] + [f"feat/{i}" for i in range(len(self.pairs))]
         # hooks stay for the whole run (stable for torch.compile); ``close`` removes them
         self.cap_t = FeatureCapture(teacher, [p.teacher_name for p in self.pairs]).__enter__()
@@ -339,6 +339,10 @@ class Distiller:
         return Reduced(payload, finite, scales, unpack)
 
     # -- the loss ---------------------------------------------------------------------------
+    def _no_scales(self) -> torch.Tensor:
+        """The feature scales before any finite step: NaN per block."""
+        return torch.full((len(self.pairs),), float("nan"), dtype=torch.float64, device=self.device)
+
     def _scales(self, teacher_ms: torch.Tensor) -> torch.Tensor:
         """Feature-balance divisors for this step (float64, on the device): the EMA of the teacher's
         mean squares, this step included; the step's own mean squares at the first step."""
@@ -346,8 +350,6 @@ class Distiller:
         if not self.config.feature_balance or nb == 0:
             return torch.ones(nb, dtype=torch.float64, device=self.device)
         ms = teacher_ms.clamp_min(1e-12)
-        if self.feature_scale is None:
-            return ms
         d = self.config.feature_balance_decay
         previous = self.feature_scale
         return torch.where(torch.isnan(previous), ms, d * previous + (1 - d) * ms)  # NaN: no finite step yet
@@ -357,11 +359,7 @@ class Distiller:
         feature-balance scales if the step is finite (decided on the device: no host read)."""
         c = self.config
         scales = red.device_scales
-        if scales.numel():
-            previous = self.feature_scale
-            if previous is None:
-                previous = torch.full_like(scales, float("nan"))
-            self.feature_scale = torch.where(red.device_finite, scales, previous)
+        self.feature_scale = torch.where(red.device_finite, scales, self.feature_scale)
         divisors = scales.float()
         feat = sum((out.terms[f"feat/{i}"] / divisors[i] for i in range(len(self.pairs))),
                    torch.zeros((), device=self.device))
@@ -377,14 +375,15 @@ class Distiller:
         return logged
 
     def state_dict(self) -> dict:
-        scale = None if self.feature_scale is None else self.feature_scale.cpu().numpy()
-        if scale is None or np.isnan(scale).any():  # no finite step yet
+        scale = self.feature_scale.cpu().numpy()
+        if scale.size == 0 or np.isnan(scale).any():  # no feature pairs, or no finite step yet
             return {"feature_scale": None}
         return {"feature_scale": [float(x) for x in scale]}
 
     def load_state_dict(self, state: dict) -> None:
         scale = state.get("feature_scale")
-        self.feature_scale = None if scale is None else torch.tensor(scale, dtype=torch.float64, device=self.device)
+        self.feature_scale = (self._no_scales() if scale is None
+                              else torch.tensor(scale, dtype=torch.float64, device=self.device))
 
 
 class WeightEMA:
