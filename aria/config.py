@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .errors import UserError, format_validation_error
+from aria.errors import UserError, format_validation_error
 
 
 class Section(BaseModel):
@@ -167,6 +167,21 @@ class RunConfig(Section):
     backend: BackendConfig = BackendConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+    _strategy_config: Any = PrivateAttr(default=None)
+
+    def strategy_config(self):
+        """The chosen strategy's typed hyperparameters, validated once (a ``UserError`` names a bad one)."""
+        if self._strategy_config is None:
+            from aria.strategies import create_strategy
+
+            self._strategy_config = create_strategy(self.strategy.name, self.strategy.params_for()).config
+        return self._strategy_config
+
+    def make_strategy(self):
+        """A strategy object of the chosen name, with ``strategy_config()``."""
+        from aria.strategies import get_strategy
+
+        return get_strategy(self.strategy.name)(self.strategy_config())
 
     @model_validator(mode="after")
     def _step_sync(self):
@@ -265,9 +280,10 @@ def load_config(path: Path | None = None, overrides: list[str] = (), strategy: s
         raise UserError(format_validation_error(err, source=f"config {path}" if path else "config")) from err
     from aria.strategies import create_strategy
 
-    create_strategy(config.strategy.name, config.strategy.params_for())
-    for name, params in config.strategy.params.items():  # every listed strategy's params
-        create_strategy(name, params)
+    config.strategy_config()
+    for name, params in config.strategy.params.items():  # every listed strategy's params, typos included
+        if name != config.strategy.name:
+            create_strategy(name, params)
     return config
 
 

@@ -1,7 +1,7 @@
 """Training throughput of the engine against a plain BK-SDM loop (GitHub issue "GPU performance").
 
 Both paths distil the same teacher into the same BK-SDM student from the same seed, on the same
-batches (plans from ``aria.distill.plan_step``, noise from the same (seed, step) generator), in
+batches (plans from ``aria.training.distill.plan_step``, noise from the same (seed, step) generator), in
 one process:
 
 - ``baseline``: a plain loop written out below, as BK-SDM trains (fp32 master weights, fp16
@@ -9,7 +9,7 @@ one process:
   forward hooks for the features, ``torch.optim.AdamW``, no compilation). It computes aria's loss
   (task + output KD + feature KD with aria's feature balance) and feeds the strategy, with one
   host read a step, as BK-SDM's loop reads its loss every step. On CPU it runs in fp32.
-- ``candidate``: the engine itself. ``aria.engine.DistillationRun`` is set up with a synthetic
+- ``candidate``: the engine itself. ``aria.training.engine.DistillationRun`` is set up with a synthetic
   data bundle and a random teacher passed in (its documented seam for tests and comparisons), and
   ``DistillationRun.train`` runs the steps: ``Distiller.plan/forward/reduce/loss`` and the
   backend's ``backward/step/zero_grad``, exactly as in a real run. Distillation, strategy and
@@ -144,8 +144,8 @@ class StubEncoder:
 
 def make_bundle(*, latent_size: int, channels: int, context: tuple[int, int], paired: int, prompts: int,
                 regions: int, seed: int):
-    """The fields of ``aria.data.DataBundle`` (docs/ARCHITECTURE.md) over synthetic data."""
-    from aria.data import DataBundle
+    """The fields of ``aria.data.bundle.DataBundle`` (docs/ARCHITECTURE.md) over synthetic data."""
+    from aria.data.bundle import DataBundle
     from aria.strategies import RegionInfo
 
     rng = np.random.default_rng(seed)
@@ -360,7 +360,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
     """BK-SDM's loop on aria's batches and loss; also counts one step's FLOPs into ``flops_out``.
     ``half_dtype=torch.bfloat16``: the same loop in bf16 autocast without a scaler, the loss-noise
     reference (how far bf16 alone moves the losses from the fp16 baseline's)."""
-    from aria.distill import STREAM_NOISE, plan_step, step_rng
+    from aria.training.distill import STREAM_NOISE, plan_step, step_rng
     from aria.strategies import Feedback, create_strategy
     from diffusers import DDPMScheduler
 
@@ -501,7 +501,7 @@ def patched(obj, name: str, value):
 @contextlib.contextmanager
 def fused_adamw():
     """DeepSpeed's torch AdamW with ``fused=True`` on every device (the backend asks for it on CUDA)."""
-    import aria.backends as backends
+    import aria.training.backends as backends
 
     base = backends.BACKENDS["deepspeed"]
 
@@ -591,7 +591,7 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
                   lever: str | None) -> PathResult:
     """``DistillationRun.setup`` + ``DistillationRun.train`` over the synthetic bundle."""
     from aria.config import RunConfig
-    from aria.engine import DistillationRun
+    from aria.training.engine import DistillationRun
     from aria.models import Teacher
 
     dev = ctx.device
@@ -951,7 +951,7 @@ def main(argv=None) -> int:
     notes = [
         "baseline: BK-SDM recipe (fp32 master weights, fp16 autocast + GradScaler, fp16 teacher under no_grad, "
         "forward hooks, torch.optim.AdamW) on CUDA; fp32 without autocast/GradScaler on CPU",
-        f"candidate: aria.engine.DistillationRun setup + train with {PRODUCTION.relative_to(REPO)}'s distillation, "
+        f"candidate: aria.training.engine.DistillationRun setup + train with {PRODUCTION.relative_to(REPO)}'s distillation, "
         "strategy and backend sections (batch, steps, device, precision overridden)",
         "images/s and TFLOP/s from the median timed step; FLOPs: FlopCounterMode over one step (student forward "
         "+ backward, teacher forward), the same model FLOPs for every path",

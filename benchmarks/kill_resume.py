@@ -12,7 +12,7 @@
    - *setup*: a uniformly random time within an attempt's start-up (imports, teacher, data, restore);
      about a quarter of the random kills;
    - *checkpoint*: the driver polls ``checkpoints/`` for the ``step-XXXXXXXX.tmp`` folder that
-     ``aria.checkpoint.save_checkpoint`` writes into before its rename (the module offers no hook) and
+     ``aria.training.checkpoint.save_checkpoint`` writes into before its rename (the module offers no hook) and
      kills a random 0-20 ms after it appears; ``--checkpoint-kills`` of them.
    Step and setup times come from the reference and are re-measured on every attempt (the machine's
    speed changes), and a kill waits for progress rather than a fixed clock, so it lands before the end.
@@ -22,7 +22,7 @@
    checkpoint's student / EMA / optimizer tensors exactly equal; the last checkpoint's ``state.json``
    (strategy name, config and state, distiller state, counters, region window) equal, with its
    sha256; ``metrics.jsonl``: one record per step 1..N in order (the engine truncates the file to the
-   checkpoint's step on resume, ``aria.metrics.truncate_jsonl``, so no duplicates are allowed), equal to
+   checkpoint's step on resume, ``aria.training.metrics.truncate_jsonl``, so no duplicates are allowed), equal to
    the reference's except the timing field ``samples_per_s``, and the final ``end`` event equal.
 
     python benchmarks/kill_resume.py [--steps 16] [--checkpoint-every 2] [--kills 10] [--seed 0]

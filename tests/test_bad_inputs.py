@@ -267,7 +267,7 @@ def _write_checkpoint(out: Path, cache: Path, corrupt: bool = False) -> None:
     """A checkpoint as the engine writes it for configs/tiny-test.yaml (seed 0, batch 8, aria)."""
     import torch
 
-    from aria import checkpoint as ckpt
+    from aria.training import checkpoint as ckpt
     from aria.config import config_to_dict, load_config
     from aria.strategies import create_strategy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aria import checkpoint as ckpt
+from aria.training import checkpoint as ckpt
 from aria.config import RunConfig, config_to_dict
 from aria.errors import UserError
 
@@ -19,7 +19,7 @@ class OneRank:
     is_main, rank, world_size = True, 0, 1
 
     def __init__(self, model):
-        from aria.backends import warmup_factor
+        from aria.training.backends import warmup_factor
 
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(3))
@@ -29,12 +29,12 @@ class OneRank:
         pass
 
     def save(self, folder):
-        from aria.backends import TorchBackend
+        from aria.training.backends import TorchBackend
 
         return TorchBackend.save(self, folder)
 
     def load(self, folder):
-        from aria.backends import TorchBackend
+        from aria.training.backends import TorchBackend
 
         return TorchBackend.load(self, folder)
 
@@ -194,7 +194,7 @@ def test_a_full_disk_in_torch_save_is_named(tmp_path):
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_checkpoint import OneRank
-        from aria import checkpoint as ckpt
+        from aria.training import checkpoint as ckpt
         model = torch.nn.Linear(512, 512)
         backend = OneRank(model)
         model(torch.randn(4, 512)).pow(2).mean().backward()

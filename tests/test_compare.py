@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aria import compare, report
+from aria.experiment import compare
+from aria.experiment import report
 from aria.errors import UserError
+from aria.experiment.stats import mean_ci
+from aria.files import write_json
 
 
 def test_mean_ci_matches_t_interval():
     x = [1.0, 2.0, 4.0]
-    ci = compare.mean_ci(x)
+    ci = mean_ci(x)
     low, high = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
     assert ci["n"] == 3 and ci["mean"] == pytest.approx(7 / 3)
     assert (ci["low"], ci["high"]) == pytest.approx((low, high))
-    assert compare.mean_ci([5.0])["low"] is None and compare.mean_ci([None])["mean"] is None
+    assert mean_ci([5.0])["low"] is None and mean_ci([None])["mean"] is None
 
 
 def fake_eval(disc, gap, seed):
@@ -56,7 +59,7 @@ def test_checks_apply_the_bars():
 
 def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
     path = tmp_path / "res" / "results.json"
-    report.write_json(path, synthetic_results())
+    write_json(path, synthetic_results())
     doc = tmp_path / "docs" / "RESULTS.md"
     text = compare.results_doc(path, doc)
     assert "12.5 s" in text and "aria compare --seeds 3" in text and "../res/plots/regime_metrics.png" in text
@@ -77,8 +80,8 @@ def test_results_doc_keeps_reading_and_check_catches_a_foreign_number(tmp_path):
 
 def test_results_doc_of_several_results_files_titles_them_and_checks_every_number(tmp_path):
     first, second = tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"
-    report.write_json(first, synthetic_results())
-    report.write_json(second, {**synthetic_results(), "command": "aria compare --seeds 3 --set data.world.seed=1"})
+    write_json(first, synthetic_results())
+    write_json(second, {**synthetic_results(), "command": "aria compare --seeds 3 --set data.world.seed=1"})
     doc = tmp_path / "RESULTS.md"
     text = compare.results_doc([first, second], doc)
     assert "## 1. headline" in text and "## 2. with `data.world.seed=1`" in text
@@ -97,7 +100,7 @@ def test_results_doc_of_several_results_files_titles_them_and_checks_every_numbe
 
 def test_results_cli_check_exits_1_and_bad_json_exits_2(tmp_path):
     path = tmp_path / "results.json"
-    report.write_json(path, synthetic_results())
+    write_json(path, synthetic_results())
     doc = tmp_path / "RESULTS.md"
     run = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", *a],  # noqa: E731
                                     capture_output=True, text=True)
@@ -176,10 +179,12 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
 
 
 def test_seeds_take_a_count_or_a_list():
-    assert compare.parse_seeds("3") == [0, 1, 2] and compare.parse_seeds("0,4,7") == [0, 4, 7]
+    from aria.cli.experiment import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4,7") == [0, 4, 7]
     for bad in ("0", "x", "1,1", ","):
         with pytest.raises(UserError, match="--seeds"):
-            compare.parse_seeds(bad)
+            parse_seeds(bad)
 
 
 def test_gpu_slots_spread_runs_over_the_visible_gpus(monkeypatch):
@@ -193,16 +198,19 @@ def test_gpu_slots_spread_runs_over_the_visible_gpus(monkeypatch):
 
 
 def test_config_digest_keeps_the_experiment_runs_valid():
-    """The digest of docs/results/shapes-gpu's runs: a new config field must not invalidate them (the
+    """docs/results/shapes-gpu's runs were made with the config recorded in tests/data (its digest is the
+    one in their compare.json files): a new config field must not change what the digest covers (the
     compare folders check it), speed-only settings do not count, a result-changing one does."""
     from aria.config import load_config
 
     sets = ["encoder.path=.encoder", "encoder.device=cuda", "logging.progress=false"]
     config = Path(__file__).resolve().parents[1] / "configs" / "shapes-gpu.yaml"
+    recorded = json.loads((Path(__file__).parent / "data" / "shapes-gpu-digest-fields.json").read_text())
+    assert compare.digest_fields(load_config(config, sets)) == recorded
     digest = lambda *extra: compare.config_digest(load_config(config, [*sets, *extra]))  # noqa: E731
-    assert digest() == "a75704b7362cb1de"
     assert digest("distillation.step_sync=device") == digest("eval.batch_size=8") == digest()
     assert digest("distillation.step_sync=device", "distillation.feedback_delay=1") != digest()
+    assert digest("distillation.lr=1e-4") != digest()
 
 
 def results_with_runs(disc_by_strategy: dict, seeds: list[int], command: str) -> dict:
@@ -229,7 +237,7 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
     paths = []
     for name, res in (("head", head), ("eps", eps), ("sched", sched)):
         paths.append(tmp_path / name / "results.json")
-        report.write_json(paths[-1], res)
+        write_json(paths[-1], res)
     eps_row, = report.ablation_rows(head, eps)
     assert eps_row["rc"] == "headline" and eps_row["seeds"] == ["0", "2"]
     assert eps_row["cells"]["unseen"]["mean"] == pytest.approx(0.7)  # 1.4 / 2.0 at both seeds

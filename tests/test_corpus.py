@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from aria.corpus import PromptPool
+from aria.data.corpus import PromptPool
+from aria.data.bundle import build_world_pool
 from aria.errors import UserError
 from aria.world import prompts, shapes
 
@@ -148,7 +149,7 @@ def test_missing_prompt_file(tmp_path):
 def world_pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("world") / "pool"
     start = time.perf_counter()
-    pool = prompts.build_world_pool(path, num_prompts=100_000, skew=1.0, seed=0)
+    pool = build_world_pool(path, num_prompts=100_000, skew=1.0, seed=0)
     return pool, time.perf_counter() - start
 
 
@@ -208,18 +209,18 @@ def test_phrasings_are_distinct_strings():
 
 def test_world_pool_is_deterministic_and_cached(tmp_path, world_pool):
     pool, _ = world_pool
-    small = prompts.build_world_pool(tmp_path / "a", 5_000, 1.5, seed=3)
-    assert prompts.build_world_pool(tmp_path / "b", 5_000, 1.5, seed=3).content_hash == small.content_hash
-    assert prompts.build_world_pool(tmp_path / "c", 5_000, 1.5, seed=4).content_hash != small.content_hash
+    small = build_world_pool(tmp_path / "a", 5_000, 1.5, seed=3)
+    assert build_world_pool(tmp_path / "b", 5_000, 1.5, seed=3).content_hash == small.content_hash
+    assert build_world_pool(tmp_path / "c", 5_000, 1.5, seed=4).content_hash != small.content_hash
     stamp = (tmp_path / "a" / "texts.bin").stat().st_mtime_ns
-    assert prompts.build_world_pool(tmp_path / "a", 5_000, 1.5, seed=3).content_hash == small.content_hash
+    assert build_world_pool(tmp_path / "a", 5_000, 1.5, seed=3).content_hash == small.content_hash
     assert (tmp_path / "a" / "texts.bin").stat().st_mtime_ns == stamp  # reused, not rewritten
-    rebuilt = prompts.build_world_pool(tmp_path / "a", 6_000, 1.5, seed=3)
+    rebuilt = build_world_pool(tmp_path / "a", 6_000, 1.5, seed=3)
     assert len(rebuilt) == 6_000 and json.loads((tmp_path / "a" / "pool.json").read_text())["count"] == 6_000
 
 
 def test_world_pool_size_limits(tmp_path):
     with pytest.raises(UserError, match="below 1728"):
-        prompts.build_world_pool(tmp_path / "p", 1_000, 1.0, 0)
+        build_world_pool(tmp_path / "p", 1_000, 1.0, 0)
     with pytest.raises(UserError, match="exceeds"):
         prompts.prompt_counts(10**9, 1.0, 0)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from aria.config import load_config
-from aria.data import prepare_data
+from aria.data.bundle import prepare_data
 from aria.errors import UserError
 from aria.world import regimes as R
 
@@ -61,9 +61,9 @@ def test_world_bundle_is_consistent(bundle):
 
 
 def test_world_bundle_is_cached(bundle, cache, monkeypatch):
-    import aria.regions
+    import aria.data.regions
 
-    monkeypatch.setattr(aria.regions, "kmeans", lambda *a, **k: pytest.fail("k-means re-ran"))
+    monkeypatch.setattr(aria.data.regions, "kmeans", lambda *a, **k: pytest.fail("k-means re-ran"))
     again = prepare_data(load_config(None, WORLD + [f"data.cache_dir={cache}"]))
     assert again.stats["regions_cached"] and again.stats["paired_cached"]
     assert np.array_equal(again.region_of_prompt, bundle.region_of_prompt)

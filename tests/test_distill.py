@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from aria.config import DistillConfig
-from aria.distill import ContextCache, Distiller, WeightEMA, plan_step, switch_probability
+from aria.training.distill import ContextCache, Distiller, WeightEMA, plan_step, switch_probability
 from aria.models import build_student, feature_pairs
 from aria.strategies import create_strategy
 

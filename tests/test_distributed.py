@@ -31,8 +31,8 @@ WORKER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import conftest
-    from aria import distill
-    from aria.engine import DistillationRun
+    from aria.training import distill
+    from aria.training.engine import DistillationRun
 
     plans = []
     original = distill.Distiller.plan
@@ -98,8 +98,8 @@ def test_two_ranks_agree_and_match_one_rank(tmp_path, monkeypatch):
     """Two gloo ranks: identical plans, strategy state and weights on both; same data order and
     (up to float reduction order) the same losses as one process; a non-finite step is skipped
     by both ranks together (DDP forward without backward)."""
-    from aria import distill
-    from aria.engine import run_distillation
+    from aria.training import distill
+    from aria.training.engine import run_distillation
     from conftest import make_bundle, make_teacher, tiny_config
 
     two = launch(tmp_path / "two", 2, SECTIONS, poison=[22])
@@ -128,10 +128,10 @@ AGREE_WORKER = textwrap.dedent("""
     import numpy as np, torch
     torch.set_num_threads(1)
     import conftest
-    from aria.backends import TorchBackend
+    from aria.training.backends import TorchBackend
     from aria.config import BackendConfig, DistillConfig
-    from aria.distill import plan_step
-    from aria.engine import _hash63
+    from aria.training.distill import plan_step
+    from aria.training.engine import _hash63
     from aria.strategies import create_strategy
     from aria.strategies.base import Feedback
 
@@ -202,9 +202,9 @@ DEATH_WORKER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import conftest
-    from aria import distill
+    from aria.training import distill
     from aria.cli import exit_for_user_error
-    from aria.engine import run_distillation
+    from aria.training.engine import run_distillation
     from aria.errors import UserError
 
     original = distill.Distiller.plan

@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from aria.config import EncoderConfig
-from aria.corpus import PromptPool
-from aria.encoders import (CLIPTextEncoder, MiniLMEncoder, build_encoder, cached_pooled_embeddings,
+from aria.data.corpus import PromptPool
+from aria.data.encoders import (CLIPTextEncoder, MiniLMEncoder, build_encoder, cached_pooled_embeddings,
                            embedding_cache_path)
 from aria.errors import UserError
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from aria import checkpoint as ckpt
+from aria.training import checkpoint as ckpt
 from aria.config import DistillConfig
-from aria.distill import plan_step
-from aria.engine import TrainingStopped, run_distillation
+from aria.training.distill import plan_step
+from aria.training.engine import TrainingStopped, run_distillation
 from aria.errors import UserError
-from aria.metrics import read_jsonl
+from aria.training.metrics import read_jsonl
 from aria.strategies import create_strategy, list_strategies
 from conftest import make_bundle, make_teacher, tiny_config
 
@@ -209,7 +209,7 @@ def test_exported_student_samples_with_ddim_and_the_grid_command(tmp_path):
     from diffusers import UNet2DConditionModel
     from PIL import Image
 
-    from aria.sample import ddim_sample, sample_grid
+    from aria.experiment.sample import ddim_sample, sample_grid
     from conftest import FakeEncoder
 
     _, result, _ = run(tmp_path, distillation={"steps": 2})
@@ -282,7 +282,7 @@ def test_compile_caches_beside_the_data_and_the_summary_separates_the_first_step
     steady samples/s. Compiling is stubbed: this checks the wiring, not the compiler."""
     import os
 
-    from aria.metrics import run_summary
+    from aria.training.metrics import run_summary
 
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aria import evaluate
+from aria.experiment import evaluate
 from aria.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def export_student(teacher_dir: Path, out: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from aria.config import load_config
-    from aria.data import prepare_data
+    from aria.data.bundle import prepare_data
 
     torch.set_num_threads(1)  # shared CPU cores: one thread avoids oversubscription stalls
     tmp = tmp_path_factory.mktemp("eval")
@@ -107,7 +107,7 @@ def test_eval_end_to_end_writes_json_table_and_plot(setup, capsys):
 
 def test_probe_set_is_fixed_by_eval_seed_and_world_only(setup):
     from aria.config import load_config
-    from aria.data import prepare_data
+    from aria.data.bundle import prepare_data
 
     config, bundle = setup["config"], setup["bundle"]
     first = evaluate.build_probe_set(bundle, config.eval, 1000)

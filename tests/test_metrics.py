@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aria.errors import UserError
-from aria.metrics import truncate_jsonl
+from aria.training.metrics import truncate_jsonl
 
 LINES = [{"step": s, "loss": 0.5 / s} for s in range(1, 7)] + [{"event": "end", "step": 6}]
 
@@ -53,7 +53,7 @@ def test_a_kill_mid_rewrite_loses_no_line(tmp_path):
     before = path.read_bytes()
     proc = run_child(f"""
         import os, signal
-        from aria import metrics
+        from aria.training import metrics
         os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         metrics.truncate_jsonl(metrics.Path({str(path)!r}), 4)
     """)
@@ -71,7 +71,7 @@ def test_a_full_disk_mid_rewrite_loses_no_line(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "pad": "x" * 200}) + "\n" for s in range(1, 200)))
     before = path.read_bytes()
     proc = run_child(f"""
-        from aria import metrics
+        from aria.training import metrics
         from aria.errors import UserError
         try:
             metrics.truncate_jsonl(metrics.Path({str(path)!r}), 150)
@@ -87,7 +87,7 @@ def test_a_full_disk_mid_rewrite_loses_no_line(tmp_path):
 def test_an_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
     path = write_metrics(tmp_path)
     before = path.read_bytes()
-    import aria.metrics as m
+    import aria.training.metrics as m
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

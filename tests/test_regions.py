@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aria.errors import UserError
-from aria.regions import (Regions, assign, format_statistics, kmeans, kmeans_regions, metadata_regions,
+from aria.data.regions import (Regions, assign, format_statistics, kmeans, kmeans_regions, metadata_regions,
                           region_statistics)
 
 
@@ -64,7 +64,7 @@ def test_empty_clusters_with_fewer_distinct_points_than_k():
 
 
 def test_reseed_moves_empty_cluster_to_far_point():
-    from aria.regions import _reseed_empty
+    from aria.data.regions import _reseed_empty
 
     sample = np.array([[0, 0], [0.1, 0], [10, 10]], np.float32)
     centers = np.array([[0.05, 0], [100, 100]], np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from aria.config import EncoderConfig, TeacherConfig
-from aria.encoders import build_encoder
+from aria.data.encoders import build_encoder
 from aria.models import load_teacher
 from aria.world import shapes
 from aria.world.prompts import generate

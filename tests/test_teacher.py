@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from aria.config import load_config
-from aria.corpus import PromptPool
-from aria.encoders import MiniLMEncoder
+from aria.data.corpus import PromptPool
+from aria.data.encoders import MiniLMEncoder
 from aria.world import shapes
 from aria.world.judge import ASSETS as T_ASSETS
-from aria.world.teacher import (ComboPrompts, Contexts, build_unet, evaluate_teacher, sample_ddim,
-                                train_teacher)
+from aria.training.world_teacher import Contexts, evaluate_teacher, train_teacher
+from aria.world.teacher import ComboPrompts, build_unet, sample_ddim
 
 
 TINY = dict(block_out_channels=(8, 16, 16), attention_head_dim=8, norm_num_groups=8)  # CPU smoke tests
@@ -81,8 +81,8 @@ def test_cpu_smoke_train_save_reload_sample(tmp_path):
 def test_evaluate_teacher_scores_renders_of_the_prompted_combos(tmp_path, monkeypatch):
     """With a 'sampler' that renders each prompt's true combination, the judge must agree (~1.0);
     rendering a shifted combination must score ~0. Checks prompt/combination bookkeeping end to end."""
-    import aria.world.teacher as T
-    from aria.data import world_pool
+    import aria.training.world_teacher as T
+    from aria.data.bundle import world_pool
 
     cfg = load_config(None, ["data.world.num_prompts=2000", f"data.cache_dir={tmp_path / 'cache'}"])
     pool = world_pool(cfg)

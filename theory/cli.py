@@ -6,15 +6,14 @@ user mistake (bad config, unwritable --out).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from aria.errors import UserError
+from aria.files import json_text
 
 from .config import load_config
 
@@ -28,22 +27,6 @@ def _prepare_out(out: Path) -> Path:
     except OSError as err:
         raise UserError(f"--out {out}: not writable ({err.strerror or err})") from err
     return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def format_table(rows) -> str:
@@ -109,6 +92,6 @@ def theory_sim(quick: bool, config_path: Path | None, out_dir: Path):
            "check": "violation iff a one-sided lower confidence limit of the RMSE (t over replicates; raw, "
                     "or with each replicate's MSE capped at 4 bound^2) exceeds the bound (level confidence, "
                     "Bonferroni per configuration); strict: the upper limit is below the bound"}
-    (out / "theory_sim.json").write_text(json.dumps(_jsonable(doc), indent=1))
+    (out / "theory_sim.json").write_text(json_text(doc))
     click.echo(f"wrote {out / 'theory_sim.json'}, " + ", ".join(str(f) for f in figures) + f" ({elapsed:.1f} s)")
     sys.exit(0 if s["all_within"] else 1)

@@ -15,11 +15,11 @@ stages); inside an up stage layer k <- layer k, except the student's last layer 
 the shapes agree; the report lists the rest.
 """
 
-from .export import CARD_KEYS, export_student, parameter_count, random_world_unet, unet_from_config_file
-from .features import FeatureCapture, FeaturePair, feature_pairs, primary_tensor, unwrap_module
-from .students import (VARIANTS, TransferReport, build_student, student_unet_config, teacher_key_for,
+from aria.models.export import CARD_KEYS, export_student, parameter_count, random_world_unet, unet_from_config_file
+from aria.models.features import FeatureCapture, FeaturePair, feature_pairs, primary_tensor, unwrap_module
+from aria.models.students import (VARIANTS, TransferReport, build_student, student_unet_config, teacher_key_for,
                        transfer_weights)
-from .teacher import SHIPPED_TEACHER, Teacher, load_teacher
+from aria.models.teacher import SHIPPED_TEACHER, Teacher, load_teacher
 
 __all__ = [
     "CARD_KEYS", "SHIPPED_TEACHER", "VARIANTS", "FeatureCapture", "FeaturePair", "Teacher", "TransferReport",

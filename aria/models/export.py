@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .features import unwrap_module
-from .students import _clean_config
+from aria.errors import UserError
+from aria.models.features import unwrap_module
+from aria.models.students import _clean_config
 
 
 def parameter_count(module: nn.Module) -> int:

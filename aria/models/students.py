@@ -10,8 +10,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .features import unwrap_module
+from aria.errors import UserError
+from aria.models.features import unwrap_module
 
 DOWN_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D"}
 UP_TYPES = {"CrossAttnUpBlock2D", "UpBlock2D"}

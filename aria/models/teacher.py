@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from aria.errors import UserError
 
 SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "world" / "assets" / "teacher"
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import shapes
+from aria.world import shapes
 
 ASSETS = Path(__file__).parent / "assets"
 WEIGHTS_FILE, CONFIG_FILE = "judge.safetensors", "judge.json"

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 
 import numpy as np
 
-from ..corpus import PromptPool
-from ..errors import UserError
-from . import shapes
+from aria.errors import UserError
+from aria.world import shapes
 
 GENERATOR_VERSION = 1
 MIN_PROMPTS_PER_COMBO = 3
@@ -219,37 +217,7 @@ def generate(num_prompts: int, skew: float, seed: int):
     return combos.astype(np.int32), _phrases(combos, choices)
 
 
-def build_world_pool(path: Path | str, num_prompts: int, skew: float, seed: int) -> PromptPool:
-    """The world's pool at ``path``; an existing pool made with the same parameters is reused."""
-    path = Path(path)
-    params = {"world": "shapes", "generator_version": GENERATOR_VERSION,
-              "num_prompts": int(num_prompts), "skew": float(skew), "seed": int(seed)}
-    existing = _open_matching(path, params)
-    if existing is not None:
-        return existing
-    combos, texts = generate(num_prompts, skew, seed)
-    meta = {"combo": combos}
-    meta.update({a: v.astype(np.int8) for a, v in zip(shapes.ATTRIBUTES, shapes.combo_attributes(combos))})
-    try:
-        return PromptPool.write(path, texts, meta=meta, params=params)
-    except OSError:  # another process renamed the same pool into place first
-        existing = _open_matching(path, params)
-        if existing is None:
-            raise
-        return existing
-
-
-def _open_matching(path: Path, params: dict) -> PromptPool | None:
-    if not (path / "pool.json").is_file():
-        return None
-    try:
-        pool = PromptPool.open(path)
-    except UserError:
-        return None
-    return pool if pool.params == params else None
-
-
-def combo_members(pool: PromptPool) -> tuple[np.ndarray, np.ndarray]:
+def combo_members(pool) -> tuple[np.ndarray, np.ndarray]:
     """CSR grouping of prompt ids by combination: ids of combo c are members[offsets[c]:offsets[c+1]]."""
     combos = np.asarray(pool.meta("combo"), dtype=np.int64)
     members = np.argsort(combos, kind="stable")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
-from . import shapes
-from .prompts import prompt_counts
+from aria.errors import UserError
+from aria.world import shapes
+from aria.world.prompts import prompt_counts
 
 SEEN, UNDER, UNSEEN = 0, 1, 2
 REGIME_NAMES = ("seen", "under", "unseen")

@@ -1,4 +1,4 @@
-"""Run logging (JSONL, TensorBoard, progress bar, closing tables) and the per-regime probe.
+"""Run logging: JSONL, TensorBoard, progress bar and the closing tables.
 
 ``<output_dir>/metrics.jsonl`` holds one JSON object per line:
 
@@ -25,21 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .errors import UserError
-
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+from aria.errors import UserError
+from aria.files import json_text
 
 
 class RunLogger:
@@ -72,7 +60,7 @@ class RunLogger:
         self._last = now
         if not self.enabled:
             return
-        self.file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self.file.write(json_text(record, indent=None) + "\n")
         self.file.flush()
         if self.tb is not None:
             for key in ("loss", "task", "out", "feat", "switched_fraction", "lr", "grad_norm", "samples_per_s"):
@@ -89,7 +77,7 @@ class RunLogger:
 
     def event(self, record: dict) -> None:
         if self.enabled:
-            self.file.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+            self.file.write(json_text(record, indent=None) + "\n")
             self.file.flush()
 
     def write(self, text: str) -> None:
@@ -213,44 +201,6 @@ def run_summary(records: list[dict], wall_s: float, skipped: int) -> list[list]:
     rows += [[f"{k} (last 10 steps)", mean(k)] for k in ("loss", "task", "out", "feat")]
     rows += [["switched fraction (mean)", float(np.mean([r["switched_fraction"] for r in steps])) if steps else None]]
     return rows
-
-
-# -- the per-regime probe -------------------------------------------------------------------------
-
-@torch.no_grad()
-def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cumprod, encode=None,
-                                batch: int | None = None) -> dict:
-    """Mean probe discrepancy per regime (``seen``, ``under``, ``unseen``, and ``all``).
-
-    The probe set is ``aria.evaluate.build_probe_set`` of ``eval_config`` (prompts stratified over
-    regimes and regions, rendered images, a midpoint timestep grid, fixed noise); the discrepancy of
-    a probe is the mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps. Returns
-    ``{group: {"discrepancy": float, "probes": int}}``; without regimes, only ``all``.
-    """
-    from .evaluate import build_probe_set, probe_predictions
-    from .report import REGIME_NAMES
-
-    num_t = len(alphas_cumprod)
-    probe = build_probe_set(bundle, eval_config, num_t, encode)
-    texts = list(bundle.pool.texts(probe.prompt_ids))
-    context = torch.as_tensor(bundle.encoder.encode_tokens(texts))
-    batch = batch or eval_config.batch_size
-    was = [m.training for m in (student, teacher)]
-    student.eval(), teacher.eval()
-    try:
-        disc = ((probe_predictions(student, probe, context, alphas_cumprod, batch)
-                 - probe_predictions(teacher, probe, context, alphas_cumprod, batch)) ** 2).mean(axis=(1, 2, 3, 4))
-    finally:
-        student.train(was[0]), teacher.train(was[1])
-    out = {}
-    if bundle.regime_of_prompt is not None:
-        regimes = np.asarray(bundle.regime_of_prompt)[probe.prompt_ids]
-        for r, name in enumerate(REGIME_NAMES):
-            mask = regimes == r
-            if mask.any():
-                out[name] = {"discrepancy": float(disc[mask].mean()), "probes": int(mask.sum())}
-    out["all"] = {"discrepancy": float(disc.mean()), "probes": int(disc.size)}
-    return out
 
 
 def regime_table(result: dict) -> str:

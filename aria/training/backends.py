@@ -1,7 +1,7 @@
 """Execution backends behind one small protocol: ``TorchBackend`` (CPU, one GPU, DDP) and
 ``DeepSpeedBackend`` (bf16, ZeRO 0-2; launched by ``deepspeed`` or ``torchrun``; also on CPU).
 
-The step (``aria.distill``) and the loop (``aria.engine``) never branch on the backend: they call
+The step (``aria.training.distill``) and the loop (``aria.training.engine``) never branch on the backend: they call
 ``setup``, ``autocast``, ``backward``, ``step``, ``zero_grad``, ``all_reduce``, ``barrier``,
 ``unwrap``, ``save`` and ``load``. The rank layout comes from the launcher's environment
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); the device from ``LOCAL_RANK``.
@@ -21,7 +21,7 @@ from typing import Iterable, Protocol
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from aria.errors import UserError
 
 
 class Backend(Protocol):

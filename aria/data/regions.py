@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from aria.errors import UserError
 
 CHUNK = 65536
 

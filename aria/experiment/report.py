@@ -6,14 +6,14 @@ document from ``results.json`` and compare it line by line with the file on disk
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .world.regimes import REGIME_NAMES
+from aria.errors import UserError
+from aria.experiment.stats import mean_ci, paired_ratios
+from aria.world.regimes import REGIME_NAMES
 REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "all": "#777777", None: "#bbbbbb"}
 METRICS = {  # name -> (label, higher is better)
     "discrepancy": ("probe discrepancy", False),
@@ -246,48 +246,6 @@ def plot_tracking(estimates: np.ndarray, measured: np.ndarray, region_regime: np
     return _save(fig, path)
 
 
-def json_text(data: dict) -> str:
-    """``data`` as the JSON written by ``write_json`` (NaN becomes null)."""
-    return json.dumps(_clean(data), indent=1, allow_nan=False)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (NaN becomes null): a temporary file renamed, removed if the write fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json_text(data))
-        os.replace(tmp, path)
-    finally:
-        discard(tmp)
-
-
-def discard(*paths: Path) -> None:
-    """Remove files if they are there (a failed write's leftovers); never raises."""
-    for p in paths:
-        try:
-            Path(p).unlink()
-        except OSError:
-            pass
-
-
-def _clean(x):
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 # -- the results document -------------------------------------------------------------------------
 
 def reading_section(existing: str | None) -> str:
@@ -337,7 +295,6 @@ def ablation_rows(headline: dict, ablation: dict, metric: str = "discrepancy") -
     """Per strategy of an ablation: its ``metric`` over rc's, paired by seed, per regime. rc is the
     ablation's own where it ran rc (a setting that changes rc too), else the headline's (a setting
     that rc ignores, e.g. aria's own parameters or the regions, which rc's uniform draws do not use)."""
-    from .compare import mean_ci, paired_ratios
 
     own = "rc" in ablation["runs"]
     rc_runs = (ablation if own else headline)["runs"].get("rc", {})

@@ -25,7 +25,8 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import UserError
+from aria.errors import UserError
+from aria.files import file_sha256
 
 FORMAT, VERSION = "aria-prompt-pool", 1
 MAX_PROMPT_CHARS = 1000
@@ -165,7 +166,7 @@ class PromptPool:
         path, out_dir = Path(path), Path(out_dir)
         if not path.is_file():
             raise UserError(f"prompts file {path} {'is not a file' if path.exists() else 'does not exist'}")
-        source = {"file": str(path.resolve()), "sha256": _file_sha256(path), "allow_blank": allow_blank}
+        source = {"file": str(path.resolve()), "sha256": file_sha256(path), "allow_blank": allow_blank}
         if (out_dir / "pool.json").is_file():
             try:
                 existing = cls.open(out_dir)
@@ -281,11 +282,3 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     os.rename(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import UserError
+from aria.errors import UserError
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DataBundle:
     paired_prompt_ids: np.ndarray  # int64 (M,)
     regime_of_prompt: Optional[np.ndarray]  # int8 (N,) or None
     encoder: Any  # TextEncoder
-    regions: Any = None  # aria.regions.Regions (centroids, names)
+    regions: Any = None  # aria.data.regions.Regions (centroids, names)
     regimes: Optional[np.ndarray] = None  # int8 per combination (world)
     paired_combos: Optional[np.ndarray] = None  # int64 (M,) (world)
     stats: dict = field(default_factory=dict)
@@ -77,11 +77,45 @@ def _atomic_save_npz(path: Path, **arrays):
 
 def world_pool(config):
     """The world's prompt pool for ``config.data.world``, cached under ``data.cache_dir``."""
-    from .world.prompts import build_world_pool
-
     w = config.data.world
     folder = Path(config.data.cache_dir) / "pools" / f"world-{_key(w.num_prompts, w.skew, w.seed)}"
     return build_world_pool(folder, w.num_prompts, w.skew, w.seed)
+
+
+def build_world_pool(path: Path | str, num_prompts: int, skew: float, seed: int):
+    """The world's pool at ``path``; an existing pool made with the same parameters is reused."""
+    path = Path(path)
+    from aria.data.corpus import PromptPool
+    from aria.world import shapes
+    from aria.world.prompts import GENERATOR_VERSION, generate
+
+    params = {"world": "shapes", "generator_version": GENERATOR_VERSION,
+              "num_prompts": int(num_prompts), "skew": float(skew), "seed": int(seed)}
+    existing = _open_matching(path, params)
+    if existing is not None:
+        return existing
+    combos, texts = generate(num_prompts, skew, seed)
+    meta = {"combo": combos}
+    meta.update({a: v.astype(np.int8) for a, v in zip(shapes.ATTRIBUTES, shapes.combo_attributes(combos))})
+    try:
+        return PromptPool.write(path, texts, meta=meta, params=params)
+    except OSError:  # another process renamed the same pool into place first
+        existing = _open_matching(path, params)
+        if existing is None:
+            raise
+        return existing
+
+
+def _open_matching(path: Path, params: dict):
+    from aria.data.corpus import PromptPool
+
+    if not (path / "pool.json").is_file():
+        return None
+    try:
+        pool = PromptPool.open(path)
+    except UserError:
+        return None
+    return pool if pool.params == params else None
 
 
 def _read_lines(path: Path, what: str) -> list[str]:
@@ -98,7 +132,7 @@ def _read_lines(path: Path, what: str) -> list[str]:
 
 def files_pool(config, captions: list[str]):
     """(pool, caption ids): ``data.prompts_file`` as a pool, plus the paired captions it lacks."""
-    from .corpus import PromptPool
+    from aria.data.corpus import PromptPool
 
     cache = Path(config.data.cache_dir) / "pools"
     prompts_file = Path(config.data.prompts_file)
@@ -159,7 +193,7 @@ def check_inputs(config) -> None:
     world's sizes (``num_prompts``, ``paired_size``) and ``regions.k`` against ``num_prompts``."""
     rc = config.regions
     if config.data.source == "shapes":
-        from .world import regimes as R
+        from aria.world import regimes as R
 
         R.paired_combos(config.data.world, R.split_regimes(config.data.world))  # world sizes (milliseconds)
         if rc.method == "kmeans" and rc.k > config.data.world.num_prompts:
@@ -196,9 +230,9 @@ def cache_write_errors(config):
 
 def world_paired(config, pool, regimes: np.ndarray):
     """(uint8 images (M, 32, 32, 3), prompt ids (M,), combos (M,)) for the world, cached."""
-    from .world import regimes as R
-    from .world import shapes
-    from .world.teacher import ComboPrompts
+    from aria.world import regimes as R
+    from aria.world import shapes
+    from aria.world.teacher import ComboPrompts
 
     w = config.data.world
     path = Path(config.data.cache_dir) / "paired" / f"world-{_key(pool.content_hash, w.model_dump_json())}.npz"
@@ -284,8 +318,8 @@ def _to_tensor_range(images: np.ndarray) -> np.ndarray:
 
 def build_regions(config, pool, encoder, device: str, stats: dict):
     """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached."""
-    from .encoders import cached_pooled_embeddings
-    from .regions import Regions, kmeans_regions, regions_cache_dir
+    from aria.data.encoders import cached_pooled_embeddings
+    from aria.data.regions import Regions, kmeans_regions, regions_cache_dir
 
     rc = config.regions
     if rc.method == "metadata":
@@ -306,8 +340,8 @@ def build_regions(config, pool, encoder, device: str, stats: dict):
 
 def _metadata_regions(config, pool):
     """One region per combination of the pool's metadata columns ``regions.metadata_keys``."""
-    from .regions import metadata_regions
-    from .world import shapes
+    from aria.data.regions import metadata_regions
+    from aria.world import shapes
 
     keys = list(config.regions.metadata_keys)
     missing = [k for k in keys if k not in pool.meta_names]
@@ -336,7 +370,7 @@ def prepare_data(config, device: str | None = "cpu") -> DataBundle:
 
 
 def _prepare(config, device):
-    from .encoders import build_encoder, resolve_device
+    from aria.data.encoders import build_encoder, resolve_device
 
     device = resolve_device(device if device is not None else config.encoder.device)
     t0 = time.time()
@@ -345,7 +379,7 @@ def _prepare(config, device):
     stats["encoder"] = encoder.identity
     regimes = combos = regime_of_prompt = None
     if config.data.source == "shapes":
-        from .world import regimes as R
+        from aria.world import regimes as R
 
         pool = world_pool(config)
         regimes = np.asarray(R.split_regimes(config.data.world), np.int8)

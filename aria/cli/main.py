@@ -15,18 +15,18 @@ from typing import NoReturn
 
 import click
 
-from .errors import UserError
+from aria.errors import UserError
 
 # name -> "module:attribute" of a click command, imported on use
 LAZY_COMMANDS = {
     "theory-sim": ("aria.theory.cli:theory_sim", "Simulate discrepancy processes and check the tracking bound."),
-    "regions": ("aria.world.cli:regions", "Build and inspect the regions of a prompt pool."),
-    "teacher": ("aria.world.cli:teacher", "Train the embedded world's teacher."),
-    "world": ("aria.world.cli:world", "Inspect the embedded world (renders, prompts, regimes, judge)."),
-    "eval": ("aria.evaluate:eval_command", "Score a student against its teacher per regime."),
-    "compare": ("aria.compare:compare_command", "Train and evaluate several strategies x seeds."),
-    "sample": ("aria.sample:sample_command", "Draw a PNG grid from a student (and its teacher)."),
-    "results": ("aria.compare:results_command", "Generate docs/RESULTS.md from a results JSON."),
+    "regions": ("aria.cli.world:regions", "Build and inspect the regions of a prompt pool."),
+    "teacher": ("aria.cli.world:teacher", "Train the embedded world's teacher."),
+    "world": ("aria.cli.world:world", "Inspect the embedded world (renders, prompts, regimes, judge)."),
+    "eval": ("aria.cli.experiment:eval_command", "Score a student against its teacher per regime."),
+    "compare": ("aria.cli.experiment:compare_command", "Train and evaluate several strategies x seeds."),
+    "sample": ("aria.cli.experiment:sample_command", "Draw a PNG grid from a student (and its teacher)."),
+    "results": ("aria.cli.experiment:results_command", "Generate docs/RESULTS.md from a results JSON."),
 }
 
 
@@ -66,7 +66,7 @@ def cli(debug: bool):
 @click.option("--check-consistency", is_flag=True, help="Compare strategy-state hashes across ranks every step.")
 def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
     """Distil the teacher into a student with the chosen allocation strategy."""
-    from .config import config_to_dict, load_config
+    from aria.config import config_to_dict, load_config
 
     config = load_config(config_path, overrides, strategy=strategy)
     if dry_run:
@@ -74,61 +74,9 @@ def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
 
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip())
         return
-    preflight(config, resume)
-    from .engine import run_distillation
+    from aria.training.engine import run_distillation
 
     run_distillation(config, resume=resume, check_consistency=check_consistency)
-
-
-def check_output_dir(path: Path, field: str = "output_dir") -> None:
-    """``path`` is, or can be created as, a writable folder (nothing is created)."""
-    path = Path(path).expanduser()
-    probe = path
-    while not probe.exists() and probe.parent != probe:  # exists() is False under a regular file
-        probe = probe.parent
-    if not probe.is_dir():
-        where = "" if probe == path else f" ({probe} is a file)"
-        raise UserError(f"{field} {path} cannot be a folder{where}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{field} {path} is not writable ({probe} is read-only)")
-
-
-def preflight(config, resume: bool) -> None:
-    """The cheap checks of ``aria run``, before the engine's heavy imports and data work: output_dir,
-    data files (the pool cache is filled for the engine to reuse), teacher folder, student variant
-    against the teacher, and a resume against the newest checkpoint's config. The engine repeats the
-    checks that matter; a check that cannot be made here (unexpected file contents) is left to it."""
-    from . import data
-
-    check_output_dir(config.output_dir)
-    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 fills the caches (see aria.data)
-        data.check_inputs(config)
-    from . import checkpoint as ckpt
-    from .models.students import student_unet_config
-    from .models.teacher import check_teacher
-
-    unet_config = check_teacher(config.teacher)
-    try:
-        student_unet_config(unet_config, config.student.variant, config.student.channel_scale)
-    except (KeyError, TypeError, ValueError, IndexError):
-        pass  # a config.json diffusers completes with defaults: the engine builds the student
-    found = ckpt.list_checkpoints(ckpt.checkpoint_dir(config.output_dir))
-    if found and not resume:
-        raise UserError(f"output_dir {config.output_dir} already holds checkpoints: pass --resume, "
-                        f"or choose another output_dir")
-    if resume and found:
-        from aria.strategies import create_strategy
-
-        from .config import config_to_dict
-
-        try:
-            state, saved = ckpt.read_state(found[0])  # the newest; the engine verifies checksums
-            saved_strategy = state["strategy"]["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # damaged: the engine reports it and tries an older one
-        strategy = create_strategy(config.strategy.name, config.strategy.params_for())
-        ckpt.check_resume_config(saved, config_to_dict(config), saved_strategy,
-                                 strategy.config.model_dump(mode="json"))
 
 
 @cli.command("strategies")

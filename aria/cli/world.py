@@ -34,8 +34,8 @@ def regions():
 @click.option("--device", default=None, help="Encoder / k-means device (default: encoder.device).")
 def regions_build(config_path, overrides, device):
     """Prepare data and regions (cached) and print the region statistics table."""
-    from aria.data import prepare_data
-    from aria.regions import format_statistics, region_statistics
+    from aria.data.bundle import prepare_data
+    from aria.data.regions import format_statistics, region_statistics
 
     config = _config(config_path, overrides)
     bundle = prepare_data(config, device=device)
@@ -75,7 +75,7 @@ def teacher():
 def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval,
                   guidance, unet_json, judge_dir):
     """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
-    from aria.world.teacher import train_teacher
+    from aria.training.world_teacher import train_teacher
 
     config = _config(config_path, overrides)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -118,11 +118,11 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     """Judge DDIM samples of one pool prompt per combination (all four attributes)."""
     import torch
 
-    from aria.data import world_pool
-    from aria.encoders import build_encoder, resolve_device
+    from aria.data.bundle import world_pool
+    from aria.data.encoders import build_encoder, resolve_device
     from aria.models.teacher import load_teacher
     from aria.world.judge import Judge
-    from aria.world.teacher import evaluate_teacher
+    from aria.training.world_teacher import evaluate_teacher
 
     config = _config(config_path, overrides)
     tconf = config.teacher.model_copy(update={"path": teacher_dir}) if teacher_dir else config.teacher
@@ -158,7 +158,7 @@ def world_show(config_path, overrides, out_path, count, seed):
     """Write a grid of renders of random pool prompts, each captioned with its prompt and regime."""
     import numpy as np
 
-    from aria.data import world_pool
+    from aria.data.bundle import world_pool
     from aria.world import regimes, shapes
     from aria.world.teacher import pool_texts
 

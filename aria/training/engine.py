@@ -1,6 +1,6 @@
 """The distillation loop: ``run_distillation(config, resume, check_consistency)``.
 
-A recipe in three parts (``setup``, ``train``, ``finish``); the step itself is ``aria.distill``
+A recipe in three parts (``setup``, ``train``, ``finish``); the step itself is ``aria.training.distill``
 and never branches on the backend. Everything random is a function of (seed, step): the paired
 batch (rng [seed, step, 0], each rank its slice), timesteps, switches, CFG dropout, prompts and
 noise, and the strategy draws ([seed, step]). A resumed run therefore needs no RNG state, and may
@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from .config import RunConfig, config_to_dict
-from .errors import UserError
-from .metrics import RegionWindow, RunLogger, format_table, probe_discrepancy_by_regime, read_jsonl, regime_table, \
+from aria.training import checkpoint as ckpt
+from aria.config import RunConfig, config_to_dict
+from aria.errors import UserError
+from aria.training.checks import check_run
+from aria.training.probe import probe_discrepancy_by_regime
+from aria.training.metrics import RegionWindow, RunLogger, format_table, read_jsonl, regime_table, \
     run_summary, summary_writer_class
 
 
 if TYPE_CHECKING:
-    from .distill import Reduced, StepPlan
+    from aria.training.distill import Reduced, StepPlan
 
 
 class TrainingStopped(UserError):
@@ -85,29 +87,25 @@ class DistillationRun:
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> "DistillationRun":
         from aria.models import build_student, feature_pairs, load_teacher
-        from aria.strategies import create_strategy
-
-        from .backends import create_backend
-        from .distill import Distiller, WeightEMA
+        from aria.training.backends import create_backend
+        from aria.training.distill import Distiller, WeightEMA
         from diffusers import DDPMScheduler
 
         c = self.config
         self.t0 = time.perf_counter()
+        check_run(c, self.resume, data=self.bundle is None, teacher=self.teacher is None)
         if c.logging.tensorboard:
             summary_writer_class()  # fail before any heavy work
         self.backend = b = create_backend(c.backend, c.distillation)
         self.main = b.is_main
-        if not self.resume and ckpt.list_checkpoints(self.ckpt_root):
-            raise UserError(f"output_dir {self.output_dir} already holds checkpoints: pass --resume, "
-                            f"or choose another output_dir")
         if self.resume:  # before any heavy work: --resume needs a checkpoint that verifies
             self.resume_step = self._choose_checkpoint()
-        self.strategy = create_strategy(c.strategy.name, c.strategy.params_for())
+        self.strategy = c.make_strategy()
         if self.teacher is None:
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         if self.bundle is None:  # rank 0 fills the caches first, the others then read them
-            from .data import prepare_data
+            from aria.data.bundle import prepare_data
 
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)

@@ -21,7 +21,6 @@ others are reported; ``--resume`` without one that verifies is a ``UserError`` n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,8 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from aria.errors import UserError
+from aria.files import file_sha256
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -59,14 +59,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tensors(module_or_state) -> dict[str, torch.Tensor]:
@@ -142,7 +134,7 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, student, training_sta
     for p in files:
         _fsync(p)
     manifest = {"format": FORMAT, "step": int(step), "files": {
-        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     _fsync(tmp / MANIFEST)
     for d in {p.parent for p in files} | {tmp}:
@@ -207,7 +199,7 @@ def verify(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != meta["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {meta['bytes']}"
-        if sha256(path) != meta["sha256"]:
+        if file_sha256(path) != meta["sha256"]:
             return f"{name} does not match its checksum"
     return None
 

@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import threading
@@ -25,11 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import click
 import numpy as np
 
-from .errors import UserError
-from . import report
+from aria.errors import UserError
+from aria.experiment import report
+from aria.experiment.stats import mean_ci, paired_ratios
+from aria.files import write_json
 
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
 TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
@@ -39,27 +39,6 @@ BARS = (  # (name, regime, metric, kind, bar): kind "ratio" -> aria/rc <= bar; "
     ("seen discrepancy aria/rc", "seen", "discrepancy", "ratio", 1.02),
     ("unseen accuracy gap: aria - 0.5 rc", "unseen", "accuracy_gap", "gap", 0.5),
 )
-
-
-# -- statistics ------------------------------------------------------------------------------------
-
-def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean and t-interval of the finite values (interval None with fewer than two)."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = float(x.mean())
-    if x.size < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1}
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(x.size)}
-
-
-def paired_ratios(num: list, den: list) -> list:
-    """Per-seed ratios num/den (None where either is missing or den is 0)."""
-    return [None if a is None or b is None or b == 0 else a / b for a, b in zip(num, den)]
 
 
 def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
@@ -105,11 +84,9 @@ def run_paths(out: Path, strategy: str, seed: int) -> dict:
     return {"run": run, "eval": run / "eval", "eval_json": run / "eval" / "eval.json", "record": run / "compare.json"}
 
 
-def config_digest(config) -> str:
-    """Digest of what a run's result depends on, apart from its seed, folder and strategy name."""
-    import hashlib
-
-    from .config import config_to_dict
+def digest_fields(config) -> dict:
+    """What a run's result depends on, apart from its seed, folder and strategy name (plain data)."""
+    from aria.config import config_to_dict
 
     data = config_to_dict(config)
     for key in ("seed", "output_dir", "logging"):
@@ -119,7 +96,14 @@ def config_digest(config) -> str:
     data["distillation"].pop("step_sync")  # where a non-finite step is skipped: speed only, the same results
     if data["distillation"]["feedback_delay"] == 0:  # the default: digests made before the option stay valid
         data["distillation"].pop("feedback_delay")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return data
+
+
+def config_digest(config) -> str:
+    """Short digest of ``digest_fields``: runs of a comparison must share it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(digest_fields(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sets(overrides) -> list[str]:
@@ -135,8 +119,8 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
          digest: str, gpus: "GpuSlots") -> dict:
     """Train (``aria run``, unless the student is there) and evaluate (``aria eval``) one run, each a
     subprocess on one GPU slot; returns wall times."""
-    from . import checkpoint as ckpt
-    from .evaluate import find_student
+    from aria.training import checkpoint as ckpt
+    from aria.experiment.evaluate import find_student
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
@@ -212,7 +196,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
 
     ``summary_only``: train and evaluate nothing; summarise the evaluations found in ``out`` (runs
     made on other machines and copied there), listing the missing ones in the results."""
-    from .config import load_config
+    from aria.config import load_config
 
     t0 = time.perf_counter()
     if not strategies:
@@ -241,7 +225,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
     if summary_only and len(missing) == len(strategies) * len(seeds):
         raise UserError(f"--summary-only: no evaluated run in {out}/runs")
     if jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
-        from .data import prepare_data
+        from aria.data.bundle import prepare_data
 
         prepare_data(configs[strategies[0]], "cuda" if num_gpus else "cpu")
     gpus = GpuSlots(card, num_gpus)
@@ -289,7 +273,7 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
         "missing": missing,
     }
     results["plots"] = make_plots(results, evals, out)
-    report.write_json(Path(out) / "results.json", results)
+    write_json(Path(out) / "results.json", results)
     (Path(out) / "results.md").write_text(
         "# aria compare\n\n" + "\n".join(report.results_header(results)) + "\n\n" + report.results_tables(results))
     return results
@@ -320,7 +304,7 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
 def read_region_history(run_dir: Path) -> dict:
     """Steps, per-region allocation probabilities and tracked estimates from a run's metrics.jsonl
     (the lines that carry them; None where the run logged none)."""
-    from .metrics import read_jsonl
+    from aria.training.metrics import read_jsonl
 
     path = Path(run_dir) / "metrics.jsonl"
     records = read_jsonl(path) if path.is_file() else []
@@ -333,48 +317,6 @@ def read_region_history(run_dir: Path) -> dict:
 
 
 # -- the commands ----------------------------------------------------------------------------------
-
-@click.command("compare")
-@click.option("--strategies", default="none,rc,uniform,exp3,ducb,swucb,dts,aria", show_default=True,
-              help="Comma-separated strategy names.")
-@click.option("--seeds", default="3", show_default=True,
-              help="N (seeds 0..N-1) or a comma-separated list; seed s sets config.seed = s.")
-@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
-@click.option("--parallel", type=click.IntRange(1), default=None,
-              help="Concurrent training runs (default: 1 on CPU, 2 a GPU, spread over the GPUs).")
-@click.option("--summary-only", is_flag=True,
-              help="Train nothing: summarise the evaluated runs already in --out (e.g. copied from other machines).")
-def compare_command(strategies, seeds, config_path, overrides, out, parallel, summary_only):
-    """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    seed_list = parse_seeds(seeds)
-    cmd = ["aria", "compare", "--strategies", ",".join(names), "--seeds", seeds, "--config", str(config_path),
-           "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
-    if parallel:
-        cmd += ["--parallel", str(parallel)]
-    if summary_only:
-        cmd += ["--summary-only"]
-    results = compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd), summary_only)
-    click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
-    click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
-    try:
-        if "," not in text:
-            n = int(text)
-            if n < 1:
-                raise ValueError
-            return list(range(n))
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: expected a count N >= 1 or a comma-separated list of seeds") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r}: expected distinct seeds")
-    return seeds
 
 
 def read_results(path: Path) -> dict:
@@ -409,21 +351,3 @@ def results_doc(results_path: Path | list[Path], out: Path, check: bool = False,
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
     return text
-
-
-@click.command("results")
-@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True, multiple=True,
-              help="A compare results.json; repeat for more (the headline first, then e.g. a second split).")
-@click.option("--ablation", "ablation_paths", type=click.Path(path_type=Path), multiple=True,
-              help="An ablation's results.json (same config but its --set values); repeat for more. Summarised "
-                   "in one table against rc (its own, or the headline's when it did not run rc).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
-@click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
-def results_command(results_path, ablation_paths, out, check):
-    """Generate docs/RESULTS.md from a results JSON (keeping the reading section)."""
-    try:
-        results_doc(results_path, out, check, ablation_paths)
-    except report.DocCheckError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, [*results_path, *ablation_paths]))}")

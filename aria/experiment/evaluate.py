@@ -17,109 +17,25 @@ import fcntl
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
-from .errors import UserError, folder_problem
-from . import report
+from aria.errors import UserError
+from aria.files import discard, json_text
+from aria.experiment import report
+from aria.training.probe import combos_of_pool, build_probe_set, probe_predictions, sample_prompt_ids
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; "all" is added to every result
 
 
-# -- probe set and sample prompts ---------------------------------------------------------------
-
-def stratified_prompts(regime_of_prompt, region_of_prompt, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n pool indices: split evenly over the regimes present, then round-robin over the regions
-    holding prompts of that regime (in random order), uniformly inside (region, regime)."""
-    region = np.asarray(region_of_prompt, dtype=np.int64)
-    regime = np.zeros(len(region), np.int8) if regime_of_prompt is None else np.asarray(regime_of_prompt)
-    present = [r for r in np.unique(regime) if r >= 0]
-    picks = []
-    for i, r in enumerate(present):
-        count = n // len(present) + (i < n % len(present))
-        members = np.flatnonzero(regime == r)
-        cells = {k: members[region[members] == k] for k in np.unique(region[members])}
-        order = rng.permutation(list(cells))
-        for j in range(count):
-            cell = cells[order[j % len(order)]]
-            picks.append(cell[rng.integers(len(cell))])
-    return np.asarray(picks, dtype=np.int64)
-
-
-@dataclass
-class ProbeSet:
-    prompt_ids: np.ndarray  # (N,) pool indices
-    x0: np.ndarray  # (N, C, H, W) in the model's space (pixels, or latents of a latent teacher)
-    timesteps: np.ndarray  # (J,) midpoint grid over the training timesteps
-    noise: np.ndarray  # (N, J, C, H, W)
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.prompt_ids, self.x0, self.timesteps, self.noise):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()[:16]
-
-
-def probe_images(bundle, prompt_ids: np.ndarray, seed: int) -> np.ndarray:
-    """Images for the probe prompts: the world renders each prompt's combination; other data
-    sources use paired images drawn with ``seed`` (as switched conditions pair them)."""
-    combos = _combos(bundle)
-    if combos is not None:
-        from .world.shapes import render, to_tensor_range
-
-        return to_tensor_range(render(combos[prompt_ids], seed=seed))
-    rng = np.random.default_rng([seed, 11])
-    return np.asarray(bundle.paired_images[rng.integers(len(bundle.paired_images), size=len(prompt_ids))],
-                      dtype=np.float32)
-
-
-def build_probe_set(bundle, eval_config, num_train_timesteps: int, encode=None) -> ProbeSet:
-    """The fixed probe set of ``eval_config`` (``encode``: pixels -> model space, for latent teachers)."""
-    seed, n, j = eval_config.seed, eval_config.probe_images, eval_config.probe_timesteps
-    ids = stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, n, np.random.default_rng([seed, 1]))
-    x0 = probe_images(bundle, ids, seed)
-    if encode is not None:
-        x0 = encode(x0)
-    timesteps = ((np.arange(j) + 0.5) * num_train_timesteps / j).astype(np.int64)
-    noise = np.random.default_rng([seed, 2]).standard_normal((n, j, *x0.shape[1:]), dtype=np.float32)
-    return ProbeSet(ids, x0.astype(np.float32), timesteps, noise)
-
-
-def sample_prompt_ids(bundle, eval_config) -> np.ndarray:
-    return stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, eval_config.sample_prompts,
-                              np.random.default_rng([eval_config.seed, 3]))
-
-
 # -- model passes ---------------------------------------------------------------------------------
-
-@torch.no_grad()
-def probe_predictions(unet, probe: ProbeSet, context: torch.Tensor, alphas_cumprod, batch: int) -> np.ndarray:
-    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep)."""
-    param = next(unet.parameters())
-    n, j = probe.noise.shape[:2]
-    a = torch.as_tensor(np.asarray(alphas_cumprod)[probe.timesteps], dtype=torch.float32)
-    out = np.empty_like(probe.noise)
-    flat = [(i, k) for i in range(n) for k in range(j)]
-    for s in range(0, len(flat), batch):
-        i, k = (np.array(v) for v in zip(*flat[s:s + batch]))
-        x0, eps = torch.from_numpy(probe.x0[i]), torch.from_numpy(probe.noise[i, k])
-        ak = a[k].view(-1, 1, 1, 1)
-        xt = ak.sqrt() * x0 + (1 - ak).sqrt() * eps
-        t = torch.from_numpy(probe.timesteps[k])
-        pred = unet(xt.to(param), t.to(param.device), encoder_hidden_states=context[i].to(param)).sample
-        out[i, k] = pred.float().cpu().numpy()
-    return out
-
 
 def ddim_samples(unet, context, uncond, noise: np.ndarray, steps: int, guidance: float, scheduler_config,
                  batch: int) -> np.ndarray:
     """DDIM samples (the world teacher's sampler) from the given initial noise, in batches."""
-    from .world.teacher import sample_ddim
+    from aria.world.teacher import sample_ddim
 
     return np.concatenate([
         sample_ddim(unet, context[s:s + batch], uncond, steps, guidance, noise=torch.from_numpy(noise[s:s + batch]),
@@ -190,7 +106,7 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
 
 def judge_readings(judge, pixels: np.ndarray) -> dict:
     """The judge's attribute readings and features of images in [-1, 1]."""
-    from .world.shapes import from_tensor_range
+    from aria.world.shapes import from_tensor_range
 
     images = from_tensor_range(pixels)
     return {"pred": judge.predict(images), "features": np.asarray(judge.features(images))}
@@ -198,7 +114,7 @@ def judge_readings(judge, pixels: np.ndarray) -> dict:
 
 def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.ndarray) -> dict:
     """Accuracy (all attributes right) of student and teacher, agreement and KID on ``mask``."""
-    from .world.shapes import ATTRIBUTES, combo_attributes
+    from aria.world.shapes import ATTRIBUTES, combo_attributes
 
     truth = dict(zip(ATTRIBUTES, combo_attributes(combos[mask])))
     s_pred = {a: np.asarray(student["pred"][a])[mask] for a in ATTRIBUTES}
@@ -233,13 +149,6 @@ def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray) -> dict:
             "normalised": [float(s / c) if c else None for s, c in zip(norm, counts)],
             "probes": counts.tolist(), "size": np.asarray(bundle.region_info.sizes).tolist(), "regime": main,
             "regime_fractions": fractions}
-
-
-def _combos(bundle):
-    try:
-        return np.asarray(bundle.pool.meta("combo"), dtype=np.int64)
-    except (KeyError, AttributeError, ValueError):
-        return None
 
 
 # -- the evaluation -------------------------------------------------------------------------------
@@ -289,21 +198,21 @@ def pixel_codec(teacher):
 
 def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     """(teacher, bundle, judge) of ``config``, loading those not given (no judge outside the world)."""
-    from .encoders import resolve_device
+    from aria.data.encoders import resolve_device
 
     device = resolve_device(config.backend.device)
     if device == "cpu" and config.backend.cpu_threads:
         torch.set_num_threads(config.backend.cpu_threads)
     if teacher is None:
-        from .models import load_teacher
+        from aria.models import load_teacher
 
         teacher = load_teacher(config.teacher, device=device)
     if bundle is None:
-        from .data import prepare_data
+        from aria.data.bundle import prepare_data
 
         bundle = prepare_data(config, device=None)
-    if judge is None and _combos(bundle) is not None:
-        from .world.judge import Judge
+    if judge is None and combos_of_pool(bundle) is not None:
+        from aria.world.judge import Judge
 
         judge = Judge.load(device=device)
     return teacher, bundle, judge
@@ -363,7 +272,7 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
 
 def score(bundle, judge, probe_ids, disc, sample_ids, student_px, teacher_px) -> dict:
     """Per group (each regime, ``all``): probe discrepancy, pixel MSE and, in the world, judge metrics."""
-    combos = _combos(bundle)
+    combos = combos_of_pool(bundle)
     if combos is not None:
         s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)
     regimes = bundle.regime_of_prompt
@@ -397,11 +306,11 @@ def write_eval(result: dict, out: Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         tmp["markdown"].write_text(report.eval_markdown(result))
         report.plot_region_discrepancy(result, tmp["plot"])
-        tmp["json"].write_text(report.json_text(result))
+        tmp["json"].write_text(json_text(result))
         for key in ("markdown", "plot", "json"):
             os.replace(tmp[key], final[key])
     except OSError as err:
-        report.discard(*tmp.values())
+        discard(*tmp.values())
         if created:
             try:
                 out.rmdir()
@@ -409,37 +318,3 @@ def write_eval(result: dict, out: Path) -> dict:
                 pass
         raise UserError(f"--out {out}: cannot write the evaluation ({err.strerror or err})") from err
     return final
-
-
-@click.command("eval")
-@click.option("--student", "student", type=click.Path(path_type=Path), required=True,
-              help="Exported student folder, or a run output_dir holding it.")
-@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
-              help="Teacher diffusers folder (overrides teacher.path).")
-@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Typed override, e.g. eval.sample_steps=50.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: eval/ in the run folder holding the student).")
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Cache folder for the teacher's predictions and samples (shared by a comparison).")
-def eval_command(student, teacher_path, config_path, overrides, out, reference):
-    """Score a student against its teacher per regime and per region."""
-    from .config import load_config
-
-    config = load_config(config_path, overrides)
-    if teacher_path is not None:
-        config.teacher.path = teacher_path
-    folder = find_student(student)
-    what = "--out" if out is not None else "the eval folder (--out)"
-    if out is None:
-        out = (folder.parent if folder == Path(student) else Path(student)) / "eval"
-    for path, what in ((out, what), (reference, "--reference")):
-        problem = None if path is None else folder_problem(path)
-        if problem:  # before the evaluation, not after it
-            raise UserError(f"{what} {path}: {problem}")
-    result = evaluate(config, student, reference=reference)
-    paths = write_eval(result, out)
-    click.echo(report.eval_table(result))
-    click.echo(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
-

@@ -12,11 +12,10 @@ import json
 import os
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
-from .errors import UserError, folder_problem
+from aria.errors import UserError, folder_problem
 
 
 @torch.no_grad()
@@ -80,8 +79,8 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None = None, steps: int = 25,
                 seed: int = 0, guidance: float | None = None, device: str = "auto", encoder=None) -> Path:
     """Write the grid; ``encoder`` replaces the one the run config names (tests)."""
-    from .config import RunConfig
-    from .encoders import build_encoder, resolve_device
+    from aria.config import RunConfig
+    from aria.data.encoders import build_encoder, resolve_device
 
     if not prompts:
         raise UserError("--prompt: give at least one prompt")
@@ -158,20 +157,3 @@ def _decoder(config, device):
     def decode(z):
         return vae.decode(z.to(device, vae.dtype) / vae.config.scaling_factor).sample.float()
     return decode
-
-
-@click.command("sample")
-@click.option("--model", "model", type=click.Path(path_type=Path), required=True,
-              help="Exported student folder (a run's output_dir/student).")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for more rows.")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
-              help="Teacher UNet folder (or SD folder) to sample next to the student.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("grid.png"), show_default=True)
-@click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
-@click.option("--guidance", type=float, default=None, help="CFG scale (default: the run's teacher.guidance_scale).")
-@click.option("--device", default="auto", show_default=True)
-def sample_command(model, prompts, teacher, out, steps, seed, guidance, device):
-    """Draw a PNG grid from a student (and its teacher, from the same noise)."""
-    path = sample_grid(model, list(prompts), out, teacher, steps, seed, guidance, device)
-    click.echo(f"wrote {path}")

@@ -1,0 +1,3 @@
+from aria.cli.main import main
+
+main()

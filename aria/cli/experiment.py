@@ -1,0 +1,129 @@
+"""``aria eval``, ``aria compare``, ``aria results`` and ``aria sample``: the experiment's commands."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from aria.errors import UserError, folder_problem
+
+
+@click.command("eval")
+@click.option("--student", "student", type=click.Path(path_type=Path), required=True,
+              help="Exported student folder, or a run output_dir holding it.")
+@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
+              help="Teacher diffusers folder (overrides teacher.path).")
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Typed override, e.g. eval.sample_steps=50.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: eval/ in the run folder holding the student).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Cache folder for the teacher's predictions and samples (shared by a comparison).")
+def eval_command(student, teacher_path, config_path, overrides, out, reference):
+    """Score a student against its teacher per regime and per region."""
+    from aria.config import load_config
+    from aria.experiment import evaluate, report
+
+    config = load_config(config_path, overrides)
+    if teacher_path is not None:
+        config.teacher.path = teacher_path
+    folder = evaluate.find_student(student)
+    what = "--out" if out is not None else "the eval folder (--out)"
+    if out is None:
+        out = (folder.parent if folder == Path(student) else Path(student)) / "eval"
+    for path, what in ((out, what), (reference, "--reference")):
+        problem = None if path is None else folder_problem(path)
+        if problem:  # before the evaluation, not after it
+            raise UserError(f"{what} {path}: {problem}")
+    result = evaluate.evaluate(config, student, reference=reference)
+    paths = evaluate.write_eval(result, out)
+    click.echo(report.eval_table(result))
+    click.echo(f"wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+
+
+@click.command("compare")
+@click.option("--strategies", default="none,rc,uniform,exp3,ducb,swucb,dts,aria", show_default=True,
+              help="Comma-separated strategy names.")
+@click.option("--seeds", default="3", show_default=True,
+              help="N (seeds 0..N-1) or a comma-separated list; seed s sets config.seed = s.")
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every run.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
+@click.option("--parallel", type=click.IntRange(1), default=None,
+              help="Concurrent training runs (default: 1 on CPU, 2 a GPU, spread over the GPUs).")
+@click.option("--summary-only", is_flag=True,
+              help="Train nothing: summarise the evaluated runs already in --out (e.g. copied from other machines).")
+def compare_command(strategies, seeds, config_path, overrides, out, parallel, summary_only):
+    """Train and evaluate several strategies x seeds; write results.json, tables and plots."""
+    from aria.experiment import compare, report
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    seed_list = parse_seeds(seeds)
+    cmd = ["aria", "compare", "--strategies", ",".join(names), "--seeds", seeds, "--config", str(config_path),
+           "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    if parallel:
+        cmd += ["--parallel", str(parallel)]
+    if summary_only:
+        cmd += ["--summary-only"]
+    results = compare.compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd), summary_only)
+    click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
+    click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
+    try:
+        if "," not in text:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return list(range(n))
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected a count N >= 1 or a comma-separated list of seeds") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct seeds")
+    return seeds
+
+
+@click.command("results")
+@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="A compare results.json; repeat for more (the headline first, then e.g. a second split).")
+@click.option("--ablation", "ablation_paths", type=click.Path(path_type=Path), multiple=True,
+              help="An ablation's results.json (same config but its --set values); repeat for more. Summarised "
+                   "in one table against rc (its own, or the headline's when it did not run rc).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
+@click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
+def results_command(results_path, ablation_paths, out, check):
+    """Generate docs/RESULTS.md from a results JSON (keeping the reading section)."""
+    from aria.experiment import compare, report
+
+    try:
+        compare.results_doc(results_path, out, check, ablation_paths)
+    except report.DocCheckError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, [*results_path, *ablation_paths]))}")
+
+
+@click.command("sample")
+@click.option("--model", "model", type=click.Path(path_type=Path), required=True,
+              help="Exported student folder (a run's output_dir/student).")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for more rows.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Teacher UNet folder (or SD folder) to sample next to the student.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("grid.png"), show_default=True)
+@click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: the run's teacher.guidance_scale).")
+@click.option("--device", default="auto", show_default=True)
+def sample_command(model, prompts, teacher, out, steps, seed, guidance, device):
+    """Draw a PNG grid from a student (and its teacher, from the same noise)."""
+    from aria.experiment import sample
+
+    path = sample.sample_grid(model, list(prompts), out, teacher, steps, seed, guidance, device)
+    click.echo(f"wrote {path}")

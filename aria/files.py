@@ -1,0 +1,65 @@
+"""Files every stage writes or checks: JSON of plain data, atomic writes, leftovers, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def to_jsonable(x):
+    """``x`` as plain JSON data: numpy scalars and arrays become Python ones, paths strings,
+    non-finite floats ``None``."""
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return to_jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def json_text(data, indent: int | None = 1) -> str:
+    """``data`` as the JSON that ``write_json`` writes (NaN becomes null)."""
+    return json.dumps(to_jsonable(data), indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic JSON write: a temporary file renamed into place, removed if the write fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json_text(data))
+        os.replace(tmp, path)
+    finally:
+        discard(tmp)
+
+
+def discard(*paths: Path) -> None:
+    """Remove files if they are there (a failed write's leftovers); never raises."""
+    for p in paths:
+        try:
+            Path(p).unlink()
+        except OSError:
+            pass
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,143 @@
+"""The fixed probe set and the probe discrepancy: what training logs and ``aria eval`` both measure.
+
+A probe is (prompt, its image, a midpoint grid of timesteps, fixed noises), every piece derived
+from ``eval.seed`` and the data config, never from the student; the discrepancy of a probe is the
+mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aria.world.regimes import REGIME_NAMES
+
+
+# -- probe set and sample prompts ---------------------------------------------------------------
+
+def stratified_prompts(regime_of_prompt, region_of_prompt, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n pool indices: split evenly over the regimes present, then round-robin over the regions
+    holding prompts of that regime (in random order), uniformly inside (region, regime)."""
+    region = np.asarray(region_of_prompt, dtype=np.int64)
+    regime = np.zeros(len(region), np.int8) if regime_of_prompt is None else np.asarray(regime_of_prompt)
+    present = [r for r in np.unique(regime) if r >= 0]
+    picks = []
+    for i, r in enumerate(present):
+        count = n // len(present) + (i < n % len(present))
+        members = np.flatnonzero(regime == r)
+        cells = {k: members[region[members] == k] for k in np.unique(region[members])}
+        order = rng.permutation(list(cells))
+        for j in range(count):
+            cell = cells[order[j % len(order)]]
+            picks.append(cell[rng.integers(len(cell))])
+    return np.asarray(picks, dtype=np.int64)
+
+
+@dataclass
+class ProbeSet:
+    prompt_ids: np.ndarray  # (N,) pool indices
+    x0: np.ndarray  # (N, C, H, W) in the model's space (pixels, or latents of a latent teacher)
+    timesteps: np.ndarray  # (J,) midpoint grid over the training timesteps
+    noise: np.ndarray  # (N, J, C, H, W)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.prompt_ids, self.x0, self.timesteps, self.noise):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+
+def probe_images(bundle, prompt_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Images for the probe prompts: the world renders each prompt's combination; other data
+    sources use paired images drawn with ``seed`` (as switched conditions pair them)."""
+    combos = combos_of_pool(bundle)
+    if combos is not None:
+        from aria.world.shapes import render, to_tensor_range
+
+        return to_tensor_range(render(combos[prompt_ids], seed=seed))
+    rng = np.random.default_rng([seed, 11])
+    return np.asarray(bundle.paired_images[rng.integers(len(bundle.paired_images), size=len(prompt_ids))],
+                      dtype=np.float32)
+
+
+def build_probe_set(bundle, eval_config, num_train_timesteps: int, encode=None) -> ProbeSet:
+    """The fixed probe set of ``eval_config`` (``encode``: pixels -> model space, for latent teachers)."""
+    seed, n, j = eval_config.seed, eval_config.probe_images, eval_config.probe_timesteps
+    ids = stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, n, np.random.default_rng([seed, 1]))
+    x0 = probe_images(bundle, ids, seed)
+    if encode is not None:
+        x0 = encode(x0)
+    timesteps = ((np.arange(j) + 0.5) * num_train_timesteps / j).astype(np.int64)
+    noise = np.random.default_rng([seed, 2]).standard_normal((n, j, *x0.shape[1:]), dtype=np.float32)
+    return ProbeSet(ids, x0.astype(np.float32), timesteps, noise)
+
+
+def sample_prompt_ids(bundle, eval_config) -> np.ndarray:
+    return stratified_prompts(bundle.regime_of_prompt, bundle.region_of_prompt, eval_config.sample_prompts,
+                              np.random.default_rng([eval_config.seed, 3]))
+
+
+@torch.no_grad()
+def probe_predictions(unet, probe: ProbeSet, context: torch.Tensor, alphas_cumprod, batch: int) -> np.ndarray:
+    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep)."""
+    param = next(unet.parameters())
+    n, j = probe.noise.shape[:2]
+    a = torch.as_tensor(np.asarray(alphas_cumprod)[probe.timesteps], dtype=torch.float32)
+    out = np.empty_like(probe.noise)
+    flat = [(i, k) for i in range(n) for k in range(j)]
+    for s in range(0, len(flat), batch):
+        i, k = (np.array(v) for v in zip(*flat[s:s + batch]))
+        x0, eps = torch.from_numpy(probe.x0[i]), torch.from_numpy(probe.noise[i, k])
+        ak = a[k].view(-1, 1, 1, 1)
+        xt = ak.sqrt() * x0 + (1 - ak).sqrt() * eps
+        t = torch.from_numpy(probe.timesteps[k])
+        pred = unet(xt.to(param), t.to(param.device), encoder_hidden_states=context[i].to(param)).sample
+        out[i, k] = pred.float().cpu().numpy()
+    return out
+
+
+def combos_of_pool(bundle):
+    """The world combination of every pool prompt, or None for a pool without one."""
+    try:
+        return np.asarray(bundle.pool.meta("combo"), dtype=np.int64)
+    except (KeyError, AttributeError, ValueError):
+        return None
+
+
+# -- the per-regime probe -------------------------------------------------------------------------
+
+@torch.no_grad()
+def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cumprod, encode=None,
+                                batch: int | None = None) -> dict:
+    """Mean probe discrepancy per regime (``seen``, ``under``, ``unseen``, and ``all``).
+
+    The probe set is ``build_probe_set`` of ``eval_config`` (prompts stratified over
+    regimes and regions, rendered images, a midpoint timestep grid, fixed noise); the discrepancy of
+    a probe is the mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps. Returns
+    ``{group: {"discrepancy": float, "probes": int}}``; without regimes, only ``all``.
+    """
+    num_t = len(alphas_cumprod)
+    probe = build_probe_set(bundle, eval_config, num_t, encode)
+    texts = list(bundle.pool.texts(probe.prompt_ids))
+    context = torch.as_tensor(bundle.encoder.encode_tokens(texts))
+    batch = batch or eval_config.batch_size
+    was = [m.training for m in (student, teacher)]
+    student.eval(), teacher.eval()
+    try:
+        disc = ((probe_predictions(student, probe, context, alphas_cumprod, batch)
+                 - probe_predictions(teacher, probe, context, alphas_cumprod, batch)) ** 2).mean(axis=(1, 2, 3, 4))
+    finally:
+        student.train(was[0]), teacher.train(was[1])
+    out = {}
+    if bundle.regime_of_prompt is not None:
+        regimes = np.asarray(bundle.regime_of_prompt)[probe.prompt_ids]
+        for r, name in enumerate(REGIME_NAMES):
+            mask = regimes == r
+            if mask.any():
+                out[name] = {"discrepancy": float(disc[mask].mean()), "probes": int(mask.sum())}
+    out["all"] = {"discrepancy": float(disc.mean()), "probes": int(disc.size)}
+    return out
