@@ -1,7 +1,7 @@
 """Training throughput of the engine against a plain BK-SDM loop (GitHub issue "GPU performance").
 
 Both paths distil the same teacher into the same BK-SDM student from the same seed, on the same
-batches (plans from ``aria.training.distill.plan_step``, noise from the same (seed, step) generator), in
+batches (plans from ``aria.training.distill.plan_with``, noise from the same (seed, step) generator), in
 one process:
 
 - ``baseline``: a plain loop written out below, as BK-SDM trains (fp32 master weights, fp16
@@ -360,7 +360,7 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
     """BK-SDM's loop on aria's batches and loss; also counts one step's FLOPs into ``flops_out``.
     ``half_dtype=torch.bfloat16``: the same loop in bf16 autocast without a scaler, the loss-noise
     reference (how far bf16 alone moves the losses from the fp16 baseline's)."""
-    from aria.training.distill import STREAM_NOISE, plan_step, step_rng
+    from aria.training.distill import STREAM_NOISE, data_rng, plan_with
     from aria.strategies import Feedback, create_strategy
     from diffusers import DDPMScheduler
 
@@ -399,10 +399,10 @@ def baseline_run(ctx, teacher_master, student_master, pairs, batch: int, total_s
         return t.pin_memory().to(dev, non_blocking=True) if cuda else t
 
     def forward(step: int):
-        plan = plan_step(step, seed=seed, batch_size=batch, num_timesteps=num_t, config=dc, bundle=bundle,
-                         strategy=strategy, state=state)
+        plan = plan_with(strategy, state, step, seed=seed, batch_size=batch, num_timesteps=num_t, config=dc,
+                         bundle=bundle)
         x0 = h2d(bundle.paired_images[plan.image_index])
-        gen = torch.Generator(device=dev).manual_seed(int(step_rng(seed, step, STREAM_NOISE).integers(2**62)))
+        gen = torch.Generator(device=dev).manual_seed(int(data_rng(seed, step, STREAM_NOISE).integers(2**62)))
         noise = torch.randn(x0.shape, generator=gen, device=dev)
         t = h2d(plan.timesteps)
         x_t = scheduler.add_noise(x0, noise, t)

@@ -11,11 +11,18 @@ import torch
 from diffusers import DDPMScheduler
 
 from aria.config import DistillConfig
-from aria.training.distill import ContextCache, Distiller, WeightEMA, plan_step, switch_probability
+from aria.training.distill import ContextCache, Distiller, WeightEMA, plan_with, switch_probability
 from aria.models import build_student, feature_pairs
 from aria.strategies import create_strategy
 
 torch.set_num_threads(1)
+
+
+def plan_of(distiller, step, strategy, state):
+    """The training loop's planning: draft, allocate, plan."""
+    draft = distiller.draft(step, strategy.switches)
+    allocation = strategy.allocate(state, step, draft.num_switched) if draft.num_switched else None
+    return distiller.plan(draft, allocation)
 
 
 def test_switch_schedules():
@@ -32,8 +39,7 @@ def plan(bundle, strategy="aria", step=3, params=None, **cfg):
     if strategy == "aria":  # past the warm start: the allocation follows the estimates
         state["visits"][:] = 1
         state["estimate"][:] = np.arange(len(state["estimate"])) + 1.0
-    return plan_step(step, seed=0, batch_size=16, num_timesteps=1000, config=config, bundle=bundle, strategy=s,
-                     state=state)
+    return plan_with(s, state, step, seed=0, batch_size=16, num_timesteps=1000, config=config, bundle=bundle)
 
 
 def test_plan_is_a_function_of_seed_and_step(world):
@@ -119,7 +125,7 @@ def test_rank_slices_add_up_to_the_global_batch(world):
     s = create_strategy("aria")
     state = s.init(world[0].region_info, 0)
     full, _ = distiller(world, FakeRank())
-    p = full.plan(2, s, state)
+    p = plan_of(full, 2, s, state)
     whole = full.forward(p).stats
     halves = sum(distiller(world, FakeRank(r, 2))[0].forward(p).stats for r in (0, 1))
     k = len(full.term_names)
@@ -131,7 +137,7 @@ def test_rank_slices_add_up_to_the_global_batch(world):
 def test_feedback_counts_every_conditioned_sample_per_region_and_bin(world):
     s = create_strategy("rc")
     d, _ = distiller(world, FakeRank())
-    p = d.plan(5, s, s.init(world[0].region_info, 0))
+    p = plan_of(d, 5, s, s.init(world[0].region_info, 0))
     red = d.reduce(d.forward(p), p)
     assert red.finite and red.feedback.step == 5
     counts = red.feedback.counts
@@ -145,7 +151,7 @@ def test_loss_combines_the_weighted_terms_and_trains(world):
     s = create_strategy("aria")
     d, student = distiller(world, FakeRank(), w_task=0.5, w_out=2.0, w_feat=0.1)
     state = s.init(world[0].region_info, 0)
-    plan0 = d.plan(0, s, state)
+    plan0 = plan_of(d, 0, s, state)
     out = d.forward(plan0)
     red = d.reduce(out, plan0)
     loss = d.loss(out, red)
@@ -158,9 +164,9 @@ def test_loss_combines_the_weighted_terms_and_trains(world):
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     assert all(p.grad is None for p in world[1].unet.parameters())  # the teacher never gets gradients
     before = np.array(d.state_dict()["feature_scale"])
-    plan1 = d.plan(1, s, state)
+    plan1 = plan_of(d, 1, s, state)
     red2 = d.reduce(d.forward(plan1), plan1)
-    d.loss(d.forward(d.plan(1, s, state)), red2)
+    d.loss(d.forward(plan_of(d, 1, s, state)), red2)
     np.testing.assert_allclose(d.state_dict()["feature_scale"], 0.99 * before + 0.01 * red2.teacher_ms)
     np.testing.assert_allclose(red2.scales, d.state_dict()["feature_scale"])
 
@@ -171,12 +177,12 @@ def test_a_non_finite_step_leaves_the_feature_scales_unchanged(world):
     s = create_strategy("rc")
     d, _ = distiller((bundle, teacher), FakeRank())
     state = s.init(bundle.region_info, 0)
-    plan = d.plan(0, s, state)
+    plan = plan_of(d, 0, s, state)
     out = d.forward(plan)
     d.loss(out, d.reduce(out, plan))
     committed = d.state_dict()["feature_scale"]
     bundle.paired_images[:] = np.nan
-    plan = d.plan(1, s, state)
+    plan = plan_of(d, 1, s, state)
     out = d.forward(plan)
     red = d.reduce(out, plan)
     assert not bool(red.device_finite) and not torch.isfinite(d.loss(out, red))
@@ -192,7 +198,7 @@ def test_nan_input_is_reported_non_finite(world):
     bundle.paired_images[:] = np.nan
     s = create_strategy("rc")
     d, _ = distiller((bundle, teacher), FakeRank())
-    plan = d.plan(0, s, s.init(bundle.region_info, 0))
+    plan = plan_of(d, 0, s, s.init(bundle.region_info, 0))
     assert not d.reduce(d.forward(plan), plan).finite
 
 

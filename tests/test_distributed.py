@@ -130,7 +130,7 @@ AGREE_WORKER = textwrap.dedent("""
     import conftest
     from aria.training.backends import TorchBackend
     from aria.config import BackendConfig, DistillConfig
-    from aria.training.distill import plan_step
+    from aria.training.distill import plan_with
     from aria.training.engine import _hash63
     from aria.strategies import create_strategy
     from aria.strategies.base import Feedback
@@ -146,8 +146,8 @@ AGREE_WORKER = textwrap.dedent("""
         state = strategy.init(bundle.region_info, 0)
         digest = hashlib.sha256()
         for step in range(steps):
-            plan = plan_step(step, seed=0, batch_size=batch, num_timesteps=1000, config=config, bundle=bundle,
-                             strategy=strategy, state=state)
+            plan = plan_with(strategy, state, step, seed=0, batch_size=batch, num_timesteps=1000, config=config,
+                             bundle=bundle)
             part = plan.part(backend.rank, backend.world_size)
             # a drifting, region-dependent discrepancy of every sample of the global batch
             d = (np.random.default_rng([7, step]).gamma(2.0, size=batch) * (1 + np.abs(plan.regions) % 3)

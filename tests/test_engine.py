@@ -10,7 +10,7 @@ import torch
 
 from aria.training import checkpoint as ckpt
 from aria.config import DistillConfig
-from aria.training.distill import plan_step
+from aria.training.distill import plan_with
 from aria.training.engine import TrainingStopped, run_distillation
 from aria.errors import UserError
 from aria.training.metrics import read_jsonl
@@ -109,8 +109,8 @@ def poisoned_steps(bundle, bad_image, steps):
     config = DistillConfig(batch_size=8)
     s = create_strategy("rc")
     state = s.init(bundle.region_info, 0)
-    return [bad_image in plan_step(k, seed=0, batch_size=8, num_timesteps=1000, config=config, bundle=bundle,
-                                   strategy=s, state=state).image_index for k in range(steps)]
+    return [bad_image in plan_with(s, state, k, seed=0, batch_size=8, num_timesteps=1000, config=config,
+                                   bundle=bundle).image_index for k in range(steps)]
 
 
 SYNC_MODES = {"host": {}, "device": {"step_sync": "device"},

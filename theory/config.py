@@ -10,9 +10,9 @@ import copy
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aria.config import read_yaml
 from aria.errors import UserError, format_validation_error
 
 from .processes import Drift, Noise
@@ -83,7 +83,7 @@ class Outside(_Section):
     delays: list[int] = Field(min_length=1)
 
 
-class Allocation(_Section):
+class AllocationCheck(_Section):
     """Allocation quality on the coupled process: every registered strategy but ``exclude``."""
 
     regions: int = Field(ge=2, le=256)
@@ -108,7 +108,7 @@ class TheoryConfig(_Section):
     scan: Scan
     sampled: SampledRuns
     outside: Outside
-    allocation: Allocation
+    allocation: AllocationCheck
 
     @model_validator(mode="after")
     def _check(self):
@@ -183,13 +183,9 @@ def load_config(path: Optional[Path] = None, quick: bool = False) -> TheoryConfi
         path = Path(path)
         source = str(path)
         try:
-            changes = yaml.safe_load(path.read_text()) or {}
+            changes = read_yaml(path)
         except OSError as err:
             raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(changes, dict):
-            raise UserError(f"{path}: expected a mapping of config keys")
         data = merge(data, changes)
     try:
         return TheoryConfig(**data)

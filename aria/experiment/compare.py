@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,42 +197,110 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
 
     ``summary_only``: train and evaluate nothing; summarise the evaluations found in ``out`` (runs
     made on other machines and copied there), listing the missing ones in the results."""
+    plan = _plan_jobs(config_path, strategies, seeds, out, parallel, overrides, summary_only)
+    _run_jobs(plan)
+    found = _collect_runs(plan)
+    return _assemble_results(plan, found, command)
+
+
+# -- the steps of ``compare`` ----------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    """What a comparison does: its inputs, the runs' configs, where they run and which are to make."""
+    config_path: Path
+    out: Path
+    strategies: list[str]
+    seeds: list[int]
+    overrides: list[str]
+    summary_only: bool
+    started: float  # time.perf_counter() when the comparison began
+    configs: dict
+    digest: str
+    card: str
+    num_gpus: int
+    parallel: int
+    env: dict
+    jobs: list[tuple[str, int]]  # (strategy, seed) to train and/or evaluate, in start order
+    missing: list[str]  # summary_only: "strategy/seed<s>" of the runs without an evaluation
+
+
+@dataclass
+class _Found:
+    """What the evaluated runs of a comparison hold."""
+    evals: dict  # evals[strategy][seed]: eval JSON dict, None where missing
+    wall: float  # training + evaluation seconds of the runs, summed
+    cards: set  # where the runs trained
+    finished: float  # mtime of the last eval.json
+    probe_digest: str
+
+
+def _plan_jobs(config_path: Path, strategies: list[str], seeds: list[int], out: Path, parallel: int | None,
+               overrides, summary_only: bool) -> _Plan:
+    """Validate the names, load every config, check the runs already in ``out`` share its digest and
+    list the runs still to make (or, ``summary_only``, the missing ones)."""
     from aria.config import load_config
 
-    t0 = time.perf_counter()
+    started = time.perf_counter()
+    _check_names(strategies)
+    configs = {s: load_config(config_path, overrides, strategy=s) for s in strategies}  # validates every name
+    card, num_gpus = _device_card()
+    parallel = _parallelism(parallel, num_gpus, len(strategies) * len(seeds))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+    digest = config_digest(configs[strategies[0]])
+    _check_digests(out, strategies, seeds, digest, config_path)
+    jobs = _pending(out, strategies, seeds)
+    missing = [f"{s}/seed{seed}" for s, seed in jobs] if summary_only else []
+    if summary_only and len(missing) == len(strategies) * len(seeds):
+        raise UserError(f"--summary-only: no evaluated run in {out}/runs")
+    return _Plan(config_path, out, strategies, seeds, overrides, summary_only, started, configs, digest, card,
+                 num_gpus, parallel, env, [] if summary_only else jobs, missing)
+
+
+def _check_names(strategies: list[str]) -> None:
+    """At least one strategy, none twice."""
     if not strategies:
         raise UserError("--strategies: name at least one strategy")
     if len(set(strategies)) != len(strategies):
         raise UserError(f"--strategies: duplicate names in {','.join(strategies)}")
-    configs = {s: load_config(config_path, overrides, strategy=s) for s in strategies}  # validates every name
-    card, num_gpus = _device_card()
+
+
+def _parallelism(parallel: int | None, num_gpus: int, num_runs: int) -> int:
+    """Concurrent runs: ``parallel`` if given, else 2 a GPU (at most one a run), 1 on CPU."""
     # World teacher, tiny student, batch 256: 4 concurrent runs on one GPU trained at 0.95x (H200) and 1.08x
     # (H100) the samples/s of one (the GPU time-slices), but overlap start-up and evaluation; 2 a GPU keeps
     # that overlap at little cost.
-    parallel = parallel or (min(2 * num_gpus, len(strategies) * len(seeds)) if num_gpus else 1)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
-    digest = config_digest(configs[strategies[0]])
+    return parallel or (min(2 * num_gpus, num_runs) if num_gpus else 1)
+
+
+def _check_digests(out: Path, strategies: list[str], seeds: list[int], digest: str, config_path: Path) -> None:
+    """Refuse an ``out`` holding a run trained with another config (before any work)."""
     for s in strategies:
         for seed in seeds:
             record = run_paths(out, s, seed)["record"]
             if record.is_file() and json.loads(record.read_text()).get("config") != digest:
                 raise UserError(f"{record.parent}: trained with another config than {config_path} and these --set "
                                 "values; choose another --out or delete that run")
+
+
+def _pending(out: Path, strategies: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The (strategy, seed) runs without an evaluation, seed by seed, ``rc`` and ``aria`` first."""
     first = [s for s in ("rc", "aria") if s in strategies] + [s for s in strategies if s not in ("rc", "aria")]
-    jobs = [(s, seed) for seed in seeds for s in first if not run_paths(out, s, seed)["eval_json"].exists()]
-    missing = [f"{s}/seed{seed}" for s, seed in jobs] if summary_only else []
-    jobs, errors = ([] if summary_only else jobs), []
-    if summary_only and len(missing) == len(strategies) * len(seeds):
-        raise UserError(f"--summary-only: no evaluated run in {out}/runs")
-    if jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
+    return [(s, seed) for seed in seeds for s in first if not run_paths(out, s, seed)["eval_json"].exists()]
+
+
+def _run_jobs(plan: _Plan) -> None:
+    """Train and evaluate the planned runs, ``plan.parallel`` at a time on the GPU slots; a failed run
+    leaves the others going, then every failure is raised together."""
+    if plan.jobs:  # prompts, embeddings and regions once, into the shared cache, before the runs read it
         from aria.data.bundle import prepare_data
 
-        prepare_data(configs[strategies[0]], "cuda" if num_gpus else "cpu")
-    gpus = GpuSlots(card, num_gpus)
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(_job, out, config_path, list(overrides), s, seed, env, digest, gpus)
-                   for s, seed in jobs]
+        prepare_data(plan.configs[plan.strategies[0]], "cuda" if plan.num_gpus else "cpu")
+    gpus, errors = GpuSlots(plan.card, plan.num_gpus), []
+    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        futures = [pool.submit(_job, plan.out, plan.config_path, list(plan.overrides), s, seed, plan.env,
+                               plan.digest, gpus) for s, seed in plan.jobs]
         for f in futures:
             try:
                 f.result()
@@ -239,11 +308,15 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
                 errors.append(str(err))
     if errors:
         raise UserError(f"{len(errors)} run(s) failed: " + " | ".join(errors))
+
+
+def _collect_runs(plan: _Plan) -> _Found:
+    """Read every run's eval JSON and compare.json record; the evaluations must share one probe set."""
     evals, wall, cards, finished = {}, 0.0, set(), 0.0
-    for s in strategies:
+    for s in plan.strategies:
         evals[s] = {}
-        for seed in seeds:
-            p = run_paths(out, s, seed)
+        for seed in plan.seeds:
+            p = run_paths(plan.out, s, seed)
             if not p["eval_json"].exists():  # summary_only: listed in "missing"
                 evals[s][seed] = None
                 continue
@@ -252,25 +325,31 @@ def compare(config_path: Path, strategies: list[str], seeds: list[int], out: Pat
             if p["record"].exists():
                 record = json.loads(p["record"].read_text())
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
-                cards.add(record.get("card") or card)
+                cards.add(record.get("card") or plan.card)
     digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values() if e is not None}
     if len(digests) != 1:
-        raise UserError(f"{out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
+        raise UserError(f"{plan.out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
                         "delete the stale eval/ folders")
+    return _Found(evals, wall, cards, finished, digests.pop())
+
+
+def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
+    """Summarise the runs, draw the plots and write results.json and results.md; return the results."""
+    strategies, seeds, evals, out = plan.strategies, plan.seeds, found.evals, plan.out
     results = {
         "format": "aria-compare/1",
         "command": command,
-        "card": " + ".join(sorted(cards)) or card,  # where the runs trained (a summary may be made elsewhere)
-        "date": _dt.datetime.fromtimestamp(finished, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # last eval
-        "wall_time_s": None if summary_only else time.perf_counter() - t0,
-        "run_wall_time_s": wall,
-        "steps": configs[strategies[0]].distillation.steps,
+        "card": " + ".join(sorted(found.cards)) or plan.card,  # where the runs trained (a summary may be made elsewhere)
+        "date": _dt.datetime.fromtimestamp(found.finished, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # last eval
+        "wall_time_s": None if plan.summary_only else time.perf_counter() - plan.started,
+        "run_wall_time_s": found.wall,
+        "steps": plan.configs[strategies[0]].distillation.steps,
         "strategies": list(strategies),
         "seeds": list(seeds),
-        "probe_digest": digests.pop(),
+        "probe_digest": found.probe_digest,
         **summarise(evals, strategies, seeds),
         "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds if evals[s][seed]} for s in strategies},
-        "missing": missing,
+        "missing": plan.missing,
     }
     results["plots"] = make_plots(results, evals, out)
     write_json(Path(out) / "results.json", results)

@@ -1,40 +1,15 @@
-"""The one distillation step, shared by every backend.
+"""The one distillation step, shared by every backend (docs/ARCHITECTURE.md, "The step", says why).
 
-A step is split in a host-side *plan* (numpy, identical on every rank: which paired images, which
-timesteps, which samples are switched, which regions and prompts they get) and a device-side
-*forward* on this rank's slice of the plan:
+    draft = distiller.draft(step, switches)       # paired batch, timesteps, switched samples: (seed, step)
+    alloc = strategy.allocate(state, step, n)     # in the training loop, the strategy's only call site
+    plan  = distiller.plan(draft, alloc)          # the global batch; each rank takes its ``part``
+    out   = distiller.forward(plan)               # teacher (inference mode) + student, loss terms
+    red   = distiller.reduce(out, plan)           # ONE all-reduce; the host copy starts, unawaited
+    loss  = distiller.loss(out, red)              # weights x terms, feature scales on the device
 
-    plan  = plan_step(...)                       # global batch, from rngs [seed, step, stream]
-    out   = distiller.forward(plan)              # teacher (inference mode) + student, loss terms
-    red   = distiller.reduce(out, plan)          # ONE all-reduce; the host copy starts, unawaited
-    loss  = distiller.loss(out, red)             # weights x terms, feature scales on the device
-    red.finite, red.feedback, distiller.logged(red)   # host values: the first read waits for the copy
-
-Loss = w_task MSE(eps_S, noise) on paired samples + w_out MSE(eps_S, eps_T) + w_feat sum_b
-MSE(F_S, F_T) / scale_b, where scale_b is a running (EMA) mean square of the teacher's block b
-features when ``feature_balance`` is on. Terms are per-sample means, weighted so that the sum over
-ranks equals the mean over the *global* batch (the weights are known on the host from the plan),
-then scaled by WORLD_SIZE so that the gradient averaging of DDP / DeepSpeed yields exactly it.
-
-Feedback: D_i = mean over pixels of (eps_S - eps_T)^2 (detached). Each rank writes its slice of the
-global batch's D into a zero vector; the all-reduce assembles the whole vector exactly (adding
-zeros), whatever the rank count, in B values rather than K x bins sums and counts. The host then
-sums it per (region, timestep bin) with ``Feedback.from_samples`` (sparse: a step touches at most B
-of the K x bins cells). By default *every* sample whose condition is not the
-empty (CFG-dropped) prompt contributes, paired ones with their caption's region: paired samples
-are genuine observations of the student-teacher gap inside their region (at other timesteps and
-with matched images), and the per-bin feedback lets strategies compare regions at equal t.
-``feedback_from: switched`` restricts the feedback to switched samples.
-
-Where the host waits (``distillation.step_sync``): a non-finite step must not change the weights.
-``host`` reads the reduced statistics right after the forward and skips backward and the optimizer
-step on the host; this works with every backend (with ZeRO the gradients are reduced into
-partitions during backward and cannot be discarded cleanly) but leaves the GPU idle while the host
-reads and launches the backward. ``device`` never reads before backward: the finite flag and the
-feature scales stay on the device (``Reduced.device_finite``), the fused AdamW skips a non-finite
-step itself (``found_inf``) and the weight EMA is gated the same way; the host reads the statistics
-when the step's backward is already queued (and, with ``feedback_delay`` 1, only after the next
-step is queued too), so the GPU never waits for it.
+Loss = w_task MSE(eps_S, noise) [paired] + w_out MSE(eps_S, eps_T) + w_feat sum_b MSE(F_S, F_T) / scale_b,
+each term weighted so that the sum over ranks is the mean over the global batch. Feedback: the
+per-sample D_i = mean over pixels of (eps_S - eps_T)^2, summed per (region, timestep bin) on the host.
 """
 
 from __future__ import annotations
@@ -48,12 +23,14 @@ import torch
 from aria.models import FeatureCapture
 from aria.strategies.base import Feedback, draw_members
 
-# rng streams of a step: np.random.default_rng([seed, step, stream]) (the strategy draws regions and members
-# from its own generator, aria.strategies.base.step_rng)
+# streams of a step's data draws (paired batch, timesteps, switches, CFG dropout, noise, latents)
 STREAM_DATA, STREAM_TIMESTEP, STREAM_PROMPT, STREAM_SWITCH, STREAM_CFG, STREAM_NOISE, STREAM_LATENT = range(7)
 
 
-def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+def data_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    """The generator of a step's data draws: ``default_rng([seed, step, stream])``. The strategy's
+    draws (regions, then prompts inside them) come from ``aria.strategies.step_rng`` instead, a
+    generator of its own that needs no torch and that ``aria.theory`` shares."""
     return np.random.default_rng([seed, step, stream])
 
 
@@ -102,30 +79,59 @@ class StepPlan:
         return slice(rank * n, (rank + 1) * n)
 
 
-def plan_step(step, *, seed, batch_size, num_timesteps, config, bundle, strategy, state) -> StepPlan:
-    """Decide the global batch of ``step`` from (seed, step) and the strategy state alone."""
+@dataclass
+class StepDraft:
+    """The part of a step's plan that needs no strategy: paired batch, timesteps, switched samples."""
+
+    step: int
+    image_index: np.ndarray  # (B,) index into the paired set
+    timesteps: np.ndarray  # (B,)
+    switched: np.ndarray  # (B,) bool
+
+    @property
+    def num_switched(self) -> int:
+        return int(self.switched.sum())
+
+
+def draft_step(step, *, seed, batch_size, num_timesteps, config, bundle, switches: bool) -> StepDraft:
+    """The paired images, timesteps and switched samples of ``step``, from (seed, step) alone."""
     m = len(bundle.paired_prompt_ids)
-    index = step_rng(seed, step, STREAM_DATA).choice(m, size=batch_size, replace=m < batch_size)
-    prompts = np.asarray(bundle.paired_prompt_ids)[index].astype(np.int64)
-    t = step_rng(seed, step, STREAM_TIMESTEP).integers(0, num_timesteps, size=batch_size)
+    index = data_rng(seed, step, STREAM_DATA).choice(m, size=batch_size, replace=m < batch_size)
+    t = data_rng(seed, step, STREAM_TIMESTEP).integers(0, num_timesteps, size=batch_size)
     switched = np.zeros(batch_size, dtype=bool)
+    if switches:
+        p = switch_probability(t, num_timesteps, config.switch_schedule, config.switch_lambda, config.switch_constant)
+        switched = data_rng(seed, step, STREAM_SWITCH).random(batch_size) < p
+    return StepDraft(step, index, t, switched)
+
+
+def plan_step(draft: StepDraft, allocation, *, seed, config, bundle) -> StepPlan:
+    """The global batch of a step: the draft's switched samples get prompts of ``allocation``'s regions
+    (an ``Allocation`` for ``draft.num_switched`` draws, or None when nothing is switched)."""
+    step, batch_size = draft.step, draft.image_index.size
+    prompts = np.asarray(bundle.paired_prompt_ids)[draft.image_index].astype(np.int64)
     weights = np.ones(batch_size, dtype=np.float64)
     probabilities = None
-    if strategy.switches:
-        p = switch_probability(t, num_timesteps, config.switch_schedule, config.switch_lambda, config.switch_constant)
-        switched = step_rng(seed, step, STREAM_SWITCH).random(batch_size) < p
-        n = int(switched.sum())
-        if n:
-            alloc = strategy.allocate(state, step, n)
-            prompts[switched] = draw_members(bundle.region_offsets, bundle.region_members, alloc.regions, seed, step)
-            probabilities = np.asarray(alloc.probabilities, dtype=np.float64)
-            if config.importance_weights and alloc.weights is not None:
-                weights[switched] = np.asarray(alloc.weights, dtype=np.float64)
-    dropped = step_rng(seed, step, STREAM_CFG).random(batch_size) < config.cfg_dropout
+    if allocation is not None:
+        prompts[draft.switched] = draw_members(bundle.region_offsets, bundle.region_members, allocation.regions,
+                                               seed, step)
+        probabilities = np.asarray(allocation.probabilities, dtype=np.float64)
+        if config.importance_weights and allocation.weights is not None:
+            weights[draft.switched] = np.asarray(allocation.weights, dtype=np.float64)
+    dropped = data_rng(seed, step, STREAM_CFG).random(batch_size) < config.cfg_dropout
     regions = np.asarray(bundle.region_of_prompt)[prompts].astype(np.int64)  # index first: no pool-sized copy
-    excluded = dropped | (~switched if config.feedback_from == "switched" else False)
+    excluded = dropped | (~draft.switched if config.feedback_from == "switched" else False)
     regions = np.where(excluded, -1, regions)
-    return StepPlan(step, index, prompts, t, switched, dropped, regions, weights, probabilities)
+    return StepPlan(step, draft.image_index, prompts, draft.timesteps, draft.switched, dropped, regions, weights,
+                    probabilities)
+
+
+def plan_with(strategy, state, step, **kwargs) -> StepPlan:
+    """``draft_step`` then ``plan_step`` with ``strategy``'s allocation (the training loop does the same
+    in its own lines; tests and benchmarks plan with this)."""
+    draft = draft_step(step, switches=strategy.switches, **kwargs)
+    allocation = strategy.allocate(state, step, draft.num_switched) if draft.num_switched else None
+    return plan_step(draft, allocation, seed=kwargs["seed"], config=kwargs["config"], bundle=kwargs["bundle"])
 
 
 class ContextCache:
@@ -250,14 +256,17 @@ class Distiller:
         self.cap_s.__exit__(None, None, None)
 
     # -- planning ---------------------------------------------------------------------------
-    def plan(self, step: int, strategy, state) -> StepPlan:
-        return plan_step(step, seed=self.seed, batch_size=self.config.batch_size, num_timesteps=self.num_timesteps,
-                         config=self.config, bundle=self.bundle, strategy=strategy, state=state)
+    def draft(self, step: int, switches: bool) -> StepDraft:
+        return draft_step(step, seed=self.seed, batch_size=self.config.batch_size, num_timesteps=self.num_timesteps,
+                          config=self.config, bundle=self.bundle, switches=switches)
+
+    def plan(self, draft: StepDraft, allocation) -> StepPlan:
+        return plan_step(draft, allocation, seed=self.seed, config=self.config, bundle=self.bundle)
 
     def _noise(self, step: int, shape, part: slice) -> torch.Tensor:
         """Noise of the *global* batch from a (seed, step) generator, sliced: independent of the rank count."""
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(step_rng(self.seed, step, STREAM_NOISE).integers(2**62)))
+        gen.manual_seed(int(data_rng(self.seed, step, STREAM_NOISE).integers(2**62)))
         return torch.randn(shape, generator=gen, device=self.device)[part]
 
     def _x0(self, plan: StepPlan, part: slice) -> torch.Tensor:
@@ -266,7 +275,7 @@ class Distiller:
         if self.vae is None:
             return x0
         gen = torch.Generator(device=self.device)  # posterior draws of latent teachers (per rank)
-        gen.manual_seed(int(step_rng(self.seed, plan.step, STREAM_LATENT).integers(2**62)) + part.start)
+        gen.manual_seed(int(data_rng(self.seed, plan.step, STREAM_LATENT).integers(2**62)) + part.start)
         with torch.inference_mode(), self.backend.autocast():
             latents = self.vae.encode(x0.to(self.vae.dtype)).latent_dist.sample(generator=gen)
         return latents.float() * self.scaling

@@ -86,21 +86,37 @@ class DistillationRun:
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> "DistillationRun":
-        from aria.models import build_student, feature_pairs, load_teacher
-        from aria.training.backends import create_backend
-        from aria.training.distill import Distiller, WeightEMA
-        from diffusers import DDPMScheduler
-
+        """Checks, backend, teacher and data, student, strategy (restored on resume), logger."""
         c = self.config
         self.t0 = time.perf_counter()
         check_run(c, self.resume, data=self.bundle is None, teacher=self.teacher is None)
+        self._setup_backend()
+        self._setup_inputs()
+        report = self._setup_models()
+        self._setup_strategy()
+        self.logger = RunLogger(self.output_dir, c.logging, c.distillation.steps, self.start_step,
+                                c.distillation.batch_size, enabled=self.main)
+        if self.main and report is not None:
+            self.logger.write(f"student {c.student.variant}: {report.summary()}; {len(self.pairs)} feature pairs")
+        return self
+
+    def _setup_backend(self) -> None:
+        """The backend, and on resume the checkpoint to start from (before any heavy work)."""
+        from aria.training.backends import create_backend
+
+        c = self.config
         if c.logging.tensorboard:
             summary_writer_class()  # fail before any heavy work
-        self.backend = b = create_backend(c.backend, c.distillation)
-        self.main = b.is_main
-        if self.resume:  # before any heavy work: --resume needs a checkpoint that verifies
+        self.backend = create_backend(c.backend, c.distillation)
+        self.main = self.backend.is_main
+        if self.resume:  # --resume needs a checkpoint that verifies
             self.resume_step = self._choose_checkpoint()
-        self.strategy = c.make_strategy()
+
+    def _setup_inputs(self) -> None:
+        """The frozen teacher and the data bundle (unless handed in), checked against each other."""
+        from aria.models import load_teacher
+
+        c, b = self.config, self.backend
         if self.teacher is None:
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
@@ -110,6 +126,15 @@ class DistillationRun:
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)
         self._check_inputs()
+
+    def _setup_models(self):
+        """The student (built from the teacher), feature pairs, compile, the backend's wrap, EMA, the
+        distiller; returns the student's transfer report."""
+        from aria.models import build_student, feature_pairs
+        from aria.training.distill import Distiller, WeightEMA
+        from diffusers import DDPMScheduler
+
+        c, b = self.config, self.backend
         torch.manual_seed(c.seed)  # the student's layers that are not copied from the teacher
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
@@ -126,15 +151,16 @@ class DistillationRun:
         self.distiller = Distiller(teacher=self.teacher.unet, student=self.model, backend=b, bundle=self.bundle,
                                    scheduler=self.scheduler, pairs=self.pairs, config=c.distillation, seed=c.seed,
                                    vae=self.teacher.vae)
+        return report
+
+    def _setup_strategy(self) -> None:
+        """The strategy of the config and its state (a resume restores it with everything else)."""
+        c = self.config
+        self.strategy = c.make_strategy()
         self.state = self.strategy.init(self.bundle.region_info, c.seed)
         self.window = RegionWindow(self.bundle.region_info.num_regions)
         if self.resume:
             self._restore()
-        self.logger = RunLogger(self.output_dir, c.logging, c.distillation.steps, self.start_step,
-                                c.distillation.batch_size, enabled=self.main)
-        if self.main and report is not None:
-            self.logger.write(f"student {c.student.variant}: {report.summary()}; {len(self.pairs)} feature pairs")
-        return self
 
     def _check_inputs(self) -> None:
         """The data, encoder and teacher must fit together (one line naming what does not)."""
@@ -201,7 +227,9 @@ class DistillationRun:
         step. With ``step_sync: device`` nothing here waits for the GPU."""
         b, d = self.backend, self.distiller
         on_device = self.config.distillation.step_sync == "device"
-        plan = d.plan(step, self.strategy, self.state)
+        draft = d.draft(step, self.strategy.switches)  # the strategy: allocate here, update in _complete
+        allocation = self.strategy.allocate(self.state, step, draft.num_switched) if draft.num_switched else None
+        plan = d.plan(draft, allocation)
         out = d.forward(plan)
         red = d.reduce(out, plan)
         launched = _Launched(step, plan, red, {"step": step + 1, "switched_fraction": float(plan.switched.mean()),

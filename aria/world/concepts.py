@@ -1,0 +1,689 @@
+"""World v2: named concepts drawn as procedural glyphs, with colour, size and position.
+
+Why concepts: in world v1 an unseen combination is only a new composition of known words, so it
+cannot show where Random Conditioning's switched conditions should go. Here 64 *concepts*, real
+English nouns in 8 families (fruit, tools, animals, vehicles, sky, buildings, insects, musical
+instruments), let a regime split hold out whole families and concepts, as the RC paper held out
+animal classes; a sentence encoder places their captions as it places real captions.
+
+Each concept is a glyph: a short program of primitives (discs, ellipses, boxes, polygons,
+polylines, rings, arcs; added or cut) in a unit frame, drawn in a family style. Difficulty is a
+property of the family, crossed with the regimes (``splits``), never tied to one: five families
+are easy (big filled primitives, thick bars), three are hard: buildings (fine pixel-scale
+textures: siding stripes, brick checks, window grids), insects (1-px legs, antennae and wing
+outlines, many small parts) and instruments (1-px strings and tubes, fine key stripes).
+Textures and hairlines keep their pixel width at every size, so small hard glyphs stay hard.
+
+An *item* is (concept, colour, size, position); ``item_index`` packs it into one int.
+``render(items, seed)`` draws 32x32 RGB images on v1's dark, lightly textured background. Each
+glyph's signed distance (in pixels, per concept and nominal size) is tabulated once on a 1/4-px
+grid; an image samples it bilinearly under its own jitter (position, size, rotation), so
+rendering is a few gathers per pixel, vectorised over all images at once. Image ``k`` depends
+only on ``(seed, indices[k], items[k])`` (counter-based hash), so any slice renders alone to the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+# ---------------------------------------------------------------- glyph programs
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One primitive: ``width`` None fills it, else strokes its centre line (unit half-width, 0 =
+    hairline; never under 0.5 px); ``outline`` keeps only its 1-px contour; ``cut`` subtracts it
+    from what came before."""
+
+    kind: str
+    params: tuple
+    width: float | None = None
+    cut: bool = False
+    outline: bool = False
+
+
+def _rot(deg):
+    return float(np.cos(np.deg2rad(deg))), float(np.sin(np.deg2rad(deg)))
+
+
+def disc(cx, cy, r):
+    return _Part("disc", (cx, cy, r))
+
+
+def ell(cx, cy, a, b, deg=0.0):
+    return _Part("ell", (cx, cy, a, b, *_rot(deg)))
+
+
+def box(cx, cy, hx, hy, deg=0.0, round_=0.0):
+    return _Part("box", (cx, cy, hx - round_, hy - round_, *_rot(deg), round_))
+
+
+def poly(*pts):
+    return _Part("poly", (np.array(pts, dtype=np.float64),))
+
+
+def line(*pts, w=0.0):
+    return _Part("line", (np.array(pts, dtype=np.float64),), width=w)
+
+
+def ring(cx, cy, r, w=0.0):
+    return _Part("ring", (cx, cy, r), width=w)
+
+
+def arc(cx, cy, r, a0, a1, w=0.0):
+    """Arc from angle a0 to a1 (degrees, counter-clockwise from +x)."""
+    mid, half = (a0 + a1) / 2, np.deg2rad(abs(a1 - a0) / 2)
+    return _Part("arc", (cx, cy, r, *_rot(90 - mid), float(np.sin(half)), float(np.cos(half))), width=w)
+
+
+def cut(part):
+    return replace(part, cut=True)
+
+
+def outline(part):
+    return replace(part, outline=True)
+
+
+def _star(cx, cy, r_out, r_in, points=5, deg=90.0):
+    ang = np.deg2rad(deg + np.arange(2 * points) * 180.0 / points)
+    rad = np.where(np.arange(2 * points) % 2 == 0, r_out, r_in)
+    return poly(*zip(cx + rad * np.cos(ang), cy + rad * np.sin(ang)))
+
+
+def _spokes(cx, cy, r0, r1, n, w, deg=0.0):
+    ang = np.deg2rad(deg + np.arange(n) * 360.0 / n)
+    return tuple(line((cx + r0 * c, cy + r0 * s), (cx + r1 * c, cy + r1 * s), w=w)
+                 for c, s in zip(np.cos(ang), np.sin(ang)))
+
+
+def _mirror(part):
+    """The part reflected in the vertical axis (x -> -x)."""
+    if part.kind == "poly" or part.kind == "line":
+        pts = part.params[0] * np.array([-1.0, 1.0])
+        return replace(part, params=(pts[::-1].copy(),))
+    if part.kind == "ell":
+        cx, cy, a, b, c, s = part.params
+        return replace(part, params=(-cx, cy, a, b, c, -s))
+    if part.kind == "box":
+        cx, cy, hx, hy, c, s, r = part.params
+        return replace(part, params=(-cx, cy, hx, hy, c, -s, r))
+    if part.kind == "arc":
+        cx, cy, r, c, s, sa, ca = part.params
+        return replace(part, params=(-cx, cy, r, c, -s, sa, ca))
+    cx, *rest = part.params
+    return replace(part, params=(-cx, *rest))
+
+
+def _both(*parts):
+    """Parts and their mirror images."""
+    return parts + tuple(_mirror(p) for p in parts)
+
+
+def _saw():
+    teeth = 7
+    xs = np.linspace(-0.95, 0.45, 2 * teeth + 1)
+    ys = np.linspace(-0.08, -0.32, 2 * teeth + 1) - np.where(np.arange(2 * teeth + 1) % 2, 0.12, 0.0)
+    return poly((0.45, 0.32), (-0.95, 0.22), *zip(xs, ys))
+
+
+def _snake():
+    t = np.linspace(-0.8, 0.62, 14)
+    return (line(*zip(0.42 * np.sin(2.1 * np.pi * (t + 0.1)), t), w=0.13), ell(0.42 * np.sin(2.1 * np.pi * 0.72), 0.72, 0.2, 0.15))
+
+
+def _snowflake():
+    parts = _spokes(0, 0, 0, 0.95, 6, 0.075, 90)
+    for deg in range(90, 450, 60):
+        c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
+        for side in (-1, 1):
+            bx, by = 0.55 * c, 0.55 * s
+            tx, ty = 0.8 * c - side * 0.25 * s, 0.8 * s + side * 0.25 * c
+            parts += (line((bx, by), (tx, ty), w=0.06),)
+    return parts
+
+
+def _spider():
+    legs = ()
+    for knee, foot in (((0.45, 0.55), (0.8, 0.85)), ((0.55, 0.3), (0.95, 0.35)),
+                       ((0.55, -0.1), (0.95, -0.45)), ((0.4, -0.4), (0.65, -0.9))):
+        legs += _both(line((0.08, 0.0), knee, foot))
+    return (disc(0, -0.18, 0.27), disc(0, 0.2, 0.15)) + legs
+
+
+def _caterpillar():
+    parts = ()
+    for i in range(7):
+        x = -0.62 + 0.24 * i
+        y = -0.1 + 0.14 * np.sin(1.3 * i)
+        parts += (disc(x, y, 0.13), line((x, y - 0.1), (x + 0.02, y - 0.3)))
+    return parts + (disc(-0.78, 0.05, 0.19), line((-0.82, 0.2), (-0.92, 0.5)), line((-0.72, 0.22), (-0.62, 0.52)))
+
+
+def _harp():
+    xs = (-0.35, -0.05, 0.25, 0.5)
+    strings = tuple(line((x, 0.62 + 0.1 * np.sin(3 * x)), (x, -0.9 + (x + 0.6) * 1.125)) for x in xs)
+    return (line((-0.6, -0.9), (-0.6, 0.72), w=0.08), line((-0.6, 0.72), (-0.2, 0.52), (0.2, 0.72), (0.62, 0.5), w=0.06),
+            line((-0.6, -0.9), (0.62, 0.5), w=0.07)) + strings
+
+
+def _xylophone():
+    bars = tuple(box(-0.72 + 0.29 * i, 0.12, 0.1, 0.72 - 0.1 * i) for i in range(6))
+    return bars + (line((-0.95, -0.45), (0.95, -0.1)), line((-0.95, 0.6), (0.95, 0.55)),
+                   line((0.25, -0.95), (0.7, -0.45)), disc(0.72, -0.43, 0.07))
+
+
+def _accordion():
+    zig = [(x, 0.42 + (0.08 if i % 2 else 0.0)) for i, x in enumerate(np.linspace(-0.5, 0.5, 9))]
+    bellows = poly(*zig[::-1], *[(x, -y) for x, y in zig])
+    folds = tuple(cut(line((x, -0.5), (x, 0.5))) for x in np.linspace(-0.375, 0.375, 7))
+    return (bellows,) + folds + (box(-0.72, 0, 0.2, 0.62, round_=0.05), box(0.72, 0, 0.2, 0.62, round_=0.05),
+                                 cut(disc(-0.72, 0.3, 0.07)), cut(disc(-0.72, 0.0, 0.07)), cut(disc(-0.72, -0.3, 0.07)))
+
+
+def _windmill():
+    blades = ()
+    for deg in (45, 135, 225, 315):
+        c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
+        blades += (box(0.58 * c, 0.3 + 0.58 * s, 0.45, 0.12, deg),)
+    return (poly((-0.38, -0.95), (0.38, -0.95), (0.2, 0.3), (-0.2, 0.3)),
+            cut(box(0, -0.82, 0.1, 0.14))) + blades + (disc(0, 0.3, 0.13),)
+
+
+# (parts, texture): texture None or (kind, period_px) with kind in _TEXTURES
+_GLYPHS = {
+    # fruit: round filled bodies with small stems and leaves
+    "apple": ((disc(-0.27, -0.12, 0.6), disc(0.27, -0.12, 0.6), disc(0, -0.35, 0.55),
+               line((0, 0.35), (0.1, 0.85), w=0.07), ell(0.4, 0.72, 0.26, 0.11, 25)), None),
+    "pear": ((disc(0, -0.42, 0.52), disc(0, 0.2, 0.32), poly((-0.3, 0.22), (0.3, 0.22), (0.5, -0.32), (-0.5, -0.32)),
+              line((0, 0.48), (0.08, 0.88), w=0.07), ell(0.3, 0.72, 0.22, 0.09, 30)), None),
+    "cherry": ((disc(-0.42, -0.52, 0.34), disc(0.42, -0.6, 0.34), line((-0.42, -0.25), (-0.1, 0.3), (0.15, 0.75), w=0.06),
+                line((0.42, -0.3), (0.3, 0.3), (0.15, 0.75), w=0.06), ell(0.45, 0.78, 0.3, 0.12, -15)), None),
+    "banana": ((arc(0, 0.85, 1.18, 212, 328, w=0.22), line((0.98, 0.22), (1.05, 0.42), w=0.07),
+                disc(-0.99, 0.23, 0.08)), None),
+    "grapes": (tuple(disc(x, y, 0.22) for x, y in ((-0.46, 0.3), (0, 0.3), (0.46, 0.3), (-0.23, -0.08), (0.23, -0.08),
+                                                  (0, -0.46))) + (line((0, 0.5), (0.05, 0.92), w=0.06),
+                                                                 ell(-0.32, 0.72, 0.26, 0.1, 20)), None),
+    "lemon": ((ell(0, 0, 0.72, 0.5, 15), ell(0.78, 0.21, 0.16, 0.1, 15), ell(-0.78, -0.21, 0.16, 0.1, 15)), None),
+    "strawberry": ((poly((-0.72, 0.32), (0.72, 0.32), (0.12, -0.86), (-0.12, -0.86)), disc(-0.38, 0.22, 0.38),
+                    disc(0.38, 0.22, 0.38), cut(ell(-0.25, -0.05, 0.05, 0.08)), cut(ell(0.25, -0.05, 0.05, 0.08)),
+                    cut(ell(0, -0.4, 0.05, 0.08)), cut(line((-0.8, 0.53), (0.8, 0.53))),
+                    poly((-0.6, 0.56), (-0.38, 0.9), (-0.16, 0.62), (0, 0.98), (0.16, 0.62), (0.38, 0.9), (0.6, 0.56))), None),
+    "watermelon": ((disc(0, 0.42, 0.98), cut(box(0, 1.0, 1.2, 0.58)), cut(arc(0, 0.42, 0.76, 185, 355)),
+                    cut(ell(-0.38, 0.05, 0.06, 0.1, -20)), cut(ell(0, -0.12, 0.06, 0.1)), cut(ell(0.38, 0.05, 0.06, 0.1, 20))),
+                   None),
+    # tools: thick bars and plates
+    "hammer": ((line((0, -0.95), (0, 0.45), w=0.12), box(-0.25, 0.62, 0.45, 0.22),
+                poly((0.2, 0.84), (0.88, 0.72), (0.88, 0.58), (0.2, 0.4))), None),
+    "key": ((ring(-0.55, 0, 0.3, w=0.13), line((-0.25, 0), (0.95, 0), w=0.1), box(0.58, -0.2, 0.07, 0.17),
+             box(0.86, -0.22, 0.09, 0.2)), None),
+    "scissors": ((ring(-0.38, -0.62, 0.24, w=0.09), ring(0.38, -0.62, 0.24, w=0.09),
+                  line((-0.25, -0.4), (0.48, 0.95), w=0.1), line((0.25, -0.4), (-0.48, 0.95), w=0.1)), None),
+    "wrench": ((line((-0.55, -0.55), (0.35, 0.35), w=0.13), disc(0.5, 0.5, 0.38), cut(box(0.72, 0.72, 0.34, 0.13, 45)),
+                ring(-0.66, -0.66, 0.2, w=0.1)), None),
+    "saw": ((_saw(), box(0.7, 0.05, 0.25, 0.4, round_=0.1), cut(box(0.7, 0.05, 0.1, 0.2))), None),
+    "screwdriver": ((box(-0.55, 0, 0.4, 0.22, round_=0.12), line((-0.15, 0), (0.82, 0), w=0.06), box(0.87, 0, 0.07, 0.1)),
+                    None),
+    "axe": ((line((0.32, -0.95), (0.02, 0.92), w=0.09), poly((0.02, 0.8), (0.04, 0.44), (-0.58, 0.2), (-0.9, 0.6), (-0.62, 1.0)),
+             box(0.14, 0.63, 0.12, 0.15, -9)), None),
+    "shovel": ((line((0, 0.75), (0, -0.15), w=0.08), line((0, 0.72), (-0.25, 0.86), (0.25, 0.86), (0, 0.72), w=0.07),
+                poly((-0.38, -0.1), (0.38, -0.1), (0.38, -0.6), (0, -0.98), (-0.38, -0.6))), None),
+    # animals: filled silhouettes, eyes cut out
+    "cat": ((disc(0, -0.1, 0.62), poly((-0.6, 0.15), (-0.55, 0.88), (-0.12, 0.45)), poly((0.6, 0.15), (0.55, 0.88), (0.12, 0.45)),
+             cut(ell(-0.25, -0.02, 0.09, 0.13)), cut(ell(0.25, -0.02, 0.09, 0.13)), cut(poly((-0.08, -0.28), (0.08, -0.28),
+                                                                                              (0, -0.38)))), None),
+    "fish": ((ell(-0.15, 0, 0.62, 0.4), poly((0.35, 0), (0.95, 0.45), (0.95, -0.45)), poly((-0.35, 0.3), (0.05, 0.62), (0.12, 0.3)),
+              cut(disc(-0.5, 0.1, 0.08)), cut(arc(-0.32, 0, 0.36, -60, 60))), None),
+    "bird": ((ell(0.05, -0.1, 0.5, 0.34, -12), disc(-0.45, 0.3, 0.26), poly((-0.66, 0.4), (-0.98, 0.3), (-0.66, 0.2)),
+              poly((0.42, -0.02), (0.98, 0.22), (0.95, -0.08), (0.48, -0.3)), line((0, -0.42), (-0.05, -0.82), w=0.04),
+              line((0.2, -0.42), (0.17, -0.82), w=0.04), cut(disc(-0.5, 0.35, 0.06)),
+              cut(arc(0.08, 0.05, 0.3, 200, 320))), None),
+    "snake": (_snake() + (cut(disc(0.42 * np.sin(2.1 * np.pi * 0.72) - 0.07, 0.76, 0.04)),), None),
+    "turtle": ((disc(0, -0.25, 0.72), cut(box(0, -0.95, 1.2, 0.55)), line((0.55, -0.32), (0.82, -0.12), w=0.1),
+                disc(0.86, -0.1, 0.16), box(-0.42, -0.48, 0.12, 0.12), box(0.4, -0.48, 0.12, 0.12),
+                poly((-0.7, -0.35), (-0.92, -0.45), (-0.7, -0.45)), cut(arc(0, -0.25, 0.42, 20, 160))), None),
+    "rabbit": ((disc(0.2, -0.5, 0.42), disc(-0.22, 0.0, 0.3), ell(-0.36, 0.6, 0.1, 0.35, 12), ell(-0.08, 0.58, 0.1, 0.35, -14),
+                disc(0.66, -0.36, 0.14), cut(disc(-0.3, 0.05, 0.06))), None),
+    "elephant": ((ell(0.22, -0.05, 0.62, 0.42), disc(-0.45, 0.2, 0.33), line((-0.72, 0.12), (-0.86, -0.25), (-0.74, -0.62), w=0.1),
+                  box(-0.12, -0.6, 0.12, 0.2), box(0.55, -0.6, 0.12, 0.2), line((0.82, 0.05), (0.93, -0.3), w=0.03),
+                  cut(outline(ell(-0.25, 0.2, 0.2, 0.3))), cut(disc(-0.55, 0.3, 0.05))), None),
+    "mouse": ((ell(0.12, -0.3, 0.58, 0.38), poly((-0.3, 0.0), (-0.92, -0.44), (-0.3, -0.66)), disc(-0.32, 0.14, 0.22),
+               disc(-0.02, 0.2, 0.22), line((0.68, -0.45), (0.95, -0.2), (0.8, 0.15), (0.95, 0.45), w=0.045),
+               cut(disc(-0.55, -0.26, 0.05))), None),
+    # vehicles: boxes and wheels, windows cut out
+    "car": ((box(0, -0.15, 0.92, 0.25, round_=0.1), poly((-0.5, 0.08), (-0.28, 0.5), (0.35, 0.5), (0.58, 0.08)),
+             cut(poly((-0.38, 0.15), (-0.22, 0.42), (-0.02, 0.42), (-0.02, 0.15))), cut(poly((0.06, 0.15), (0.06, 0.42),
+                                                                                          (0.3, 0.42), (0.45, 0.15))),
+             cut(disc(-0.52, -0.42, 0.3)), cut(disc(0.52, -0.42, 0.3)), disc(-0.52, -0.42, 0.22), disc(0.52, -0.42, 0.22)), None),
+    "truck": ((box(-0.3, 0.08, 0.62, 0.5), box(0.66, -0.1, 0.28, 0.32, round_=0.05), cut(box(0.74, 0.04, 0.12, 0.1)),
+               cut(line((0.33, -0.5), (0.33, 0.6))), *(cut(disc(x, -0.52, 0.26)) for x in (-0.6, -0.1, 0.66)),
+               *(disc(x, -0.52, 0.19) for x in (-0.6, -0.1, 0.66))), None),
+    "bus": ((box(0, 0.02, 0.96, 0.42, round_=0.1), *(cut(box(x, 0.16, 0.14, 0.12)) for x in (-0.66, -0.28, 0.1, 0.48)),
+             cut(box(0.8, -0.05, 0.08, 0.25)), cut(disc(-0.55, -0.44, 0.25)), cut(disc(0.52, -0.44, 0.25)),
+             disc(-0.55, -0.44, 0.18), disc(0.52, -0.44, 0.18)), None),
+    "bicycle": ((ring(-0.55, -0.3, 0.36, w=0.07), ring(0.55, -0.3, 0.36, w=0.07),
+                 line((-0.55, -0.3), (-0.1, -0.3), (0.32, 0.22), (-0.25, 0.22), (-0.55, -0.3), w=0.06),
+                 line((-0.1, -0.3), (-0.28, 0.4), w=0.06), line((0.55, -0.3), (0.3, 0.3), (0.32, 0.46), w=0.06),
+                 line((0.2, 0.48), (0.45, 0.48), w=0.06), line((-0.42, 0.42), (-0.14, 0.42), w=0.07)), None),
+    "boat": ((poly((-0.95, -0.25), (0.95, -0.25), (0.6, -0.65), (-0.6, -0.65)), line((0, -0.25), (0, 0.95), w=0.05),
+              poly((0.1, -0.12), (0.1, 0.92), (0.75, -0.12)), poly((-0.1, -0.12), (-0.1, 0.72), (-0.55, -0.12))), None),
+    "airplane": ((ell(0, 0, 0.16, 0.95), poly((-0.95, -0.05), (0, 0.42), (0.95, -0.05), (0.95, -0.24), (0, 0.12), (-0.95, -0.24)),
+                  poly((-0.38, -0.82), (0, -0.58), (0.38, -0.82), (0.38, -0.95), (0, -0.8), (-0.38, -0.95))), None),
+    "rocket": ((ell(0, 0.08, 0.3, 0.78), *_both(poly((-0.26, -0.3), (-0.62, -0.85), (-0.2, -0.62))), box(0, -0.72, 0.14, 0.12),
+                cut(ring(0, 0.22, 0.12)), cut(line((-0.3, -0.3), (0.3, -0.3)))), None),
+    "helicopter": ((ell(-0.25, -0.1, 0.48, 0.36), line((0.15, 0.0), (0.92, 0.12), w=0.07), line((0.92, -0.12), (0.92, 0.36), w=0.05),
+                    line((-0.25, 0.26), (-0.25, 0.46), w=0.05), line((-0.95, 0.48), (0.5, 0.48), w=0.05),
+                    line((-0.72, -0.66), (0.22, -0.66), w=0.05), line((-0.5, -0.42), (-0.5, -0.66), w=0.04),
+                    line((0, -0.42), (0, -0.66), w=0.04), cut(ell(-0.47, 0.0, 0.15, 0.13))), None),
+    # sky: bold filled symbols
+    "sun": ((disc(0, 0, 0.45),) + _spokes(0, 0, 0.62, 0.95, 8, 0.08, 22.5), None),
+    "moon": ((disc(0, 0, 0.88), cut(disc(0.42, 0.22, 0.74))), None),
+    "star": ((_star(0, -0.06, 1.0, 0.42),), None),
+    "cloud": ((disc(-0.45, -0.12, 0.35), disc(0.05, 0.15, 0.48), disc(0.5, -0.08, 0.38), box(0, -0.3, 0.85, 0.2, round_=0.2)), None),
+    "lightning": ((poly((0.22, 0.97), (-0.52, -0.08), (-0.05, -0.08), (-0.32, -0.97), (0.55, 0.24), (0.08, 0.24), (0.6, 0.97)),), None),
+    "raindrop": ((disc(0, -0.3, 0.58), poly((-0.52, -0.05), (0, 0.95), (0.52, -0.05))), None),
+    "snowflake": (_snowflake(), None),
+    "rainbow": (tuple(arc(0, -0.55, r, 0, 180, w=0.1) for r in (0.95, 0.68, 0.41)), None),
+    # buildings (hard): silhouettes under pixel-scale textures, small openings cut out
+    "house": ((box(0, -0.42, 0.62, 0.5), poly((-0.85, 0.08), (0, 0.82), (0.85, 0.08)), box(0.45, 0.5, 0.09, 0.22),
+               cut(box(0, -0.7, 0.14, 0.22)), cut(box(-0.36, -0.3, 0.13, 0.11)), cut(box(0.36, -0.3, 0.13, 0.11))), ("h", 3.0)),
+    "skyscraper": ((box(0, -0.12, 0.42, 0.85), box(0, 0.8, 0.26, 0.1), line((0, 0.9), (0, 1.12))), ("grid", 3.0)),
+    "castle": ((box(0, -0.45, 0.62, 0.45), box(-0.72, -0.25, 0.22, 0.65), box(0.72, -0.25, 0.22, 0.65),
+                *(box(x, 0.48, 0.07, 0.1) for x in (-0.86, -0.58, 0.58, 0.86)), *(box(x, 0.06, 0.07, 0.08) for x in (-0.25, 0, 0.25)),
+                cut(box(0, -0.8, 0.2, 0.18)), cut(disc(0, -0.62, 0.2))), ("check", 4.0)),
+    "windmill": (_windmill(), ("h", 3.0)),
+    "tent": ((poly((-0.95, -0.7), (0, 0.72), (0.95, -0.7)), cut(poly((-0.25, -0.72), (0, -0.12), (0.25, -0.72))),
+              line((0, 0.72), (0.08, 0.95))), ("v", 3.0)),
+    "pyramid": ((box(0, -0.7, 0.95, 0.2), box(0, -0.3, 0.72, 0.2), box(0, 0.1, 0.5, 0.2), box(0, 0.48, 0.26, 0.18)),
+                ("check", 4.0)),
+    "bridge": ((box(0, 0.12, 0.98, 0.12), box(0, -0.4, 0.98, 0.42), cut(ell(0, -0.82, 0.58, 0.6)), line((-0.98, 0.36), (0.98, 0.36)),
+                *(line((x, 0.24), (x, 0.36)) for x in np.linspace(-0.9, 0.9, 7))), ("h", 3.0)),
+    "igloo": ((disc(0, -0.5, 0.88), cut(box(0, -1.05, 1.2, 0.55)), cut(disc(0.42, -0.5, 0.3)), disc(0.42, -0.5, 0.22),
+               cut(disc(0.42, -0.5, 0.13))), ("check", 4.0)),
+    # insects (hard): tiny bodies, 1-px legs, antennae and wing outlines
+    "ant": ((disc(-0.62, 0.1, 0.16), ell(-0.25, 0.02, 0.17, 0.11), ell(0.35, -0.02, 0.32, 0.22),
+             line((-0.3, 0), (-0.58, -0.35), (-0.72, -0.6)), line((-0.25, 0), (-0.3, -0.35), (-0.38, -0.62)),
+             line((-0.18, 0), (0.1, -0.35), (0.22, -0.62)), line((-0.7, 0.2), (-0.82, 0.52), (-0.96, 0.45)),
+             line((-0.64, 0.22), (-0.6, 0.55), (-0.7, 0.7))), None),
+    "spider": (_spider() + (line((0.02, 0.3), (0.15, 0.45)), line((-0.02, 0.3), (-0.15, 0.45))), None),
+    "butterfly": ((line((0, -0.55), (0, 0.45), w=0.06),
+                   *_both(outline(ell(-0.46, 0.32, 0.42, 0.3, -25)), outline(ell(-0.34, -0.34, 0.28, 0.22, 25)),
+                          disc(-0.48, 0.34, 0.1), line((0, 0.45), (-0.22, 0.9)))), None),
+    "bee": ((ell(0.05, -0.15, 0.45, 0.3), *(cut(line((x, -0.55), (x, 0.2))) for x in (-0.12, 0.1, 0.3)),
+             disc(-0.5, -0.05, 0.17), outline(ell(0.0, 0.4, 0.2, 0.34, -15)), outline(ell(0.32, 0.36, 0.16, 0.3, -35)),
+             poly((0.48, -0.1), (0.7, -0.2), (0.48, -0.28)), line((-0.56, 0.1), (-0.72, 0.42)), line((-0.48, 0.1), (-0.42, 0.45))),
+            None),
+    "ladybug": ((disc(0, -0.12, 0.62), cut(line((0, -0.8), (0, 0.5))), *(cut(disc(x, y, 0.11)) for x, y in ((-0.3, 0.1), (0.3, 0.1),
+                                                                                                        (-0.32, -0.35), (0.32, -0.35))),
+                 cut(disc(0, 0.6, 0.3)), disc(0, 0.6, 0.2), *_both(line((-0.6, 0.1), (-0.85, 0.25)), line((-0.62, -0.2), (-0.9, -0.22)),
+                                                                   line((-0.5, -0.5), (-0.75, -0.72)), line((-0.1, 0.75), (-0.3, 0.95)))),
+                None),
+    "dragonfly": ((line((0, 0.55), (0, -0.95), w=0.05), disc(0, 0.68, 0.12), ell(0, 0.4, 0.08, 0.14),
+                   *_both(outline(ell(-0.48, 0.5, 0.45, 0.1, -8)), outline(ell(-0.45, 0.22, 0.42, 0.09, 10)))), None),
+    "caterpillar": (_caterpillar(), None),
+    "grasshopper": ((ell(0.02, -0.12, 0.6, 0.16, 6), ell(-0.66, -0.04, 0.17, 0.15), line((0.1, -0.05), (0.55, 0.38), (0.95, -0.6), w=0.04),
+                     line((-0.4, -0.2), (-0.5, -0.48), (-0.4, -0.68)), line((-0.2, -0.22), (-0.15, -0.5), (-0.05, -0.68)),
+                     line((-0.72, 0.08), (-0.35, 0.6), (0.15, 0.75)), line((-0.66, 0.1), (-0.2, 0.45), (0.3, 0.55))), None),
+    # musical instruments (hard): 1-px strings and tubes, fine key stripes
+    "guitar": ((disc(0, -0.5, 0.42), disc(0, -0.05, 0.31), cut(ring(0, -0.2, 0.12)), cut(line((-0.2, -0.62), (0.2, -0.62))),
+                line((0, 0.2), (0, 0.8), w=0.05), box(0, 0.88, 0.09, 0.11), line((-0.05, 0.85), (-0.15, 0.85)),
+                line((0.05, 0.85), (0.15, 0.85))), None),
+    "piano": ((box(0, -0.1, 0.95, 0.5), *(cut(box(x, 0.12, 0.055, 0.28)) for x in (-0.72, -0.48, -0.05, 0.2, 0.44, 0.82)),
+               box(0, 0.52, 0.95, 0.08)), ("v", 3.0)),
+    "drum": ((box(0, -0.3, 0.65, 0.42), ell(0, 0.12, 0.65, 0.18), cut(outline(ell(0, 0.12, 0.6, 0.14))),
+              cut(line((-0.65, 0.0), (-0.43, -0.6), (-0.22, 0.0), (0, -0.6), (0.22, 0.0), (0.43, -0.6), (0.65, 0.0))),
+              *_both(line((-0.1, 0.3), (-0.75, 0.95)), disc(-0.1, 0.3, 0.06))), None),
+    "trumpet": ((line((-0.95, 0.05), (0.35, 0.05)), line((-0.95, 0.05), (-0.95, 0.15), w=0.04),
+                 poly((0.3, 0.11), (0.95, 0.42), (0.95, -0.32), (0.3, -0.01)),
+                 line((-0.55, 0.05), (-0.55, -0.35), (0.15, -0.35), (0.15, 0.05)),
+                 *(box(x, 0.22, 0.04, 0.14) for x in (-0.3, -0.12, 0.06))), None),
+    "harp": (_harp(), None),
+    "xylophone": (_xylophone(), None),
+    "flute": ((line((-0.92, -0.55), (0.92, 0.55), w=0.06), *(cut(disc(x, 0.6 * x, 0.04)) for x in (-0.1, 0.1, 0.3, 0.5)),
+               box(-0.62, -0.37, 0.1, 0.07, 31), line((0.55, 0.33), (0.65, 0.15)), line((-0.2, -0.12), (-0.1, -0.3))), None),
+    "accordion": (_accordion(), None),
+}
+
+FAMILIES = {
+    "fruit": ("apple", "pear", "cherry", "banana", "grapes", "lemon", "strawberry", "watermelon"),
+    "tools": ("hammer", "key", "scissors", "wrench", "saw", "screwdriver", "axe", "shovel"),
+    "animals": ("cat", "fish", "bird", "snake", "turtle", "rabbit", "elephant", "mouse"),
+    "vehicles": ("car", "truck", "bus", "bicycle", "boat", "airplane", "rocket", "helicopter"),
+    "sky": ("sun", "moon", "star", "cloud", "lightning", "raindrop", "snowflake", "rainbow"),
+    "buildings": ("house", "skyscraper", "castle", "windmill", "tent", "pyramid", "bridge", "igloo"),
+    "insects": ("ant", "spider", "butterfly", "bee", "ladybug", "dragonfly", "caterpillar", "grasshopper"),
+    "instruments": ("guitar", "piano", "drum", "trumpet", "harp", "xylophone", "flute", "accordion"),
+}
+FAMILY_NAMES = tuple(FAMILIES)
+HARD_FAMILIES = ("buildings", "insects", "instruments")
+FAMILY_STYLE = {
+    "fruit": "round filled bodies, small stems and leaves",
+    "tools": "thick bars and plates",
+    "animals": "filled silhouettes, eyes cut out",
+    "vehicles": "filled boxes and wheels, windows cut out",
+    "sky": "bold filled symbols",
+    "buildings": "silhouettes under pixel-scale stripes, checks or window grids",
+    "insects": "tiny bodies with 1-px legs, antennae and wing outlines",
+    "instruments": "1-px strings and tubes, fine key stripes",
+}
+CONCEPTS = tuple(c for members in FAMILIES.values() for c in members)  # family-major
+NUM_CONCEPTS = len(CONCEPTS)
+FAMILY_OF = np.repeat(np.arange(len(FAMILIES)), [len(m) for m in FAMILIES.values()])
+EASY, HARD = 0, 1
+DIFFICULTY_NAMES = ("easy", "hard")
+FAMILY_DIFFICULTY = np.array([HARD if f in HARD_FAMILIES else EASY for f in FAMILY_NAMES], dtype=np.int8)
+DIFFICULTY = FAMILY_DIFFICULTY[FAMILY_OF]  # per concept
+assert set(_GLYPHS) == set(CONCEPTS) and len(set(CONCEPTS)) == NUM_CONCEPTS
+assert set(HARD_FAMILIES) <= set(FAMILIES) and set(FAMILY_STYLE) == set(FAMILIES)
+
+# ---------------------------------------------------------------- attributes and items
+
+COLORS = {
+    "red": (222, 44, 44),
+    "orange": (245, 138, 28),
+    "yellow": (238, 218, 48),
+    "green": (48, 184, 68),
+    "cyan": (40, 204, 214),
+    "blue": (46, 86, 236),
+    "purple": (146, 70, 216),
+    "magenta": (234, 64, 176),
+}
+SIZES = ("small", "medium", "large")
+POSITIONS = (
+    "top-left", "top-center", "top-right",
+    "middle-left", "center", "middle-right",
+    "bottom-left", "bottom-center", "bottom-right",
+)  # row-major 3x3 grid
+ATTRIBUTES = ("concept", "color", "size", "position")
+ATTRIBUTE_VALUES = {"concept": CONCEPTS, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS}
+NUM_VALUES = tuple(len(ATTRIBUTE_VALUES[a]) for a in ATTRIBUTES)
+NUM_ITEMS = int(np.prod(NUM_VALUES))
+ITEMS_PER_CONCEPT = NUM_ITEMS // NUM_CONCEPTS
+
+
+def item_index(concept, color, size, position):
+    """Pack attribute indices (ints or int arrays) into item indices."""
+    n_color, n_size, n_pos = NUM_VALUES[1:]
+    item = (np.asarray(concept) * n_color + np.asarray(color)) * n_size + np.asarray(size)
+    return item * n_pos + np.asarray(position)
+
+
+def item_attributes(item):
+    """Inverse of ``item_index``: (concept, color, size, position) index arrays."""
+    rest = np.asarray(item)
+    if np.any((rest < 0) | (rest >= NUM_ITEMS)):
+        raise ValueError(f"item index outside [0, {NUM_ITEMS})")
+    out = []
+    for n in NUM_VALUES[::-1]:
+        rest, value = np.divmod(rest, n)
+        out.append(value)
+    return tuple(out[::-1])
+
+
+def item_name(item: int) -> str:
+    """Canonical description, e.g. 'small red apple, top-left'."""
+    concept, color, size, position = (int(v) for v in item_attributes(int(item)))
+    return f"{SIZES[size]} {tuple(COLORS)[color]} {CONCEPTS[concept]}, {POSITIONS[position]}"
+
+
+# ---------------------------------------------------------------- distances (unit frame, y up)
+
+def _d_disc(x, y, cx, cy, r):
+    dx, dy = x - cx, y - cy
+    return np.sqrt(dx * dx + dy * dy) - r
+
+
+def _d_ell(x, y, cx, cy, a, b, c, s):  # first-order distance estimate |q| - 1 over |grad q|
+    dx, dy = x - cx, y - cy
+    lx, ly = (dx * c + dy * s) / a, (dy * c - dx * s) / b
+    q = np.sqrt(lx * lx + ly * ly)
+    grad = np.sqrt((lx / a) ** 2 + (ly / b) ** 2) / np.maximum(q, 1e-9)
+    return (q - 1) / np.clip(grad, 1 / max(a, b), 1 / min(a, b))
+
+
+def _d_box(x, y, cx, cy, hx, hy, c, s, r):
+    dx, dy = x - cx, y - cy
+    qx, qy = np.abs(dx * c + dy * s) - hx, np.abs(dy * c - dx * s) - hy
+    out = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
+    return out + np.minimum(np.maximum(qx, qy), 0) - r
+
+
+def _d_poly(x, y, v):  # exact signed distance to a simple polygon
+    d = (x - v[0, 0]) ** 2 + (y - v[0, 1]) ** 2
+    inside = np.zeros(x.shape, dtype=bool)
+    for i in range(len(v)):
+        (ax, ay), (bx, by) = v[i], v[i - 1]
+        ex, ey = bx - ax, by - ay
+        wx, wy = x - ax, y - ay
+        t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0, 1)
+        d = np.minimum(d, (wx - ex * t) ** 2 + (wy - ey * t) ** 2)
+        if ay != by:  # even-odd rule: count edges crossed by a ray to the right
+            inside ^= ((y >= ay) != (y >= by)) & (x < ax + (y - ay) * ex / ey)
+    return np.sqrt(d) * np.where(inside, -1.0, 1.0)
+
+
+def _d_line(x, y, v):  # unsigned distance to a polyline
+    d = None
+    for (ax, ay), (bx, by) in zip(v[:-1], v[1:]):
+        ex, ey = bx - ax, by - ay
+        wx, wy = x - ax, y - ay
+        t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0, 1)
+        e = (wx - ex * t) ** 2 + (wy - ey * t) ** 2
+        d = e if d is None else np.minimum(d, e)
+    return np.sqrt(d)
+
+
+def _d_ring(x, y, cx, cy, r):
+    return np.abs(_d_disc(x, y, cx, cy, r))
+
+
+def _d_arc(x, y, cx, cy, r, c, s, sa, ca):  # arc symmetric about the rotated +y axis, half-aperture (sa, ca)
+    dx, dy = x - cx, y - cy
+    px, py = np.abs(dx * c - dy * s), dx * s + dy * c
+    end = np.sqrt((px - sa * r) ** 2 + (py - ca * r) ** 2)
+    return np.where(ca * px > sa * py, end, np.abs(np.sqrt(px * px + py * py) - r))
+
+
+_DIST = {"disc": _d_disc, "ell": _d_ell, "box": _d_box, "poly": _d_poly, "line": _d_line, "ring": _d_ring, "arc": _d_arc}
+
+
+def _glyph_sdf(parts, x, y, scale):
+    """Signed distance in pixels (negative inside) of a glyph program at ``scale`` px per unit."""
+    acc = None
+    for part in parts:
+        sd = _DIST[part.kind](x, y, *part.params) * scale
+        if part.width is not None:
+            sd = sd - np.maximum(part.width * scale, 0.5)
+        if part.outline:
+            sd = np.abs(sd) - 0.5
+        acc = sd if acc is None else (np.maximum(acc, -sd) if part.cut else np.minimum(acc, sd))
+    return acc
+
+
+# ---------------------------------------------------------------- rendering
+
+IMAGE_SIZE = 32
+SIZE_SCALES = (5.0, 6.5, 8.0)  # px per glyph unit: the glyph frame [-1, 1]^2 spans 10, 13, 16 px
+GRID_CENTERS = (8.0, 16.0, 24.0)  # pixel coordinate of grid column / row centres
+POSITION_JITTER = 1.0  # max pixels
+SIZE_JITTER = 0.04  # relative
+ROTATION_JITTER = np.deg2rad(7.0)
+TEXTURE_OFF = 0.35  # coverage of a texture's off bands
+_TEXTURES = ("h", "v", "check", "grid")  # horizontal / vertical stripes, checks, window grid
+_TABLE_STEP = 0.25  # px between distance-table samples
+_TABLE_HALF = 12.5  # px: the table spans [-12.5, 12.5]^2 around the glyph centre
+_TABLE_SIDE = int(round(2 * _TABLE_HALF / _TABLE_STEP)) + 1
+_WINDOW = 24  # side of the square window around the glyph that is drawn
+_PAD = 6
+_CHUNK = 256
+_COLOR_TABLE = np.array(list(COLORS.values()), dtype=np.float32)
+_TEXTURE_KIND = np.array([_TEXTURES.index(_GLYPHS[c][1][0]) + 1 if _GLYPHS[c][1] else 0 for c in CONCEPTS], dtype=np.int64)
+_TEXTURE_PERIOD = np.array([_GLYPHS[c][1][1] if _GLYPHS[c][1] else 1.0 for c in CONCEPTS], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _distance_table() -> np.ndarray:
+    """float32 (concepts * sizes * side * side,): each glyph's signed distance in px at each nominal size."""
+    g = (np.arange(_TABLE_SIDE) - (_TABLE_SIDE - 1) / 2) * _TABLE_STEP
+    scale = np.asarray(SIZE_SCALES)[:, None, None]
+    x, y = g[None, None, :] / scale, -g[None, :, None] / scale  # row 0 is the top
+    x, y = np.broadcast_to(x, (len(SIZES), _TABLE_SIDE, _TABLE_SIDE)), np.broadcast_to(y, (len(SIZES), _TABLE_SIDE, _TABLE_SIDE))
+    table = np.stack([_glyph_sdf(_GLYPHS[c][0], x, y, scale) for c in CONCEPTS])
+    return table.astype(np.float32).reshape(-1)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (uint64 -> well-mixed uint64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(seed: int, indices: np.ndarray, slots: int, stream: int) -> np.ndarray:
+    """float32 (N, slots) uniform in [0, 1), a pure function of (seed, index, stream, slot)."""
+    key = _mix64(np.array([(seed * 0x9E3779B97F4A7C15 + stream) % 2**64], dtype=np.uint64))
+    counters = indices.astype(np.uint64)[:, None] * np.uint64(1 << 16) + np.arange(slots, dtype=np.uint64)
+    bits = _mix64(counters ^ key) >> np.uint64(40)
+    return bits.astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+def _upsample_matrix(grid: int, size: int) -> np.ndarray:
+    """(size, grid) bilinear interpolation weights from a grid of samples to ``size`` pixels."""
+    pos = (np.arange(size) + 0.5) * (grid - 1) / size
+    i0 = np.minimum(pos.astype(np.int64), grid - 2)
+    weights = np.zeros((size, grid), dtype=np.float32)
+    weights[np.arange(size), i0] = 1 - (pos - i0)
+    weights[np.arange(size), i0 + 1] = pos - i0
+    return weights
+
+
+_UP4, _UP16 = _upsample_matrix(4, IMAGE_SIZE), _upsample_matrix(16, IMAGE_SIZE)
+
+
+def _upsample(grid: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Bilinear upsampling of (N, g, g) smooth noise to (N, size, size)."""
+    return np.matmul(np.matmul(weights, grid), weights.T)
+
+
+def _bands(t: np.ndarray, period: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """Anti-aliased stripes along t (px): on for half of each period."""
+    f = t / period + phase
+    return np.clip(0.5 - (np.abs(f - np.floor(f) - 0.5) - 0.25) * period, 0, 1)
+
+
+def _coverage(items, u):
+    """Anti-aliased glyph coverage (N, 32, 32) in [0, 1] and the glyph centres."""
+    concept, _, size, position = item_attributes(items)
+    n, side, win, m = len(items), IMAGE_SIZE + 2 * _PAD, _WINDOW, _TABLE_SIDE
+    grid = np.asarray(GRID_CENTERS, dtype=np.float32)
+    cx = grid[position % 3] + (2 * u[:, 0] - 1) * POSITION_JITTER
+    cy = grid[position // 3] + (2 * u[:, 1] - 1) * POSITION_JITTER
+    stretch = 1 + (2 * u[:, 2] - 1) * SIZE_JITTER
+    angle = (2 * u[:, 3] - 1) * ROTATION_JITTER
+    ox = np.rint(cx).astype(np.int64) - win // 2
+    oy = np.rint(cy).astype(np.int64) - win // 2
+    local = np.arange(win, dtype=np.float32) + 0.5
+    inv = (1 / stretch)[:, None]
+    cos, sin = np.cos(angle)[:, None] * inv, np.sin(angle)[:, None] * inv
+    dx = (ox[:, None] + local - cx[:, None]).astype(np.float32)  # (N, win) px offsets from the centre, y down
+    dy = (oy[:, None] + local - cy[:, None]).astype(np.float32)
+    gx = (dx * cos)[:, None, :] + (dy * sin)[:, :, None]  # glyph frame (nominal px), x right, y down
+    gy = (dy * cos)[:, :, None] - (dx * sin)[:, None, :]
+    fx = np.clip(gx / _TABLE_STEP + (m - 1) / 2, 0, m - 1.001)
+    fy = np.clip(gy / _TABLE_STEP + (m - 1) / 2, 0, m - 1.001)
+    ix, iy = fx.astype(np.int64), fy.astype(np.int64)
+    fx -= ix
+    fy -= iy
+    flat = iy * m + ix + ((concept * len(SIZES) + size) * m * m)[:, None, None]
+    table = _distance_table()
+    top = table[flat] * (1 - fx) + table[flat + 1] * fx
+    bottom = table[flat + m] * (1 - fx) + table[flat + m + 1] * fx
+    sd = (top * (1 - fy) + bottom * fy) * stretch[:, None, None]
+    window = np.clip(0.5 - sd, 0, 1)
+
+    kind = _TEXTURE_KIND[concept]
+    for k in range(1, len(_TEXTURES) + 1):  # textures live in the glyph frame, with a random phase
+        sel = np.flatnonzero(kind == k)
+        if not len(sel):
+            continue
+        period = _TEXTURE_PERIOD[concept[sel], None, None]
+        across = _bands(gy[sel], period, u[sel, 4, None, None])  # horizontal stripes
+        along = _bands(gx[sel], period, u[sel, 5, None, None])  # vertical stripes
+        pattern = {1: across, 2: along, 3: across * along + (1 - across) * (1 - along),
+                   4: 1 - (1 - across) * (1 - along)}[k]
+        window[sel] *= TEXTURE_OFF + (1 - TEXTURE_OFF) * pattern
+
+    canvas = np.zeros((n, side, side), dtype=np.float32)
+    start = np.arange(n) * side * side + (oy + _PAD) * side + (ox + _PAD)
+    offsets = (np.arange(win)[:, None] * side + np.arange(win)[None, :]).ravel()
+    canvas.ravel()[start[:, None] + offsets] = window.reshape(n, -1)
+    return canvas[:, _PAD:_PAD + IMAGE_SIZE, _PAD:_PAD + IMAGE_SIZE], cx, cy
+
+
+def _check(items, indices):
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    indices = np.arange(len(items), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) != len(items):
+        raise ValueError("indices must have one entry per item")
+    item_attributes(items)  # range check
+    return items, indices
+
+
+def glyph_masks(items, seed: int, indices=None) -> np.ndarray:
+    """float32 (N, 32, 32) glyph coverage in [0, 1] of the images ``render`` draws (same jitter)."""
+    items, indices = _check(items, indices)
+    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    for start in range(0, len(items), _CHUNK):
+        part = slice(start, start + _CHUNK)
+        out[part] = _coverage(items[part], _uniform(int(seed), indices[part], 16, stream=1))[0]
+    return out
+
+
+def render(items, seed: int, indices=None) -> np.ndarray:
+    """Render items to uint8 (N, 32, 32, 3); image k is a function of (seed, indices[k], items[k]).
+
+    ``indices`` defaults to ``arange(N)``; pass the global indices to render a slice of a batch.
+    """
+    items, indices = _check(items, indices)
+    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for start in range(0, len(items), _CHUNK):  # chunks keep the float temporaries cache-sized
+        part = slice(start, start + _CHUNK)
+        out[part] = _render_chunk(items[part], int(seed), indices[part])
+    return out
+
+
+def _render_chunk(items: np.ndarray, seed: int, indices: np.ndarray) -> np.ndarray:
+    n = len(items)
+    _, color, size, _ = item_attributes(items)
+    u = _uniform(seed, indices, 16, stream=1)
+    cover, cx, cy = _coverage(items, u)
+    radius = np.asarray(SIZE_SCALES, dtype=np.float32)[size]
+
+    # object colour: brightness and per-channel jitter, plus a faint linear shading
+    rgb = _COLOR_TABLE[color] * (0.9 + 0.15 * u[:, 6:7]) + (u[:, 7:10] - 0.5) * 24
+    theta = 2 * np.pi * u[:, 10]
+    gx, gy = (0.1 * np.cos(theta) / radius).astype(np.float32), (0.1 * np.sin(theta) / radius).astype(np.float32)
+    pix = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
+    shade = (pix[None, :] - cx[:, None]) * gx[:, None]
+    shade = 1 + shade[:, None, :] + ((pix[None, :] - cy[:, None]) * gy[:, None])[:, :, None]
+
+    # dark background: base level, slight tint, two scales of smooth noise
+    base = 12 + 26 * u[:, 11:12] + (u[:, 12:15] - 0.5) * 10
+    coarse = _upsample(_uniform(seed, indices, 16, stream=2).reshape(n, 4, 4) - 0.5, _UP4)
+    fine = _upsample(_uniform(seed, indices, 256, stream=3).reshape(n, 16, 16) - 0.5, _UP16)
+    texture = coarse * (8 + 12 * u[:, 15, None, None]) + fine * 9
+
+    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    background, plane = np.empty_like(texture), np.empty_like(texture)
+    for c in range(3):  # channel planes, in place: long inner loops, few allocations
+        np.add(texture, base[:, c, None, None], out=background)
+        np.multiply(shade, rgb[:, c, None, None], out=plane)
+        plane -= background
+        plane *= cover
+        plane += background
+        plane += 0.5
+        out[..., c] = np.clip(plane, 0, 255, out=plane)
+    return out
