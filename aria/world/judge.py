@@ -1,8 +1,9 @@
-"""The world's judge: a small CNN that reads shape, colour, size and position back from an image.
+"""A world's judge: a small CNN that reads every attribute of an item back from an image.
 
 Trained here on rendered images with augmentation (noise, blur, brightness/contrast, colour cast) so
-that it also reads generated samples; shipped as fp16 safetensors in ``aria/world/assets``.
-Train with ``python -m aria.world.judge --train`` (a few minutes on 2 CPU cores).
+that it also reads generated samples; shipped as fp16 safetensors in the world's ``judge_dir``
+(``aria.world.worlds``). Train with ``python -m aria.world.judge --world shapes --train`` (a few
+minutes on 2 CPU cores; the concepts world's 64-way concept head wants a GPU or more steps).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from aria.world import shapes
+from aria.world.worlds import WORLDS, World
 
 ASSETS = Path(__file__).parent / "assets"
 WEIGHTS_FILE, CONFIG_FILE = "judge.safetensors", "judge.json"
@@ -35,7 +37,7 @@ class JudgeNet(nn.Module):
                 layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
             layers.append(nn.MaxPool2d(2))
-        side = shapes.IMAGE_SIZE >> len(stages)
+        side = shapes.IMAGE_SIZE >> len(stages)  # every world draws 32x32 images
         layers += [nn.Flatten(), nn.Linear(cin * side * side, features), nn.ReLU(inplace=True)]
         self.trunk = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(features, n) for n in classes)
@@ -50,6 +52,8 @@ class Judge:
 
     def __init__(self, net: JudgeNet, config: dict, device="cpu"):
         self.net, self.config, self.device = net.to(device).eval(), config, torch.device(device)
+        self.world = WORLDS[config.get("world", "shapes")]
+        self.attributes = tuple(config.get("attributes", shapes.ATTRIBUTES))
 
     @classmethod
     def load(cls, path: Path | str | None = None, device="cpu") -> "Judge":
@@ -58,7 +62,7 @@ class Judge:
 
         folder = Path(path) if path is not None else ASSETS
         config = json.loads((folder / CONFIG_FILE).read_text())
-        net = JudgeNet(**config["arch"])
+        net = JudgeNet(**config["arch"], classes=tuple(config.get("classes", shapes.NUM_VALUES)))
         state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
         net.load_state_dict(state, strict=False)  # BatchNorm step counters are not shipped
         return cls(net, config, device)
@@ -69,7 +73,7 @@ class Judge:
 
     @torch.no_grad()
     def _run(self, images, batch_size=1024):
-        feats, logits = [], [[] for _ in shapes.ATTRIBUTES]
+        feats, logits = [], [[] for _ in self.attributes]
         for x in self._batches(images, batch_size):
             f, outs = self.net(x)
             feats.append(f.float().cpu())
@@ -80,18 +84,18 @@ class Judge:
     def predict(self, images, batch_size=1024) -> dict[str, np.ndarray]:
         """uint8 (N, 32, 32, 3) or float (N, 3, 32, 32) in [-1, 1] -> {attribute: int64 (N,)}."""
         _, logits = self._run(images, batch_size)
-        return {a: l.argmax(1) for a, l in zip(shapes.ATTRIBUTES, logits)}
+        return {a: l.argmax(1) for a, l in zip(self.attributes, logits)}
 
     def features(self, images, batch_size=1024) -> np.ndarray:
         """Penultimate features float32 (N, F), e.g. for a KID-style distance."""
         return self._run(images, batch_size)[0]
 
-    def correct(self, images, combos) -> dict[str, np.ndarray]:
-        """{attribute: bool (N,)} plus ``all`` (every attribute right) against the intended combos."""
+    def correct(self, images, items) -> dict[str, np.ndarray]:
+        """{attribute: bool (N,)} plus ``all`` (every attribute right) against the intended items."""
         predicted = self.predict(images)
-        truth = shapes.combo_attributes(np.asarray(combos))
-        result = {a: predicted[a] == t for a, t in zip(shapes.ATTRIBUTES, truth)}
-        result["all"] = np.logical_and.reduce([result[a] for a in shapes.ATTRIBUTES])
+        truth = self.world.attributes_of(items)
+        result = {a: predicted[a] == t for a, t in zip(self.attributes, truth)}
+        result["all"] = np.logical_and.reduce([result[a] for a in self.attributes])
         return result
 
 
@@ -114,7 +118,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
 
     def rand(*shape):
-        return torch.rand(*shape, generator=gen)
+        return torch.rand(*shape, generator=gen, device=x.device)
 
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 0.75 + 0.5 * rand(n, 1, 1, 1)
@@ -124,13 +128,13 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     if len(blurred):
         x[blurred] = _gaussian_blur(x[blurred], 0.3 + 0.7 * rand(len(blurred)))
     noisy = (rand(n, 1, 1, 1) < 0.7).float()
-    x = x + noisy * 0.2 * rand(n, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+    x = x + noisy * 0.2 * rand(n, 1, 1, 1) * torch.randn(x.shape, generator=gen, device=x.device)
     return x.clamp(-1.5, 1.5)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable 5-tap Gaussian blur with one sigma per image (replicate padding)."""
-    taps = torch.arange(-2, 3, dtype=torch.float32)
+    taps = torch.arange(-2, 3, dtype=torch.float32, device=x.device)
     weights = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
     weights = (weights / weights.sum(1, keepdim=True))[:, :, None, None, None]  # (m, 5, 1, 1, 1)
     side = x.shape[-1]
@@ -140,26 +144,27 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return sum(weights[:, k] * padded[..., k:k + side, :] for k in range(5))
 
 
-def training_batch(step: int, batch_size: int, seed: int, gen: torch.Generator):
+def training_batch(world: World, step: int, batch_size: int, seed: int, gen: torch.Generator, device="cpu"):
     rng = np.random.default_rng([seed, step])
-    combos = rng.integers(0, shapes.NUM_COMBOS, batch_size)
-    images = shapes.render(combos, seed, indices=step * batch_size + np.arange(batch_size))
-    x = augment(torch.from_numpy(shapes.to_tensor_range(images)), gen)
-    targets = [torch.from_numpy(t) for t in shapes.combo_attributes(combos)]
+    items = rng.integers(0, world.num_items, batch_size)
+    images = world.render(items, seed, indices=step * batch_size + np.arange(batch_size))
+    x = augment(torch.from_numpy(shapes.to_tensor_range(images)).to(device), gen)
+    targets = [torch.from_numpy(t).to(device) for t in world.attributes_of(items)]
     return x, targets
 
 
-def train(steps=1500, batch_size=128, lr=3e-3, seed=0, arch=None, log_every=100) -> JudgeNet:
+def train(steps=1500, batch_size=128, lr=3e-3, seed=0, arch=None, log_every=100, world: World = WORLDS["shapes"],
+          device="cpu") -> JudgeNet:
     """Train a judge from scratch on freshly rendered, augmented images (one-cycle AdamW)."""
     torch.manual_seed(seed)
-    net = JudgeNet(**(arch or DEFAULT_ARCH)).to(memory_format=torch.channels_last)
+    net = JudgeNet(**(arch or DEFAULT_ARCH), classes=world.num_values).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     net.train()
     start = time.perf_counter()
     for step in range(steps):
-        x, targets = training_batch(step, batch_size, seed, gen)
+        x, targets = training_batch(world, step, batch_size, seed, gen, device)
         _, logits = net(x)
         loss = sum(F.cross_entropy(l, t) for l, t in zip(logits, targets))
         opt.zero_grad(set_to_none=True)
@@ -172,9 +177,9 @@ def train(steps=1500, batch_size=128, lr=3e-3, seed=0, arch=None, log_every=100)
 
 
 def accuracy(judge: Judge, seed: int, per_combo: int = 4, noise: float = 0.0) -> dict[str, float]:
-    """Per-attribute accuracy on fresh renders of every combination (``per_combo`` each)."""
-    combos = np.repeat(np.arange(shapes.NUM_COMBOS), per_combo)
-    x = torch.from_numpy(shapes.to_tensor_range(shapes.render(combos, seed)))
+    """Per-attribute accuracy on fresh renders of every item of the judge's world (``per_combo`` each)."""
+    combos = np.repeat(np.arange(judge.world.num_items), per_combo)
+    x = torch.from_numpy(shapes.to_tensor_range(judge.world.render(combos, seed)))
     if noise:
         x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     ok = judge.correct(x, combos)
@@ -201,28 +206,34 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=20_240_601, help="render seed of the accuracy check")
     parser.add_argument("--arch", type=json.loads, default=DEFAULT_ARCH, help="JSON, e.g. %(default)s")
-    parser.add_argument("--out", type=Path, default=ASSETS)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shapes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--per-item", type=int, default=4, help="renders per item of the accuracy check")
+    parser.add_argument("--out", type=Path, default=None, help="default: the world's judge folder")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not (args.train or args.evaluate):
         parser.error("pass --train and/or --evaluate")
     torch.set_num_threads(args.threads)
+    world = WORLDS[args.world]
+    args.out = args.out or world.judge_dir
     if args.train:
         start = time.perf_counter()
-        net = train(args.steps, args.batch_size, args.lr, args.seed, args.arch)
+        net = train(args.steps, args.batch_size, args.lr, args.seed, args.arch, world=world, device=args.device)
         minutes = (time.perf_counter() - start) / 60
         config = {
-            "arch": args.arch, "attributes": list(shapes.ATTRIBUTES), "classes": list(shapes.NUM_VALUES),
+            "world": world.name, "arch": args.arch, "attributes": list(world.attributes),
+            "classes": list(world.num_values),
             "training": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                          "minutes": round(minutes, 1), "torch_threads": args.threads},
         }
-        save(net, args.out, config)
-    judge = Judge.load(args.out)
+        save(net.cpu(), args.out, config)
+    judge = Judge.load(args.out, device=args.device)
     config = judge.config
     config["accuracy"] = {
-        "eval_seed": args.eval_seed, "images_per_combo": 4, "weights": "fp16 as shipped",
-        "clean": {k: round(v, 5) for k, v in accuracy(judge, args.eval_seed).items()},
-        "noise_0.1": {k: round(v, 5) for k, v in accuracy(judge, args.eval_seed, noise=0.1).items()},
+        "eval_seed": args.eval_seed, "images_per_item": args.per_item, "weights": "fp16 as shipped",
+        "clean": {k: round(v, 5) for k, v in accuracy(judge, args.eval_seed, args.per_item).items()},
+        "noise_0.1": {k: round(v, 5) for k, v in accuracy(judge, args.eval_seed, args.per_item, noise=0.1).items()},
     }
     (args.out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     print(json.dumps(config["accuracy"], indent=2))
