@@ -11,6 +11,8 @@ from .base import (
     RegionInfo,
     State,
     StrategyConfig,
+    mix_floor,
+    softmax_floor,
     state_from_arrays,
     state_from_json,
     state_hash,
@@ -23,6 +25,6 @@ from . import none, rc, uniform, bandits, aria  # noqa: E402,F401  (register bui
 
 __all__ = [
     "Allocation", "AllocationStrategy", "Feedback", "RegionInfo", "State", "StrategyConfig",
-    "create_strategy", "get_strategy", "list_strategies", "register_strategy",
+    "create_strategy", "mix_floor", "softmax_floor", "get_strategy", "list_strategies", "register_strategy",
     "state_from_arrays", "state_from_json", "state_hash", "state_to_arrays", "state_to_json",
 ]

@@ -21,11 +21,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import (
-    STREAM_STRATEGY, Allocation, AllocationStrategy, State, StrategyConfig, _softmax_floor, draw_regions, region_totals,
-    step_rng,
-)
+from .base import STREAM_STRATEGY, Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, softmax_floor, step_rng
 from .registry import register_strategy
+from .stats import discounted_state, discounted_update
 
 
 class DtsConfig(StrategyConfig):
@@ -44,8 +42,7 @@ class DiscountedThompson(AllocationStrategy):
     Config = DtsConfig
 
     def init_state(self, regions) -> State:
-        k = regions.num_regions
-        return {"discounted_sums": np.zeros(k), "discounted_counts": np.zeros(k)}
+        return discounted_state(regions.num_regions)
 
     def posterior(self, state: State) -> tuple[np.ndarray, np.ndarray]:
         """Scale-free posterior mean and standard deviation of every region's discrepancy."""
@@ -53,31 +50,18 @@ class DiscountedThompson(AllocationStrategy):
         total_count = counts.sum()
         pooled_mean = sums.sum() / total_count if total_count > 0 else 0.0
         n0 = self.config.prior_count
-        shifted = counts + n0
-        mean = sums / pooled_mean if pooled_mean > 0 else np.zeros_like(sums, dtype=np.float64)
-        mean += n0
-        mean /= shifted
-        std = np.sqrt(shifted, out=shifted)
-        return mean, np.divide(self.config.noise, std, out=std)
+        scaled = sums / pooled_mean if pooled_mean > 0 else np.zeros(sums.size)
+        return (scaled + n0) / (counts + n0), self.config.noise / np.sqrt(counts + n0)
 
     def probabilities(self, state: State) -> np.ndarray:
         mean, _ = self.posterior(state)
-        active = self.active(state)
-        return _softmax_floor(mean, self.config.temperature, self.config.eps, active, int(np.count_nonzero(active)), owned=True)
+        return softmax_floor(mean, self.config.temperature, self.config.eps, self.active(state))
 
     def allocate(self, state: State, step: int, n: int) -> Allocation:
         mean, std = self.posterior(state)
-        theta = step_rng(int(state["seed"]), int(step), STREAM_STRATEGY).standard_normal(mean.size)
-        theta *= std
-        theta += mean
-        active = self.active(state)
-        p = _softmax_floor(theta, self.config.temperature, self.config.eps, active, int(np.count_nonzero(active)), owned=True)
+        theta = mean + std * step_rng(int(state["seed"]), int(step), STREAM_STRATEGY).standard_normal(mean.size)
+        p = softmax_floor(theta, self.config.temperature, self.config.eps, self.active(state))
         return Allocation(regions=draw_regions(p, int(state["seed"]), int(step), int(n)), probabilities=p)
 
     def apply_feedback(self, state, sums, counts, step) -> State:
-        region_sum, region_count = region_totals(sums, counts)
-        gamma = self.config.gamma
-        return {
-            "discounted_sums": gamma * np.asarray(state["discounted_sums"]) + region_sum,
-            "discounted_counts": gamma * np.asarray(state["discounted_counts"]) + region_count,
-        }
+        return discounted_update(state, sums, counts, self.config.gamma)

@@ -23,30 +23,23 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import AllocationStrategy, State, StrategyConfig, _mix_floor, _softmax_floor, region_totals
+from .base import AllocationStrategy, State, StrategyConfig, mix_floor, softmax_floor
 from .registry import register_strategy
+from .stats import discounted_state, discounted_update
 
 
 def ucb_probabilities(sums, counts, active, exploration: float, temperature: float, eps: float) -> np.ndarray:
     """Softmax-with-floor allocation over the scale-free UCB index of per-region (sum, count)."""
-    n_active = int(np.count_nonzero(active))
-    everywhere = n_active == active.size
-    unseen = counts < 1.0
-    if not everywhere:
-        unseen &= active
+    unseen = active & (counts < 1.0)
     if unseen.any():  # infinite index: observe these first
-        return _mix_floor(unseen.astype(np.float64), eps, active, n_active, owned=True)
-    if everywhere:
-        total_sum, total_count = sums.sum(), counts.sum()
-    else:
-        total_sum, total_count = np.where(active, sums, 0.0).sum(), np.where(active, counts, 0.0).sum()
-        counts = np.where(active, counts, 1.0)
+        return mix_floor(unseen.astype(np.float64), eps, active)
+    total_sum, total_count = np.where(active, sums, 0.0).sum(), np.where(active, counts, 0.0).sum()
+    counts = np.where(active, counts, 1.0)  # any count >= 1 for the empty regions (masked below)
+    index = exploration * np.sqrt(np.log(max(total_count, 1.0)) / counts)
     pooled_mean = total_sum / total_count
-    index = np.sqrt(np.log(max(total_count, 1.0)) / counts)
-    index *= exploration
     if pooled_mean > 0:
         index += sums / counts / pooled_mean
-    return _softmax_floor(index, temperature, eps, active, n_active, owned=True)  # mean / B + bonus
+    return softmax_floor(index, temperature, eps, active)  # mean / B + bonus
 
 
 class DucbConfig(StrategyConfig):
@@ -64,20 +57,12 @@ class DiscountedUcb(AllocationStrategy):
     Config = DucbConfig
 
     def init_state(self, regions) -> State:
-        k = regions.num_regions
-        return {"discounted_sums": np.zeros(k), "discounted_counts": np.zeros(k)}
+        return discounted_state(regions.num_regions)
 
     def probabilities(self, state: State) -> np.ndarray:
         cfg = self.config
-        return ucb_probabilities(
-            np.asarray(state["discounted_sums"]), np.asarray(state["discounted_counts"]), self.active(state),
-            cfg.exploration, cfg.temperature, cfg.eps,
-        )
+        return ucb_probabilities(np.asarray(state["discounted_sums"]), np.asarray(state["discounted_counts"]),
+                                 self.active(state), cfg.exploration, cfg.temperature, cfg.eps)
 
     def apply_feedback(self, state, sums, counts, step) -> State:
-        region_sum, region_count = region_totals(sums, counts)
-        gamma = self.config.gamma
-        return {
-            "discounted_sums": gamma * np.asarray(state["discounted_sums"]) + region_sum,
-            "discounted_counts": gamma * np.asarray(state["discounted_counts"]) + region_count,
-        }
+        return discounted_update(state, sums, counts, self.config.gamma)

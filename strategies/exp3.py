@@ -26,8 +26,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import AllocationStrategy, State, StrategyConfig, region_totals, softmax_floor
+from .base import AllocationStrategy, State, StrategyConfig, softmax_floor
 from .registry import register_strategy
+from .stats import region_totals
 
 
 class Exp3Config(StrategyConfig):

@@ -5,7 +5,7 @@ The engine skips the switch entirely; the allocation, if asked for, is proportio
 
 from __future__ import annotations
 
-from .base import AllocationStrategy, size_shares
+from .base import AllocationStrategy, mix_floor
 from .registry import register_strategy
 
 
@@ -17,4 +17,4 @@ class NoSwitch(AllocationStrategy):
     switches = False
 
     def probabilities(self, state):
-        return size_shares(state)
+        return mix_floor(state["sizes"], 0.0, self.active(state))  # sizes / sum(sizes)

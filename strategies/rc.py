@@ -6,7 +6,7 @@ proportion to its size; no feedback is used.
 
 from __future__ import annotations
 
-from .base import AllocationStrategy, size_shares
+from .base import AllocationStrategy, mix_floor
 from .registry import register_strategy
 
 
@@ -17,4 +17,4 @@ class RandomConditioning(AllocationStrategy):
     description = "Random Conditioning: switched prompts uniform over the whole pool"
 
     def probabilities(self, state):
-        return size_shares(state)
+        return mix_floor(state["sizes"], 0.0, self.active(state))  # sizes / sum(sizes)

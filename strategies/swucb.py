@@ -24,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import AllocationStrategy, State, StrategyConfig, region_totals
+from .base import AllocationStrategy, State, StrategyConfig
 from .ducb import ucb_probabilities
 from .registry import register_strategy
+from .stats import region_totals
 
 ROOT = ("window_sums", "window_counts")
 
@@ -90,8 +91,6 @@ class SlidingWindowUcb(AllocationStrategy):
             raise ValueError(f"swucb state has a window of {window} steps, the config {self.config.window}")
         node = _leaves(window) + int(state["updates"]) % window
         values = region_totals(sums, counts)
-        if sums.shape[1] == 1:  # views of the feedback: copy them into the state
-            values = (values[0].copy(), values[1].copy())
         new.update(zip(_keys(node), values))
         while node > 1:  # the sums above the leaf, each from its two children (one, at the right edge)
             sibling_keys = _keys(node ^ 1)
@@ -105,5 +104,6 @@ class SlidingWindowUcb(AllocationStrategy):
 
     def update(self, state: State, feedback) -> State:
         new = super().update(state, feedback)
-        new.pop("ring_sums", None), new.pop("ring_counts", None)  # the former layout, converted
+        for key in ("ring_sums", "ring_counts"):  # the former layout, converted by apply_feedback
+            new.pop(key, None)
         return new

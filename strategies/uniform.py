@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import AllocationStrategy, _mix_floor
+from .base import AllocationStrategy, mix_floor
 from .registry import register_strategy
 
 
@@ -19,4 +19,4 @@ class RegionUniform(AllocationStrategy):
 
     def probabilities(self, state):
         active = self.active(state)
-        return _mix_floor(active.astype(np.float64), 0.0, active, int(np.count_nonzero(active)), owned=True)
+        return mix_floor(active.astype(np.float64), 0.0, active)
