@@ -38,12 +38,29 @@ class WorldConfig(Section):
         return self
 
 
+class ConceptsConfig(Section):
+    """The embedded concepts world, world v2 (used when ``data.source`` is ``concepts``): 64 named
+    concepts in 8 families x colour x size x position; unseen = whole families (``aria.world.splits``)."""
+
+    seed: int = Field(0, ge=0, description="seed of the pool and the split (which families are unseen)")
+    num_prompts: int = Field(200_000, ge=13_824, description="prompts in the pool (at least one per item)")
+    skew: float = Field(1.0, ge=0, le=4, description="Zipf exponent of the prompt frequency over concepts")
+    unseen_families: int = Field(2, ge=2, le=6, description="families with no paired image")
+    under_concepts: int = Field(8, ge=0, le=32, description="concepts with only under_images paired images")
+    under_images: int = Field(4, ge=1, le=216, description="paired images per underrepresented concept")
+    compositional_fraction: float = Field(0.1, ge=0, lt=1, description="items of seen concepts held out "
+                                                                            "(the compositional control)")
+    paired_size: int = Field(12_000, ge=1, description="paired images in total")
+
+
 class DataConfig(Section):
-    source: Literal["shapes", "files"] = Field("shapes", description="embedded world or user files")
+    source: Literal["shapes", "concepts", "files"] = Field(
+        "shapes", description="embedded world (shapes: v1, concepts: v2) or user files")
     prompts_file: Optional[Path] = Field(None, description="pool of conditions, one prompt per line (files)")
     paired_dir: Optional[Path] = Field(None, description="folder of paired images + captions.txt (files)")
     cache_dir: Path = Field(Path(".aria-cache"), description="embedding / pool / region caches")
     world: WorldConfig = WorldConfig()
+    concepts: ConceptsConfig = ConceptsConfig()
 
     @model_validator(mode="after")
     def _files(self):

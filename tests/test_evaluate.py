@@ -140,15 +140,17 @@ def test_teacher_as_student_scores_zero_and_reference_cache_is_reused(setup):
 
 
 def test_stratified_prompts_split_regimes_evenly_and_visit_regions():
+    from aria.training.probe import stratified_prompts
+
     rng = np.random.default_rng(0)
     region = rng.integers(0, 5, 500)
     regime = rng.integers(0, 3, 500).astype(np.int8)
-    ids = evaluate.stratified_prompts(regime, region, 31, np.random.default_rng(1))
+    ids = stratified_prompts(regime, region, 31, np.random.default_rng(1))
     counts = np.bincount(regime[ids], minlength=3)
     assert counts.tolist() == [11, 10, 10]
     for r in range(3):
         assert set(region[ids][regime[ids] == r]) == set(range(5))
-    single = evaluate.stratified_prompts(None, region, 10, np.random.default_rng(1))
+    single = stratified_prompts(None, region, 10, np.random.default_rng(1))
     assert len(single) == 10 and set(region[single]) == set(range(5))
 
 

@@ -41,9 +41,20 @@ class DataBundle:
     regime_of_prompt: Optional[np.ndarray]  # int8 (N,) or None
     encoder: Any  # TextEncoder
     regions: Any = None  # aria.data.regions.Regions (centroids, names)
-    regimes: Optional[np.ndarray] = None  # int8 per combination (world)
-    paired_combos: Optional[np.ndarray] = None  # int64 (M,) (world)
+    regimes: Optional[np.ndarray] = None  # int8 per item (world)
+    paired_combos: Optional[np.ndarray] = None  # int64 (M,): the item of each paired image (world)
     stats: dict = field(default_factory=dict)
+    world: Any = None  # aria.world.worlds.World of an embedded world, None for user files
+
+    @property
+    def item_of_prompt(self) -> Optional[np.ndarray]:
+        """The world item (v1 combination, v2 concept with attributes) of every pool prompt."""
+        return None if self.world is None else np.asarray(self.pool.meta(self.world.meta_key), dtype=np.int64)
+
+    @property
+    def family_of_prompt(self) -> Optional[np.ndarray]:
+        """The concept family of every pool prompt (world v2), else None."""
+        return None if self.world is None or not self.world.family_key else np.asarray(self.pool.meta("family"))
 
 
 def _key(*parts) -> str:
@@ -118,6 +129,67 @@ def _open_matching(path: Path, params: dict):
     return pool if pool.params == params else None
 
 
+def concepts_pool(config):
+    """World v2's prompt pool for ``config.data.concepts``, cached under ``data.cache_dir``."""
+    from aria.data.corpus import PromptPool
+    from aria.world import captions, concepts
+
+    c = config.data.concepts
+    params = {"world": "concepts", "generator_version": captions.GENERATOR_VERSION,
+              "num_prompts": int(c.num_prompts), "skew": float(c.skew), "seed": int(c.seed)}
+    path = Path(config.data.cache_dir) / "pools" / f"concepts-{_key(c.num_prompts, c.skew, c.seed)}"
+    existing = _open_matching(path, params)
+    if existing is not None:
+        return existing
+    texts, items = captions.generate_captions(c.num_prompts, c.skew, c.seed)
+    concept, color, size, position = concepts.item_attributes(items)
+    meta = {"item": items.astype(np.int32), "concept": concept.astype(np.int8), "color": color.astype(np.int8),
+            "size": size.astype(np.int8), "position": position.astype(np.int8),
+            "family": np.asarray(concepts.FAMILY_OF)[concept].astype(np.int8)}
+    try:
+        return PromptPool.write(path, texts, meta=meta, params=params)
+    except OSError:  # another process renamed the same pool into place first
+        existing = _open_matching(path, params)
+        if existing is None:
+            raise
+        return existing
+
+
+def concepts_paired(config, pool, regimes: np.ndarray):
+    """(uint8 images (M, 32, 32, 3), prompt ids (M,), items (M,), cached) of world v2's paired set."""
+    from aria.world import captions, concepts, splits
+    from aria.world.teacher import ComboPrompts
+
+    c = config.data.concepts
+    path = Path(config.data.cache_dir) / "paired" / f"concepts-{_key(pool.content_hash, c.model_dump_json())}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["images"], z["prompt_ids"], z["items"], True
+    try:
+        items = splits.paired_items(regimes, c.paired_size, c.under_images,
+                                    captions.concept_frequencies(c.skew, c.seed), c.seed)
+    except ValueError as err:
+        raise UserError(f"data.concepts: {err}") from None
+    prompts = ComboPrompts(np.asarray(pool.meta("item")), num_combos=concepts.NUM_ITEMS)
+    items = items[np.isin(items, prompts.covered)]  # an item the pool never names has no caption
+    ids = prompts.draw(items, np.random.default_rng([c.seed, 0xDA7A]))
+    images = concepts.render(items, seed=c.seed * 7919 + 0xDA7A)
+    _atomic_save_npz(path, images=images, prompt_ids=ids.astype(np.int64), items=items)
+    return images, ids.astype(np.int64), items, False
+
+
+def concepts_regimes(config) -> np.ndarray:
+    """int8 regime of every world v2 item (``aria.world.splits``), from ``data.concepts``."""
+    from aria.world import splits
+
+    c = config.data.concepts
+    try:
+        return np.asarray(splits.split_items(c.seed, c.unseen_families, c.under_concepts, c.compositional_fraction),
+                          np.int8)
+    except ValueError as err:
+        raise UserError(f"data.concepts: {err}") from None
+
+
 def _read_lines(path: Path, what: str) -> list[str]:
     if not Path(path).is_file():
         raise UserError(f"{what} {path} does not exist")
@@ -190,7 +262,8 @@ def check_inputs(config) -> None:
     """Fail fast, before any model is loaded, on data inputs that can be checked cheaply (no torch, no
     images decoded): ``files``: the paired captions and the prompts file (its pool is built into the
     cache, where ``prepare_data`` reuses it) and ``regions.k`` against the pool size; ``shapes``: the
-    world's sizes (``num_prompts``, ``paired_size``) and ``regions.k`` against ``num_prompts``."""
+    world's sizes (``num_prompts``, ``paired_size``) and ``regions.k`` against ``num_prompts``;
+    ``concepts``: the same of world v2."""
     rc = config.regions
     if config.data.source == "shapes":
         from aria.world import regimes as R
@@ -199,6 +272,18 @@ def check_inputs(config) -> None:
         if rc.method == "kmeans" and rc.k > config.data.world.num_prompts:
             raise UserError(f"regions.k={rc.k} exceeds the number of prompts "
                             f"(data.world.num_prompts={config.data.world.num_prompts})")
+        return
+    if config.data.source == "concepts":
+        from aria.world import captions, splits
+
+        c = config.data.concepts
+        try:  # split and paired-set sizes (milliseconds)
+            splits.paired_items(concepts_regimes(config), c.paired_size, c.under_images,
+                                captions.concept_frequencies(c.skew, c.seed), c.seed)
+        except ValueError as err:
+            raise UserError(f"data.concepts: {err}") from None
+        if rc.method == "kmeans" and rc.k > c.num_prompts:
+            raise UserError(f"regions.k={rc.k} exceeds the number of prompts (data.concepts.num_prompts={c.num_prompts})")
         return
     with cache_write_errors(config):
         pool, _ = files_pool(config, paired_captions(config))
@@ -377,16 +462,28 @@ def _prepare(config, device):
     stats: dict = {"source": config.data.source, "cache_dir": str(config.data.cache_dir)}
     encoder = build_encoder(config.encoder, device)
     stats["encoder"] = encoder.identity
-    regimes = combos = regime_of_prompt = None
+    regimes = combos = regime_of_prompt = world = None
     if config.data.source == "shapes":
         from aria.world import regimes as R
+        from aria.world.worlds import WORLDS
 
+        world = WORLDS["shapes"]
         pool = world_pool(config)
         regimes = np.asarray(R.split_regimes(config.data.world), np.int8)
         t = time.time()
         images, ids, combos, stats["paired_cached"] = world_paired(config, pool, regimes)
         stats["paired_s"] = time.time() - t
         regime_of_prompt = regimes[np.asarray(pool.meta("combo"))].astype(np.int8)
+    elif config.data.source == "concepts":
+        from aria.world.worlds import WORLDS
+
+        world = WORLDS["concepts"]
+        pool = concepts_pool(config)
+        regimes = concepts_regimes(config)
+        t = time.time()
+        images, ids, combos, stats["paired_cached"] = concepts_paired(config, pool, regimes)
+        stats["paired_s"] = time.time() - t
+        regime_of_prompt = regimes[np.asarray(pool.meta("item"))].astype(np.int8)
     else:
         t = time.time()
         captions, images, stats["paired_cached"] = files_paired(config, teacher_image_size(config.teacher))
@@ -401,10 +498,11 @@ def _prepare(config, device):
                  empty_regions=int((regions.sizes == 0).sum()), paired_size=int(len(ids)),
                  total_s=time.time() - t0)
     if regime_of_prompt is not None:
-        stats["regime_prompts"] = np.bincount(regime_of_prompt, minlength=3).tolist()
-        stats["regime_paired"] = np.bincount(regime_of_prompt[ids], minlength=3).tolist()
+        names = len(world.regime_names)
+        stats["regime_prompts"] = np.bincount(regime_of_prompt, minlength=names).tolist()
+        stats["regime_paired"] = np.bincount(regime_of_prompt[ids], minlength=names).tolist()
     return DataBundle(pool=pool, region_of_prompt=regions.labels, region_offsets=regions.offsets,
                       region_members=regions.members, region_info=regions.info,
                       paired_images=_to_tensor_range(images), paired_prompt_ids=np.asarray(ids, np.int64),
                       regime_of_prompt=regime_of_prompt, encoder=encoder, regions=regions, regimes=regimes,
-                      paired_combos=combos, stats=stats)
+                      paired_combos=combos, stats=stats, world=world)

@@ -93,6 +93,8 @@ def digest_fields(config) -> dict:
     for key in ("seed", "output_dir", "logging"):
         data.pop(key)
     data["strategy"].pop("name")
+    if data["data"]["source"] != "concepts":  # the world v2 section, unused by other sources (digests made
+        data["data"].pop("concepts")  # before it existed stay valid)
     data["eval"].pop("batch_size")  # speed only
     data["distillation"].pop("step_sync")  # where a non-finite step is skipped: speed only, the same results
     if data["distillation"]["feedback_delay"] == 0:  # the default: digests made before the option stay valid
@@ -254,8 +256,9 @@ def _plan_jobs(config_path: Path, strategies: list[str], seeds: list[int], out: 
     missing = [f"{s}/seed{seed}" for s, seed in jobs] if summary_only else []
     if summary_only and len(missing) == len(strategies) * len(seeds):
         raise UserError(f"--summary-only: no evaluated run in {out}/runs")
-    return _Plan(config_path, out, strategies, seeds, overrides, summary_only, started, configs, digest, card,
-                 num_gpus, parallel, env, [] if summary_only else jobs, missing)
+    return _Plan(config_path=config_path, out=out, strategies=strategies, seeds=seeds, overrides=overrides,
+                 summary_only=summary_only, started=started, configs=configs, digest=digest, card=card,
+                 num_gpus=num_gpus, parallel=parallel, env=env, jobs=[] if summary_only else jobs, missing=missing)
 
 
 def _check_names(strategies: list[str]) -> None:
@@ -336,11 +339,13 @@ def _collect_runs(plan: _Plan) -> _Found:
 def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
     """Summarise the runs, draw the plots and write results.json and results.md; return the results."""
     strategies, seeds, evals, out = plan.strategies, plan.seeds, found.evals, plan.out
+    card = " + ".join(sorted(found.cards)) or plan.card  # where the runs trained (a summary may be made elsewhere)
+    last_eval = _dt.datetime.fromtimestamp(found.finished, _dt.timezone.utc)  # the results' date
     results = {
         "format": "aria-compare/1",
         "command": command,
-        "card": " + ".join(sorted(found.cards)) or plan.card,  # where the runs trained (a summary may be made elsewhere)
-        "date": _dt.datetime.fromtimestamp(found.finished, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # last eval
+        "card": card,
+        "date": last_eval.strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": None if plan.summary_only else time.perf_counter() - plan.started,
         "run_wall_time_s": found.wall,
         "steps": plan.configs[strategies[0]].distillation.steps,

@@ -25,9 +25,10 @@ import torch
 from aria.errors import UserError
 from aria.files import discard, json_text
 from aria.experiment import report
-from aria.training.probe import combos_of_pool, build_probe_set, probe_predictions, sample_prompt_ids
+from aria.training.probe import build_probe_set, condition_discrepancy, items_of_pool, probe_predictions, \
+    sample_prompt_ids, world_of
 
-GROUPS = report.REGIME_NAMES  # regime r -> name; "all" is added to every result
+GROUPS = report.REGIME_NAMES  # regime r -> name; families ("family:<name>") and "all" are added
 
 
 # -- model passes ---------------------------------------------------------------------------------
@@ -68,7 +69,9 @@ def teacher_reference(teacher_unet, probe, sample_noise, ctx, alphas, args: dict
 
 
 def _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args: dict) -> dict:
+    uncond = ctx["uncond"].expand(len(probe.prompt_ids), *ctx["uncond"].shape[1:])
     return {"probe_eps": probe_predictions(teacher_unet, probe, ctx["probe"], alphas, args["batch"]),
+            "probe_eps_uncond": probe_predictions(teacher_unet, probe, uncond, alphas, args["batch"]),
             "samples": ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
                                     args["guidance"], args["scheduler"], args["batch"])}
 
@@ -83,11 +86,15 @@ def weights_digest(module) -> str:
 
 # -- metrics --------------------------------------------------------------------------------------
 
-def _groups(regimes: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
-    """name -> boolean mask over n items: every regime present, then ``all``."""
+def _groups(regimes: np.ndarray | None, n: int, families: np.ndarray | None = None,
+            family_names=()) -> dict[str, np.ndarray]:
+    """name -> boolean mask over n items: every regime present, every family present
+    (``family:<name>``), then ``all``."""
     out = {}
     if regimes is not None:
         out = {GROUPS[r]: regimes == r for r in range(len(GROUPS)) if (regimes == r).any()}
+    if families is not None:
+        out.update({f"family:{name}": families == f for f, name in enumerate(family_names) if (families == f).any()})
     out["all"] = np.ones(n, dtype=bool)
     return out
 
@@ -112,11 +119,10 @@ def judge_readings(judge, pixels: np.ndarray) -> dict:
     return {"pred": judge.predict(images), "features": np.asarray(judge.features(images))}
 
 
-def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.ndarray) -> dict:
+def judge_metrics(world, items: np.ndarray, student: dict, teacher: dict, mask: np.ndarray) -> dict:
     """Accuracy (all attributes right) of student and teacher, agreement and KID on ``mask``."""
-    from aria.world.shapes import ATTRIBUTES, combo_attributes
-
-    truth = dict(zip(ATTRIBUTES, combo_attributes(combos[mask])))
+    ATTRIBUTES = world.attributes
+    truth = dict(zip(ATTRIBUTES, world.attributes_of(items[mask])))
     s_pred = {a: np.asarray(student["pred"][a])[mask] for a in ATTRIBUTES}
     t_pred = {a: np.asarray(teacher["pred"][a])[mask] for a in ATTRIBUTES}
     s_ok = np.all([s_pred[a] == truth[a] for a in ATTRIBUTES], axis=0)
@@ -130,9 +136,10 @@ def judge_metrics(combos: np.ndarray, student: dict, teacher: dict, mask: np.nda
     return out
 
 
-def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray) -> dict:
+def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray, cond: np.ndarray) -> dict:
     """Per region: probe discrepancy (raw, and divided by each timestep's all-probe mean, as aria's
-    tracker normalises), probes, pool size, main regime and the fraction of its prompts per regime."""
+    tracker normalises), condition-specific discrepancy, probes, pool size, main regime and the
+    fraction of its prompts per regime."""
     k = len(bundle.region_info.sizes)
     reg = np.asarray(bundle.region_of_prompt)[probe_ids]
     counts = np.bincount(reg, minlength=k)
@@ -145,7 +152,9 @@ def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray) -> dict:
         np.add.at(cells, (np.asarray(bundle.region_of_prompt), np.asarray(bundle.regime_of_prompt)), 1)
         main = [int(np.argmax(c)) if c.sum() else None for c in cells]
         fractions = (cells / np.maximum(cells.sum(1, keepdims=True), 1)).tolist()
+    cond_sums = np.bincount(reg, weights=cond.mean(1), minlength=k)
     return {"discrepancy": [float(s / c) if c else None for s, c in zip(sums, counts)],
+            "cond_discrepancy": [float(s / c) if c else None for s, c in zip(cond_sums, counts)],
             "normalised": [float(s / c) if c else None for s, c in zip(norm, counts)],
             "probes": counts.tolist(), "size": np.asarray(bundle.region_info.sizes).tolist(), "regime": main,
             "regime_fractions": fractions}
@@ -211,10 +220,13 @@ def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
         from aria.data.bundle import prepare_data
 
         bundle = prepare_data(config, device=None)
-    if judge is None and combos_of_pool(bundle) is not None:
+    world = world_of(bundle)
+    if judge is None and world is not None:
         from aria.world.judge import Judge
 
-        judge = Judge.load(device=device)
+        if not (world.judge_dir / "judge.json").is_file():
+            raise UserError(f"the {world.name} world's judge is missing at {world.judge_dir}")
+        judge = Judge.load(world.judge_dir, device=device)
     return teacher, bundle, judge
 
 
@@ -253,8 +265,11 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
     args = {"steps": ecfg.sample_steps, "guidance": config.teacher.guidance_scale, "batch": ecfg.batch_size,
             "scheduler": {k: v for k, v in teacher.scheduler_config.items() if not k.startswith("_")}}
     ref = teacher_reference(teacher.unet, probe, noise, ctx, alphas, args, reference)
-    disc = ((probe_predictions(student, probe, ctx["probe"], alphas, ecfg.batch_size) - ref["probe_eps"]) ** 2
-            ).mean(axis=(2, 3, 4))  # (N, J)
+    s_eps = probe_predictions(student, probe, ctx["probe"], alphas, ecfg.batch_size)
+    s_uncond = probe_predictions(student, probe, ctx["uncond"].expand(len(probe.prompt_ids), *ctx["uncond"].shape[1:]),
+                                 alphas, ecfg.batch_size)
+    disc = ((s_eps - ref["probe_eps"]) ** 2).mean(axis=(2, 3, 4))  # (N, J)
+    cond = condition_discrepancy(s_eps, s_uncond, ref["probe_eps"], ref["probe_eps_uncond"])  # (N, J)
     s_px = decode(ddim_samples(student, ctx["sample"], ctx["uncond"], noise, ecfg.sample_steps,
                                args["guidance"], args["scheduler"], ecfg.batch_size))
     result = {
@@ -265,28 +280,35 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
                   "timesteps": probe.timesteps.tolist(), "sample_prompts": len(ids),
                   "sample_steps": ecfg.sample_steps, "guidance_scale": args["guidance"]},
     }
-    result.update(score(bundle, judge, probe.prompt_ids, disc, ids, s_px, decode(ref["samples"])))
-    result["regions"] = region_table(bundle, probe.prompt_ids, disc)
+    result.update(score(bundle, judge, probe.prompt_ids, disc, cond, ids, s_px, decode(ref["samples"])))
+    result["regions"] = region_table(bundle, probe.prompt_ids, disc, cond)
     return result
 
 
-def score(bundle, judge, probe_ids, disc, sample_ids, student_px, teacher_px) -> dict:
-    """Per group (each regime, ``all``): probe discrepancy, pixel MSE and, in the world, judge metrics."""
-    combos = combos_of_pool(bundle)
+def score(bundle, judge, probe_ids, disc, cond, sample_ids, student_px, teacher_px) -> dict:
+    """Per group (each regime, each concept family, ``all``): probe discrepancy, condition-specific
+    discrepancy, pixel MSE and, in a world, judge metrics."""
+    world, combos = world_of(bundle), items_of_pool(bundle)
     if combos is not None:
         s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)
     regimes = bundle.regime_of_prompt
-    p_groups = _groups(None if regimes is None else regimes[probe_ids], len(probe_ids))
-    s_groups = _groups(None if regimes is None else regimes[sample_ids], len(sample_ids))
+    families = None if world is None else world.family_of(combos)
+    names = () if world is None else world.family_names
+
+    def groups(ids):
+        return _groups(None if regimes is None else regimes[ids], len(ids),
+                       None if families is None else families[ids], names)
+
+    p_groups, s_groups = groups(probe_ids), groups(sample_ids)
     out = {"metrics": {}, "counts": {}, "attributes": {}, "by_timestep": {}}
     for g, pm in p_groups.items():
-        m = {"discrepancy": float(disc[pm].mean())}
+        m = {"discrepancy": float(disc[pm].mean()), "cond_discrepancy": float(cond[pm].mean())}
         out["by_timestep"][g] = disc[pm].mean(0).tolist()
         sm = s_groups.get(g, np.zeros(len(sample_ids), bool))
         if sm.any():
             m["pixel_mse"] = float(((student_px[sm] - teacher_px[sm]) ** 2).mean())
             if combos is not None:
-                jm = judge_metrics(combos[sample_ids], s_read, t_read, sm)
+                jm = judge_metrics(world, combos[sample_ids], s_read, t_read, sm)
                 out["attributes"][g] = jm.pop("attributes")
                 m.update(jm)
         out["metrics"][g] = m

@@ -13,10 +13,12 @@ import numpy as np
 
 from aria.errors import UserError
 from aria.experiment.stats import mean_ci, paired_ratios
-from aria.world.regimes import REGIME_NAMES
-REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "all": "#777777", None: "#bbbbbb"}
+from aria.world.worlds import REGIME_NAMES
+REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833", "all": "#777777",
+                 None: "#bbbbbb"}
 METRICS = {  # name -> (label, higher is better)
     "discrepancy": ("probe discrepancy", False),
+    "cond_discrepancy": ("condition-specific discrepancy", False),
     "judge_accuracy": ("judge accuracy", True),
     "teacher_accuracy": ("teacher judge accuracy", True),
     "accuracy_gap": ("accuracy gap to teacher", False),

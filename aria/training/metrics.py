@@ -204,6 +204,7 @@ def run_summary(records: list[dict], wall_s: float, skipped: int) -> list[list]:
 
 
 def regime_table(result: dict) -> str:
-    rows = [[name, v["discrepancy"], v["probes"]] for name, v in result.items()]
-    return format_table(["regime", "probe discrepancy", "probes"], rows,
-                        title="Student vs teacher on the probe set (mean over pixels of (eps_S - eps_T)^2)")
+    rows = [[name, v["discrepancy"], v["cond_discrepancy"], v["probes"]] for name, v in result.items()]
+    return format_table(["regime", "probe discrepancy", "condition-specific", "probes"], rows,
+                        title="Student vs teacher on the probe set (mean over pixels of (eps_S - eps_T)^2; "
+                              "condition-specific: of the differences to the empty prompt)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aria.world.regimes import REGIME_NAMES
+from aria.world.worlds import REGIME_NAMES
 
 
 # -- probe set and sample prompts ---------------------------------------------------------------
@@ -52,13 +52,13 @@ class ProbeSet:
 
 
 def probe_images(bundle, prompt_ids: np.ndarray, seed: int) -> np.ndarray:
-    """Images for the probe prompts: the world renders each prompt's combination; other data
-    sources use paired images drawn with ``seed`` (as switched conditions pair them)."""
-    combos = combos_of_pool(bundle)
-    if combos is not None:
-        from aria.world.shapes import render, to_tensor_range
+    """Images for the probe prompts: a world renders each prompt's item; other data sources use
+    paired images drawn with ``seed`` (as switched conditions pair them)."""
+    items = items_of_pool(bundle)
+    if items is not None:
+        from aria.world.shapes import to_tensor_range
 
-        return to_tensor_range(render(combos[prompt_ids], seed=seed))
+        return to_tensor_range(world_of(bundle).render(items[prompt_ids], seed=seed))
     rng = np.random.default_rng([seed, 11])
     return np.asarray(bundle.paired_images[rng.integers(len(bundle.paired_images), size=len(prompt_ids))],
                       dtype=np.float32)
@@ -100,12 +100,28 @@ def probe_predictions(unet, probe: ProbeSet, context: torch.Tensor, alphas_cumpr
     return out
 
 
-def combos_of_pool(bundle):
-    """The world combination of every pool prompt, or None for a pool without one."""
-    try:
-        return np.asarray(bundle.pool.meta("combo"), dtype=np.int64)
-    except (KeyError, AttributeError, ValueError):
-        return None
+def world_of(bundle):
+    """The embedded world of a bundle's pool (``aria.world.worlds.World``), or None for user files."""
+    from aria.world.worlds import world_of_pool
+
+    return getattr(bundle, "world", None) or world_of_pool(bundle.pool)
+
+
+def items_of_pool(bundle) -> np.ndarray | None:
+    """The world item of every pool prompt, or None for a pool of user prompts."""
+    world = world_of(bundle)
+    return None if world is None else np.asarray(bundle.pool.meta(world.meta_key), dtype=np.int64)
+
+
+def condition_discrepancy(student_cond, student_uncond, teacher_cond, teacher_uncond) -> np.ndarray:
+    """D_c per probe and timestep: mean over pixels of ((eps_S(c) - eps_S(0)) - (eps_T(c) - eps_T(0)))^2.
+
+    The part of the student-teacher gap that depends on the condition: a prompt-blind error (the
+    same with and without the prompt) cancels, and a student equal to the teacher scores 0.
+    Arrays (N, J, C, H, W); returns (N, J).
+    """
+    diff = (student_cond - student_uncond) - (teacher_cond - teacher_uncond)
+    return (diff.astype(np.float64) ** 2).mean(axis=(2, 3, 4))
 
 
 # -- the per-regime probe -------------------------------------------------------------------------
@@ -113,31 +129,33 @@ def combos_of_pool(bundle):
 @torch.no_grad()
 def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cumprod, encode=None,
                                 batch: int | None = None) -> dict:
-    """Mean probe discrepancy per regime (``seen``, ``under``, ``unseen``, and ``all``).
+    """Mean probe discrepancy and condition-specific discrepancy (``condition_discrepancy``) per regime.
 
-    The probe set is ``build_probe_set`` of ``eval_config`` (prompts stratified over
-    regimes and regions, rendered images, a midpoint timestep grid, fixed noise); the discrepancy of
-    a probe is the mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps. Returns
-    ``{group: {"discrepancy": float, "probes": int}}``; without regimes, only ``all``.
+    The probe set is ``build_probe_set`` of ``eval_config`` (prompts stratified over regimes and
+    regions, rendered images, a midpoint timestep grid, fixed noise); the discrepancy of a probe is
+    the mean over pixels of (eps_S - eps_T)^2, averaged over its timesteps. Returns
+    ``{group: {"discrepancy": float, "cond_discrepancy": float, "probes": int}}`` for every regime
+    present and ``all``.
     """
     num_t = len(alphas_cumprod)
     probe = build_probe_set(bundle, eval_config, num_t, encode)
     texts = list(bundle.pool.texts(probe.prompt_ids))
     context = torch.as_tensor(bundle.encoder.encode_tokens(texts))
+    uncond = torch.as_tensor(bundle.encoder.encode_tokens([""])).expand_as(context)
     batch = batch or eval_config.batch_size
     was = [m.training for m in (student, teacher)]
     student.eval(), teacher.eval()
     try:
-        disc = ((probe_predictions(student, probe, context, alphas_cumprod, batch)
-                 - probe_predictions(teacher, probe, context, alphas_cumprod, batch)) ** 2).mean(axis=(1, 2, 3, 4))
+        eps = {(who, c): probe_predictions(model, probe, ctx, alphas_cumprod, batch)
+               for who, model in (("s", student), ("t", teacher)) for c, ctx in (("c", context), ("u", uncond))}
     finally:
         student.train(was[0]), teacher.train(was[1])
-    out = {}
+    disc = ((eps["s", "c"] - eps["t", "c"]) ** 2).mean(axis=(1, 2, 3, 4))
+    cond = condition_discrepancy(eps["s", "c"], eps["s", "u"], eps["t", "c"], eps["t", "u"]).mean(axis=1)
+    groups = {}
     if bundle.regime_of_prompt is not None:
         regimes = np.asarray(bundle.regime_of_prompt)[probe.prompt_ids]
-        for r, name in enumerate(REGIME_NAMES):
-            mask = regimes == r
-            if mask.any():
-                out[name] = {"discrepancy": float(disc[mask].mean()), "probes": int(mask.sum())}
-    out["all"] = {"discrepancy": float(disc.mean()), "probes": int(disc.size)}
-    return out
+        groups = {name: regimes == r for r, name in enumerate(REGIME_NAMES) if (regimes == r).any()}
+    groups["all"] = np.ones(len(disc), dtype=bool)
+    return {name: {"discrepancy": float(disc[m].mean()), "cond_discrepancy": float(cond[m].mean()),
+                   "probes": int(m.sum())} for name, m in groups.items()}

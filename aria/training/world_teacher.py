@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -98,23 +99,49 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
     Stops after ``steps`` or ``time_limit_s`` seconds of training, whichever comes first. The judged
     evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``).
     """
-    from aria.data.bundle import world_pool
-    from aria.data.encoders import build_encoder, resolve_device
-
     log = log or (lambda msg: None)
+    run = _setup(config, device, seed, steps, batch_size, lr, compile, workers, context_budget_bytes, unet_config, log)
+    done, history, wall = _train_loop(run, steps, lr, warmup, ema_decay, time_limit_s, log)
+    report = _report(run, done, history, wall, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                     unet_config=unet_config)
+    if evaluate:
+        guidance = config.teacher.guidance_scale if eval_guidance is None else eval_guidance
+        report["evaluation"] = _judged_evaluation(run, judge_path, guidance, eval_steps, seed, log)
+    return save_teacher(run.ema, out_dir, report)
+
+
+# -- the steps of ``train_teacher`` ----------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """A teacher training's data, encoder, models and optimiser, as ``_setup`` made them."""
+    device: str
+    cuda: bool
+    encoder: object
+    pool: object
+    contexts: Contexts
+    unet: torch.nn.Module
+    ema: torch.nn.Module  # the EMA of ``unet``'s weights: what is evaluated and saved
+    model: torch.nn.Module  # ``unet``, compiled or not: what the steps call
+    n_params: int
+    sched: object
+    alphas: torch.Tensor
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    feed: object  # the step batches; the training loop drops it (shutting the workers down)
+
+
+def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: float, compile: bool,
+           workers: int | None, context_budget_bytes: float | None, unet_config: dict | None, log) -> _Run:
+    """Seed; build the encoder, the pool's prompts and contexts, the UNet and its EMA, the optimiser
+    and the batch feed (``workers`` render ahead; default: up to 12 on CUDA, none on CPU)."""
+    from aria.data.encoders import resolve_device
+
     t_setup = time.time()
     device = resolve_device(device)
     torch.manual_seed(seed)
     cuda = device.startswith("cuda")
-    encoder = build_encoder(config.encoder, device)
-    pool = world_pool(config)
-    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
-    if len(prompts.covered) < shapes.NUM_COMBOS:
-        from aria.errors import UserError
-
-        raise UserError(f"the world pool covers {len(prompts.covered)} of {shapes.NUM_COMBOS} combinations: "
-                        "raise data.world.num_prompts")
-    contexts = Contexts(encoder, pool, context_budget_bytes)
+    encoder, pool, prompts, contexts = _data(config, device, context_budget_bytes)
     unet = build_unet(**(unet_config or {})).to(device).train()
     ema = build_unet(**(unet_config or {})).to(device).eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
@@ -126,10 +153,35 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
     if workers is None:
         workers = min(12, (os.cpu_count() or 2) - 2) if cuda else 0
     feed = _feed(_StepBatches(seed, batch_size, prompts, steps), max(0, workers))
-    params, ema_params = list(unet.parameters()), list(ema.parameters())
     gen = torch.Generator(device=device).manual_seed(seed)
     log(f"teacher: {n_params / 1e6:.2f} M parameters, device {device}, pool {len(pool)} prompts, "
         f"contexts {'precomputed' if contexts.table is not None else 'per batch'}, setup {time.time() - t_setup:.1f}s")
+    return _Run(device=device, cuda=cuda, encoder=encoder, pool=pool, contexts=contexts, unet=unet, ema=ema,
+                model=model, n_params=n_params, sched=sched, alphas=alphas, opt=opt, gen=gen, feed=feed)
+
+
+def _data(config, device: str, context_budget_bytes: float | None):
+    """The encoder, the world pool, its prompts by combination (every one must be covered) and contexts."""
+    from aria.data.bundle import world_pool
+    from aria.data.encoders import build_encoder
+
+    encoder = build_encoder(config.encoder, device)
+    pool = world_pool(config)
+    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
+    if len(prompts.covered) < shapes.NUM_COMBOS:
+        from aria.errors import UserError
+
+        raise UserError(f"the world pool covers {len(prompts.covered)} of {shapes.NUM_COMBOS} combinations: "
+                        "raise data.world.num_prompts")
+    return encoder, pool, prompts, Contexts(encoder, pool, context_budget_bytes)
+
+
+def _train_loop(run: _Run, steps: int, lr: float, warmup: int, ema_decay: float, time_limit_s: float | None,
+                log) -> tuple[int, list[dict], float]:
+    """Train until ``steps`` or ``time_limit_s``; log the mean loss every 200 steps. Returns the steps
+    made, the loss history and the training wall time (s)."""
+    device, sched, alphas, opt, gen = run.device, run.sched, run.alphas, run.opt, run.gen
+    params, ema_params = list(run.unet.parameters()), list(run.ema.parameters())
     losses, history, t0, step = [], [], time.time(), 0
     try:
         while step < steps:
@@ -139,15 +191,15 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
             progress = max(step / steps, elapsed / time_limit_s if time_limit_s else 0.0)
             for g in opt.param_groups:
                 g["lr"] = lr * _lr_factor(progress, step, warmup)
-            x0, ids, drop = next(feed)
+            x0, ids, drop = next(run.feed)
             x0 = x0.to(device, non_blocking=True)
-            ctx = contexts(ids.numpy(), drop.numpy())
+            ctx = run.contexts(ids.numpy(), drop.numpy())
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen, device=device)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                pred = model(xt, t, encoder_hidden_states=ctx.float()).sample
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.cuda):
+                pred = run.model(xt, t, encoder_hidden_states=ctx.float()).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,26 +216,34 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
                 history.append({"step": step, "loss": mean, "time_s": round(time.time() - t0, 1)})
                 log(f"step {step} loss {mean:.4f} {step / (time.time() - t0):.1f} it/s")
     finally:
-        del feed  # shuts the workers down
+        run.feed = None  # shuts the workers down
     if losses:
         history.append({"step": step, "loss": float(torch.stack(losses).mean()), "time_s": round(time.time() - t0, 1)})
-    wall = time.time() - t0
-    report = {"steps": step, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "seed": seed,
-              "train_wall_s": round(wall, 1), "steps_per_s": round(step / max(wall, 1e-9), 2),
-              "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-              "parameters": n_params, "encoder": encoder.identity, "pool_hash": pool.content_hash,
-              "pool_size": len(pool), "context_tokens": encoder.max_length, "unet_config": {**UNET_CONFIG, **(unet_config or {})}, "scheduler_config": SCHEDULER_CONFIG,
-              "history": history}
-    if evaluate:
-        from aria.world.judge import Judge
+    return step, history, time.time() - t0
 
-        t1 = time.time()
-        report["evaluation"] = evaluate_teacher(ema, pool, encoder, Judge.load(judge_path),
-                                                guidance=config.teacher.guidance_scale if eval_guidance is None
-                                                else eval_guidance, steps=eval_steps, seed=seed)
-        report["evaluation"]["wall_s"] = round(time.time() - t1, 1)
-        log(f"judged fully correct: {report['evaluation']['accuracy']:.3f}")
-    return save_teacher(ema, out_dir, report)
+
+def _report(run: _Run, steps: int, history: list[dict], wall: float, *, batch_size: int, lr: float,
+            ema_decay: float, seed: int, unet_config: dict | None) -> dict:
+    """training.json's content: settings, speed, device, model, encoder, pool and loss history."""
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "seed": seed,
+            "train_wall_s": round(wall, 1), "steps_per_s": round(steps / max(wall, 1e-9), 2),
+            "device": torch.cuda.get_device_name(run.device) if run.cuda else platform.processor() or "cpu",
+            "parameters": run.n_params, "encoder": run.encoder.identity, "pool_hash": run.pool.content_hash,
+            "pool_size": len(run.pool), "context_tokens": run.encoder.max_length,
+            "unet_config": {**UNET_CONFIG, **(unet_config or {})}, "scheduler_config": SCHEDULER_CONFIG,
+            "history": history}
+
+
+def _judged_evaluation(run: _Run, judge_path: Path | None, guidance: float, steps: int, seed: int, log) -> dict:
+    """``evaluate_teacher`` of the EMA weights with the judge at ``judge_path``, timed and logged."""
+    from aria.world.judge import Judge
+
+    t1 = time.time()
+    evaluation = evaluate_teacher(run.ema, run.pool, run.encoder, Judge.load(judge_path), guidance=guidance,
+                                  steps=steps, seed=seed)
+    evaluation["wall_s"] = round(time.time() - t1, 1)
+    log(f"judged fully correct: {evaluation['accuracy']:.3f}")
+    return evaluation
 
 
 def save_teacher(unet, out_dir: Path, report: dict) -> dict:

@@ -26,6 +26,7 @@ same bytes.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,6 +46,8 @@ class _Part:
     cut: bool = False
     outline: bool = False
 
+
+# primitives in the glyph's unit frame ([-1, 1]^2, y up; angles in degrees counter-clockwise from +x)
 
 def _rot(deg):
     return float(np.cos(np.deg2rad(deg))), float(np.sin(np.deg2rad(deg)))
@@ -132,7 +135,9 @@ def _saw():
 
 def _snake():
     t = np.linspace(-0.8, 0.62, 14)
-    return (line(*zip(0.42 * np.sin(2.1 * np.pi * (t + 0.1)), t), w=0.13), ell(0.42 * np.sin(2.1 * np.pi * 0.72), 0.72, 0.2, 0.15))
+    head = 0.42 * np.sin(2.1 * np.pi * 0.72)
+    return (line(*zip(0.42 * np.sin(2.1 * np.pi * (t + 0.1)), t), w=0.13), ell(head, 0.72, 0.2, 0.15),
+            cut(disc(head - 0.07, 0.76, 0.04)))
 
 
 def _snowflake():
@@ -140,9 +145,8 @@ def _snowflake():
     for deg in range(90, 450, 60):
         c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
         for side in (-1, 1):
-            bx, by = 0.55 * c, 0.55 * s
-            tx, ty = 0.8 * c - side * 0.25 * s, 0.8 * s + side * 0.25 * c
-            parts += (line((bx, by), (tx, ty), w=0.06),)
+            tip = (0.8 * c - side * 0.25 * s, 0.8 * s + side * 0.25 * c)
+            parts += (line((0.55 * c, 0.55 * s), tip, w=0.06),)
     return parts
 
 
@@ -151,23 +155,23 @@ def _spider():
     for knee, foot in (((0.45, 0.55), (0.8, 0.85)), ((0.55, 0.3), (0.95, 0.35)),
                        ((0.55, -0.1), (0.95, -0.45)), ((0.4, -0.4), (0.65, -0.9))):
         legs += _both(line((0.08, 0.0), knee, foot))
-    return (disc(0, -0.18, 0.27), disc(0, 0.2, 0.15)) + legs
+    return (disc(0, -0.18, 0.27), disc(0, 0.2, 0.15)) + legs + _both(line((0.02, 0.3), (0.15, 0.45)))
 
 
 def _caterpillar():
     parts = ()
     for i in range(7):
-        x = -0.62 + 0.24 * i
-        y = -0.1 + 0.14 * np.sin(1.3 * i)
+        x, y = -0.62 + 0.24 * i, -0.1 + 0.14 * np.sin(1.3 * i)
         parts += (disc(x, y, 0.13), line((x, y - 0.1), (x + 0.02, y - 0.3)))
     return parts + (disc(-0.78, 0.05, 0.19), line((-0.82, 0.2), (-0.92, 0.5)), line((-0.72, 0.22), (-0.62, 0.52)))
 
 
 def _harp():
-    xs = (-0.35, -0.05, 0.25, 0.5)
-    strings = tuple(line((x, 0.62 + 0.1 * np.sin(3 * x)), (x, -0.9 + (x + 0.6) * 1.125)) for x in xs)
-    return (line((-0.6, -0.9), (-0.6, 0.72), w=0.08), line((-0.6, 0.72), (-0.2, 0.52), (0.2, 0.72), (0.62, 0.5), w=0.06),
-            line((-0.6, -0.9), (0.62, 0.5), w=0.07)) + strings
+    strings = tuple(line((x, 0.62 + 0.1 * np.sin(3 * x)), (x, -0.9 + (x + 0.6) * 1.125))
+                    for x in (-0.35, -0.05, 0.25, 0.5))
+    frame = (line((-0.6, -0.9), (-0.6, 0.72), w=0.08), line((-0.6, -0.9), (0.62, 0.5), w=0.07),
+             line((-0.6, 0.72), (-0.2, 0.52), (0.2, 0.72), (0.62, 0.5), w=0.06))
+    return frame + strings
 
 
 def _xylophone():
@@ -180,8 +184,8 @@ def _accordion():
     zig = [(x, 0.42 + (0.08 if i % 2 else 0.0)) for i, x in enumerate(np.linspace(-0.5, 0.5, 9))]
     bellows = poly(*zig[::-1], *[(x, -y) for x, y in zig])
     folds = tuple(cut(line((x, -0.5), (x, 0.5))) for x in np.linspace(-0.375, 0.375, 7))
-    return (bellows,) + folds + (box(-0.72, 0, 0.2, 0.62, round_=0.05), box(0.72, 0, 0.2, 0.62, round_=0.05),
-                                 cut(disc(-0.72, 0.3, 0.07)), cut(disc(-0.72, 0.0, 0.07)), cut(disc(-0.72, -0.3, 0.07)))
+    ends = (box(-0.72, 0, 0.2, 0.62, round_=0.05), box(0.72, 0, 0.2, 0.62, round_=0.05))
+    return (bellows,) + folds + ends + tuple(cut(disc(-0.72, y, 0.07)) for y in (0.3, 0.0, -0.3))
 
 
 def _windmill():
@@ -189,162 +193,198 @@ def _windmill():
     for deg in (45, 135, 225, 315):
         c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
         blades += (box(0.58 * c, 0.3 + 0.58 * s, 0.45, 0.12, deg),)
-    return (poly((-0.38, -0.95), (0.38, -0.95), (0.2, 0.3), (-0.2, 0.3)),
-            cut(box(0, -0.82, 0.1, 0.14))) + blades + (disc(0, 0.3, 0.13),)
+    tower = poly((-0.38, -0.95), (0.38, -0.95), (0.2, 0.3), (-0.2, 0.3))
+    return (tower, cut(box(0, -0.82, 0.1, 0.14))) + blades + (disc(0, 0.3, 0.13),)
 
 
-# (parts, texture): texture None or (kind, period_px) with kind in _TEXTURES
+def _glyph(*parts, texture=None):
+    """A glyph: its parts, drawn in order, and an optional texture (kind in ``_TEXTURES``, period in px)."""
+    flat = ()
+    for part in parts:
+        flat += part if isinstance(part, tuple) else (part,)
+    return flat, texture
+
+
 _GLYPHS = {
     # fruit: round filled bodies with small stems and leaves
-    "apple": ((disc(-0.27, -0.12, 0.6), disc(0.27, -0.12, 0.6), disc(0, -0.35, 0.55),
-               line((0, 0.35), (0.1, 0.85), w=0.07), ell(0.4, 0.72, 0.26, 0.11, 25)), None),
-    "pear": ((disc(0, -0.42, 0.52), disc(0, 0.2, 0.32), poly((-0.3, 0.22), (0.3, 0.22), (0.5, -0.32), (-0.5, -0.32)),
-              line((0, 0.48), (0.08, 0.88), w=0.07), ell(0.3, 0.72, 0.22, 0.09, 30)), None),
-    "cherry": ((disc(-0.42, -0.52, 0.34), disc(0.42, -0.6, 0.34), line((-0.42, -0.25), (-0.1, 0.3), (0.15, 0.75), w=0.06),
-                line((0.42, -0.3), (0.3, 0.3), (0.15, 0.75), w=0.06), ell(0.45, 0.78, 0.3, 0.12, -15)), None),
-    "banana": ((arc(0, 0.85, 1.18, 212, 328, w=0.22), line((0.98, 0.22), (1.05, 0.42), w=0.07),
-                disc(-0.99, 0.23, 0.08)), None),
-    "grapes": (tuple(disc(x, y, 0.22) for x, y in ((-0.46, 0.3), (0, 0.3), (0.46, 0.3), (-0.23, -0.08), (0.23, -0.08),
-                                                  (0, -0.46))) + (line((0, 0.5), (0.05, 0.92), w=0.06),
-                                                                 ell(-0.32, 0.72, 0.26, 0.1, 20)), None),
-    "lemon": ((ell(0, 0, 0.72, 0.5, 15), ell(0.78, 0.21, 0.16, 0.1, 15), ell(-0.78, -0.21, 0.16, 0.1, 15)), None),
-    "strawberry": ((poly((-0.72, 0.32), (0.72, 0.32), (0.12, -0.86), (-0.12, -0.86)), disc(-0.38, 0.22, 0.38),
-                    disc(0.38, 0.22, 0.38), cut(ell(-0.25, -0.05, 0.05, 0.08)), cut(ell(0.25, -0.05, 0.05, 0.08)),
-                    cut(ell(0, -0.4, 0.05, 0.08)), cut(line((-0.8, 0.53), (0.8, 0.53))),
-                    poly((-0.6, 0.56), (-0.38, 0.9), (-0.16, 0.62), (0, 0.98), (0.16, 0.62), (0.38, 0.9), (0.6, 0.56))), None),
-    "watermelon": ((disc(0, 0.42, 0.98), cut(box(0, 1.0, 1.2, 0.58)), cut(arc(0, 0.42, 0.76, 185, 355)),
-                    cut(ell(-0.38, 0.05, 0.06, 0.1, -20)), cut(ell(0, -0.12, 0.06, 0.1)), cut(ell(0.38, 0.05, 0.06, 0.1, 20))),
-                   None),
+    "apple": _glyph(disc(-0.27, -0.12, 0.6), disc(0.27, -0.12, 0.6), disc(0, -0.35, 0.55),
+                    line((0, 0.35), (0.1, 0.85), w=0.07), ell(0.4, 0.72, 0.26, 0.11, 25)),
+    "pear": _glyph(disc(0, -0.42, 0.52), disc(0, 0.2, 0.32),
+                   poly((-0.3, 0.22), (0.3, 0.22), (0.5, -0.32), (-0.5, -0.32)),
+                   line((0, 0.48), (0.08, 0.88), w=0.07), ell(0.3, 0.72, 0.22, 0.09, 30)),
+    "cherry": _glyph(disc(-0.42, -0.52, 0.34), disc(0.42, -0.6, 0.34),
+                     line((-0.42, -0.25), (-0.1, 0.3), (0.15, 0.75), w=0.06),
+                     line((0.42, -0.3), (0.3, 0.3), (0.15, 0.75), w=0.06), ell(0.45, 0.78, 0.3, 0.12, -15)),
+    "banana": _glyph(arc(0, 0.85, 1.18, 212, 328, w=0.22), line((0.96, 0.2), (0.98, 0.36), w=0.07),
+                     disc(-0.99, 0.23, 0.08)),
+    "grapes": _glyph(tuple(disc(x, y, 0.22) for x, y in ((-0.46, 0.3), (0, 0.3), (0.46, 0.3), (-0.23, -0.08),
+                                                         (0.23, -0.08), (0, -0.46))),
+                     line((0, 0.5), (0.05, 0.92), w=0.06), ell(-0.32, 0.72, 0.26, 0.1, 20)),
+    "lemon": _glyph(ell(0, 0, 0.72, 0.5, 15), ell(0.78, 0.21, 0.16, 0.1, 15), ell(-0.78, -0.21, 0.16, 0.1, 15)),
+    "strawberry": _glyph(poly((-0.72, 0.32), (0.72, 0.32), (0.12, -0.86), (-0.12, -0.86)),
+                         disc(-0.38, 0.22, 0.38), disc(0.38, 0.22, 0.38),
+                         tuple(cut(ell(x, y, 0.05, 0.08)) for x, y in ((-0.25, -0.05), (0.25, -0.05), (0, -0.4))),
+                         cut(line((-0.8, 0.53), (0.8, 0.53))),
+                         poly((-0.6, 0.56), (-0.38, 0.9), (-0.16, 0.62), (0, 0.98), (0.16, 0.62), (0.38, 0.9),
+                              (0.6, 0.56))),
+    "watermelon": _glyph(disc(0, 0.42, 0.98), cut(box(0, 1.0, 1.2, 0.58)), cut(arc(0, 0.42, 0.76, 185, 355)),
+                         cut(ell(-0.38, 0.05, 0.06, 0.1, -20)), cut(ell(0, -0.12, 0.06, 0.1)),
+                         cut(ell(0.38, 0.05, 0.06, 0.1, 20))),
     # tools: thick bars and plates
-    "hammer": ((line((0, -0.95), (0, 0.45), w=0.12), box(-0.25, 0.62, 0.45, 0.22),
-                poly((0.2, 0.84), (0.88, 0.72), (0.88, 0.58), (0.2, 0.4))), None),
-    "key": ((ring(-0.55, 0, 0.3, w=0.13), line((-0.25, 0), (0.95, 0), w=0.1), box(0.58, -0.2, 0.07, 0.17),
-             box(0.86, -0.22, 0.09, 0.2)), None),
-    "scissors": ((ring(-0.38, -0.62, 0.24, w=0.09), ring(0.38, -0.62, 0.24, w=0.09),
-                  line((-0.25, -0.4), (0.48, 0.95), w=0.1), line((0.25, -0.4), (-0.48, 0.95), w=0.1)), None),
-    "wrench": ((line((-0.55, -0.55), (0.35, 0.35), w=0.13), disc(0.5, 0.5, 0.38), cut(box(0.72, 0.72, 0.34, 0.13, 45)),
-                ring(-0.66, -0.66, 0.2, w=0.1)), None),
-    "saw": ((_saw(), box(0.7, 0.05, 0.25, 0.4, round_=0.1), cut(box(0.7, 0.05, 0.1, 0.2))), None),
-    "screwdriver": ((box(-0.55, 0, 0.4, 0.22, round_=0.12), line((-0.15, 0), (0.82, 0), w=0.06), box(0.87, 0, 0.07, 0.1)),
-                    None),
-    "axe": ((line((0.32, -0.95), (0.02, 0.92), w=0.09), poly((0.02, 0.8), (0.04, 0.44), (-0.58, 0.2), (-0.9, 0.6), (-0.62, 1.0)),
-             box(0.14, 0.63, 0.12, 0.15, -9)), None),
-    "shovel": ((line((0, 0.75), (0, -0.15), w=0.08), line((0, 0.72), (-0.25, 0.86), (0.25, 0.86), (0, 0.72), w=0.07),
-                poly((-0.38, -0.1), (0.38, -0.1), (0.38, -0.6), (0, -0.98), (-0.38, -0.6))), None),
+    "hammer": _glyph(line((0, -0.95), (0, 0.45), w=0.12), box(-0.25, 0.62, 0.45, 0.22),
+                     poly((0.2, 0.84), (0.88, 0.72), (0.88, 0.58), (0.2, 0.4))),
+    "key": _glyph(ring(-0.55, 0, 0.3, w=0.13), line((-0.25, 0), (0.95, 0), w=0.1), box(0.58, -0.2, 0.07, 0.17),
+                  box(0.86, -0.22, 0.09, 0.2)),
+    "scissors": _glyph(ring(-0.38, -0.62, 0.24, w=0.09), ring(0.38, -0.62, 0.24, w=0.09),
+                       line((-0.25, -0.4), (0.48, 0.95), w=0.1), line((0.25, -0.4), (-0.48, 0.95), w=0.1)),
+    "wrench": _glyph(line((-0.55, -0.55), (0.35, 0.35), w=0.13), disc(0.5, 0.5, 0.38),
+                     cut(box(0.72, 0.72, 0.34, 0.13, 45)), ring(-0.66, -0.66, 0.2, w=0.1)),
+    "saw": _glyph(_saw(), box(0.7, 0.05, 0.25, 0.4, round_=0.1), cut(box(0.7, 0.05, 0.1, 0.2))),
+    "screwdriver": _glyph(box(-0.55, 0, 0.4, 0.22, round_=0.12), line((-0.15, 0), (0.82, 0), w=0.06),
+                          box(0.87, 0, 0.07, 0.1)),
+    "axe": _glyph(line((0.32, -0.95), (0.02, 0.92), w=0.09), poly((0.06, 0.78), (0.06, 0.5), (-0.5, 0.3), (-0.5, 0.98)),
+                  ell(-0.55, 0.64, 0.2, 0.38), box(0.15, 0.64, 0.12, 0.14)),
+    "shovel": _glyph(line((0, 0.75), (0, -0.15), w=0.08),
+                     line((0, 0.72), (-0.25, 0.86), (0.25, 0.86), (0, 0.72), w=0.07),
+                     poly((-0.38, -0.1), (0.38, -0.1), (0.38, -0.6), (0, -0.98), (-0.38, -0.6))),
     # animals: filled silhouettes, eyes cut out
-    "cat": ((disc(0, -0.1, 0.62), poly((-0.6, 0.15), (-0.55, 0.88), (-0.12, 0.45)), poly((0.6, 0.15), (0.55, 0.88), (0.12, 0.45)),
-             cut(ell(-0.25, -0.02, 0.09, 0.13)), cut(ell(0.25, -0.02, 0.09, 0.13)), cut(poly((-0.08, -0.28), (0.08, -0.28),
-                                                                                              (0, -0.38)))), None),
-    "fish": ((ell(-0.15, 0, 0.62, 0.4), poly((0.35, 0), (0.95, 0.45), (0.95, -0.45)), poly((-0.35, 0.3), (0.05, 0.62), (0.12, 0.3)),
-              cut(disc(-0.5, 0.1, 0.08)), cut(arc(-0.32, 0, 0.36, -60, 60))), None),
-    "bird": ((ell(0.05, -0.1, 0.5, 0.34, -12), disc(-0.45, 0.3, 0.26), poly((-0.66, 0.4), (-0.98, 0.3), (-0.66, 0.2)),
-              poly((0.42, -0.02), (0.98, 0.22), (0.95, -0.08), (0.48, -0.3)), line((0, -0.42), (-0.05, -0.82), w=0.04),
-              line((0.2, -0.42), (0.17, -0.82), w=0.04), cut(disc(-0.5, 0.35, 0.06)),
-              cut(arc(0.08, 0.05, 0.3, 200, 320))), None),
-    "snake": (_snake() + (cut(disc(0.42 * np.sin(2.1 * np.pi * 0.72) - 0.07, 0.76, 0.04)),), None),
-    "turtle": ((disc(0, -0.25, 0.72), cut(box(0, -0.95, 1.2, 0.55)), line((0.55, -0.32), (0.82, -0.12), w=0.1),
-                disc(0.86, -0.1, 0.16), box(-0.42, -0.48, 0.12, 0.12), box(0.4, -0.48, 0.12, 0.12),
-                poly((-0.7, -0.35), (-0.92, -0.45), (-0.7, -0.45)), cut(arc(0, -0.25, 0.42, 20, 160))), None),
-    "rabbit": ((disc(0.2, -0.5, 0.42), disc(-0.22, 0.0, 0.3), ell(-0.36, 0.6, 0.1, 0.35, 12), ell(-0.08, 0.58, 0.1, 0.35, -14),
-                disc(0.66, -0.36, 0.14), cut(disc(-0.3, 0.05, 0.06))), None),
-    "elephant": ((ell(0.22, -0.05, 0.62, 0.42), disc(-0.45, 0.2, 0.33), line((-0.72, 0.12), (-0.86, -0.25), (-0.74, -0.62), w=0.1),
-                  box(-0.12, -0.6, 0.12, 0.2), box(0.55, -0.6, 0.12, 0.2), line((0.82, 0.05), (0.93, -0.3), w=0.03),
-                  cut(outline(ell(-0.25, 0.2, 0.2, 0.3))), cut(disc(-0.55, 0.3, 0.05))), None),
-    "mouse": ((ell(0.12, -0.3, 0.58, 0.38), poly((-0.3, 0.0), (-0.92, -0.44), (-0.3, -0.66)), disc(-0.32, 0.14, 0.22),
-               disc(-0.02, 0.2, 0.22), line((0.68, -0.45), (0.95, -0.2), (0.8, 0.15), (0.95, 0.45), w=0.045),
-               cut(disc(-0.55, -0.26, 0.05))), None),
+    "cat": _glyph(disc(0, -0.1, 0.62), _both(poly((-0.6, 0.15), (-0.55, 0.88), (-0.12, 0.45)),
+                                             cut(ell(-0.25, -0.02, 0.09, 0.13))),
+                  cut(poly((-0.08, -0.28), (0.08, -0.28), (0, -0.38)))),
+    "fish": _glyph(ell(-0.15, 0, 0.62, 0.4), poly((0.35, 0), (0.95, 0.45), (0.95, -0.45)),
+                   poly((-0.35, 0.3), (0.05, 0.62), (0.12, 0.3)), cut(disc(-0.5, 0.1, 0.08)),
+                   cut(arc(-0.32, 0, 0.36, -60, 60))),
+    "bird": _glyph(ell(0.05, -0.1, 0.5, 0.34, -12), disc(-0.45, 0.3, 0.26),
+                   poly((-0.66, 0.4), (-0.98, 0.3), (-0.66, 0.2)),
+                   poly((0.42, -0.02), (0.98, 0.22), (0.95, -0.08), (0.48, -0.3)),
+                   line((0, -0.42), (-0.05, -0.82), w=0.04), line((0.2, -0.42), (0.17, -0.82), w=0.04),
+                   cut(disc(-0.5, 0.35, 0.06)),
+                   cut(arc(0.08, 0.05, 0.3, 200, 320))),
+    "snake": _glyph(_snake()),
+    "turtle": _glyph(disc(0, -0.25, 0.72), cut(box(0, -0.95, 1.2, 0.55)), line((0.55, -0.32), (0.82, -0.12), w=0.1),
+                     disc(0.86, -0.1, 0.16), box(-0.42, -0.48, 0.12, 0.12), box(0.4, -0.48, 0.12, 0.12),
+                     poly((-0.7, -0.35), (-0.92, -0.45), (-0.7, -0.45)), cut(arc(0, -0.25, 0.42, 20, 160))),
+    "rabbit": _glyph(disc(0.2, -0.5, 0.42), disc(-0.22, 0.0, 0.3), ell(-0.36, 0.6, 0.1, 0.35, 12),
+                     ell(-0.08, 0.58, 0.1, 0.35, -14), disc(0.66, -0.36, 0.14), cut(disc(-0.3, 0.05, 0.06))),
+    "elephant": _glyph(ell(0.22, -0.05, 0.62, 0.42), disc(-0.45, 0.2, 0.33),
+                       line((-0.72, 0.12), (-0.86, -0.25), (-0.74, -0.62), w=0.1),
+                       box(-0.12, -0.6, 0.12, 0.2), box(0.55, -0.6, 0.12, 0.2),
+                       line((0.82, 0.05), (0.93, -0.3), w=0.03),
+                       cut(outline(ell(-0.25, 0.2, 0.2, 0.3))), cut(disc(-0.55, 0.3, 0.05))),
+    "mouse": _glyph(ell(0.12, -0.35, 0.58, 0.36), poly((-0.3, -0.05), (-0.92, -0.48), (-0.3, -0.7)),
+                    cut(disc(-0.2, 0.18, 0.36)), disc(-0.2, 0.18, 0.28),
+                    line((0.68, -0.45), (0.95, -0.2), (0.8, 0.15), (0.95, 0.45), w=0.045),
+                    cut(disc(-0.55, -0.32, 0.05))),
     # vehicles: boxes and wheels, windows cut out
-    "car": ((box(0, -0.15, 0.92, 0.25, round_=0.1), poly((-0.5, 0.08), (-0.28, 0.5), (0.35, 0.5), (0.58, 0.08)),
-             cut(poly((-0.38, 0.15), (-0.22, 0.42), (-0.02, 0.42), (-0.02, 0.15))), cut(poly((0.06, 0.15), (0.06, 0.42),
-                                                                                          (0.3, 0.42), (0.45, 0.15))),
-             cut(disc(-0.52, -0.42, 0.3)), cut(disc(0.52, -0.42, 0.3)), disc(-0.52, -0.42, 0.22), disc(0.52, -0.42, 0.22)), None),
-    "truck": ((box(-0.3, 0.08, 0.62, 0.5), box(0.66, -0.1, 0.28, 0.32, round_=0.05), cut(box(0.74, 0.04, 0.12, 0.1)),
-               cut(line((0.33, -0.5), (0.33, 0.6))), *(cut(disc(x, -0.52, 0.26)) for x in (-0.6, -0.1, 0.66)),
-               *(disc(x, -0.52, 0.19) for x in (-0.6, -0.1, 0.66))), None),
-    "bus": ((box(0, 0.02, 0.96, 0.42, round_=0.1), *(cut(box(x, 0.16, 0.14, 0.12)) for x in (-0.66, -0.28, 0.1, 0.48)),
-             cut(box(0.8, -0.05, 0.08, 0.25)), cut(disc(-0.55, -0.44, 0.25)), cut(disc(0.52, -0.44, 0.25)),
-             disc(-0.55, -0.44, 0.18), disc(0.52, -0.44, 0.18)), None),
-    "bicycle": ((ring(-0.55, -0.3, 0.36, w=0.07), ring(0.55, -0.3, 0.36, w=0.07),
-                 line((-0.55, -0.3), (-0.1, -0.3), (0.32, 0.22), (-0.25, 0.22), (-0.55, -0.3), w=0.06),
-                 line((-0.1, -0.3), (-0.28, 0.4), w=0.06), line((0.55, -0.3), (0.3, 0.3), (0.32, 0.46), w=0.06),
-                 line((0.2, 0.48), (0.45, 0.48), w=0.06), line((-0.42, 0.42), (-0.14, 0.42), w=0.07)), None),
-    "boat": ((poly((-0.95, -0.25), (0.95, -0.25), (0.6, -0.65), (-0.6, -0.65)), line((0, -0.25), (0, 0.95), w=0.05),
-              poly((0.1, -0.12), (0.1, 0.92), (0.75, -0.12)), poly((-0.1, -0.12), (-0.1, 0.72), (-0.55, -0.12))), None),
-    "airplane": ((ell(0, 0, 0.16, 0.95), poly((-0.95, -0.05), (0, 0.42), (0.95, -0.05), (0.95, -0.24), (0, 0.12), (-0.95, -0.24)),
-                  poly((-0.38, -0.82), (0, -0.58), (0.38, -0.82), (0.38, -0.95), (0, -0.8), (-0.38, -0.95))), None),
-    "rocket": ((ell(0, 0.08, 0.3, 0.78), *_both(poly((-0.26, -0.3), (-0.62, -0.85), (-0.2, -0.62))), box(0, -0.72, 0.14, 0.12),
-                cut(ring(0, 0.22, 0.12)), cut(line((-0.3, -0.3), (0.3, -0.3)))), None),
-    "helicopter": ((ell(-0.25, -0.1, 0.48, 0.36), line((0.15, 0.0), (0.92, 0.12), w=0.07), line((0.92, -0.12), (0.92, 0.36), w=0.05),
-                    line((-0.25, 0.26), (-0.25, 0.46), w=0.05), line((-0.95, 0.48), (0.5, 0.48), w=0.05),
-                    line((-0.72, -0.66), (0.22, -0.66), w=0.05), line((-0.5, -0.42), (-0.5, -0.66), w=0.04),
-                    line((0, -0.42), (0, -0.66), w=0.04), cut(ell(-0.47, 0.0, 0.15, 0.13))), None),
+    "car": _glyph(box(0, -0.15, 0.92, 0.25, round_=0.1), poly((-0.5, 0.08), (-0.28, 0.5), (0.35, 0.5), (0.58, 0.08)),
+                  cut(poly((-0.38, 0.15), (-0.22, 0.42), (-0.02, 0.42), (-0.02, 0.15))),
+                  cut(poly((0.06, 0.15), (0.06, 0.42), (0.3, 0.42), (0.45, 0.15))),
+                  _both(cut(disc(-0.52, -0.42, 0.3))), _both(disc(-0.52, -0.42, 0.22))),
+    "truck": _glyph(box(-0.3, 0.08, 0.62, 0.5), box(0.66, -0.1, 0.28, 0.32, round_=0.05),
+                    cut(box(0.74, 0.04, 0.12, 0.1)),
+                    cut(line((0.33, -0.5), (0.33, 0.6))), tuple(cut(disc(x, -0.52, 0.26)) for x in (-0.6, -0.1, 0.66)),
+                    tuple(disc(x, -0.52, 0.19) for x in (-0.6, -0.1, 0.66))),
+    "bus": _glyph(box(0, 0.02, 0.96, 0.42, round_=0.1),
+                  tuple(cut(box(x, 0.16, 0.14, 0.12)) for x in (-0.66, -0.28, 0.1, 0.48)),
+                  cut(box(0.8, -0.05, 0.08, 0.25)), cut(disc(-0.55, -0.44, 0.25)), cut(disc(0.52, -0.44, 0.25)),
+                  disc(-0.55, -0.44, 0.18), disc(0.52, -0.44, 0.18)),
+    "bicycle": _glyph(ring(-0.55, -0.3, 0.36, w=0.07), ring(0.55, -0.3, 0.36, w=0.07),
+                      line((-0.55, -0.3), (-0.1, -0.3), (0.32, 0.22), (-0.25, 0.22), (-0.55, -0.3), w=0.06),
+                      line((-0.1, -0.3), (-0.28, 0.4), w=0.06), line((0.55, -0.3), (0.3, 0.3), (0.32, 0.46), w=0.06),
+                      line((0.2, 0.48), (0.45, 0.48), w=0.06), line((-0.42, 0.42), (-0.14, 0.42), w=0.07)),
+    "boat": _glyph(poly((-0.95, -0.25), (0.95, -0.25), (0.6, -0.65), (-0.6, -0.65)),
+                   line((0, -0.25), (0, 0.95), w=0.05),
+                   poly((0.1, -0.12), (0.1, 0.92), (0.75, -0.12)), poly((-0.1, -0.12), (-0.1, 0.72), (-0.55, -0.12))),
+    "airplane": _glyph(ell(0, 0, 0.16, 0.95),
+                       poly((-0.95, -0.05), (0, 0.42), (0.95, -0.05), (0.95, -0.24), (0, 0.12), (-0.95, -0.24)),
+                       poly((-0.38, -0.82), (0, -0.58), (0.38, -0.82), (0.38, -0.95), (0, -0.8), (-0.38, -0.95))),
+    "rocket": _glyph(ell(0, 0.08, 0.3, 0.78), _both(poly((-0.26, -0.3), (-0.62, -0.85), (-0.2, -0.62))),
+                     box(0, -0.72, 0.14, 0.12), cut(ring(0, 0.22, 0.12)), cut(line((-0.3, -0.3), (0.3, -0.3)))),
+    "helicopter": _glyph(ell(-0.25, -0.1, 0.48, 0.36), line((0.15, 0.0), (0.92, 0.12), w=0.07),
+                         line((0.92, -0.12), (0.92, 0.36), w=0.05), line((-0.25, 0.26), (-0.25, 0.46), w=0.05),
+                         line((-0.95, 0.48), (0.5, 0.48), w=0.05), line((-0.72, -0.66), (0.22, -0.66), w=0.05),
+                         line((-0.5, -0.42), (-0.5, -0.66), w=0.04), line((0, -0.42), (0, -0.66), w=0.04),
+                         cut(ell(-0.47, 0.0, 0.15, 0.13))),
     # sky: bold filled symbols
-    "sun": ((disc(0, 0, 0.45),) + _spokes(0, 0, 0.62, 0.95, 8, 0.08, 22.5), None),
-    "moon": ((disc(0, 0, 0.88), cut(disc(0.42, 0.22, 0.74))), None),
-    "star": ((_star(0, -0.06, 1.0, 0.42),), None),
-    "cloud": ((disc(-0.45, -0.12, 0.35), disc(0.05, 0.15, 0.48), disc(0.5, -0.08, 0.38), box(0, -0.3, 0.85, 0.2, round_=0.2)), None),
-    "lightning": ((poly((0.22, 0.97), (-0.52, -0.08), (-0.05, -0.08), (-0.32, -0.97), (0.55, 0.24), (0.08, 0.24), (0.6, 0.97)),), None),
-    "raindrop": ((disc(0, -0.3, 0.58), poly((-0.52, -0.05), (0, 0.95), (0.52, -0.05))), None),
-    "snowflake": (_snowflake(), None),
-    "rainbow": (tuple(arc(0, -0.55, r, 0, 180, w=0.1) for r in (0.95, 0.68, 0.41)), None),
+    "sun": _glyph(disc(0, 0, 0.45), _spokes(0, 0, 0.62, 0.95, 8, 0.08, 22.5)),
+    "moon": _glyph(disc(0, 0, 0.88), cut(disc(0.42, 0.22, 0.74))),
+    "star": _glyph(_star(0, -0.06, 1.0, 0.42)),
+    "cloud": _glyph(disc(-0.45, -0.12, 0.35), disc(0.05, 0.15, 0.48), disc(0.5, -0.08, 0.38),
+                    box(0, -0.3, 0.85, 0.2, round_=0.2)),
+    "lightning": _glyph(poly((0.22, 0.97), (-0.52, -0.08), (-0.05, -0.08), (-0.32, -0.97), (0.55, 0.24), (0.08, 0.24),
+                             (0.6, 0.97))),
+    "raindrop": _glyph(disc(0, -0.3, 0.58), poly((-0.52, -0.05), (0, 0.95), (0.52, -0.05))),
+    "snowflake": _glyph(_snowflake()),
+    "rainbow": _glyph(tuple(arc(0, -0.55, r, 0, 180, w=0.1) for r in (0.95, 0.68, 0.41))),
     # buildings (hard): silhouettes under pixel-scale textures, small openings cut out
-    "house": ((box(0, -0.42, 0.62, 0.5), poly((-0.85, 0.08), (0, 0.82), (0.85, 0.08)), box(0.45, 0.5, 0.09, 0.22),
-               cut(box(0, -0.7, 0.14, 0.22)), cut(box(-0.36, -0.3, 0.13, 0.11)), cut(box(0.36, -0.3, 0.13, 0.11))), ("h", 3.0)),
-    "skyscraper": ((box(0, -0.12, 0.42, 0.85), box(0, 0.8, 0.26, 0.1), line((0, 0.9), (0, 1.12))), ("grid", 3.0)),
-    "castle": ((box(0, -0.45, 0.62, 0.45), box(-0.72, -0.25, 0.22, 0.65), box(0.72, -0.25, 0.22, 0.65),
-                *(box(x, 0.48, 0.07, 0.1) for x in (-0.86, -0.58, 0.58, 0.86)), *(box(x, 0.06, 0.07, 0.08) for x in (-0.25, 0, 0.25)),
-                cut(box(0, -0.8, 0.2, 0.18)), cut(disc(0, -0.62, 0.2))), ("check", 4.0)),
-    "windmill": (_windmill(), ("h", 3.0)),
-    "tent": ((poly((-0.95, -0.7), (0, 0.72), (0.95, -0.7)), cut(poly((-0.25, -0.72), (0, -0.12), (0.25, -0.72))),
-              line((0, 0.72), (0.08, 0.95))), ("v", 3.0)),
-    "pyramid": ((box(0, -0.7, 0.95, 0.2), box(0, -0.3, 0.72, 0.2), box(0, 0.1, 0.5, 0.2), box(0, 0.48, 0.26, 0.18)),
-                ("check", 4.0)),
-    "bridge": ((box(0, 0.12, 0.98, 0.12), box(0, -0.4, 0.98, 0.42), cut(ell(0, -0.82, 0.58, 0.6)), line((-0.98, 0.36), (0.98, 0.36)),
-                *(line((x, 0.24), (x, 0.36)) for x in np.linspace(-0.9, 0.9, 7))), ("h", 3.0)),
-    "igloo": ((disc(0, -0.5, 0.88), cut(box(0, -1.05, 1.2, 0.55)), cut(disc(0.42, -0.5, 0.3)), disc(0.42, -0.5, 0.22),
-               cut(disc(0.42, -0.5, 0.13))), ("check", 4.0)),
+    "house": _glyph(box(0, -0.42, 0.62, 0.5), poly((-0.85, 0.08), (0, 0.82), (0.85, 0.08)), box(0.45, 0.5, 0.09, 0.22),
+                    cut(box(0, -0.7, 0.14, 0.22)), _both(cut(box(-0.36, -0.3, 0.13, 0.11))), texture=("h", 3.0)),
+    "skyscraper": _glyph(box(0, -0.12, 0.42, 0.85), box(0, 0.8, 0.26, 0.1), line((0, 0.9), (0, 1.04)),
+                         texture=("grid", 3.0)),
+    "castle": _glyph(box(0, -0.45, 0.62, 0.45), _both(box(-0.72, -0.25, 0.22, 0.65)),
+                     tuple(box(x, 0.48, 0.07, 0.1) for x in (-0.86, -0.58, 0.58, 0.86)),
+                     tuple(box(x, 0.06, 0.07, 0.08) for x in (-0.25, 0, 0.25)),
+                     cut(box(0, -0.8, 0.2, 0.18)), cut(disc(0, -0.62, 0.2)), texture=("check", 4.0)),
+    "windmill": _glyph(_windmill(), texture=("h", 3.0)),
+    "tent": _glyph(poly((-0.95, -0.7), (0, 0.72), (0.95, -0.7)), cut(poly((-0.25, -0.72), (0, -0.12), (0.25, -0.72))),
+                   line((0, 0.72), (0.08, 0.95)), texture=("v", 3.0)),
+    "pyramid": _glyph(box(0, -0.7, 0.95, 0.2), box(0, -0.3, 0.72, 0.2), box(0, 0.1, 0.5, 0.2), box(0, 0.48, 0.26, 0.18),
+                      texture=("check", 4.0)),
+    "bridge": _glyph(box(0, 0.12, 0.98, 0.12), box(0, -0.4, 0.98, 0.42), cut(ell(0, -0.82, 0.58, 0.6)),
+                     line((-0.98, 0.36), (0.98, 0.36)),
+                     tuple(line((x, 0.24), (x, 0.36)) for x in np.linspace(-0.9, 0.9, 7)),
+                     texture=("h", 3.0)),
+    "igloo": _glyph(disc(0, -0.5, 0.88), cut(box(0, -1.05, 1.2, 0.55)), cut(disc(0.42, -0.5, 0.3)),
+                    disc(0.42, -0.5, 0.22),
+                    cut(disc(0.42, -0.5, 0.13)), texture=("check", 4.0)),
     # insects (hard): tiny bodies, 1-px legs, antennae and wing outlines
-    "ant": ((disc(-0.62, 0.1, 0.16), ell(-0.25, 0.02, 0.17, 0.11), ell(0.35, -0.02, 0.32, 0.22),
-             line((-0.3, 0), (-0.58, -0.35), (-0.72, -0.6)), line((-0.25, 0), (-0.3, -0.35), (-0.38, -0.62)),
-             line((-0.18, 0), (0.1, -0.35), (0.22, -0.62)), line((-0.7, 0.2), (-0.82, 0.52), (-0.96, 0.45)),
-             line((-0.64, 0.22), (-0.6, 0.55), (-0.7, 0.7))), None),
-    "spider": (_spider() + (line((0.02, 0.3), (0.15, 0.45)), line((-0.02, 0.3), (-0.15, 0.45))), None),
-    "butterfly": ((line((0, -0.55), (0, 0.45), w=0.06),
-                   *_both(outline(ell(-0.46, 0.32, 0.42, 0.3, -25)), outline(ell(-0.34, -0.34, 0.28, 0.22, 25)),
-                          disc(-0.48, 0.34, 0.1), line((0, 0.45), (-0.22, 0.9)))), None),
-    "bee": ((ell(0.05, -0.15, 0.45, 0.3), *(cut(line((x, -0.55), (x, 0.2))) for x in (-0.12, 0.1, 0.3)),
-             disc(-0.5, -0.05, 0.17), outline(ell(0.0, 0.4, 0.2, 0.34, -15)), outline(ell(0.32, 0.36, 0.16, 0.3, -35)),
-             poly((0.48, -0.1), (0.7, -0.2), (0.48, -0.28)), line((-0.56, 0.1), (-0.72, 0.42)), line((-0.48, 0.1), (-0.42, 0.45))),
-            None),
-    "ladybug": ((disc(0, -0.12, 0.62), cut(line((0, -0.8), (0, 0.5))), *(cut(disc(x, y, 0.11)) for x, y in ((-0.3, 0.1), (0.3, 0.1),
-                                                                                                        (-0.32, -0.35), (0.32, -0.35))),
-                 cut(disc(0, 0.6, 0.3)), disc(0, 0.6, 0.2), *_both(line((-0.6, 0.1), (-0.85, 0.25)), line((-0.62, -0.2), (-0.9, -0.22)),
-                                                                   line((-0.5, -0.5), (-0.75, -0.72)), line((-0.1, 0.75), (-0.3, 0.95)))),
-                None),
-    "dragonfly": ((line((0, 0.55), (0, -0.95), w=0.05), disc(0, 0.68, 0.12), ell(0, 0.4, 0.08, 0.14),
-                   *_both(outline(ell(-0.48, 0.5, 0.45, 0.1, -8)), outline(ell(-0.45, 0.22, 0.42, 0.09, 10)))), None),
-    "caterpillar": (_caterpillar(), None),
-    "grasshopper": ((ell(0.02, -0.12, 0.6, 0.16, 6), ell(-0.66, -0.04, 0.17, 0.15), line((0.1, -0.05), (0.55, 0.38), (0.95, -0.6), w=0.04),
-                     line((-0.4, -0.2), (-0.5, -0.48), (-0.4, -0.68)), line((-0.2, -0.22), (-0.15, -0.5), (-0.05, -0.68)),
-                     line((-0.72, 0.08), (-0.35, 0.6), (0.15, 0.75)), line((-0.66, 0.1), (-0.2, 0.45), (0.3, 0.55))), None),
+    "ant": _glyph(disc(-0.62, 0.1, 0.16), ell(-0.25, 0.02, 0.17, 0.11), ell(0.35, -0.02, 0.32, 0.22),
+                  line((-0.3, 0), (-0.58, -0.35), (-0.72, -0.6)), line((-0.25, 0), (-0.3, -0.35), (-0.38, -0.62)),
+                  line((-0.18, 0), (0.1, -0.35), (0.22, -0.62)), line((-0.7, 0.2), (-0.82, 0.52), (-0.96, 0.45)),
+                  line((-0.64, 0.22), (-0.6, 0.55), (-0.7, 0.7))),
+    "spider": _glyph(_spider()),
+    "butterfly": _glyph(line((0, -0.55), (0, 0.45), w=0.06),
+                        _both(outline(ell(-0.46, 0.32, 0.42, 0.3, -25)), outline(ell(-0.34, -0.34, 0.28, 0.22, 25)),
+                              disc(-0.48, 0.34, 0.1), line((0, 0.45), (-0.22, 0.9)))),
+    "bee": _glyph(ell(0.05, -0.15, 0.45, 0.3), tuple(cut(line((x, -0.55), (x, 0.2))) for x in (-0.12, 0.1, 0.3)),
+                  disc(-0.5, -0.05, 0.17), outline(ell(0.0, 0.4, 0.2, 0.34, -15)),
+                  outline(ell(0.32, 0.36, 0.16, 0.3, -35)),
+                  poly((0.48, -0.1), (0.7, -0.2), (0.48, -0.28)), line((-0.56, 0.1), (-0.72, 0.42)),
+                  line((-0.48, 0.1), (-0.42, 0.45))),
+    "ladybug": _glyph(disc(0, -0.12, 0.62), cut(line((0, -0.8), (0, 0.5))),
+                      _both(cut(disc(-0.3, 0.1, 0.11)), cut(disc(-0.32, -0.35, 0.11))), cut(disc(0, 0.6, 0.3)),
+                      disc(0, 0.6, 0.2), _both(line((-0.6, 0.1), (-0.85, 0.25)), line((-0.62, -0.2), (-0.9, -0.22)),
+                                               line((-0.5, -0.5), (-0.75, -0.72)), line((-0.1, 0.75), (-0.3, 0.95)))),
+    "dragonfly": _glyph(line((0, 0.55), (0, -0.95), w=0.05), disc(0, 0.68, 0.12), ell(0, 0.4, 0.08, 0.14),
+                        _both(outline(ell(-0.48, 0.5, 0.45, 0.1, -8)), outline(ell(-0.45, 0.22, 0.42, 0.09, 10)))),
+    "caterpillar": _glyph(_caterpillar()),
+    "grasshopper": _glyph(ell(0.02, -0.12, 0.6, 0.16, 6), ell(-0.66, -0.04, 0.17, 0.15),
+                          line((0.1, -0.05), (0.55, 0.38), (0.95, -0.6), w=0.04),
+                          line((-0.4, -0.2), (-0.5, -0.48), (-0.4, -0.68)),
+                          line((-0.2, -0.22), (-0.15, -0.5), (-0.05, -0.68)),
+                          line((-0.72, 0.08), (-0.35, 0.6), (0.15, 0.75)),
+                          line((-0.66, 0.1), (-0.2, 0.45), (0.3, 0.55))),
     # musical instruments (hard): 1-px strings and tubes, fine key stripes
-    "guitar": ((disc(0, -0.5, 0.42), disc(0, -0.05, 0.31), cut(ring(0, -0.2, 0.12)), cut(line((-0.2, -0.62), (0.2, -0.62))),
-                line((0, 0.2), (0, 0.8), w=0.05), box(0, 0.88, 0.09, 0.11), line((-0.05, 0.85), (-0.15, 0.85)),
-                line((0.05, 0.85), (0.15, 0.85))), None),
-    "piano": ((box(0, -0.1, 0.95, 0.5), *(cut(box(x, 0.12, 0.055, 0.28)) for x in (-0.72, -0.48, -0.05, 0.2, 0.44, 0.82)),
-               box(0, 0.52, 0.95, 0.08)), ("v", 3.0)),
-    "drum": ((box(0, -0.3, 0.65, 0.42), ell(0, 0.12, 0.65, 0.18), cut(outline(ell(0, 0.12, 0.6, 0.14))),
-              cut(line((-0.65, 0.0), (-0.43, -0.6), (-0.22, 0.0), (0, -0.6), (0.22, 0.0), (0.43, -0.6), (0.65, 0.0))),
-              *_both(line((-0.1, 0.3), (-0.75, 0.95)), disc(-0.1, 0.3, 0.06))), None),
-    "trumpet": ((line((-0.95, 0.05), (0.35, 0.05)), line((-0.95, 0.05), (-0.95, 0.15), w=0.04),
-                 poly((0.3, 0.11), (0.95, 0.42), (0.95, -0.32), (0.3, -0.01)),
-                 line((-0.55, 0.05), (-0.55, -0.35), (0.15, -0.35), (0.15, 0.05)),
-                 *(box(x, 0.22, 0.04, 0.14) for x in (-0.3, -0.12, 0.06))), None),
-    "harp": (_harp(), None),
-    "xylophone": (_xylophone(), None),
-    "flute": ((line((-0.92, -0.55), (0.92, 0.55), w=0.06), *(cut(disc(x, 0.6 * x, 0.04)) for x in (-0.1, 0.1, 0.3, 0.5)),
-               box(-0.62, -0.37, 0.1, 0.07, 31), line((0.55, 0.33), (0.65, 0.15)), line((-0.2, -0.12), (-0.1, -0.3))), None),
-    "accordion": (_accordion(), None),
+    "guitar": _glyph(disc(0, -0.5, 0.42), disc(0, -0.05, 0.31), cut(ring(0, -0.2, 0.12)),
+                     cut(line((-0.2, -0.62), (0.2, -0.62))), line((0, 0.2), (0, 0.8), w=0.05), box(0, 0.88, 0.09, 0.11),
+                     _both(line((-0.05, 0.85), (-0.15, 0.85)))),
+    "piano": _glyph(box(0, -0.1, 0.95, 0.5),
+                    tuple(cut(box(x, 0.12, 0.055, 0.28)) for x in (-0.72, -0.48, -0.05, 0.2, 0.44, 0.82)),
+                    box(0, 0.52, 0.95, 0.08), texture=("v", 3.0)),
+    "drum": _glyph(box(0, -0.3, 0.65, 0.42), ell(0, 0.12, 0.65, 0.18), cut(outline(ell(0, 0.12, 0.6, 0.14))),
+                   cut(line(*((0.217 * k - 0.65, -0.6 * (k % 2)) for k in range(7)))),
+                   _both(line((-0.1, 0.3), (-0.75, 0.95)), disc(-0.1, 0.3, 0.06))),
+    "trumpet": _glyph(line((-0.95, 0.05), (0.35, 0.05)), line((-0.95, 0.05), (-0.95, 0.15), w=0.04),
+                      poly((0.3, 0.11), (0.95, 0.42), (0.95, -0.32), (0.3, -0.01)),
+                      line((-0.55, 0.05), (-0.55, -0.35), (0.15, -0.35), (0.15, 0.05)),
+                      tuple(box(x, 0.22, 0.04, 0.14) for x in (-0.3, -0.12, 0.06))),
+    "harp": _glyph(_harp()),
+    "xylophone": _glyph(_xylophone()),
+    "flute": _glyph(line((-0.92, -0.55), (0.92, 0.55), w=0.06),
+                    tuple(cut(disc(x, 0.6 * x, 0.04)) for x in (-0.1, 0.1, 0.3, 0.5)),
+                    box(-0.62, -0.37, 0.1, 0.07, 31), line((0.55, 0.33), (0.65, 0.15)),
+                    line((-0.2, -0.12), (-0.1, -0.3))),
+    "accordion": _glyph(_accordion()),
 }
 
 FAMILIES = {
@@ -467,7 +507,7 @@ def _d_poly(x, y, v):  # exact signed distance to a simple polygon
 
 def _d_line(x, y, v):  # unsigned distance to a polyline
     d = None
-    for (ax, ay), (bx, by) in zip(v[:-1], v[1:]):
+    for (ax, ay), (bx, by) in itertools.pairwise(v):
         ex, ey = bx - ax, by - ay
         wx, wy = x - ax, y - ay
         t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0, 1)
@@ -487,7 +527,8 @@ def _d_arc(x, y, cx, cy, r, c, s, sa, ca):  # arc symmetric about the rotated +y
     return np.where(ca * px > sa * py, end, np.abs(np.sqrt(px * px + py * py) - r))
 
 
-_DIST = {"disc": _d_disc, "ell": _d_ell, "box": _d_box, "poly": _d_poly, "line": _d_line, "ring": _d_ring, "arc": _d_arc}
+_DIST = {"disc": _d_disc, "ell": _d_ell, "box": _d_box, "poly": _d_poly, "line": _d_line, "ring": _d_ring,
+         "arc": _d_arc}
 
 
 def _glyph_sdf(parts, x, y, scale):
@@ -515,12 +556,12 @@ TEXTURE_OFF = 0.35  # coverage of a texture's off bands
 _TEXTURES = ("h", "v", "check", "grid")  # horizontal / vertical stripes, checks, window grid
 _TABLE_STEP = 0.25  # px between distance-table samples
 _TABLE_HALF = 12.5  # px: the table spans [-12.5, 12.5]^2 around the glyph centre
-_TABLE_SIDE = int(round(2 * _TABLE_HALF / _TABLE_STEP)) + 1
+_TABLE_SIDE = round(2 * _TABLE_HALF / _TABLE_STEP) + 1
 _WINDOW = 24  # side of the square window around the glyph that is drawn
 _PAD = 6
 _CHUNK = 256
 _COLOR_TABLE = np.array(list(COLORS.values()), dtype=np.float32)
-_TEXTURE_KIND = np.array([_TEXTURES.index(_GLYPHS[c][1][0]) + 1 if _GLYPHS[c][1] else 0 for c in CONCEPTS], dtype=np.int64)
+_TEXTURE_KIND = np.array([_TEXTURES.index(_GLYPHS[c][1][0]) + 1 if _GLYPHS[c][1] else 0 for c in CONCEPTS])
 _TEXTURE_PERIOD = np.array([_GLYPHS[c][1][1] if _GLYPHS[c][1] else 1.0 for c in CONCEPTS], dtype=np.float32)
 
 
@@ -530,7 +571,8 @@ def _distance_table() -> np.ndarray:
     g = (np.arange(_TABLE_SIDE) - (_TABLE_SIDE - 1) / 2) * _TABLE_STEP
     scale = np.asarray(SIZE_SCALES)[:, None, None]
     x, y = g[None, None, :] / scale, -g[None, :, None] / scale  # row 0 is the top
-    x, y = np.broadcast_to(x, (len(SIZES), _TABLE_SIDE, _TABLE_SIDE)), np.broadcast_to(y, (len(SIZES), _TABLE_SIDE, _TABLE_SIDE))
+    shape = (len(SIZES), _TABLE_SIDE, _TABLE_SIDE)
+    x, y = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
     table = np.stack([_glyph_sdf(_GLYPHS[c][0], x, y, scale) for c in CONCEPTS])
     return table.astype(np.float32).reshape(-1)
 
@@ -610,10 +652,14 @@ def _coverage(items, u):
         if not len(sel):
             continue
         period = _TEXTURE_PERIOD[concept[sel], None, None]
-        across = _bands(gy[sel], period, u[sel, 4, None, None])  # horizontal stripes
-        along = _bands(gx[sel], period, u[sel, 5, None, None])  # vertical stripes
-        pattern = {1: across, 2: along, 3: across * along + (1 - across) * (1 - along),
-                   4: 1 - (1 - across) * (1 - along)}[k]
+        across = _bands(gy[sel], period, u[sel, 4, None, None]) if k != 2 else None  # horizontal stripes
+        along = _bands(gx[sel], period, u[sel, 5, None, None]) if k != 1 else None  # vertical stripes
+        if k == 3:  # checks
+            pattern = across * along + (1 - across) * (1 - along)
+        elif k == 4:  # walls of a window grid
+            pattern = 1 - (1 - across) * (1 - along)
+        else:
+            pattern = across if k == 1 else along
         window[sel] *= TEXTURE_OFF + (1 - TEXTURE_OFF) * pattern
 
     canvas = np.zeros((n, side, side), dtype=np.float32)
@@ -625,7 +671,7 @@ def _coverage(items, u):
 
 def _check(items, indices):
     items = np.asarray(items, dtype=np.int64).reshape(-1)
-    indices = np.arange(len(items), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    indices = np.arange(len(items)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     if len(indices) != len(items):
         raise ValueError("indices must have one entry per item")
     item_attributes(items)  # range check

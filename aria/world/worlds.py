@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 ASSETS = Path(__file__).parent / "assets"
+# regime index -> name in every world (v1 uses the first three; v2 adds the compositional control)
+REGIME_NAMES = ("seen", "under", "unseen", "compositional")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,12 @@ class World:
     attributes_fn: str  # items -> tuple of int arrays, one per attribute
     meta_key: str  # the pool's meta array of each prompt's item
     judge_dir: Path
+    regimes_module: str  # REGIME_NAMES: regime index -> name
     family_key: str | None = None  # the attribute whose values group into families (concepts)
+
+    @property
+    def regime_names(self) -> tuple[str, ...]:
+        return tuple(importlib.import_module(self.regimes_module).REGIME_NAMES)
 
     @property
     def generator(self):
@@ -65,9 +72,9 @@ class World:
 
 
 WORLDS = {
-    "shapes": World("shapes", "aria.world.shapes", "combo_attributes", "combo", ASSETS),
+    "shapes": World("shapes", "aria.world.shapes", "combo_attributes", "combo", ASSETS, "aria.world.regimes"),
     "concepts": World("concepts", "aria.world.concepts", "item_attributes", "item", ASSETS / "concepts-judge",
-                      family_key="concept"),
+                      "aria.world.splits", family_key="concept"),
 }
 
 
