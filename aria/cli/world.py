@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from aria.cli.options import SEED, FiniteFloat
+
 from aria.errors import UserError
 
 CONFIG = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
@@ -61,20 +63,20 @@ def teacher():
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (diffusers UNet).")
 @click.option("--steps", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i]")
-@click.option("--time-limit", "time_limit", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--time-limit", "time_limit", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Stop training after this many seconds (evaluation and saving come after).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
-@click.option("--guidance", type=float, default=None, help="CFG scale of the evaluation (default: teacher.guidance_scale).")
+@click.option("--guidance", type=FiniteFloat(min=0), default=None, help="CFG scale of the evaluation (default: teacher.guidance_scale).")
 @click.option("--unet-config", "unet_json", default=None, metavar="JSON",
               help='Overrides of the UNet config, e.g. \'{"block_out_channels": [64, 96, 96], ...}\'.')
 @JUDGE
 def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device, time_limit, compile_, seed, no_eval,
                   guidance, unet_json, judge_dir):
-    """Train the world teacher on every combination (DDPM, CFG dropout, EMA) and save it."""
+    """Train the world teacher on every item of the config's world (DDPM, CFG dropout, EMA) and save it."""
     from aria.training.world_teacher import train_teacher
 
     config = _config(config_path, overrides)
@@ -111,18 +113,18 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
 @click.option("--device", default="auto", show_default=True)
 @click.option("--steps", type=click.IntRange(1, 50), default=25, show_default=True, help="DDIM steps.")
 @click.option("--per-combo", type=click.IntRange(min=1), default=1, show_default=True, help="Prompts per combination.")
-@click.option("--guidance", type=float, default=None, help="CFG scale (default: teacher.guidance_scale).")
+@click.option("--guidance", type=FiniteFloat(min=0), default=None, help="CFG scale (default: teacher.guidance_scale).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @JUDGE
 def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_combo, guidance, as_json, judge_dir):
     """Judge DDIM samples of one pool prompt per combination (all four attributes)."""
     import torch
 
-    from aria.data.bundle import world_pool
     from aria.data.encoders import build_encoder, resolve_device
     from aria.models.teacher import load_teacher
+    from aria.training.world_teacher import evaluate_teacher, world_pool_of
     from aria.world.judge import Judge
-    from aria.training.world_teacher import evaluate_teacher
+    from aria.world.worlds import world_of_pool
 
     config = _config(config_path, overrides)
     tconf = config.teacher.model_copy(update={"path": teacher_dir}) if teacher_dir else config.teacher
@@ -131,7 +133,9 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     if t.latent or t.sample_size != 32 or t.in_channels != 3:
         raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
     encoder = build_encoder(config.encoder, device)
-    result = evaluate_teacher(t.unet, world_pool(config), encoder, Judge.load(judge_dir), guidance=guidance if guidance is not None
+    pool = world_pool_of(config)
+    judge = Judge.load(judge_dir or world_of_pool(pool).judge_dir)
+    result = evaluate_teacher(t.unet, pool, encoder, judge, guidance=guidance if guidance is not None
                               else config.teacher.guidance_scale, steps=steps, prompts_per_combo=per_combo,
                               scheduler_config=t.scheduler_config)
     if as_json:
@@ -139,8 +143,8 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
         return
     click.echo(f"{t.path}: fully correct {100 * result['accuracy']:.1f}% of {result['prompts']} prompts "
                f"({result['sample_steps']} DDIM steps, guidance {result['guidance']})")
-    for attr, acc in result["per_attribute"].items():
-        click.echo(f"  {attr:<9} {100 * acc:.1f}%")
+    for attr, acc in {**result["per_attribute"], **result["by_family"]}.items():
+        click.echo(f"  {attr:<11} {100 * acc:.1f}%")
 
 
 @click.group()
@@ -153,7 +157,7 @@ def world():
 @SET
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
 @click.option("--n", "count", type=click.IntRange(1, 256), default=24, show_default=True, help="Images in the grid.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def world_show(config_path, overrides, out_path, count, seed):
     """Write a grid of renders of random pool prompts, each captioned with its prompt and regime."""
     import numpy as np

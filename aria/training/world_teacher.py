@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from aria.world import shapes
+from aria.world.worlds import world_of_pool
 from aria.world.teacher import CFG_DROPOUT, SCHEDULER_CONFIG, UNET_CONFIG, ComboPrompts, build_unet, make_scheduler, \
     pool_texts, sample_ddim
 
@@ -52,11 +53,11 @@ class Contexts:
         return torch.where(mask, self.uncond.expand_as(ctx), ctx)
 
 
-def _batch(step: int, seed: int, batch_size: int, prompts: ComboPrompts):
+def _batch(step: int, seed: int, batch_size: int, prompts: ComboPrompts, world):
     rng = np.random.default_rng([seed, step, 0x7EAC])
-    combos = rng.integers(shapes.NUM_COMBOS, size=batch_size)
+    combos = rng.integers(world.num_items, size=batch_size)  # every item, unseen ones included
     ids = prompts.draw(combos, rng)
-    images = shapes.to_tensor_range(shapes.render(combos, seed=int(rng.integers(2**62))))
+    images = shapes.to_tensor_range(world.render(combos, seed=int(rng.integers(2**62))))
     drop = rng.random(batch_size) < CFG_DROPOUT
     return torch.from_numpy(images), ids, drop
 
@@ -64,14 +65,14 @@ def _batch(step: int, seed: int, batch_size: int, prompts: ComboPrompts):
 class _StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is that step's batch: a pure function of (seed, step), rendered in a worker."""
 
-    def __init__(self, seed: int, batch_size: int, prompts: ComboPrompts, steps: int):
-        self.seed, self.batch_size, self.prompts, self.steps = seed, batch_size, prompts, steps
+    def __init__(self, seed: int, batch_size: int, prompts: ComboPrompts, steps: int, world):
+        self.seed, self.batch_size, self.prompts, self.steps, self.world = seed, batch_size, prompts, steps, world
 
     def __len__(self):
         return self.steps
 
     def __getitem__(self, step: int):
-        images, ids, drop = _batch(step, self.seed, self.batch_size, self.prompts)
+        images, ids, drop = _batch(step, self.seed, self.batch_size, self.prompts, self.world)
         return images, torch.from_numpy(ids), torch.from_numpy(drop)
 
 
@@ -152,7 +153,7 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
     model = torch.compile(unet) if compile else unet
     if workers is None:
         workers = min(12, (os.cpu_count() or 2) - 2) if cuda else 0
-    feed = _feed(_StepBatches(seed, batch_size, prompts, steps), max(0, workers))
+    feed = _feed(_StepBatches(seed, batch_size, prompts, steps, world_of_pool(pool)), max(0, workers))
     gen = torch.Generator(device=device).manual_seed(seed)
     log(f"teacher: {n_params / 1e6:.2f} M parameters, device {device}, pool {len(pool)} prompts, "
         f"contexts {'precomputed' if contexts.table is not None else 'per batch'}, setup {time.time() - t_setup:.1f}s")
@@ -160,19 +161,31 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
                 model=model, n_params=n_params, sched=sched, alphas=alphas, opt=opt, gen=gen, feed=feed)
 
 
+def world_pool_of(config):
+    """The pool of ``config``'s embedded world (``data.source`` shapes or concepts)."""
+    from aria.data.bundle import concepts_pool, world_pool
+    from aria.errors import UserError
+
+    if config.data.source == "shapes":
+        return world_pool(config)
+    if config.data.source == "concepts":
+        return concepts_pool(config)
+    raise UserError(f"data.source {config.data.source!r}: a world teacher trains on an embedded world "
+                    "(shapes or concepts)")
+
+
 def _data(config, device: str, context_budget_bytes: float | None):
-    """The encoder, the world pool, its prompts by combination (every one must be covered) and contexts."""
-    from aria.data.bundle import world_pool
+    """The encoder, the world pool, its prompts by item (every one must be covered) and contexts."""
     from aria.data.encoders import build_encoder
+    from aria.errors import UserError
 
+    pool = world_pool_of(config)
+    world = world_of_pool(pool)
+    prompts = ComboPrompts(np.asarray(pool.meta(world.meta_key)), num_combos=world.num_items)
+    if len(prompts.covered) < world.num_items:
+        raise UserError(f"the {world.name} pool covers {len(prompts.covered)} of {world.num_items} items: "
+                        "raise its num_prompts")
     encoder = build_encoder(config.encoder, device)
-    pool = world_pool(config)
-    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
-    if len(prompts.covered) < shapes.NUM_COMBOS:
-        from aria.errors import UserError
-
-        raise UserError(f"the world pool covers {len(prompts.covered)} of {shapes.NUM_COMBOS} combinations: "
-                        "raise data.world.num_prompts")
     return encoder, pool, prompts, Contexts(encoder, pool, context_budget_bytes)
 
 
@@ -225,7 +238,8 @@ def _train_loop(run: _Run, steps: int, lr: float, warmup: int, ema_decay: float,
 def _report(run: _Run, steps: int, history: list[dict], wall: float, *, batch_size: int, lr: float,
             ema_decay: float, seed: int, unet_config: dict | None) -> dict:
     """training.json's content: settings, speed, device, model, encoder, pool and loss history."""
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "seed": seed,
+    return {"world": world_of_pool(run.pool).name, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "ema_decay": ema_decay, "seed": seed,
             "train_wall_s": round(wall, 1), "steps_per_s": round(steps / max(wall, 1e-9), 2),
             "device": torch.cuda.get_device_name(run.device) if run.cuda else platform.processor() or "cpu",
             "parameters": run.n_params, "encoder": run.encoder.identity, "pool_hash": run.pool.content_hash,
@@ -239,7 +253,8 @@ def _judged_evaluation(run: _Run, judge_path: Path | None, guidance: float, step
     from aria.world.judge import Judge
 
     t1 = time.time()
-    evaluation = evaluate_teacher(run.ema, run.pool, run.encoder, Judge.load(judge_path), guidance=guidance,
+    judge = Judge.load(judge_path or world_of_pool(run.pool).judge_dir)
+    evaluation = evaluate_teacher(run.ema, run.pool, run.encoder, judge, guidance=guidance,
                                   steps=steps, seed=seed)
     evaluation["wall_s"] = round(time.time() - t1, 1)
     log(f"judged fully correct: {evaluation['accuracy']:.3f}")
@@ -264,12 +279,13 @@ def save_teacher(unet, out_dir: Path, report: dict) -> dict:
 
 def model_card(report: dict) -> str:
     ev = report.get("evaluation") or {}
-    acc = (f"{100 * ev['accuracy']:.1f}% of {ev['prompts']} prompts (one per combination, unseen included) judged "
+    acc = (f"{100 * ev['accuracy']:.1f}% of {ev['prompts']} prompts (one per item, unseen included) judged "
            f"fully correct; per attribute: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ev["per_attribute"].items())
            + f" ({ev['sample_steps']} DDIM steps, guidance {ev['guidance']})") if ev else "not evaluated"
-    return f"""# aria world teacher
+    families = "".join(f"\n  - {name}: {100 * v:.1f}%" for name, v in (ev.get("by_family") or {}).items())
+    return f"""# aria world teacher ({report.get('world', 'shapes')})
 
-A pixel-space `diffusers.UNet2DConditionModel` (32x32 RGB) for aria's procedural shapes world,
+A pixel-space `diffusers.UNet2DConditionModel` (32x32 RGB) for aria's procedural {report.get('world', 'shapes')} world,
 conditioned on all-MiniLM-L6-v2 token states ({report.get('context_tokens', 32)} tokens, 384-d; `""` is the unconditional context).
 DDPM epsilon prediction, 1000 steps, `squaredcos_cap_v2` (see `scheduler_config.json`).
 Weights: the EMA (decay {report['ema_decay']}), stored in fp16 ({report.get('weights_mb')} MB).
@@ -278,7 +294,7 @@ Weights: the EMA (decay {report['ema_decay']}), stored in fp16 ({report.get('wei
 - training: {report['steps']} steps, batch {report['batch_size']}, lr {report['lr']}, seed {report['seed']}
 - wall time: {report['train_wall_s']} s ({report['steps_per_s']} steps/s) on {report['device']}
 - encoder: `{report['encoder']}`
-- judged accuracy: {acc}
+- judged accuracy: {acc}{families}
 
 Config (`config.json`): {json.dumps(report['unet_config'])}
 
@@ -289,17 +305,18 @@ Trained with `aria teacher train`; `training.json` holds the loss history.
 def evaluate_teacher(unet, pool, encoder, judge=None, guidance: float = 2.0, steps: int = 25,
                      prompts_per_combo: int = 1, seed: int = 0, batch_size: int = 576,
                      scheduler_config: dict | None = None, combos: np.ndarray | None = None) -> dict:
-    """Sample random pool prompts of EVERY combination (or ``combos``) and judge all four attributes.
+    """Sample random pool prompts of EVERY item of the pool's world (or ``combos``) and judge all attributes.
 
-    ``accuracy`` is the share of samples whose shape, colour, size and position are all read back
-    right by ``aria.world.judge`` (the quality bar is 0.9).
+    ``accuracy`` is the share of samples whose attributes are all read back right by the world's
+    judge (the quality bar is 0.9); ``by_family`` the same per concept family (world v2).
     """
     from aria.world.judge import Judge
 
-    judge = judge or Judge.load()
+    world = world_of_pool(pool)
+    judge = judge or Judge.load(world.judge_dir)
     rng = np.random.default_rng([seed, 0xE7A1])
-    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
-    combos = np.arange(shapes.NUM_COMBOS) if combos is None else np.asarray(combos, np.int64)
+    prompts = ComboPrompts(np.asarray(pool.meta(world.meta_key)), num_combos=world.num_items)
+    combos = np.arange(world.num_items) if combos is None else np.asarray(combos, np.int64)
     combos = np.repeat(combos, prompts_per_combo)
     ids = prompts.draw(combos, rng)
     p = next(unet.parameters())
@@ -315,6 +332,10 @@ def evaluate_teacher(unet, pool, encoder, judge=None, guidance: float = 2.0, ste
         images.append(shapes.from_tensor_range(x.float().cpu().numpy()))
     unet.train(was_training)
     ok = judge.correct(np.concatenate(images), combos)
-    return {"accuracy": float(ok["all"].mean()), "per_attribute": {a: float(ok[a].mean()) for a in shapes.ATTRIBUTES},
-            "prompts": int(len(ids)), "sample_steps": steps, "guidance": guidance,
-            "failed_combos": [int(c) for c in combos[~ok["all"]][:50]]}
+    families = world.family_of(combos)
+    by_family = {} if families is None else {
+        name: float(ok["all"][families == f].mean()) for f, name in enumerate(world.family_names) if (families == f).any()}
+    return {"accuracy": float(ok["all"].mean()), "per_attribute": {a: float(ok[a].mean()) for a in world.attributes},
+            "by_family": by_family, "prompts": int(len(ids)), "sample_steps": steps, "guidance": guidance,
+            "failed_combos": [int(c) for c in combos[~ok["all"]][:50]],
+            "correct": ok["all"].astype(np.int8).tolist() if combos.size == world.num_items else None}
