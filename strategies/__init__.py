@@ -11,6 +11,7 @@ from .base import (
     RegionInfo,
     State,
     StrategyConfig,
+    check_allocation,
     mix_floor,
     softmax_floor,
     state_from_arrays,
@@ -21,10 +22,10 @@ from .base import (
 )
 from .registry import create_strategy, get_strategy, list_strategies, register_strategy
 
-from . import none, rc, uniform, bandits, aria  # noqa: E402,F401  (register built-ins)
+from . import none, rc, uniform, bandits, aria, oracle  # noqa: E402,F401  (register built-ins)
 
 __all__ = [
-    "Allocation", "AllocationStrategy", "Feedback", "RegionInfo", "State", "StrategyConfig",
+    "Allocation", "AllocationStrategy", "Feedback", "RegionInfo", "State", "StrategyConfig", "check_allocation",
     "create_strategy", "mix_floor", "softmax_floor", "get_strategy", "list_strategies", "register_strategy",
     "state_from_arrays", "state_from_json", "state_hash", "state_to_arrays", "state_to_json",
 ]

@@ -6,13 +6,18 @@ batch (rng [seed, step, 0], each rank its slice), timesteps, switches, CFG dropo
 noise, and the strategy draws ([seed, step]). A resumed run therefore needs no RNG state, and may
 use another number of ranks with the same global batch. Every rank holds the same strategy state
 (it is updated from all-reduced feedback); its hash is compared at every checkpoint, and at every
-step with ``check_consistency``.
+step with ``check_consistency``. Every allocation is checked against the strategy contract
+(``check_allocation``): a strategy that breaks it stops the run at that step, naming the strategy
+and its package. A run that stops on a ``UserError`` before its first checkpoint leaves no output
+folder behind (nothing could resume from it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import pickle
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,6 +42,29 @@ if TYPE_CHECKING:
 
 class TrainingStopped(UserError):
     """Too many consecutive non-finite losses: the run stops, its last good state checkpointed."""
+
+
+class StrategyContractError(UserError):
+    """The strategy returned an allocation that breaks the contract (or a plugin's own code failed)."""
+
+
+# what reading a tampered or foreign checkpoint raises (json, safetensors, torch.load weights_only, shapes)
+_CHECKPOINT_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError,
+                      pickle.UnpicklingError, EOFError)
+
+
+@contextlib.contextmanager
+def _checkpoint_part(folder: Path, what: str):
+    """Any error while reading ``what`` of checkpoint ``folder`` becomes one line naming both."""
+    try:
+        yield
+    except UserError:
+        raise
+    except _CHECKPOINT_ERRORS as err:
+        reason = " ".join(str(err).split("\n")[0].split())
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."
+        raise UserError(f"checkpoint {folder}: {what} cannot be restored ({type(err).__name__}: {reason}); "
+                        f"move it away to resume from an older one, or use another output_dir") from err
 
 
 def _hash63(state) -> int:
@@ -109,8 +137,9 @@ class DistillationRun:
             summary_writer_class()  # fail before any heavy work
         self.backend = create_backend(c.backend, c.distillation)
         self.main = self.backend.is_main
-        if self.resume:  # --resume needs a checkpoint that verifies
+        if self.resume:  # --resume needs a checkpoint that verifies, and whose files can be read
             self.resume_step = self._choose_checkpoint()
+            self._precheck_checkpoint()
 
     def _setup_inputs(self) -> None:
         """The frozen teacher and the data bundle (unless handed in), checked against each other."""
@@ -159,6 +188,12 @@ class DistillationRun:
         self.strategy = c.make_strategy()
         self.state = self.strategy.init(self.bundle.region_info, c.seed)
         self.window = RegionWindow(self.bundle.region_info.num_regions)
+        self.region_probe = None
+        if getattr(self.strategy, "probe_every", None):  # the oracle: measured regions (evaluation data)
+            from aria.training.probe import RegionProbe
+
+            self.region_probe = RegionProbe(self.bundle, self.teacher.unet, c.eval,
+                                            self.scheduler.alphas_cumprod.numpy(), encode=self._encode_fn())
         if self.resume:
             self._restore()
 
@@ -196,30 +231,138 @@ class DistillationRun:
             raise UserError(f"--resume: rank 0 found no usable checkpoint in {self.ckpt_root}")
         return step
 
+    def _precheck_checkpoint(self) -> None:
+        """What of the chosen checkpoint needs no models, checked before any heavy work: state.json
+        (its strategy state parses), config.json, the fields a resume keeps, the step against
+        ``distillation.steps``, and that training.pt holds plain tensors (a pickle is never run)."""
+        from aria.strategies import state_from_json
+
+        c = self.config
+        folder = self.ckpt_root / f"{ckpt.PREFIX}{self.resume_step:08d}"
+        state, saved = ckpt.read_state(folder)
+        ckpt.check_state(folder, state)
+        ckpt.check_resume_config(saved, config_to_dict(c), state["strategy"]["config"],
+                                 c.strategy_config().model_dump(mode="json"))
+        ckpt.check_resume_steps(folder, state, c.distillation.steps)
+        with _checkpoint_part(folder, f"the state of strategy {c.strategy.name!r} (state.json)"):
+            state_from_json(state["strategy"]["state"])
+        if c.backend.kind == "torch":
+            with _checkpoint_part(folder, "the optimizer state (training.pt)"):
+                torch.load(folder / "training.pt", map_location="cpu", weights_only=True, mmap=True)
+
     def _restore(self) -> None:
+        """Everything of the chosen checkpoint, each part checked: a tampered or foreign checkpoint
+        (garbage state.json, a pickle in training.pt, weights or a strategy state of other shapes)
+        is one line naming the checkpoint and the part."""
         b = self.backend
         step = self.resume_step
         folder = self.ckpt_root / f"{ckpt.PREFIX}{step:08d}"
-        state, saved_config = ckpt.read_state(folder)
+        state, saved_config = ckpt.read_state(folder)  # a UserError names a malformed state.json
+        ckpt.check_state(folder, state)
         ckpt.check_resume_config(saved_config, config_to_dict(self.config), state["strategy"]["config"],
                                  self.strategy.config.model_dump(mode="json"))
+        ckpt.check_resume_steps(folder, state, self.config.distillation.steps)
         if (self.config.backend.kind == "deepspeed" and self.config.backend.zero_stage > 0
                 and state["world_size"] != b.world_size):
             raise UserError(f"cannot resume: the checkpoint has ZeRO shards of {state['world_size']} ranks, "
                             f"this run has {b.world_size}")
-        from aria.strategies import state_from_json
-
-        self.student.load_state_dict(ckpt.load_weights(folder, "student"))
-        b.load(folder)
+        with _checkpoint_part(folder, f"the state of strategy {self.strategy.name!r} (state.json)"):
+            self.state = self._checked_strategy_state(state["strategy"]["state"], int(state["step"]))
+        with _checkpoint_part(folder, "the distiller state (state.json)"):
+            expected = self.distiller.feature_scale.shape
+            self.distiller.load_state_dict(state["distiller"])
+            if self.distiller.feature_scale.shape != expected:
+                raise ValueError(f"feature scales of shape {tuple(self.distiller.feature_scale.shape)}, "
+                                 f"expected {tuple(expected)}")
+        with _checkpoint_part(folder, "the region window (state.json)"):
+            self.nonfinite = {k: int(state["nonfinite"][k]) for k in ("consecutive", "total")}
+            self.window.sums[:], self.window.counts[:] = state["window"]["sums"], state["window"]["counts"]
+        with _checkpoint_part(folder, "student.safetensors"):
+            self.student.load_state_dict(ckpt.load_weights(folder, "student"))
+        with _checkpoint_part(folder, "the optimizer state (training.pt)"):
+            b.load(folder)
         if self.ema is not None and (folder / "ema.safetensors").is_file():
-            self.ema.shadow = {k: v.to(b.device) for k, v in ckpt.load_weights(folder, "ema").items()}
-        self.state = state_from_json(state["strategy"]["state"])
-        self.distiller.load_state_dict(state["distiller"])
-        self.nonfinite = dict(state["nonfinite"])
-        self.window.sums[:], self.window.counts[:] = state["window"]["sums"], state["window"]["counts"]
+            with _checkpoint_part(folder, "ema.safetensors"):
+                shadow = {k: v.to(b.device) for k, v in ckpt.load_weights(folder, "ema").items()}
+                if {k: v.shape for k, v in shadow.items()} != {k: v.shape for k, v in self.ema.shadow.items()}:
+                    raise ValueError("its tensors differ from the student's")
+                self.ema.shadow = shadow
         self.start_step = self.last_saved = int(state["step"])
         if self.main:
             print(f"resuming from {folder} (step {self.start_step})", flush=True)
+
+    def _checked_strategy_state(self, text: str, step: int):
+        """The strategy state of a checkpoint, checked against a fresh one of this run: same region
+        sizes and seed, entries of the same kinds and region-sized axes, finite numbers, and an
+        allocation and an update that work and keep the contract. Raises ValueError otherwise."""
+        import numpy as np
+
+        from aria.strategies import Feedback, check_allocation, state_from_json
+
+        restored = state_from_json(text)
+        if not isinstance(restored, dict):
+            raise ValueError("not a mapping")
+        fresh = self.strategy.init(self.bundle.region_info, self.config.seed)
+        k = self.bundle.region_info.num_regions
+        if not np.array_equal(np.asarray(restored.get("sizes")), fresh["sizes"]):
+            raise ValueError(f"its region sizes are not those of this run's {k} regions")
+        if restored.get("seed") != fresh["seed"]:
+            raise ValueError(f"its seed {restored.get('seed')!r} is not the run's {fresh['seed']}")
+        for key in set(restored) & set(fresh):
+            new, old = restored[key], fresh[key]
+            if isinstance(old, np.ndarray) != isinstance(new, np.ndarray):
+                raise ValueError(f"entry {key!r} is {type(new).__name__}, expected {type(old).__name__}")
+            if isinstance(old, np.ndarray):
+                if new.ndim != old.ndim or any(o == k and n != k for o, n in zip(old.shape, new.shape)):
+                    raise ValueError(f"entry {key!r} has shape {new.shape}, expected {old.shape}")
+                if new.dtype.kind != old.dtype.kind:
+                    raise ValueError(f"entry {key!r} has dtype {new.dtype}, expected {old.dtype}")
+        for key, value in restored.items():
+            if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                raise ValueError(f"entry {key!r} holds non-finite numbers")
+        active = self.bundle.region_info.active
+        bins = self.config.distillation.timestep_bins
+        check_allocation(self.strategy.allocate(restored, step, 1), k, 1, active)
+        updated = self.strategy.update(restored, Feedback(np.zeros((k, bins)), np.zeros((k, bins)), step))
+        check_allocation(self.strategy.allocate(updated, step, 1), k, 1, active)
+        return restored
+
+    def _strategy_failed(self, step: int, what: str, problem: str) -> StrategyContractError:
+        """One line naming the strategy, its package, the step (counted from 1) and the problem."""
+        s = self.strategy
+        problem = " ".join(problem.split())
+        return StrategyContractError(f"strategy {s.name!r} ({s.origin}) {what} at step {step + 1}: "
+                                     f"{problem if len(problem) <= 200 else problem[:200] + '...'}; the run was stopped")
+
+    def _allocate(self, step: int, n: int):
+        """The strategy's allocation of ``step``, checked against the contract (``check_allocation``)."""
+        from aria.strategies import check_allocation
+
+        s = self.strategy
+        try:
+            allocation = s.allocate(self.state, step, n)
+        except Exception as err:
+            if s.origin == "built-in":
+                raise
+            raise self._strategy_failed(step, "failed in allocate", f"{type(err).__name__}: {err}") from err
+        try:
+            check_allocation(allocation, self.bundle.region_info.num_regions, n, self.bundle.region_info.active)
+        except ValueError as err:
+            raise self._strategy_failed(step, "broke the allocation contract", str(err)) from None
+        return allocation
+
+    def _update(self, step: int, feedback):
+        s = self.strategy
+        try:
+            new = s.update(self.state, feedback)
+        except Exception as err:
+            if s.origin == "built-in":
+                raise
+            raise self._strategy_failed(step, "failed in update", f"{type(err).__name__}: {err}") from err
+        if not isinstance(new, dict):
+            raise self._strategy_failed(step, "broke the update contract",
+                                        f"update returned {type(new).__name__}, not a state dict")
+        return new
 
     # -- the loop ---------------------------------------------------------------------------
     def _launch(self, step: int) -> _Launched:
@@ -227,8 +370,11 @@ class DistillationRun:
         step. With ``step_sync: device`` nothing here waits for the GPU."""
         b, d = self.backend, self.distiller
         on_device = self.config.distillation.step_sync == "device"
+        if self.region_probe is not None and step % self.strategy.probe_every == 0:
+            measured = self.region_probe.measure(self.student, self.strategy.config.metric)
+            self.state = self.strategy.observe(self.state, measured)
         draft = d.draft(step, self.strategy.switches)  # the strategy: allocate here, update in _complete
-        allocation = self.strategy.allocate(self.state, step, draft.num_switched) if draft.num_switched else None
+        allocation = self._allocate(step, draft.num_switched) if draft.num_switched else None
         plan = d.plan(draft, allocation)
         out = d.forward(plan)
         red = d.reduce(out, plan)
@@ -249,7 +395,7 @@ class DistillationRun:
         step = done.step
         record["nonfinite"] = not red.finite
         if red.finite:
-            self.state = self.strategy.update(self.state, red.feedback)
+            self.state = self._update(step, red.feedback)
             self.window.add(red.feedback)
             self.nonfinite["consecutive"] = 0
             record.update(self.distiller.logged(red))
@@ -308,10 +454,15 @@ class DistillationRun:
         from aria.strategies import state_to_json
 
         self._check_consistency(step)
+        try:
+            strategy_state = state_to_json(self.state)
+        except (TypeError, ValueError) as err:  # a plugin's state: arrays and finite numbers only
+            raise self._strategy_failed(step - 1, "holds a state that cannot be saved",
+                                        f"{type(err).__name__}: {err}") from err
         training_state = {
             "step": step, "world_size": self.backend.world_size, "backend": self.config.backend.kind,
             "strategy": {"name": self.strategy.name, "config": self.strategy.config.model_dump(mode="json"),
-                         "state": state_to_json(self.state)},
+                         "state": strategy_state},
             "distiller": self.distiller.state_dict(), "nonfinite": self.nonfinite,
             "window": {"sums": self.window.sums.tolist(), "counts": self.window.counts.tolist()},
         }
@@ -412,6 +563,10 @@ def run_distillation(config: RunConfig, resume: bool = False, check_consistency:
         result = run.finish()
         ok = True
         return result
+    except UserError:  # stopped before a checkpoint: the output_dir this run made holds nothing valid
+        if getattr(run, "main", False) and run.new_output_dir and not ckpt.list_checkpoints(run.ckpt_root):
+            run._discard_output()
+        raise
     finally:
         if getattr(run, "logger", None) is not None:
             run.logger.close()

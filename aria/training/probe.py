@@ -159,3 +159,55 @@ def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cu
     groups["all"] = np.ones(len(disc), dtype=bool)
     return {name: {"discrepancy": float(disc[m].mean()), "cond_discrepancy": float(cond[m].mean()),
                    "probes": int(m.sum())} for name, m in groups.items()}
+
+
+class RegionProbe:
+    """A fixed probe set with ``per_region`` prompts of every non-empty region and the teacher's
+    predictions on it, computed once; ``measure(student)`` gives the per-region mean discrepancy.
+
+    What the ``oracle`` strategy allocates by (evaluation data, not the training feedback): the same
+    probe construction as ``build_probe_set`` (rendered images, midpoint timesteps, fixed noise),
+    its prompts drawn from ``eval.seed`` per region instead of per regime.
+    """
+
+    def __init__(self, bundle, teacher, eval_config, alphas_cumprod, per_region: int = 4, encode=None):
+        seed, j = eval_config.seed, eval_config.probe_timesteps
+        rng = np.random.default_rng([seed, 7])
+        offsets, members = np.asarray(bundle.region_offsets), np.asarray(bundle.region_members)
+        k = len(offsets) - 1
+        ids, regions = [], []
+        for r in range(k):
+            inside = members[offsets[r]:offsets[r + 1]]
+            if len(inside):
+                ids.append(rng.choice(inside, per_region, replace=len(inside) < per_region))
+                regions.append(np.full(per_region, r))
+        ids, self.regions, self.num_regions = np.concatenate(ids), np.concatenate(regions), k
+        x0 = probe_images(bundle, ids, seed)
+        if encode is not None:
+            x0 = encode(x0)
+        timesteps = ((np.arange(j) + 0.5) * len(alphas_cumprod) / j).astype(np.int64)
+        noise = np.random.default_rng([seed, 8]).standard_normal((len(ids), j, *x0.shape[1:]), dtype=np.float32)
+        self.probe = ProbeSet(ids, x0.astype(np.float32), timesteps, noise)
+        self.context = torch.as_tensor(bundle.encoder.encode_tokens(list(bundle.pool.texts(ids))))
+        self.uncond = torch.as_tensor(bundle.encoder.encode_tokens([""])).expand_as(self.context)
+        self.alphas, self.batch = alphas_cumprod, eval_config.batch_size
+        self.teacher = {c: probe_predictions(teacher, self.probe, ctx, alphas_cumprod, self.batch)
+                        for c, ctx in (("c", self.context), ("u", self.uncond))}
+
+    @torch.no_grad()
+    def measure(self, student, metric: str = "discrepancy") -> np.ndarray:
+        """Per-region mean probe ``discrepancy`` or ``cond_discrepancy`` of ``student`` (NaN: no probe)."""
+        was = student.training
+        student.eval()
+        try:
+            s_c = probe_predictions(student, self.probe, self.context, self.alphas, self.batch)
+            if metric == "cond_discrepancy":
+                s_u = probe_predictions(student, self.probe, self.uncond, self.alphas, self.batch)
+                per_probe = condition_discrepancy(s_c, s_u, self.teacher["c"], self.teacher["u"]).mean(1)
+            else:
+                per_probe = ((s_c - self.teacher["c"]).astype(np.float64) ** 2).mean(axis=(1, 2, 3, 4))
+        finally:
+            student.train(was)
+        sums = np.bincount(self.regions, weights=per_probe, minlength=self.num_regions)
+        counts = np.bincount(self.regions, minlength=self.num_regions)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
