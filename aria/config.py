@@ -1,35 +1,43 @@
 """The run configuration: one typed pydantic model, loaded from YAML, overridable with ``--set``.
 
 Every section rejects unknown keys, so a misspelt key fails before any heavy work with one line
-naming it. ``load_config`` is the single entry point used by the CLI.
+naming it. ``load_config`` is the single entry point used by the CLI. Every field has the range the
+code honours (``aria.errors.StrictModel``: no inf/nan, no ``true`` for a number; seeds are ``Seed``;
+sizes have upper bounds), and YAML reading is bounded (nesting depth, alias expansion).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from aria.errors import UserError, format_validation_error
+from aria.errors import StrictModel, UserError, format_validation_error, short_repr
+
+SEED_MAX = 2**63 - 1  # seeds are stored as int64 (strategy state, safetensors) and fed to torch.manual_seed
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+STEPS_MAX = 10**9  # steps, warmup, logging intervals: a billion optimizer steps
+BATCH_MAX = 65_536  # images or prompts in one batch
 
 
-class Section(BaseModel):
-    # no inf/nan in any float field (lr: .inf would pass gt=0)
+class Section(StrictModel):
+    # unknown keys, inf/nan (lr: .inf would pass gt=0), `true` for a number, '' for a path: errors
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorldConfig(Section):
     """The embedded shapes world (used when ``data.source`` is ``shapes``)."""
 
-    seed: int = Field(0, description="seed of the regime split (seen / underrepresented / unseen)")
-    num_prompts: int = Field(100_000, ge=100, description="distinct prompts in the pool")
-    skew: float = Field(1.0, ge=0, description="Zipf exponent of the frequency over combinations")
+    seed: Seed = Field(0, description="seed of the regime split (seen / underrepresented / unseen)")
+    num_prompts: int = Field(100_000, ge=100, le=10_000_000, description="distinct prompts in the pool")
+    skew: float = Field(1.0, ge=0, le=8, description="Zipf exponent of the frequency over combinations")
     unseen_fraction: float = Field(0.15, ge=0, lt=1, description="combinations with no paired images")
     under_fraction: float = Field(0.25, ge=0, lt=1, description="combinations with few paired images")
-    under_images: int = Field(1, ge=1, description="paired images per underrepresented combination")
-    paired_size: int = Field(4000, ge=1, description="paired images in total")
+    under_images: int = Field(1, ge=1, le=1_000_000, description="paired images per underrepresented combination")
+    paired_size: int = Field(4000, ge=1, le=1_000_000, description="paired images in total")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -43,7 +51,7 @@ class ConceptsConfig(Section):
     concepts in 8 families x colour x size x position; unseen = whole families (``aria.world.splits``)."""
 
     seed: int = Field(0, ge=0, description="seed of the pool and the split (which families are unseen)")
-    num_prompts: int = Field(200_000, ge=13_824, description="prompts in the pool (at least one per item)")
+    num_prompts: int = Field(200_000, ge=1_000, description="prompts in the pool (one per item first, when it allows)")
     skew: float = Field(1.0, ge=0, le=4, description="Zipf exponent of the prompt frequency over concepts")
     unseen_families: int = Field(2, ge=2, le=6, description="families with no paired image")
     under_concepts: int = Field(8, ge=0, le=32, description="concepts with only under_images paired images")
@@ -68,14 +76,22 @@ class DataConfig(Section):
             raise ValueError("data.source 'files' needs prompts_file and paired_dir")
         return self
 
+    @model_validator(mode="after")
+    def _files_unread(self):
+        unread = [name for name in ("prompts_file", "paired_dir") if getattr(self, name) is not None]
+        if self.source != "files" and unread:
+            raise ValueError(f"data.{unread[0]} is read only with data.source 'files' (source is "
+                             f"{self.source!r}): remove it or set data.source: files")
+        return self
+
 
 class EncoderConfig(Section):
     kind: Literal["minilm", "clip"] = Field("minilm", description="text encoder")
     path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
-    batch_size: int = Field(512, ge=1, description="prompts per encoding chunk")
+    batch_size: int = Field(512, ge=1, le=BATCH_MAX, description="prompts per encoding chunk")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="device for encoding: auto, cpu, mps, cuda or cuda:N")
-    max_length: Optional[int] = Field(None, ge=1, description="token length L of the context; None = 32 (minilm: every world prompt fits), 77 (clip)")
+    max_length: Optional[int] = Field(None, ge=1, le=512, description="token length L of the context; None = 32 (minilm: every world prompt fits), 77 (clip)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="compute dtype; auto = float32 on CPU, the stored weights' dtype on GPU"
     )
@@ -83,10 +99,10 @@ class EncoderConfig(Section):
 
 class RegionsConfig(Section):
     method: Literal["kmeans", "metadata"] = Field("kmeans", description="k-means on embeddings or metadata")
-    k: int = Field(64, ge=1, description="number of regions (k-means)")
+    k: int = Field(64, ge=1, le=1_000_000, description="number of regions (k-means)")
     metadata_keys: list[str] = Field(["shape", "color"], description="attributes defining metadata regions")
-    iterations: int = Field(30, ge=1, description="k-means iterations")
-    seed: int = Field(0, description="k-means seed")
+    iterations: int = Field(30, ge=1, le=10_000, description="k-means iterations")
+    seed: Seed = Field(0, description="k-means seed")
 
 
 class TeacherConfig(Section):
@@ -102,11 +118,11 @@ class StudentConfig(Section):
 
 
 class DistillConfig(Section):
-    steps: int = Field(1000, ge=1, description="optimizer steps")
-    batch_size: int = Field(64, ge=1, description="global batch size (all ranks)")
+    steps: int = Field(1000, ge=1, le=STEPS_MAX, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, le=BATCH_MAX, description="global batch size (all ranks)")
     lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=STEPS_MAX)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
     w_task: float = Field(1.0, ge=0, description="weight of the task MSE (paired samples only)")
     w_out: float = Field(1.0, ge=0, description="weight of the output KD MSE")
@@ -117,14 +133,15 @@ class DistillConfig(Section):
     switch_constant: float = Field(0.5, ge=0, le=1, description="p for the constant schedule")
     cfg_dropout: float = Field(0.1, ge=0, lt=1, description="probability of the empty condition")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of student weights; None = off")
-    timestep_bins: int = Field(10, ge=1, description="timestep bins of the strategy feedback")
+    timestep_bins: int = Field(10, ge=1, le=1000, description="timestep bins of the strategy feedback (at most "
+                               "one per training timestep)")
     importance_weights: bool = Field(False, description="weight switched KD losses by the strategy's weights")
-    max_nonfinite_steps: int = Field(20, ge=1, description="consecutive non-finite losses before stopping")
+    max_nonfinite_steps: int = Field(20, ge=1, le=STEPS_MAX, description="consecutive non-finite losses before stopping")
     feature_balance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the teacher feature scales")
     feedback_from: Literal["all", "switched"] = Field(
         "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do)"
     )
-    context_cache_mb: float = Field(1024, ge=0, description="device memory for precomputed paired-prompt contexts")
+    context_cache_mb: float = Field(1024, ge=0, le=1e7, description="device memory for precomputed paired-prompt contexts")
     step_sync: Literal["host", "device"] = Field(
         "host", description="host: read the step's statistics before backward and skip a non-finite step there "
         "(any backend); device: skip it on the device (fused AdamW), read the statistics without stalling the "
@@ -150,29 +167,63 @@ class BackendConfig(Section):
     zero_stage: int = Field(0, ge=0, le=2, description="DeepSpeed ZeRO stage")
     compile: bool = Field(False, description="torch.compile teacher and student")
     deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
-    collective_timeout_s: int = Field(600, ge=1, description="timeout of collectives (dead rank detection)")
-    cpu_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process; None = torch's default")
+    collective_timeout_s: int = Field(600, ge=1, le=7 * 86_400, description="timeout of collectives (dead rank detection)")
+    cpu_threads: Optional[int] = Field(None, ge=1, le=4096, description="torch CPU threads per process; None = torch's default")
 
 
 class LoggingConfig(Section):
-    every: int = Field(10, ge=1, description="steps between console/JSONL summaries")
+    every: int = Field(10, ge=1, le=STEPS_MAX, description="steps between console/JSONL summaries")
     tensorboard: bool = Field(False)
-    checkpoint_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every: int = Field(200, ge=1, le=STEPS_MAX)
+    keep_checkpoints: int = Field(2, ge=1, le=1000)
     progress: bool = Field(True, description="progress bar")
 
 
 class EvalConfig(Section):
-    probe_images: int = Field(512, ge=1, description="images of the fixed probe set")
-    probe_timesteps: int = Field(8, ge=1, description="stratified timesteps of the probe set")
-    sample_prompts: int = Field(256, ge=1, description="prompts sampled for judge metrics")
-    sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps")
-    seed: int = Field(1234, description="seed of probe set and sampling noise")
-    batch_size: int = Field(256, ge=1, description="images per forward pass in eval (probe and sampling)")
+    probe_images: int = Field(512, ge=1, le=1_000_000, description="images of the fixed probe set")
+    probe_timesteps: int = Field(8, ge=1, le=1000, description="stratified timesteps of the probe set")
+    sample_prompts: int = Field(256, ge=1, le=1_000_000, description="prompts sampled for judge metrics")
+    sample_steps: int = Field(25, ge=1, le=50, description="DDIM steps (the sampler takes 1 to 50)")
+    seed: Seed = Field(1234, description="seed of probe set and sampling noise")
+    batch_size: int = Field(256, ge=1, le=BATCH_MAX, description="images per forward pass in eval (probe and sampling)")
+
+
+class ChecksConfig(Section):
+    """Pre-registered thresholds of ``aria checks`` (world v2 comparisons of none, rc and oracle)."""
+
+    teacher_accuracy_min: float = Field(0.9, ge=0, le=1, description="C1: teacher judged accuracy, min over regimes "
+                                        "and families and over runs")
+    none_seen_accuracy_min: float = Field(0.5, ge=0, le=1, description="C1: none student's judged accuracy on seen "
+                                          "(mean over seeds)")
+    none_unseen_seen_cond_min: float = Field(3.0, ge=0, description="C2: none's unseen/seen cond_discrepancy (mean "
+                                             "of per-seed ratios)")
+    none_unseen_seen_probe_min: float = Field(2.0, ge=0, description="C2: none's unseen/seen probe discrepancy "
+                                              "(mean of per-seed ratios)")
+    rc_unseen_cond_ratio_max: float = Field(0.7, ge=0, description="C3: unseen cond_discrepancy rc/none (mean of "
+                                            "per-seed ratios)")
+    rc_seen_cond_ratio_max: float = Field(1.05, ge=0, description="C3: seen cond_discrepancy rc/none (mean of "
+                                          "per-seed ratios)")
+    region_cv_min: float = Field(0.5, ge=0, description="C4: rc's coefficient of variation of the per-region probe "
+                                 "discrepancy (mean over seeds)")
+    region_max_median_min: float = Field(2.0, ge=0, description="C4: rc's max/median of the per-region probe "
+                                         "discrepancy (mean over seeds)")
+    region_seed_spearman_min: float = Field(0.8, ge=-1, le=1, description="C4: Spearman correlation of rc's "
+                                            "per-region probe discrepancy between seeds (mean over pairs)")
+    tracker_spearman_min: float = Field(0.5, ge=-1, le=1, description="C5: Spearman correlation of rc's logged "
+                                        "region_discrepancy (last half of training) with its eval's per-region "
+                                        "probe discrepancy (mean over seeds)")
+    oracle_unseen_cond_ratio_max: float = Field(0.85, ge=0, description="C5: unseen cond_discrepancy oracle/rc "
+                                                "(mean of per-seed ratios)")
+
+
+class ExperimentConfig(Section):
+    """What an experiment is judged by, written before its runs (not part of a run's digest)."""
+
+    checks: ChecksConfig = ChecksConfig()
 
 
 class RunConfig(Section):
-    seed: int = Field(0, description="seed of data order, noise and strategy draws")
+    seed: Seed = Field(0, description="seed of data order, noise and strategy draws")
     output_dir: Path = Field(Path("runs/default"), description="where checkpoints, metrics and the student go")
     data: DataConfig = DataConfig()
     encoder: EncoderConfig = EncoderConfig()
@@ -184,6 +235,7 @@ class RunConfig(Section):
     backend: BackendConfig = BackendConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
     _strategy_config: Any = PrivateAttr(default=None)
 
     def strategy_config(self):
@@ -221,8 +273,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not all(path):
         raise UserError(f"--set {item!r}: empty key in {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw) if raw.strip() else ""
+    except YamlLimitError as err:
+        raise UserError(f"--set {key}: {err}") from None
+    except (yaml.YAMLError, ValueError):  # not YAML: the text itself
         value = raw
     return path, value
 
@@ -242,8 +296,46 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# Bounds of YAML reading: a config is a few levels deep and a few hundred values; these stop a
+# 20,000-deep nesting (a RecursionError in the composer) and an alias bomb (10^9 values from a few
+# lines, which every later pass - validation, error messages, dumps - would walk) at once.
+YAML_MAX_DEPTH = 64
+YAML_MAX_VALUES = 100_000
+YAML_MAX_BYTES = 10 * 2**20
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A YAML document beyond ``YAML_MAX_DEPTH`` or ``YAML_MAX_VALUES`` (or self-referencing)."""
+
+    def __init__(self, problem: str, mark=None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last silently)."""
+    """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last silently), a key
+    that is not a string (``1: 2``, ``~: 2``), nesting deeper than ``YAML_MAX_DEPTH`` and aliases
+    expanding to more than ``YAML_MAX_VALUES`` values, before anything is constructed."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise YamlLimitError(f"nested deeper than {YAML_MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -251,34 +343,100 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": merged keys may be overridden
                 continue
             key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: SafeLoader's own error follows
-                continue
-            if duplicate:
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short_repr(key)} is not a name (quote it if it is meant as one)",
+                    key_node.start_mark)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: Path) -> dict:
+# YAML 1.2 reads 3e-4 as a number; PyYAML (YAML 1.1) wants a dot (3.0e-4) and gives the text "3e-4",
+# which a float field rejects: numbers in exponent form without a dot are floats here too
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _check_expansion(root) -> None:
+    """Raise ``YamlLimitError`` if the composed ``root``, with every alias expanded, holds more than
+    ``YAML_MAX_VALUES`` values or nests deeper than ``YAML_MAX_DEPTH``, or refers to itself. Each
+    node is measured once (aliases share their node), so this costs the size of the text."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+    open_: set[int] = set()
+
+    def measure(node, depth: int) -> tuple[int, int]:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise YamlLimitError("an alias refers to the value that holds it", node.start_mark)
+        if depth > YAML_MAX_DEPTH:
+            raise YamlLimitError(f"aliases nest deeper than {YAML_MAX_DEPTH} levels", node.start_mark)
+        values, deepest = 1, 0
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            open_.add(id(node))
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            for child in children:
+                count, below = measure(child, depth + 1)
+                values += count
+                deepest = max(deepest, below + 1)
+                if values > YAML_MAX_VALUES:
+                    raise YamlLimitError(f"aliases expand to more than {YAML_MAX_VALUES:,} values", node.start_mark)
+            open_.discard(id(node))
+        if depth + deepest > YAML_MAX_DEPTH:
+            raise YamlLimitError(f"aliases nest deeper than {YAML_MAX_DEPTH} levels", node.start_mark)
+        sizes[id(node)] = (values, deepest)
+        return values, deepest
+
+    measure(root, 1)
+
+
+def load_yaml_text(text: str):
+    """The data of one YAML document, read with ``_StrictLoader`` (bounded; see its docstring).
+    Raises ``yaml.YAMLError`` (``YamlLimitError`` for the bounds) or ``ValueError`` (an integer of
+    more than 4300 digits)."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, what: str = "config file") -> dict:
+    """The mapping in the YAML file ``path``; a ``UserError`` names the file (and line) for anything
+    else: missing, unreadable, not UTF-8, empty, invalid or unbounded YAML, not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
+        raise UserError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise UserError(f"{what} {path} is over {YAML_MAX_BYTES >> 20} MiB (a config is a few KiB)")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"config file {path} is not valid UTF-8 (byte {err.start})") from err
+        raise UserError(f"{what} {path} is not valid UTF-8 (byte {err.start})") from err
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot read ({err.strerror or err})") from err
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        data = load_yaml_text(text)
+    except YamlLimitError as err:
+        mark = err.problem_mark
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what} {path}{where}: {err.problem}") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from err
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{what} {path}{where}: invalid YAML ({problem})") from err
+    except ValueError as err:  # int("1" * 5000): Python refuses integers of more than 4300 digits
+        problem = "an integer of more than 4300 digits" if "integer string conversion" in str(err) else str(err)
+        raise UserError(f"{what} {path}: invalid YAML ({problem[:120]})") from err
     if data is None:
-        return {}
+        raise UserError(f"{what} {path} is empty (no settings in it): write the settings, or leave the "
+                        f"option out for the defaults")
     if not isinstance(data, dict):
-        raise UserError(f"config file {path}: top level must be a mapping, not {type(data).__name__}")
+        raise UserError(f"{what} {path}: top level must be a mapping, not {type(data).__name__}")
     return data
 
 
@@ -292,7 +450,7 @@ def load_config(path: Path | None = None, overrides: list[str] = (), strategy: s
             raise UserError("config: strategy must be a mapping with name and params")
         data["strategy"]["name"] = strategy
     try:
-        config = RunConfig(**data)
+        config = RunConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(format_validation_error(err, source=f"config {path}" if path else "config")) from err
     from aria.strategies import create_strategy

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from aria.cli.options import SEED
+from aria.config import SEED_MAX
 from aria.errors import UserError, folder_problem
 
 
@@ -87,6 +89,8 @@ def parse_seeds(text: str) -> list[int]:
         raise UserError(f"--seeds {text!r}: expected a count N >= 1 or a comma-separated list of seeds") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text!r}: expected distinct seeds")
+    if not all(0 <= s <= SEED_MAX for s in seeds):
+        raise UserError(f"--seeds {text!r}: seeds are 0 to 2^63 - 1")
     return seeds
 
 
@@ -118,8 +122,8 @@ def results_command(results_path, ablation_paths, out, check):
               help="Teacher UNet folder (or SD folder) to sample next to the student.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("grid.png"), show_default=True)
 @click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
-@click.option("--guidance", type=float, default=None, help="CFG scale (default: the run's teacher.guidance_scale).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--guidance", type=float, default=None, help="CFG scale, finite (default: the run's teacher.guidance_scale).")
 @click.option("--device", default="auto", show_default=True)
 def sample_command(model, prompts, teacher, out, steps, seed, guidance, device):
     """Draw a PNG grid from a student (and its teacher, from the same noise)."""
@@ -127,3 +131,33 @@ def sample_command(model, prompts, teacher, out, steps, seed, guidance, device):
 
     path = sample.sample_grid(model, list(prompts), out, teacher, steps, seed, guidance, device)
     click.echo(f"wrote {path}")
+
+
+@click.command("checks")
+@click.option("--compare", "compare_dir", type=click.Path(path_type=Path), required=True,
+              help="An aria compare --out folder (with none, rc and oracle runs).")
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Config whose experiment.checks holds the thresholds (default: the one the compare command named, "
+                   "with its --set values).")
+def checks_command(compare_dir, config_path):
+    """Pre-registered checks of a comparison: print the table, write checks.json; exit 1 unless all pass."""
+    from aria.config import load_config
+    from aria.experiment import checks
+
+    folder = checks.read_compare(compare_dir)
+    sets = []
+    if config_path is None:
+        recorded = checks.recorded_config(folder)
+        if recorded is None:
+            raise UserError(f"--config: {compare_dir}/results.json names no config; pass --config")
+        config_path, sets = recorded
+        if not config_path.is_file():
+            raise UserError(f"--config: the comparison used {config_path}, which is not here; pass --config")
+    config = load_config(config_path, sets)
+    result = checks.compute_checks(compare_dir, config.experiment.checks)
+    result["config"] = {"path": str(config_path), "sets": sets}
+    path = checks.write_checks(result, compare_dir)
+    click.echo(checks.checks_table(result))
+    passed = sum(r["status"] == "pass" for r in result["checks"])
+    click.echo(f"{passed} of {len(result['checks'])} checks pass; wrote {path}")
+    sys.exit(0 if result["all_pass"] else 1)

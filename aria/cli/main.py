@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "compare": ("aria.cli.experiment:compare_command", "Train and evaluate several strategies x seeds."),
     "sample": ("aria.cli.experiment:sample_command", "Draw a PNG grid from a student (and its teacher)."),
     "results": ("aria.cli.experiment:results_command", "Generate docs/RESULTS.md from a results JSON."),
+    "checks": ("aria.cli.experiment:checks_command", "Pre-registered checks of a comparison (exit 1 on a fail)."),
 }
 
 
@@ -68,6 +69,9 @@ def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
     """Distil the teacher into a student with the chosen allocation strategy."""
     from aria.config import config_to_dict, load_config
 
+    if resume and dry_run:
+        raise UserError("--resume and --dry-run cannot be combined: a dry run only validates the config "
+                        "(drop --resume to check it, or --dry-run to continue training)")
     config = load_config(config_path, overrides, strategy=strategy)
     if dry_run:
         import yaml
@@ -83,12 +87,16 @@ def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
 def strategies_command():
     """List every registered strategy with its origin, description and parameters."""
     from aria.strategies import list_strategies
-    from aria.strategies.registry import describe_parameters
+    from aria.strategies.registry import broken_plugins, describe_parameters
 
     for name, cls in list_strategies().items():
         click.echo(f"{name}  [{cls.origin}]  {cls.summary()}")
         for field, kind, default, desc in describe_parameters(cls):
             click.echo(f"    {field}: {kind} = {default!r}" + (f"  # {desc}" if desc else ""))
+    broken = broken_plugins()
+    if broken:  # the others are listed above; the broken ones are named in one line (exit status 2)
+        raise UserError("; ".join(broken.values()) if len(broken) == 1 else
+                        f"{len(broken)} strategy plugins failed to load: " + "; ".join(broken.values()))
 
 
 def exit_for_user_error(err: UserError) -> NoReturn:

@@ -92,6 +92,7 @@ def digest_fields(config) -> dict:
     data = config_to_dict(config)
     for key in ("seed", "output_dir", "logging"):
         data.pop(key)
+    data.pop("experiment", None)  # the pre-registered checks judge the runs; they do not change them
     data["strategy"].pop("name")
     if data["data"]["source"] != "concepts":  # the world v2 section, unused by other sources (digests made
         data["data"].pop("concepts")  # before it existed stay valid)

@@ -1,0 +1,292 @@
+"""``aria checks``: the pre-registered checks of a world v2 comparison (``none``, ``rc``, ``oracle``).
+
+Pure reading of an ``aria compare`` folder: ``results.json`` (every run's eval metrics per group), each
+run's ``eval/eval.json`` (per-region probe discrepancy) and ``metrics.jsonl`` (the discrepancy the
+strategy observed per region). The thresholds are ``experiment.checks`` of the run config. Each
+sub-check is one row that passes, fails, or is missing (a strategy or file not in the folder; never a
+pass). Ratios are means of per-seed ratios; correlations are Spearman's (ranks: robust to the heavy
+tail of the region discrepancies and to the tracker's different scale).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aria.errors import UserError
+from aria.experiment.compare import run_paths
+from aria.experiment.report import fmt, table
+from aria.files import write_json
+
+FORMAT = "aria-checks/1"
+
+
+class Missing(Exception):
+    """What a check needs is not in the folder; the message says what."""
+
+
+@dataclass
+class Stat:
+    value: float | None  # None: undefined (e.g. a correlation of constants), a fail
+    n: int  # seeds, seed pairs or runs it is computed from
+    detail: str = ""
+
+
+@dataclass
+class Folder:
+    out: Path
+    results: dict
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.results.get("seeds", [])]
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def read_compare(out: Path) -> Folder:
+    """The compare folder ``out``; a ``UserError`` if it is not one."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"--compare {out}: {'not a folder' if out.exists() else 'does not exist'}")
+    data = read_json(out / "results.json")
+    if not isinstance(data, dict) or data.get("format") != "aria-compare/1":
+        raise UserError(f"--compare {out}: not an aria compare folder (no valid results.json in it)")
+    return Folder(out, data)
+
+
+def read_json(path: Path):
+    """The JSON in ``path``, or None if it is not there or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_log(path: Path) -> list[dict] | None:
+    """The records of a metrics.jsonl (a torn last line skipped), or None if it is not there."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return None
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict)]
+
+
+def per_seed(f: Folder, strategy: str, group: str, metric: str) -> dict[int, float]:
+    """seed -> ``metric`` of ``group`` in the strategy's runs (results.json)."""
+    runs = f.results.get("runs", {}).get(strategy)
+    if not runs:
+        raise Missing(f"no {strategy} runs")
+    values = {int(s): m.get(group, {}).get(metric) for s, m in runs.items()}
+    values = {s: float(v) for s, v in values.items() if v is not None}
+    if not values:
+        raise Missing(f"{strategy}: no {group} {metric}")
+    return values
+
+
+def regions(f: Folder, strategy: str, key: str = "discrepancy") -> dict[int, np.ndarray]:
+    """seed -> per-region ``regions[key]`` of the run's eval.json (NaN where unprobed)."""
+    found = {}
+    for seed in f.seeds:
+        ev = read_json(run_paths(f.out, strategy, seed)["eval_json"])
+        if isinstance(ev, dict) and key in ev.get("regions", {}):
+            found[seed] = as_array(ev["regions"][key])
+    if not found:
+        raise Missing(f"no runs/{strategy}/seed*/eval/eval.json with regions")
+    return found
+
+
+def tracked(f: Folder, strategy: str, seed: int) -> np.ndarray | None:
+    """Per-region mean of the logged ``region_discrepancy`` over the last half of training (NaN where
+    never observed then), or None without a log."""
+    log = read_log(run_paths(f.out, strategy, seed)["run"] / "metrics.jsonl")
+    rows = [r for r in log or [] if r.get("region_discrepancy") is not None and "step" in r]
+    if not rows:
+        return None
+    steps = f.results.get("steps") or max(r["step"] for r in rows)
+    late = np.array([as_array(r["region_discrepancy"]) for r in rows if r["step"] > steps / 2])
+    if late.size == 0:
+        return None
+    seen = np.isfinite(late)
+    return np.where(seen.any(0), np.where(seen, late, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+
+
+def as_array(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+def mean_ratio(num: dict, den: dict) -> Stat:
+    """Mean of the per-seed ratios num/den over the seeds holding both."""
+    ratios = [num[s] / den[s] for s in sorted(num) if s in den and den[s] != 0]
+    if not ratios:
+        raise Missing("no seed with both values")
+    return Stat(float(np.mean(ratios)), len(ratios))
+
+
+def mean_over(values: list[float]) -> Stat:
+    """Mean of the defined values (None if none is)."""
+    ok = [v for v in values if v is not None and math.isfinite(v)]
+    return Stat(float(np.mean(ok)) if ok else None, len(ok))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rho over the entries finite in both (None with fewer than 3, a constant side or
+    different lengths)."""
+    from scipy import stats
+
+    if len(x) != len(y):
+        return None
+    both = np.isfinite(x) & np.isfinite(y)
+    if both.sum() < 3 or np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
+        return None
+    return float(stats.spearmanr(x[both], y[both]).statistic)
+
+
+def spread(x: np.ndarray) -> tuple[float, float]:
+    """Coefficient of variation (population std / mean) and max/median of the finite entries."""
+    x = x[np.isfinite(x)]
+    if x.size == 0 or x.mean() <= 0:
+        return math.nan, math.nan
+    median = float(np.median(x))
+    return float(x.std() / x.mean()), float(x.max() / median) if median > 0 else math.inf
+
+
+# -- the checks ------------------------------------------------------------------------------------
+
+def row(check: str, name: str, op: str, threshold: float, compute) -> dict:
+    """One sub-check: ``compute()`` gives a ``Stat`` or raises ``Missing``."""
+    try:
+        stat = compute()
+    except Missing as err:
+        return {"check": check, "name": name, "value": None, "op": op, "threshold": threshold, "n": 0,
+                "status": "missing", "detail": str(err)}
+    v = stat.value
+    ok = v is not None and not math.isnan(v) and (v >= threshold if op == ">=" else v <= threshold)
+    return {"check": check, "name": name, "value": v, "op": op, "threshold": threshold, "n": stat.n,
+            "status": "pass" if ok else "fail", "detail": stat.detail}
+
+
+def teacher_accuracy(f: Folder) -> Stat:
+    """Lowest teacher judged accuracy over the regimes and families of every run."""
+    found = [(float(m["teacher_accuracy"]), g, s, seed) for s, runs in f.results.get("runs", {}).items()
+             for seed, metrics in runs.items() for g, m in metrics.items()
+             if g != "all" and m.get("teacher_accuracy") is not None]
+    if not found:
+        raise Missing("no teacher_accuracy in results.json")
+    low, g, s, seed = min(found)
+    return Stat(low, len({(s, seed) for _, _, s, seed in found}), f"lowest: {g} ({s} seed {seed})")
+
+
+def c1(f: Folder, t) -> list[dict]:
+    return [row("C1", "teacher accuracy, min over regimes/families/runs", ">=", t.teacher_accuracy_min,
+                lambda: teacher_accuracy(f)),
+            row("C1", "none seen accuracy", ">=", t.none_seen_accuracy_min,
+                lambda: mean_over(list(per_seed(f, "none", "seen", "judge_accuracy").values())))]
+
+
+def c2(f: Folder, t) -> list[dict]:
+    def within(metric):
+        return lambda: mean_ratio(per_seed(f, "none", "unseen", metric), per_seed(f, "none", "seen", metric))
+
+    return [row("C2", "none unseen/seen cond_discrepancy", ">=", t.none_unseen_seen_cond_min, within("cond_discrepancy")),
+            row("C2", "none unseen/seen discrepancy", ">=", t.none_unseen_seen_probe_min, within("discrepancy"))]
+
+
+def c3(f: Folder, t) -> list[dict]:
+    def rc_none(group):
+        return lambda: mean_ratio(per_seed(f, "rc", group, "cond_discrepancy"),
+                                  per_seed(f, "none", group, "cond_discrepancy"))
+
+    return [row("C3", "unseen cond_discrepancy rc/none", "<=", t.rc_unseen_cond_ratio_max, rc_none("unseen")),
+            row("C3", "seen cond_discrepancy rc/none", "<=", t.rc_seen_cond_ratio_max, rc_none("seen"))]
+
+
+def seed_agreement(f: Folder) -> Stat:
+    """Mean Spearman rho of rc's per-region probe discrepancy over the pairs of seeds."""
+    disc = regions(f, "rc")
+    if len(disc) < 2:
+        raise Missing("needs two rc runs with eval/eval.json")
+    return mean_over([spearman(disc[a], disc[b]) for a, b in itertools.combinations(sorted(disc), 2)])
+
+
+def c4(f: Folder, t) -> list[dict]:
+    def spread_stat(i):
+        return lambda: mean_over([spread(x)[i] for x in regions(f, "rc").values()])
+
+    return [row("C4", "rc region discrepancy CV", ">=", t.region_cv_min, spread_stat(0)),
+            row("C4", "rc region discrepancy max/median", ">=", t.region_max_median_min, spread_stat(1)),
+            row("C4", "rc region discrepancy Spearman between seeds", ">=", t.region_seed_spearman_min,
+                lambda: seed_agreement(f))]
+
+
+def tracker_agreement(f: Folder) -> Stat:
+    """Mean over rc seeds of Spearman's rho between the tracker's input and the eval per region."""
+    disc, rhos = regions(f, "rc"), []
+    for seed, measured in disc.items():
+        logged = tracked(f, "rc", seed)
+        if logged is not None and len(logged) == len(measured):
+            rhos.append(spearman(logged, measured))
+    if not rhos:
+        raise Missing("no rc metrics.jsonl with region_discrepancy next to an eval/eval.json")
+    return mean_over(rhos)
+
+
+def c5(f: Folder, t) -> list[dict]:
+    return [row("C5", "rc tracker input vs eval, Spearman per region", ">=", t.tracker_spearman_min,
+                lambda: tracker_agreement(f)),
+            row("C5", "unseen cond_discrepancy oracle/rc", "<=", t.oracle_unseen_cond_ratio_max,
+                lambda: mean_ratio(per_seed(f, "oracle", "unseen", "cond_discrepancy"),
+                                   per_seed(f, "rc", "unseen", "cond_discrepancy")))]
+
+
+def compute_checks(out_dir: Path, thresholds) -> dict:
+    """Every sub-check of the compare folder ``out_dir`` against ``thresholds`` (a ``ChecksConfig``)."""
+    f = read_compare(out_dir)
+    rows = [r for check in (c1, c2, c3, c4, c5) for r in check(f, thresholds)]
+    return {"format": FORMAT, "compare": str(out_dir), "thresholds": thresholds.model_dump(),
+            "correlation": "spearman", "ratios": "mean of the per-seed ratios",
+            "all_pass": all(r["status"] == "pass" for r in rows), "checks": rows}
+
+
+def write_checks(result: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / "checks.json"
+    write_json(path, result)
+    return path
+
+
+def checks_table(result: dict) -> str:
+    """Markdown: check, value, threshold, runs, pass."""
+    rows = [[f"{r['check']} {r['name']}", fmt(r["value"]), f"{r['op']} {fmt(r['threshold'])}", str(r["n"]),
+             r["status"] + (f" ({r['detail']})" if r["detail"] and r["status"] != "pass" else "")]
+            for r in result["checks"]]
+    return table(["check", "value", "threshold", "n", "pass"], rows)
+
+
+def recorded_config(f: Folder) -> tuple[Path, list[str]] | None:
+    """The ``--config`` and ``--set`` values of the command that made the folder, if it names a config."""
+    import shlex
+
+    try:
+        args = shlex.split(f.results.get("command") or "")
+    except ValueError:
+        return None
+    config, sets = None, []
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--config", "-c"):
+            config = Path(value)
+        elif flag == "--set":
+            sets.append(value)
+    return None if config is None else (config, sets)
