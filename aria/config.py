@@ -50,7 +50,7 @@ class ConceptsConfig(Section):
     """The embedded concepts world, world v2 (used when ``data.source`` is ``concepts``): 64 named
     concepts in 8 families x colour x size x position; unseen = whole families (``aria.world.splits``)."""
 
-    seed: int = Field(0, ge=0, description="seed of the pool and the split (which families are unseen)")
+    seed: Seed = Field(0, description="seed of the pool and the split (which families are unseen)")
     num_prompts: int = Field(200_000, ge=1_000, description="prompts in the pool (one per item first, when it allows)")
     skew: float = Field(1.0, ge=0, le=4, description="Zipf exponent of the prompt frequency over concepts")
     unseen_families: int = Field(2, ge=2, le=6, description="families with no paired image")

@@ -14,7 +14,6 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
 
 class UserError(Exception):
@@ -86,6 +85,8 @@ def format_validation_error(err, source: str = "config") -> str:
     kind = first.get("type", "")
     if kind == "extra_forbidden":
         msg = "unknown key"
+    elif kind == "value_error" and msg.startswith("Value error, "):  # a validator's own sentence
+        msg = msg[len("Value error, "):]
     more = f" (+{count - 1} more)" if count > 1 else ""
     value = first.get("input")
     shown = "" if kind in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {short_repr(value)})"
@@ -147,7 +148,7 @@ class StrictModel(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         problem = None if field is None else scalar_problem(value, field.annotation)
         if problem:
-            raise PydanticCustomError("exact_type", problem)
+            raise ValueError(problem)  # shown without pydantic's "Value error, " (format_validation_error)
         return value
 
 

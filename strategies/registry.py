@@ -3,22 +3,25 @@
 Third-party packages register through the entry-point group ``aria.strategies``: each entry
 point names a module (importing it runs its ``@register_strategy``) or an
 ``AllocationStrategy`` subclass. Plugins are found on first lookup, with no import by the user.
+A plugin that fails to load is set aside (``broken_plugins``): every other strategy stays usable,
+and asking for the broken one names it and why it failed.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
-from types import UnionType
+from types import ModuleType, UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
-from aria.errors import UserError, format_validation_error
+from aria.errors import UserError, format_validation_error, short_repr
 
 from .base import AllocationStrategy
 
 ENTRY_POINT_GROUP = "aria.strategies"
 _REGISTRY: dict[str, type[AllocationStrategy]] = {}
+_BROKEN: dict[str, str] = {}  # entry-point name -> one line: which plugin failed to load, and why
 _plugins_loaded = False
 _loading_origin: str | None = None
 
@@ -42,7 +45,7 @@ def register_strategy(name: str):
 
 
 def load_plugins() -> None:
-    """Import every ``aria.strategies`` entry point once."""
+    """Import every ``aria.strategies`` entry point once; one that fails is recorded in ``_BROKEN``."""
     global _plugins_loaded, _loading_origin
     if _plugins_loaded:
         return
@@ -54,13 +57,20 @@ def load_plugins() -> None:
             obj = ep.load()
             if isinstance(obj, type) and issubclass(obj, AllocationStrategy) and obj not in _REGISTRY.values():
                 register_strategy(ep.name)(obj)
-        except Exception as err:  # a broken plugin is the user's environment: name it in one line
-            raise UserError(
-                f"strategy plugin {ep.name!r} ({_loading_origin}, {ep.value}) failed to load: "
-                f"{type(err).__name__}: {err}"
-            ) from err
+            elif not (isinstance(obj, type) and issubclass(obj, AllocationStrategy)) and not isinstance(obj, ModuleType):
+                raise TypeError(f"the entry point is a {type(obj).__name__}, not a module or an AllocationStrategy")
+        except (Exception, SystemExit) as err:  # the user's environment: set aside, named when it matters
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            _BROKEN[ep.name] = (f"strategy plugin {ep.name!r} ({_loading_origin}, {ep.value}) failed to load: "
+                                f"{reason if len(reason) <= 200 else reason[:200] + '...'}")
         finally:
             _loading_origin = None
+
+
+def broken_plugins() -> dict[str, str]:
+    """Entry-point name -> one line naming each plugin that failed to load, and why."""
+    load_plugins()
+    return dict(_BROKEN)
 
 
 def list_strategies() -> dict[str, type[AllocationStrategy]]:
@@ -71,11 +81,14 @@ def list_strategies() -> dict[str, type[AllocationStrategy]]:
 def get_strategy(name: str) -> type[AllocationStrategy]:
     strategies = list_strategies()
     if name not in strategies:
+        if name in _BROKEN:
+            raise UserError(_BROKEN[name])
         import difflib
 
         close = difflib.get_close_matches(name, strategies, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(strategies)}"
-        raise UserError(f"unknown strategy {name!r}{hint}")
+        broken = f" (plugins that failed to load: {', '.join(map(repr, _BROKEN))})" if _BROKEN else ""
+        raise UserError(f"unknown strategy {short_repr(name)}{hint}{broken}")
     return strategies[name]
 
 
@@ -83,9 +96,16 @@ def create_strategy(name: str, params: dict[str, Any] | None = None) -> Allocati
     """The strategy ``name`` with validated hyperparameters (a UserError names a bad one)."""
     cls = get_strategy(name)
     try:
-        return cls(cls.Config(**(params or {})))
+        config = cls.Config.model_validate(params or {})
     except ValidationError as err:
         raise UserError(format_validation_error(err, source=f"strategy {name} params")) from err
+    if cls.origin == "built-in":
+        return cls(config)
+    try:  # a plugin's own code: whatever it raises is named as the plugin's failure
+        return cls(config)
+    except Exception as err:
+        raise UserError(f"strategy {name!r} ({cls.origin}) failed to start: {type(err).__name__}: "
+                        f"{short_repr(str(err), 200)}") from err
 
 
 def describe_parameters(cls: type[AllocationStrategy]) -> list[tuple[str, str, Any, str]]:

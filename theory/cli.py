@@ -1,11 +1,13 @@
 """``aria theory-sim``: sweep discrepancy processes through the shipped tracker and check the bound.
 
 Exit status 0 when every in-assumption configuration is within the bound, 1 otherwise; 2 for a
-user mistake (bad config, unwritable --out).
+user mistake (bad config, unwritable --out, a strategy plugin that fails to load). Everything is
+checked before ``--out`` is made; a run that fails after that removes the folder it made.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,11 +48,27 @@ def format_table(rows) -> str:
               help="Folder for theory_sim.json and the figures.")
 def theory_sim(quick: bool, config_path: Path | None, out_dir: Path):
     """Simulate discrepancy processes and check the tracking bound of the aria tracker."""
-    from .sweep import rows_as_dicts, run_sweep, summary
-
     t0 = time.perf_counter()
     cfg = load_config(config_path, quick)
-    out = _prepare_out(out_dir)
+    from aria.strategies.registry import broken_plugins
+
+    broken = {name: line for name, line in broken_plugins().items() if name not in cfg.allocation.exclude}
+    if broken:  # the allocation check runs every registered strategy: it cannot check these
+        raise UserError("; ".join(broken.values()) + " (add it to allocation.exclude to check the others)")
+    made = None if out_dir.exists() else out_dir  # the top folder this command makes
+    while made is not None and not made.parent.exists() and made.parent != made:
+        made = made.parent
+    try:
+        _sweep_and_write(cfg, _prepare_out(out_dir), t0)
+    except (Exception, KeyboardInterrupt):
+        if made is not None:  # nothing valid in it: a later run must not take it for a result
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _sweep_and_write(cfg, out: Path, t0: float) -> None:
+    from .sweep import rows_as_dicts, run_sweep, summary
+
     result = run_sweep(cfg)
     s = summary(result)
     click.echo(format_table(result["rows"]))

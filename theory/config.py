@@ -1,34 +1,41 @@
 """The sweep of ``aria theory-sim``: a typed config (unknown keys rejected), default and quick presets.
 
 A YAML file overrides the chosen preset key by key (nested sections merge), so a file may hold
-only what it changes. ``configs/theory.yaml`` is the default preset written out.
+only what it changes. ``configs/theory.yaml`` is the default preset written out. Every number has
+the range the simulation honours (``aria.errors.StrictModel``: finite, no ``true`` for a number;
+sizes, scales and list lengths bounded), so a bad value fails here, not in the sweep or the plots.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from aria.config import read_yaml
-from aria.errors import UserError, format_validation_error
+from aria.config import Seed, read_yaml
+from aria.errors import StrictModel, UserError, format_validation_error
 
 from .processes import Drift, Noise
 
 Alpha = Field(gt=0, le=1)
+SIGMA_MAX, DELTA_MAX, LIST_MAX = 100.0, 10.0, 64  # noise and drift in units of a discrepancy of ~1
 Sampled = Literal["linear", "random_walk", "sinusoid", "piecewise", "decay", "coupled"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(StrictModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def Sweep(**kw):  # noqa: N802 - a list of values to sweep: 1 to LIST_MAX of them
+    return Field(min_length=kw.pop("min_length", 1), max_length=LIST_MAX, **kw)
 
 
 class Runs(_Section):
     seeds: int = Field(ge=2, le=1000, description="independent seeds per configuration")
     steps: int = Field(ge=50, le=200_000, description="steps simulated per seed")
-    burn_in: int = Field(ge=0, description="steps discarded before measuring")
+    burn_in: int = Field(ge=0, le=200_000, description="steps discarded before measuring")
 
     @model_validator(mode="after")
     def _window(self):
@@ -40,69 +47,69 @@ class Runs(_Section):
 class Every(Runs):
     """Regions observed at every step (one strategy instance for all seeds x regions)."""
 
-    alphas: list[float] = Field(min_length=1)
-    sigmas: list[float] = Field(min_length=1)
-    deltas: list[float] = Field(min_length=1)
-    processes: list[Drift] = Field(min_length=1)
-    noises: list[Noise] = Field(min_length=1)
-    delays: list[int] = Field(min_length=1)
+    alphas: list[float] = Sweep()
+    sigmas: list[Annotated[float, Field(le=SIGMA_MAX)]] = Sweep()
+    deltas: list[Annotated[float, Field(le=DELTA_MAX)]] = Sweep()
+    processes: list[Drift] = Sweep()
+    noises: list[Noise] = Sweep()
+    delays: list[int] = Sweep()
     regions: int = Field(4, ge=1, le=64, description="regions per seed (independent replicates here)")
 
 
 class Scan(_Section):
     """The alpha scan on the worst-case drift (linear trend, Gaussian noise): measured minimiser vs a*."""
 
-    alphas: list[float] = Field(min_length=5)
-    sigma: float = Field(gt=0)
-    delta: float = Field(gt=0)
-    delays: list[int] = Field(min_length=1)
+    alphas: list[float] = Sweep(min_length=5)
+    sigma: float = Field(gt=0, le=SIGMA_MAX)
+    delta: float = Field(gt=0, le=DELTA_MAX)
+    delays: list[int] = Sweep()
 
 
 class SampledRuns(Runs):
     """Regions observed only when the allocation draws them; designs are (K regions, eps, B draws)."""
 
-    alphas: list[float] = Field(min_length=1)
-    sigmas: list[float] = Field(min_length=1)
-    deltas: list[float] = Field(min_length=1)
-    designs: list[tuple[int, float, int]] = Field(min_length=1)
-    delays: list[int] = Field(min_length=1)
-    processes: list[Sampled] = Field(min_length=1, description="cycled over the configurations")
-    noises: list[Noise] = Field(min_length=1, description="cycled over the configurations")
+    alphas: list[float] = Sweep()
+    sigmas: list[Annotated[float, Field(le=SIGMA_MAX)]] = Sweep()
+    deltas: list[Annotated[float, Field(le=DELTA_MAX)]] = Sweep()
+    designs: list[tuple[Annotated[int, Field(le=256)], float, Annotated[int, Field(le=10_000)]]] = Sweep()
+    delays: list[int] = Sweep()
+    processes: list[Sampled] = Sweep(description="cycled over the configurations")
+    noises: list[Noise] = Sweep(description="cycled over the configurations")
 
 
 class Outside(_Section):
     """Processes outside the assumptions: jumps far above delta, Student-t with df <= 2."""
 
-    alphas: list[float] = Field(min_length=1)
-    sigma: float = Field(gt=0)
-    delta: float = Field(gt=0)
-    jump: float = Field(gt=0, description="jump size (compare with delta)")
-    jump_every: int = Field(ge=2, description="mean steps between jumps")
-    heavy_df: list[float] = Field(description="Student-t degrees of freedom, each in (0, 2]")
-    heavy_processes: list[Drift] = Field(min_length=1)
-    delays: list[int] = Field(min_length=1)
+    alphas: list[float] = Sweep()
+    sigma: float = Field(gt=0, le=SIGMA_MAX)
+    delta: float = Field(gt=0, le=DELTA_MAX)
+    jump: float = Field(gt=0, le=100 * DELTA_MAX, description="jump size (compare with delta)")
+    jump_every: int = Field(ge=2, le=200_000, description="mean steps between jumps")
+    heavy_df: list[float] = Sweep(min_length=0, description="Student-t degrees of freedom, each in (0, 2]")
+    heavy_processes: list[Drift] = Sweep()
+    delays: list[int] = Sweep()
 
 
 class AllocationCheck(_Section):
     """Allocation quality on the coupled process: every registered strategy but ``exclude``."""
 
     regions: int = Field(ge=2, le=256)
-    draws: int = Field(ge=1)
-    steps: int = Field(ge=10)
-    seeds: int = Field(ge=1)
+    draws: int = Field(ge=1, le=10_000)
+    steps: int = Field(ge=10, le=200_000)
+    seeds: int = Field(ge=1, le=1000)
     alpha: float = Alpha
     eps: float = Field(ge=0, le=1)
-    sigma: float = Field(ge=0)
-    delta: float = Field(gt=0)
+    sigma: float = Field(ge=0, le=SIGMA_MAX)
+    delta: float = Field(gt=0, le=DELTA_MAX)
     noise: Noise = "uniform"
-    skew: float = Field(1.0, ge=0, description="Zipf exponent of the region sizes (small regions start worse)")
-    exclude: list[str] = ["none"]
+    skew: float = Field(1.0, ge=0, le=8, description="Zipf exponent of the region sizes (small regions start worse)")
+    exclude: list[str] = Field(["none"], max_length=LIST_MAX)
 
 
 class TheoryConfig(_Section):
-    seed: int = 0
+    seed: Seed = 0
     confidence: float = Field(gt=0.5, lt=1, description="one-sided level of the confidence limits")
-    student_df: float = Field(gt=2, description="degrees of freedom of the in-assumption Student-t")
+    student_df: float = Field(gt=2, le=1e6, description="degrees of freedom of the in-assumption Student-t")
     workers: int = Field(0, ge=0, le=64, description="processes (0: min(2, CPUs))")
     every: Every
     scan: Scan
@@ -183,13 +190,11 @@ def load_config(path: Optional[Path] = None, quick: bool = False) -> TheoryConfi
         path = Path(path)
         source = str(path)
         try:
-            changes = read_yaml(path)
+            changes = read_yaml(path, what="theory config")
         except OSError as err:
             raise UserError(f"{path}: cannot read ({err.strerror or err})") from err
         data = merge(data, changes)
     try:
-        return TheoryConfig(**data)
+        return TheoryConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(format_validation_error(err, source=source)) from err
-    except TypeError as err:
-        raise UserError(f"{source}: {err}") from err

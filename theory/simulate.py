@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aria.strategies import Feedback, RegionInfo, create_strategy
+from aria.strategies import Feedback, RegionInfo, check_allocation, create_strategy
 
 from . import processes as P
 
@@ -180,6 +180,7 @@ def run_allocation(name: str, params: dict, sizes: np.ndarray, start: np.ndarray
         counts[:] = 0.0
         for i in range(seeds):
             alloc = strategy.allocate(states[i], t, draws)
+            check_allocation(alloc, k, draws)  # a strategy that breaks the contract is reported as failed
             if trace and i == 0:
                 probs[t] = alloc.probabilities
             y = proc.d[i, alloc.regions] + noise[t, i] + shift

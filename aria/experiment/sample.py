@@ -9,13 +9,17 @@ the VAE of the Stable Diffusion folder named there.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from aria.errors import UserError, folder_problem
+from aria.errors import UserError, folder_problem, format_validation_error
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")  # as encoder.device
 
 
 @torch.no_grad()
@@ -39,10 +43,57 @@ def read_card(model: Path) -> dict:
     card = Path(model) / "aria.json"
     if not card.is_file():
         raise UserError(f"--model {model}: no aria.json (not a student exported by aria run)")
-    data = json.loads(card.read_text(encoding="utf-8"))
-    if "config" not in data or "scheduler" not in data:
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise UserError(f"--model {model}: aria.json is not valid JSON ({type(err).__name__}: {reason})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("scheduler"), dict):
         raise UserError(f"--model {model}: aria.json lacks the run config (exported by an older aria?)")
     return data
+
+
+def card_config(model: Path, card: dict):
+    """The run config stored in a student's ``aria.json`` (validated: a UserError names a bad one)."""
+    from pydantic import ValidationError
+
+    from aria.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(card["config"])
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source=f"--model {model}: aria.json config")) from err
+
+
+def check_options(prompts: list[str], steps: int, seed: int, guidance: float | None, device: str) -> None:
+    """The command-line values of ``aria sample``, before anything is loaded."""
+    from aria.config import SEED_MAX
+
+    if not prompts:
+        raise UserError("--prompt: give at least one prompt")
+    blank = next((i for i, p in enumerate(prompts) if not p.strip()), None)
+    if blank is not None:
+        raise UserError(f"--prompt {prompts[blank]!r} (number {blank + 1}) is blank: give the text to draw "
+                        f"(the empty condition is sampled by the guidance anyway)")
+    if not 1 <= steps <= 1000:
+        raise UserError(f"--steps {steps}: expected 1 to 1000")
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed {seed}: expected 0 to 2^63 - 1")
+    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 1e3):
+        raise UserError(f"--guidance {guidance}: expected a finite scale from 0 to 1000")
+    if not DEVICE.match(device):
+        raise UserError(f"--device {device!r}: expected auto, cpu, mps, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    elif device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: MPS is not available here")
 
 
 def load_unet(folder: Path, what: str, device):
@@ -79,18 +130,14 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None = None, steps: int = 25,
                 seed: int = 0, guidance: float | None = None, device: str = "auto", encoder=None) -> Path:
     """Write the grid; ``encoder`` replaces the one the run config names (tests)."""
-    from aria.config import RunConfig
     from aria.data.encoders import build_encoder, resolve_device
 
-    if not prompts:
-        raise UserError("--prompt: give at least one prompt")
-    if not 1 <= steps <= 1000:
-        raise UserError(f"--steps {steps}: expected 1 to 1000")
+    check_options(prompts, steps, seed, guidance, device)
     out, image_format = check_out(out)  # before any model is loaded or sampled
     if not (Path(model) / "aria.json").is_file() and (Path(model) / "student" / "aria.json").is_file():
         model = Path(model) / "student"  # a run's output_dir
     card = read_card(model)
-    config = RunConfig(**card["config"])
+    config = card_config(model, card)
     device = resolve_device(device)
     student = load_unet(model, "--model", device)
     models = [student] + ([load_unet(teacher, "--teacher", device)] if teacher is not None else [])

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from aria.errors import UserError
+from aria.errors import UserError, short_repr
 from aria.files import file_sha256
 
 PREFIX = "step-"
@@ -238,10 +238,66 @@ def resume_checkpoint(root: Path, report: Callable[[str], None] = print) -> Path
     raise UserError(f"--resume: no checkpoint in {root} ({what}); run without --resume to start from step 0")
 
 
+# the entries of state.json and their kinds (what ``DistillationRun.save`` writes)
+_STATE_SHAPE = {"step": int, "world_size": int, "backend": str, "strategy": dict, "distiller": dict,
+                "nonfinite": dict, "window": dict}
+
+
+def _state_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a mapping"
+    for key, kind in _STATE_SHAPE.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key} is {type(value).__name__ if key in state else 'missing'}, expected {kind.__name__}"
+    if state["step"] < 0 or state["world_size"] < 1:
+        return f"step {state['step']} / world_size {state['world_size']} out of range"
+    strategy = state["strategy"]
+    if not (isinstance(strategy.get("name"), str) and isinstance(strategy.get("config"), dict)
+            and isinstance(strategy.get("state"), str)):
+        return "strategy needs name (text), config (mapping) and state (JSON text)"
+    counters = state["nonfinite"]
+    if not all(isinstance(counters.get(k), int) and counters[k] >= 0 for k in ("consecutive", "total")):
+        return "nonfinite needs consecutive and total counts"
+    if not all(isinstance(state["window"].get(k), list) for k in ("sums", "counts")):
+        return "window needs sums and counts lists"
+    return None
+
+
 def read_state(folder: Path) -> tuple[dict, dict]:
-    """(training state, resolved config) of a verified checkpoint."""
+    """(training state, resolved config) of a checkpoint; a ``UserError`` names the checkpoint and the
+    file when either is unreadable or not a mapping (``check_state`` checks the entries)."""
     folder = Path(folder)
-    return json.loads((folder / "state.json").read_text()), json.loads((folder / "config.json").read_text())
+    out = []
+    for name in ("state.json", "config.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            reason = " ".join(str(err).split())
+            raise UserError(f"checkpoint {folder}: {name} is unreadable ({type(err).__name__}: {reason[:160]}); "
+                            f"move it away to resume from an older one, or use another output_dir") from err
+        if not isinstance(data, dict):
+            raise UserError(f"checkpoint {folder}: {name} holds a {type(data).__name__}, not a mapping; move it "
+                            f"away to resume from an older one, or use another output_dir")
+        out.append(data)
+    return out[0], out[1]
+
+
+def check_state(folder: Path, state: dict) -> None:
+    """A ``UserError`` naming the checkpoint unless ``state`` has every entry ``save`` writes, of its kind."""
+    problem = _state_problem(state)
+    if problem:
+        raise UserError(f"checkpoint {folder}: state.json is not a checkpoint state ({problem}); move it away "
+                        f"to resume from an older one, or use another output_dir")
+
+
+def check_resume_steps(folder: Path, state: dict, steps: int) -> None:
+    """A resume continues up to ``distillation.steps``: a checkpoint past it cannot be continued (its
+    next checkpoint would be named for an earlier step than the state it holds)."""
+    if int(state["step"]) > steps:
+        raise UserError(f"cannot resume: checkpoint {Path(folder).name} is at step {state['step']} but "
+                        f"distillation.steps is {steps} (set distillation.steps to at least {state['step']}, "
+                        f"or use another output_dir)")
 
 
 def load_weights(folder: Path, name: str = "student") -> dict[str, torch.Tensor]:
@@ -271,5 +327,6 @@ def check_resume_config(saved: dict, current: dict, saved_strategy: dict, curren
 
     for key in sorted(set(old) | set(new)):
         if checked(key) and old.get(key) != new.get(key):
-            raise UserError(f"cannot resume: {key} is {old.get(key)!r} in the checkpoint but {new.get(key)!r} now "
+            raise UserError(f"cannot resume: {key} is {short_repr(old.get(key))} in the checkpoint but "
+                            f"{short_repr(new.get(key))} now "
                             f"(use a new output_dir, or restore the value)")

@@ -52,8 +52,9 @@ def check_run(config, resume: bool, data: bool = True, teacher: bool = True) -> 
 
         try:
             state, saved = ckpt.read_state(found[0])  # the newest; the engine verifies checksums
-            saved_strategy = state["strategy"]["config"]
-        except (OSError, ValueError, KeyError, TypeError):
+            ckpt.check_state(found[0], state)
+        except UserError:
             return  # damaged: the engine reports it and tries an older one
-        ckpt.check_resume_config(saved, config_to_dict(config), saved_strategy,
+        ckpt.check_resume_config(saved, config_to_dict(config), state["strategy"]["config"],
                                  config.strategy_config().model_dump(mode="json"))
+        ckpt.check_resume_steps(found[0], state, config.distillation.steps)
