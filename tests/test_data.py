@@ -153,3 +153,29 @@ def test_cli_regions_build_and_world_show(bundle, cache, tmp_path, capsys):
     code, out, err = run_cli(["world", "show", "--out", str(png), "--n", "8", *sets], capsys)
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 200
+
+
+def test_concepts_bundle_holds_out_whole_families(cache):
+    """World v2 through prepare_data: every paired caption names its image's item, no paired image of
+    an unseen family or of the compositional control, the regimes follow the items."""
+    from aria.world import concepts, splits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b = prepare_data(load_config(None, ["data.source=concepts", "data.concepts.num_prompts=1000",
+                                            "data.concepts.paired_size=8000", "regions.k=6",
+                                            f"data.cache_dir={cache}"]))
+    finally:
+        torch.set_num_threads(n)
+    assert b.world.name == "concepts" and len(b.pool) == 1000
+    check_csr(b)
+    items = b.item_of_prompt
+    assert np.array_equal(b.regime_of_prompt, b.regimes[items])
+    assert np.array_equal(items[b.paired_prompt_ids], b.paired_combos)
+    assert set(np.unique(b.regime_of_prompt[b.paired_prompt_ids])) <= {splits.SEEN, splits.UNDER}
+    unseen = splits.held_out_families(0)
+    assert not np.isin(b.family_of_prompt[b.paired_prompt_ids], unseen).any()
+    assert np.isin(b.family_of_prompt, unseen).any()  # the pool names them: only the paired set lacks them
+    assert np.array_equal(b.family_of_prompt, np.asarray(concepts.FAMILY_OF)[concepts.item_attributes(items)[0]])
+    assert b.stats["regime_paired"][splits.UNSEEN] == 0 and b.stats["regime_paired"][splits.COMPOSITIONAL] == 0

@@ -15,7 +15,7 @@ def quickstart_commands():
 def test_readme_has_two_quickstart_commands():
     commands = quickstart_commands()
     assert len(commands) == 2
-    assert "aria run --strategy aria --config configs/shapes-quick.yaml" in commands[0]
+    assert "aria run --strategy aria --config configs/concepts-quick.yaml" in commands[0]
     assert "pytest" in commands[1]
 
 
