@@ -187,24 +187,6 @@ def load_student(path: Path, device: str):
     return unet.to(device).eval().requires_grad_(False), folder
 
 
-def pixel_codec(teacher):
-    """(encode, decode) between pixels in [-1, 1] and the teacher's space (identity in pixels)."""
-    if not teacher.latent:
-        return None, lambda x: x
-    vae, sf, dev = teacher.vae, teacher.vae.config.scaling_factor, next(teacher.vae.parameters())
-
-    @torch.no_grad()
-    def encode(x):
-        return np.concatenate([(vae.encode(torch.from_numpy(x[i:i + 16]).to(dev)).latent_dist.mean * sf)
-                               .float().cpu().numpy() for i in range(0, len(x), 16)])
-
-    @torch.no_grad()
-    def decode(z):
-        return np.concatenate([vae.decode(torch.from_numpy(z[i:i + 16]).to(dev) / sf).sample.float().cpu().numpy()
-                               for i in range(0, len(z), 16)])
-    return encode, decode
-
-
 def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     """(teacher, bundle, judge) of ``config``, loading those not given (no judge outside the world)."""
     from aria.data.encoders import resolve_device
@@ -254,7 +236,7 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
         raise UserError(f"eval.sample_steps {ecfg.sample_steps}: the DDIM sampler takes 1 to 50 steps")
     sched = DDPMScheduler.from_config(teacher.scheduler_config)
     alphas = sched.alphas_cumprod.numpy()
-    encode, decode = pixel_codec(teacher)
+    encode, decode = teacher.pixel_codec()
     probe = build_probe_set(bundle, ecfg, sched.config.num_train_timesteps, encode)
     ids = sample_prompt_ids(bundle, ecfg)
     enc, pool = bundle.encoder, bundle.pool

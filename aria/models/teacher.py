@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +29,26 @@ class Teacher:
     scheduler_config: dict
     path: Path  # the folder given (SD root when subfolder is set)
     subfolder: str | None = None
+
+    def pixel_codec(self):
+        """(encode, decode) between pixels in [-1, 1] and the teacher's space: (None, identity) for a
+        pixel-space teacher, the VAE (latent mean x scaling factor) for a latent one; numpy in, numpy out."""
+        if not self.latent:
+            return None, lambda x: x
+        vae, sf = self.vae, self.vae.config.scaling_factor
+
+        @torch.no_grad()
+        def encode(x):
+            dev = next(vae.parameters())
+            return np.concatenate([(vae.encode(torch.from_numpy(x[i:i + 16]).to(dev)).latent_dist.mean * sf)
+                                   .float().cpu().numpy() for i in range(0, len(x), 16)])
+
+        @torch.no_grad()
+        def decode(z):
+            dev = next(vae.parameters())
+            return np.concatenate([vae.decode(torch.from_numpy(z[i:i + 16]).to(dev) / sf).sample.float().cpu().numpy()
+                                   for i in range(0, len(z), 16)])
+        return encode, decode
 
 
 def _check_model_folder(folder: Path, class_name: str) -> dict:

@@ -193,7 +193,7 @@ class DistillationRun:
             from aria.training.probe import RegionProbe
 
             self.region_probe = RegionProbe(self.bundle, self.teacher.unet, c.eval,
-                                            self.scheduler.alphas_cumprod.numpy(), encode=self._encode_fn())
+                                            self.scheduler.alphas_cumprod.numpy(), encode=self.teacher.pixel_codec()[0])
         if self.resume:
             self._restore()
 
@@ -295,7 +295,6 @@ class DistillationRun:
         """The strategy state of a checkpoint, checked against a fresh one of this run: same region
         sizes and seed, entries of the same kinds and region-sized axes, finite numbers, and an
         allocation and an update that work and keep the contract. Raises ValueError otherwise."""
-        import numpy as np
 
         from aria.strategies import Feedback, check_allocation, state_from_json
 
@@ -519,7 +518,7 @@ class DistillationRun:
             result["student"] = str(export_student(student, self.output_dir / "student", card))
             result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
                                                             self.scheduler.alphas_cumprod.cpu().numpy(),
-                                                            encode=self._encode_fn())
+                                                            encode=self.teacher.pixel_codec()[0])
             self.logger.event({"event": "end", "step": steps, "regimes": result["regimes"]})
             self.logger.close()
             wall = time.perf_counter() - self.t0
@@ -531,19 +530,6 @@ class DistillationRun:
             print(f"student exported to {result['student']}", flush=True)
         b.barrier()
         return result
-
-    def _encode_fn(self):
-        vae = self.teacher.vae
-        if vae is None:
-            return None
-        scale = vae.config.scaling_factor
-
-        @torch.no_grad()
-        def encode(x: np.ndarray) -> np.ndarray:
-            dev = next(vae.parameters())
-            return np.concatenate([(vae.encode(torch.from_numpy(x[i:i + 16]).to(dev)).latent_dist.mean * scale)
-                                   .float().cpu().numpy() for i in range(0, len(x), 16)])
-        return encode
 
     def close(self, ok: bool = True) -> None:
         if getattr(self, "distiller", None) is not None:
