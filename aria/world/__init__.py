@@ -1,1 +1,1 @@
-"""The embedded world: procedural shapes, prompts, regimes, judge and the shipped teacher."""
+"""The embedded worlds (v1 shapes, v2 concepts): generators, captions, regimes, judges and the shipped teachers."""
