@@ -95,19 +95,39 @@ def world_pool(config):
 
 def build_world_pool(path: Path | str, num_prompts: int, skew: float, seed: int):
     """The world's pool at ``path``; an existing pool made with the same parameters is reused."""
-    path = Path(path)
-    from aria.data.corpus import PromptPool
-    from aria.world import shapes
     from aria.world.prompts import GENERATOR_VERSION, generate
 
-    params = {"world": "shapes", "generator_version": GENERATOR_VERSION,
+    return _world_pool_at(Path(path), "shapes", GENERATOR_VERSION, num_prompts, skew, seed,
+                          lambda: generate(num_prompts, skew, seed))
+
+
+def concepts_pool(config):
+    """World v2's prompt pool for ``config.data.concepts``, cached under ``data.cache_dir``."""
+    from aria.world import captions
+
+    c = config.data.concepts
+    path = Path(config.data.cache_dir) / "pools" / f"concepts-{_key(c.num_prompts, c.skew, c.seed)}"
+    return _world_pool_at(path, "concepts", captions.GENERATOR_VERSION, c.num_prompts, c.skew, c.seed,
+                          lambda: captions.generate_captions(c.num_prompts, c.skew, c.seed)[::-1])
+
+
+def _world_pool_at(path: Path, world_name: str, version: int, num_prompts: int, skew: float, seed: int, generate):
+    """World ``world_name``'s pool at ``path``: an existing one made with the same parameters, else
+    ``generate()``'s (items, texts) written there, with each prompt's item, attributes and family."""
+    from aria.data.corpus import PromptPool
+    from aria.world.worlds import WORLDS
+
+    world = WORLDS[world_name]
+    params = {"world": world_name, "generator_version": version,
               "num_prompts": int(num_prompts), "skew": float(skew), "seed": int(seed)}
     existing = _open_matching(path, params)
     if existing is not None:
         return existing
-    combos, texts = generate(num_prompts, skew, seed)
-    meta = {"combo": combos}
-    meta.update({a: v.astype(np.int8) for a, v in zip(shapes.ATTRIBUTES, shapes.combo_attributes(combos))})
+    items, texts = generate()
+    meta = {world.meta_key: np.asarray(items).astype(np.int32)}
+    meta.update({a: v.astype(np.int8) for a, v in zip(world.attributes, world.attributes_of(items))})
+    if world.family_key:
+        meta["family"] = world.family_of(items).astype(np.int8)
     try:
         return PromptPool.write(path, texts, meta=meta, params=params)
     except OSError:  # another process renamed the same pool into place first
@@ -129,53 +149,20 @@ def _open_matching(path: Path, params: dict):
     return pool if pool.params == params else None
 
 
-def concepts_pool(config):
-    """World v2's prompt pool for ``config.data.concepts``, cached under ``data.cache_dir``."""
-    from aria.data.corpus import PromptPool
-    from aria.world import captions, concepts
-
-    c = config.data.concepts
-    params = {"world": "concepts", "generator_version": captions.GENERATOR_VERSION,
-              "num_prompts": int(c.num_prompts), "skew": float(c.skew), "seed": int(c.seed)}
-    path = Path(config.data.cache_dir) / "pools" / f"concepts-{_key(c.num_prompts, c.skew, c.seed)}"
-    existing = _open_matching(path, params)
-    if existing is not None:
-        return existing
-    texts, items = captions.generate_captions(c.num_prompts, c.skew, c.seed)
-    concept, color, size, position = concepts.item_attributes(items)
-    meta = {"item": items.astype(np.int32), "concept": concept.astype(np.int8), "color": color.astype(np.int8),
-            "size": size.astype(np.int8), "position": position.astype(np.int8),
-            "family": np.asarray(concepts.FAMILY_OF)[concept].astype(np.int8)}
-    try:
-        return PromptPool.write(path, texts, meta=meta, params=params)
-    except OSError:  # another process renamed the same pool into place first
-        existing = _open_matching(path, params)
-        if existing is None:
-            raise
-        return existing
-
-
 def concepts_paired(config, pool, regimes: np.ndarray):
     """(uint8 images (M, 32, 32, 3), prompt ids (M,), items (M,), cached) of world v2's paired set."""
-    from aria.world import captions, concepts, splits
-    from aria.world.teacher import ComboPrompts
+    from aria.world import captions, splits
 
     c = config.data.concepts
-    path = Path(config.data.cache_dir) / "paired" / f"concepts-{_key(pool.content_hash, c.model_dump_json())}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return z["images"], z["prompt_ids"], z["items"], True
-    try:
-        items = splits.paired_items(regimes, c.paired_size, c.under_images,
-                                    captions.concept_frequencies(c.skew, c.seed), c.seed)
-    except ValueError as err:
-        raise UserError(f"data.concepts: {err}") from None
-    prompts = ComboPrompts(np.asarray(pool.meta("item")), num_combos=concepts.NUM_ITEMS)
-    items = items[np.isin(items, prompts.covered)]  # an item the pool never names has no caption
-    ids = prompts.draw(items, np.random.default_rng([c.seed, 0xDA7A]))
-    images = concepts.render(items, seed=c.seed * 7919 + 0xDA7A)
-    _atomic_save_npz(path, images=images, prompt_ids=ids.astype(np.int64), items=items)
-    return images, ids.astype(np.int64), items, False
+
+    def paired_items():
+        try:
+            return splits.paired_items(regimes, c.paired_size, c.under_images,
+                                       captions.concept_frequencies(c.skew, c.seed), c.seed)
+        except ValueError as err:
+            raise UserError(f"data.concepts: {err}") from None
+
+    return _paired_set(config, pool, "concepts", "concepts", c, paired_items)
 
 
 def concepts_regimes(config) -> np.ndarray:
@@ -314,25 +301,34 @@ def cache_write_errors(config):
 # -- paired sets ---------------------------------------------------------------------------------
 
 def world_paired(config, pool, regimes: np.ndarray):
-    """(uint8 images (M, 32, 32, 3), prompt ids (M,), combos (M,)) for the world, cached."""
+    """(uint8 images (M, 32, 32, 3), prompt ids (M,), combos (M,), cached) of the world's paired set."""
     from aria.world import regimes as R
-    from aria.world import shapes
-    from aria.world.teacher import ComboPrompts
 
     w = config.data.world
-    path = Path(config.data.cache_dir) / "paired" / f"world-{_key(pool.content_hash, w.model_dump_json())}.npz"
+    return _paired_set(config, pool, "shapes", "world", w, lambda: R.paired_combos(w, regimes))
+
+
+def _paired_set(config, pool, world_name: str, prefix: str, settings, paired_items):
+    """(uint8 images (M, 32, 32, 3), prompt ids (M,), items (M,), cached) of an embedded world's paired
+    set, cached under ``data.cache_dir`` as ``paired/<prefix>-<key>.npz``: the items ``paired_items()``
+    names, each rendered with one pool prompt of its item (an item the pool never names is dropped)."""
+    from aria.world.teacher import ComboPrompts
+    from aria.world.worlds import WORLDS
+
+    world = WORLDS[world_name]
+    name = world.meta_key + "s"  # the items' array in the cache file: combos (v1), items (v2)
+    key = _key(pool.content_hash, settings.model_dump_json())
+    path = Path(config.data.cache_dir) / "paired" / f"{prefix}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return z["images"], z["prompt_ids"], z["combos"], True
-    combos = np.asarray(R.paired_combos(w, regimes), np.int64)
-    prompts = ComboPrompts(np.asarray(pool.meta("combo")))
-    missing = np.setdiff1d(np.unique(combos), prompts.covered)
-    if len(missing):  # a paired combination the pool never mentions: its images have no caption
-        combos = combos[~np.isin(combos, missing)]
-    ids = prompts.draw(combos, np.random.default_rng([w.seed, 0xDA7A]))
-    images = shapes.render(combos, seed=w.seed * 7919 + 0xDA7A)
-    _atomic_save_npz(path, images=images, prompt_ids=ids.astype(np.int64), combos=combos)
-    return images, ids.astype(np.int64), combos, False
+            return z["images"], z["prompt_ids"], z[name], True
+    items = np.asarray(paired_items(), np.int64)
+    prompts = ComboPrompts(np.asarray(pool.meta(world.meta_key)), num_combos=world.num_items)
+    items = items[np.isin(items, prompts.covered)]  # an item the pool never names has no caption
+    ids = prompts.draw(items, np.random.default_rng([settings.seed, 0xDA7A])).astype(np.int64)
+    images = world.render(items, seed=settings.seed * 7919 + 0xDA7A)
+    _atomic_save_npz(path, images=images, prompt_ids=ids, **{name: items})
+    return images, ids, items, False
 
 
 def teacher_image_size(teacher_config) -> int:

@@ -14,12 +14,15 @@ distinct.
 
 from __future__ import annotations
 
-import functools
-import re
-
 import numpy as np
 
-from .concepts import COLORS, CONCEPTS, ITEMS_PER_CONCEPT, NUM_CONCEPTS, NUM_ITEMS, POSITIONS, SIZES, item_attributes
+from .concepts import COLORS, CONCEPTS, ITEMS_PER_CONCEPT, NUM_CONCEPTS, NUM_ITEMS, SIZES, item_attributes
+from .phrases import (  # noqa: F401 (part of this module's interface)
+    BACKGROUNDS, CONFLICT, FRAMES, MISSING, POSITION_LABELS, POSITION_PHRASES,
+)
+from .phrases import COLOR_WORDS as V1_COLOR_WORDS
+from .phrases import SIZE_WORDS, Phrasebook, zipf_frequencies
+from .phrases import TEMPLATES as V1_TEMPLATES
 
 GENERATOR_VERSION = 1  # bump when the captions of a (num_prompts, skew, seed) change: cached pools are rebuilt
 _FREQ_STREAM, _TIE_STREAM, _PHRASE_STREAM = 31, 32, 33
@@ -53,102 +56,19 @@ CONCEPT_WORDS = {
     "trumpet": ("trumpet",), "harp": ("harp",), "xylophone": ("xylophone",), "flute": ("flute",),
     "accordion": ("accordion",),
 }
-COLOR_WORDS = {
-    "red": ("red", "crimson", "scarlet"),
-    "orange": ("orange", "amber"),
-    "yellow": ("yellow", "golden", "bright yellow"),
-    "green": ("green", "emerald", "grass-green"),
-    "cyan": ("cyan", "turquoise", "aqua"),
-    "blue": ("blue", "cobalt", "royal-blue"),
-    "purple": ("purple", "violet", "amethyst"),
-    "magenta": ("magenta", "pink", "fuchsia"),
-}
-SIZE_WORDS = {
-    "small": ("small", "tiny", "little"),
-    "medium": ("medium", "medium-sized", "mid-sized"),
-    "large": ("large", "big", "huge"),
-}
+# world v1's colour words less the fruit ones ("lemon" is a concept)
+COLOR_WORDS = {**V1_COLOR_WORDS, "orange": ("orange", "amber"), "yellow": ("yellow", "golden", "bright yellow")}
 assert tuple(CONCEPT_WORDS) == CONCEPTS and tuple(COLOR_WORDS) == tuple(COLORS) and tuple(SIZE_WORDS) == SIZES
 
-_ROW_WORDS = {"top": ("top", "upper"), "bottom": ("bottom", "lower")}
-_CORNER_PHRASES = ("in the {r} {c} corner", "at the {r} {c}", "in the {r}-{c} area", "near the {r} {c} corner")
-_EDGE_PHRASES = ("at the {r} center", "in the {r} middle", "along the {r} edge")
-_SIDE_PHRASES = ("on the {c}", "at the {c} edge", "in the middle {c}", "on the {c} side", "midway down the {c} side")
-_CENTER_PHRASES = ("in the center", "in the centre", "in the middle", "at the center", "centered in the frame",
-                   "in the very middle")
-
-
-def _position_phrases(position: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(phrases used after the noun, short labels) for one grid position."""
-    row, col = position.split("-") if "-" in position else ("middle", "center")
-    if row in _ROW_WORDS and col != "center":
-        rows = _ROW_WORDS[row]
-        return (tuple(p.format(r=r, c=col) for p in _CORNER_PHRASES for r in rows),
-                tuple(lab for r in rows for lab in (f"{r}-{col}", f"{r} {col}")))
-    if row in _ROW_WORDS:
-        rows = _ROW_WORDS[row]
-        return (tuple(p.format(r=r) for p in _EDGE_PHRASES for r in rows) + (f"at the {row}", f"centered at the {row}"),
-                (row,) + tuple(lab for r in rows for lab in (f"{r} center", f"{r}-middle")))
-    if col != "center":
-        return tuple(p.format(c=col) for p in _SIDE_PHRASES), (col, f"middle {col}", f"{col} side")
-    return _CENTER_PHRASES, ("center", "centre", "middle")
-
-
-POSITION_PHRASES = {p: _position_phrases(p)[0] for p in POSITIONS}
-POSITION_LABELS = {p: _position_phrases(p)[1] for p in POSITIONS}
-
-FRAMES = ("", "an image of ", "a picture of ", "a photo of ", "a render of ", "a drawing of ",
-          "a simple graphic of ", "a pixel-art image of ", "an icon of ")
-BACKGROUNDS = ("", " on a dark background", " on black", " against a dark backdrop", " on a dark textured background")
-# slots: F frame, B background, D article, S size, C colour, H concept noun, P position phrase, L position label
-TEMPLATES = (
-    "{F}{D} {S} {C} {H} {P}{B}",
-    "{F}{D} {H}, {S} and {C}, {P}{B}",
-    "{F}{D} {C} {H}, {S}, {P}{B}",
-    "{P}, {D} {S} {C} {H}{B}",
-    "{L}: {S} {C} {H}",
-    "{F}{D} {S} {H} in {C} {P}{B}",
-    "{F}{D} {H} that is {S} and {C}, {P}{B}",
-    "{S} {C} {H} ({L})",
-    "there is {D} {S} {C} {H} {P}{B}",
-    "{D} {S} {H}, colored {C}, {P}{B}",
-    "{H}, {C}, {S}, {L}",
-)
-_USES = np.array([[f"{{{s}}}" in t for s in "FBPL"] for t in TEMPLATES])  # (T, 4): frame, bg, phrase, label
-_ARTICLE_BEFORE = [t[t.index("{D}") + 5] if "{D}" in t else None for t in TEMPLATES]  # slot after the article
-
-_SYNONYMS = (
-    [CONCEPT_WORDS[n] for n in CONCEPTS], [COLOR_WORDS[n] for n in COLORS], [SIZE_WORDS[n] for n in SIZES],
-    [POSITION_PHRASES[n] for n in POSITIONS], [POSITION_LABELS[n] for n in POSITIONS],
-)
-_SYN_COUNTS = [np.array([len(w) for w in words]) for words in _SYNONYMS]
-_RADIX = (len(TEMPLATES), len(FRAMES), len(BACKGROUNDS), 4, 4, 4, 16)  # template frame bg concept colour size position
-assert all(c.max() <= r for c, r in zip(_SYN_COUNTS[:3] + [np.maximum(_SYN_COUNTS[3], _SYN_COUNTS[4])], _RADIX[3:]))
-
-
-def _slot_sizes(items: np.ndarray, templates: np.ndarray) -> np.ndarray:
-    """(n, 7) number of choices of each slot (1 where the template does not use it)."""
-    concept, color, size, position = item_attributes(items)
-    uses = _USES[templates]
-    pos = np.where(uses[:, 2], _SYN_COUNTS[3][position], _SYN_COUNTS[4][position])
-    frame, bg = np.where(uses[:, 0], len(FRAMES), 1), np.where(uses[:, 1], len(BACKGROUNDS), 1)
-    syn = [counts[values] for counts, values in zip(_SYN_COUNTS, (concept, color, size))]
-    return np.stack([np.ones(len(items), dtype=np.int64), frame, bg, *syn, pos], axis=1)
-
-
-def phrasing_capacity(items=None) -> np.ndarray:
-    """Number of distinct captions each item can be phrased as."""
-    items = np.arange(NUM_ITEMS) if items is None else np.asarray(items)
-    return sum(_slot_sizes(items, np.full(len(items), t)).prod(axis=1) for t in range(len(TEMPLATES)))
+TEMPLATES = V1_TEMPLATES[:1] + ("{F}{D} {H}, {S} and {C}, {P}{B}",) + V1_TEMPLATES[1:]  # slots as in v1
+_BOOK = Phrasebook(TEMPLATES, {"concept": CONCEPT_WORDS, "color": COLOR_WORDS, "size": SIZE_WORDS},
+                   item_attributes, NUM_ITEMS, oversample=(8, 1))
+phrasing_capacity = _BOOK.capacity
 
 
 def concept_frequencies(skew: float, seed: int) -> np.ndarray:
     """Zipf probabilities (rank ** -skew) over a seeded permutation of the concepts."""
-    order = np.random.default_rng([seed, _FREQ_STREAM]).permutation(NUM_CONCEPTS)
-    rank = np.empty(NUM_CONCEPTS, dtype=np.float64)
-    rank[order] = np.arange(1, NUM_CONCEPTS + 1)
-    weights = rank ** -float(skew)
-    return weights / weights.sum()
+    return zipf_frequencies(NUM_CONCEPTS, skew, seed, _FREQ_STREAM)
 
 
 def _allocate(total: int, weight: np.ndarray, floor: np.ndarray, cap: np.ndarray, rng) -> np.ndarray:
@@ -178,111 +98,14 @@ def prompt_counts(num_prompts: int, skew: float, seed: int) -> np.ndarray:
     return _allocate(num_prompts, weight, floor, cap, np.random.default_rng([seed, _TIE_STREAM]))
 
 
-def _draw_phrasings(counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (item, slot choices) draws, ``counts[i]`` of item i; repeats are drawn again."""
-    items = np.empty(0, dtype=np.int64)
-    choices = np.empty((0, len(_RADIX)), dtype=np.int64)
-    weights = np.cumprod((1,) + _RADIX[::-1])[::-1]  # mixed radix of a phrasing key
-    while (deficit := counts - np.bincount(items, minlength=NUM_ITEMS)).any():
-        want = np.repeat(np.arange(NUM_ITEMS), np.where(deficit > 0, deficit + deficit // 8 + 1, 0))
-        templates = rng.integers(0, len(TEMPLATES), len(want))
-        sizes = _slot_sizes(want, templates)
-        draw = np.floor(rng.random(sizes.shape) * sizes).astype(np.int64)
-        draw[:, 0] = templates
-        items, choices = np.concatenate([items, want]), np.concatenate([choices, draw])
-        _, first = np.unique(items * weights[0] + choices @ weights[1:], return_index=True)
-        keep = np.sort(first)  # first copy of every phrasing, in draw order
-        items, choices = items[keep], choices[keep]
-        order = np.argsort(items, kind="stable")
-        rank = np.empty(len(items), dtype=np.int64)
-        rank[order] = np.arange(len(items)) - np.repeat(np.searchsorted(items[order], np.arange(NUM_ITEMS)),
-                                                        np.bincount(items, minlength=NUM_ITEMS))
-        keep = rank < counts[items]  # drop surplus draws
-        items, choices = items[keep], choices[keep]
-    return items, choices
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _phrases(items: np.ndarray, choices: np.ndarray) -> list[str]:
-    concept_syn, color_syn, size_syn, phrase_syn, label_syn = _SYNONYMS
-    attrs = np.stack(item_attributes(items), axis=1).tolist()
-    out = []
-    for (concept, color, size, position), (template, frame, bg, h, c, s, p) in zip(attrs, choices.tolist()):
-        words = {"F": FRAMES[frame], "B": BACKGROUNDS[bg], "H": concept_syn[concept][h], "C": color_syn[color][c],
-                 "S": size_syn[size][s]}
-        if _USES[template, 2]:
-            words["P"] = phrase_syn[position][p]
-        else:
-            words["L"] = label_syn[position][p]
-        if _ARTICLE_BEFORE[template]:
-            words["D"] = _article(words[_ARTICLE_BEFORE[template]])
-        out.append(TEMPLATES[template].format(**words))
-    return out
-
-
 def generate_captions(num_prompts: int, skew: float, seed: int) -> tuple[list[str], np.ndarray]:
     """(captions, int64 item of each) in a seeded shuffled order; all captions distinct."""
     counts = prompt_counts(num_prompts, skew, seed)
-    rng = np.random.default_rng([seed, _PHRASE_STREAM])
-    items, choices = _draw_phrasings(counts, rng)
-    order = rng.permutation(len(items))
-    items, choices = items[order], choices[order]
-    return _phrases(items, choices), items
-
-
-# ---------------------------------------------------------------- reading captions back
-
-MISSING, CONFLICT = -1, -2
-_ROW_KEYS = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
-_COL_KEYS = {"left": 0, "right": 2}
-_CENTER_KEYS = {"center", "centre", "middle", "centered"}
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-@functools.lru_cache(maxsize=1)
-def _vocabulary() -> dict[tuple[str, ...], tuple[str, int]]:
-    """Token tuple of every concept / colour / size phrase -> (attribute, value index)."""
-    vocab = {}
-    for attr, table in (("concept", CONCEPT_WORDS), ("color", COLOR_WORDS), ("size", SIZE_WORDS)):
-        for value, phrases in enumerate(table.values()):
-            for phrase in phrases:
-                key = tuple(_tokens(phrase))
-                assert key not in vocab and not set(key) & (set(_ROW_KEYS) | set(_COL_KEYS) | _CENTER_KEYS), phrase
-                vocab[key] = (attr, value)
-    return vocab
-
-
-def _parse_position(tokens: list[str]) -> int:
-    rows = {_ROW_KEYS[t] for t in tokens if t in _ROW_KEYS}
-    cols = {_COL_KEYS[t] for t in tokens if t in _COL_KEYS}
-    if len(rows) > 1 or len(cols) > 1:
-        return CONFLICT
-    if not (rows or cols or _CENTER_KEYS.intersection(tokens)):
-        return MISSING
-    return 3 * (rows.pop() if rows else 1) + (cols.pop() if cols else 1)
+    items, choices = _BOOK.shuffled(counts, np.random.default_rng([seed, _PHRASE_STREAM]))
+    return list(_BOOK.texts(items, choices)), items
 
 
 def parse_caption(text: str) -> dict[str, int]:
     """Attribute indices a caption names (concept, color, size, position): MISSING (-1) where none,
     CONFLICT (-2) where several."""
-    vocab = _vocabulary()
-    longest = max(len(k) for k in vocab)
-    tokens, found, i = _tokens(text), {"concept": set(), "color": set(), "size": set()}, 0
-    while i < len(tokens):  # greedy longest match of vocabulary phrases
-        for n in range(longest, 0, -1):
-            hit = vocab.get(tuple(tokens[i:i + n]))
-            if hit:
-                found[hit[0]].add(hit[1])
-                i += n
-                break
-        else:
-            i += 1
-    parsed = {a: (v.pop() if len(v) == 1 else (MISSING if not v else CONFLICT)) for a, v in found.items()}
-    parsed["position"] = _parse_position(tokens)
-    return parsed
+    return _BOOK.parse(text)

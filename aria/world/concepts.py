@@ -31,6 +31,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .canvas import GRID_CENTERS, ROTATION_JITTER, SIZE_JITTER  # noqa: F401 (part of this module's interface)
+from .canvas import (
+    COLORS, IMAGE_SIZE, POSITIONS, SIZES, composite, flat_items, in_chunks, jittered_pose, pack, paste, unpack,
+    window_offsets,
+)
+
 # ---------------------------------------------------------------- glyph programs
 
 
@@ -421,22 +427,6 @@ assert set(HARD_FAMILIES) <= set(FAMILIES) and set(FAMILY_STYLE) == set(FAMILIES
 
 # ---------------------------------------------------------------- attributes and items
 
-COLORS = {
-    "red": (222, 44, 44),
-    "orange": (245, 138, 28),
-    "yellow": (238, 218, 48),
-    "green": (48, 184, 68),
-    "cyan": (40, 204, 214),
-    "blue": (46, 86, 236),
-    "purple": (146, 70, 216),
-    "magenta": (234, 64, 176),
-}
-SIZES = ("small", "medium", "large")
-POSITIONS = (
-    "top-left", "top-center", "top-right",
-    "middle-left", "center", "middle-right",
-    "bottom-left", "bottom-center", "bottom-right",
-)  # row-major 3x3 grid
 ATTRIBUTES = ("concept", "color", "size", "position")
 ATTRIBUTE_VALUES = {"concept": CONCEPTS, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS}
 NUM_VALUES = tuple(len(ATTRIBUTE_VALUES[a]) for a in ATTRIBUTES)
@@ -446,21 +436,12 @@ ITEMS_PER_CONCEPT = NUM_ITEMS // NUM_CONCEPTS
 
 def item_index(concept, color, size, position):
     """Pack attribute indices (ints or int arrays) into item indices."""
-    n_color, n_size, n_pos = NUM_VALUES[1:]
-    item = (np.asarray(concept) * n_color + np.asarray(color)) * n_size + np.asarray(size)
-    return item * n_pos + np.asarray(position)
+    return pack(NUM_VALUES, concept, color, size, position)
 
 
 def item_attributes(item):
     """Inverse of ``item_index``: (concept, color, size, position) index arrays."""
-    rest = np.asarray(item)
-    if np.any((rest < 0) | (rest >= NUM_ITEMS)):
-        raise ValueError(f"item index outside [0, {NUM_ITEMS})")
-    out = []
-    for n in NUM_VALUES[::-1]:
-        rest, value = np.divmod(rest, n)
-        out.append(value)
-    return tuple(out[::-1])
+    return unpack(item, NUM_VALUES)
 
 
 def item_name(item: int) -> str:
@@ -546,12 +527,7 @@ def _glyph_sdf(parts, x, y, scale):
 
 # ---------------------------------------------------------------- rendering
 
-IMAGE_SIZE = 32
 SIZE_SCALES = (5.0, 6.5, 8.0)  # px per glyph unit: the glyph frame [-1, 1]^2 spans 10, 13, 16 px
-GRID_CENTERS = (8.0, 16.0, 24.0)  # pixel coordinate of grid column / row centres
-POSITION_JITTER = 1.0  # max pixels
-SIZE_JITTER = 0.04  # relative
-ROTATION_JITTER = np.deg2rad(7.0)
 TEXTURE_OFF = 0.35  # coverage of a texture's off bands
 _TEXTURES = ("h", "v", "check", "grid")  # horizontal / vertical stripes, checks, window grid
 _TABLE_STEP = 0.25  # px between distance-table samples
@@ -559,8 +535,6 @@ _TABLE_HALF = 12.5  # px: the table spans [-12.5, 12.5]^2 around the glyph centr
 _TABLE_SIDE = round(2 * _TABLE_HALF / _TABLE_STEP) + 1
 _WINDOW = 24  # side of the square window around the glyph that is drawn
 _PAD = 6
-_CHUNK = 256
-_COLOR_TABLE = np.array(list(COLORS.values()), dtype=np.float32)
 _TEXTURE_KIND = np.array([_TEXTURES.index(_GLYPHS[c][1][0]) + 1 if _GLYPHS[c][1] else 0 for c in CONCEPTS])
 _TEXTURE_PERIOD = np.array([_GLYPHS[c][1][1] if _GLYPHS[c][1] else 1.0 for c in CONCEPTS], dtype=np.float32)
 
@@ -577,39 +551,6 @@ def _distance_table() -> np.ndarray:
     return table.astype(np.float32).reshape(-1)
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (uint64 -> well-mixed uint64)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _uniform(seed: int, indices: np.ndarray, slots: int, stream: int) -> np.ndarray:
-    """float32 (N, slots) uniform in [0, 1), a pure function of (seed, index, stream, slot)."""
-    key = _mix64(np.array([(seed * 0x9E3779B97F4A7C15 + stream) % 2**64], dtype=np.uint64))
-    counters = indices.astype(np.uint64)[:, None] * np.uint64(1 << 16) + np.arange(slots, dtype=np.uint64)
-    bits = _mix64(counters ^ key) >> np.uint64(40)
-    return bits.astype(np.float32) * np.float32(1.0 / (1 << 24))
-
-
-def _upsample_matrix(grid: int, size: int) -> np.ndarray:
-    """(size, grid) bilinear interpolation weights from a grid of samples to ``size`` pixels."""
-    pos = (np.arange(size) + 0.5) * (grid - 1) / size
-    i0 = np.minimum(pos.astype(np.int64), grid - 2)
-    weights = np.zeros((size, grid), dtype=np.float32)
-    weights[np.arange(size), i0] = 1 - (pos - i0)
-    weights[np.arange(size), i0 + 1] = pos - i0
-    return weights
-
-
-_UP4, _UP16 = _upsample_matrix(4, IMAGE_SIZE), _upsample_matrix(16, IMAGE_SIZE)
-
-
-def _upsample(grid: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Bilinear upsampling of (N, g, g) smooth noise to (N, size, size)."""
-    return np.matmul(np.matmul(weights, grid), weights.T)
-
-
 def _bands(t: np.ndarray, period: np.ndarray, phase: np.ndarray) -> np.ndarray:
     """Anti-aliased stripes along t (px): on for half of each period."""
     f = t / period + phase
@@ -619,19 +560,11 @@ def _bands(t: np.ndarray, period: np.ndarray, phase: np.ndarray) -> np.ndarray:
 def _coverage(items, u):
     """Anti-aliased glyph coverage (N, 32, 32) in [0, 1] and the glyph centres."""
     concept, _, size, position = item_attributes(items)
-    n, side, win, m = len(items), IMAGE_SIZE + 2 * _PAD, _WINDOW, _TABLE_SIDE
-    grid = np.asarray(GRID_CENTERS, dtype=np.float32)
-    cx = grid[position % 3] + (2 * u[:, 0] - 1) * POSITION_JITTER
-    cy = grid[position // 3] + (2 * u[:, 1] - 1) * POSITION_JITTER
-    stretch = 1 + (2 * u[:, 2] - 1) * SIZE_JITTER
-    angle = (2 * u[:, 3] - 1) * ROTATION_JITTER
-    ox = np.rint(cx).astype(np.int64) - win // 2
-    oy = np.rint(cy).astype(np.int64) - win // 2
-    local = np.arange(win, dtype=np.float32) + 0.5
+    m = _TABLE_SIDE
+    cx, cy, stretch, angle = jittered_pose(position, u)
+    ox, oy, dx, dy = window_offsets(cx, cy, _WINDOW)
     inv = (1 / stretch)[:, None]
     cos, sin = np.cos(angle)[:, None] * inv, np.sin(angle)[:, None] * inv
-    dx = (ox[:, None] + local - cx[:, None]).astype(np.float32)  # (N, win) px offsets from the centre, y down
-    dy = (oy[:, None] + local - cy[:, None]).astype(np.float32)
     gx = (dx * cos)[:, None, :] + (dy * sin)[:, :, None]  # glyph frame (nominal px), x right, y down
     gy = (dy * cos)[:, :, None] - (dx * sin)[:, None, :]
     fx = np.clip(gx / _TABLE_STEP + (m - 1) / 2, 0, m - 1.001)
@@ -662,30 +595,20 @@ def _coverage(items, u):
             pattern = across if k == 1 else along
         window[sel] *= TEXTURE_OFF + (1 - TEXTURE_OFF) * pattern
 
-    canvas = np.zeros((n, side, side), dtype=np.float32)
-    start = np.arange(n) * side * side + (oy + _PAD) * side + (ox + _PAD)
-    offsets = (np.arange(win)[:, None] * side + np.arange(win)[None, :]).ravel()
-    canvas.ravel()[start[:, None] + offsets] = window.reshape(n, -1)
-    return canvas[:, _PAD:_PAD + IMAGE_SIZE, _PAD:_PAD + IMAGE_SIZE], cx, cy
+    return paste(window, ox, oy, _PAD), cx, cy
 
 
-def _check(items, indices):
-    items = np.asarray(items, dtype=np.int64).reshape(-1)
-    indices = np.arange(len(items)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(indices) != len(items):
-        raise ValueError("indices must have one entry per item")
-    item_attributes(items)  # range check
+def _checked(items, indices):
+    """``flat_items`` of valid items (a ValueError names one outside the grid)."""
+    items, indices = flat_items(items, indices)
+    item_attributes(items)
     return items, indices
 
 
 def glyph_masks(items, seed: int, indices=None) -> np.ndarray:
     """float32 (N, 32, 32) glyph coverage in [0, 1] of the images ``render`` draws (same jitter)."""
-    items, indices = _check(items, indices)
-    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    for start in range(0, len(items), _CHUNK):
-        part = slice(start, start + _CHUNK)
-        out[part] = _coverage(items[part], _uniform(int(seed), indices[part], 16, stream=1))[0]
-    return out
+    return in_chunks(lambda part, u, *_: _coverage(part, u)[0], *_checked(items, indices), seed,
+                     image_shape=(IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
 
 
 def render(items, seed: int, indices=None) -> np.ndarray:
@@ -693,43 +616,10 @@ def render(items, seed: int, indices=None) -> np.ndarray:
 
     ``indices`` defaults to ``arange(N)``; pass the global indices to render a slice of a batch.
     """
-    items, indices = _check(items, indices)
-    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for start in range(0, len(items), _CHUNK):  # chunks keep the float temporaries cache-sized
-        part = slice(start, start + _CHUNK)
-        out[part] = _render_chunk(items[part], int(seed), indices[part])
-    return out
+    return in_chunks(_render_chunk, *_checked(items, indices), seed)
 
 
-def _render_chunk(items: np.ndarray, seed: int, indices: np.ndarray) -> np.ndarray:
-    n = len(items)
-    _, color, size, _ = item_attributes(items)
-    u = _uniform(seed, indices, 16, stream=1)
+def _render_chunk(items: np.ndarray, u: np.ndarray, seed: int, indices: np.ndarray) -> np.ndarray:
     cover, cx, cy = _coverage(items, u)
-    radius = np.asarray(SIZE_SCALES, dtype=np.float32)[size]
-
-    # object colour: brightness and per-channel jitter, plus a faint linear shading
-    rgb = _COLOR_TABLE[color] * (0.9 + 0.15 * u[:, 6:7]) + (u[:, 7:10] - 0.5) * 24
-    theta = 2 * np.pi * u[:, 10]
-    gx, gy = (0.1 * np.cos(theta) / radius).astype(np.float32), (0.1 * np.sin(theta) / radius).astype(np.float32)
-    pix = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
-    shade = (pix[None, :] - cx[:, None]) * gx[:, None]
-    shade = 1 + shade[:, None, :] + ((pix[None, :] - cy[:, None]) * gy[:, None])[:, :, None]
-
-    # dark background: base level, slight tint, two scales of smooth noise
-    base = 12 + 26 * u[:, 11:12] + (u[:, 12:15] - 0.5) * 10
-    coarse = _upsample(_uniform(seed, indices, 16, stream=2).reshape(n, 4, 4) - 0.5, _UP4)
-    fine = _upsample(_uniform(seed, indices, 256, stream=3).reshape(n, 16, 16) - 0.5, _UP16)
-    texture = coarse * (8 + 12 * u[:, 15, None, None]) + fine * 9
-
-    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    background, plane = np.empty_like(texture), np.empty_like(texture)
-    for c in range(3):  # channel planes, in place: long inner loops, few allocations
-        np.add(texture, base[:, c, None, None], out=background)
-        np.multiply(shade, rgb[:, c, None, None], out=plane)
-        plane -= background
-        plane *= cover
-        plane += background
-        plane += 0.5
-        out[..., c] = np.clip(plane, 0, 255, out=plane)
-    return out
+    _, color, size, _ = item_attributes(items)
+    return composite(cover, color, np.asarray(SIZE_SCALES, dtype=np.float32)[size], cx, cy, u[:, 6:16], seed, indices)
