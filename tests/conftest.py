@@ -1,18 +1,36 @@
-"""Shared fixtures: a skip hook for GPU tests, and a small synthetic world (bundle + random teacher)
-that the engine tests and their subprocesses (``python -c`` with this folder on sys.path) build
-identically from a seed."""
+"""Shared fixtures: a skip hook for GPU tests, one CPU thread per process, and a small synthetic world
+(bundle + random teacher) that the engine tests and their subprocesses (``python -c`` with this folder on
+sys.path) build identically from a seed."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One intra-op thread in this process and, through the environment, in every subprocess a test starts
+# (aria run, torchrun ranks, benchmarks): the models of the tests are tiny, and on 2 shared cores a second
+# OpenMP thread waits at every barrier for a core that another process holds (test_models took 68 s with
+# two threads under load, 15 s with one). A value set outside pytest wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
+THREADS = max(1, int(os.environ["OMP_NUM_THREADS"])) if os.environ["OMP_NUM_THREADS"].isdigit() else 1
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with THREADS intra-op threads, whatever an earlier one left (a module fixture
+    that sets two, a run with backend.cpu_threads)."""
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
+    yield
 
 
 def pytest_collection_modifyitems(config, items):
@@ -111,6 +129,14 @@ def tiny_config(tmp_path, **sections):
 @pytest.fixture
 def world():
     return make_bundle(), make_teacher()
+
+
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory):
+    """One data cache (data.cache_dir) for the session's tests that prepare the shapes world of 2,000 prompts
+    (test_data in this process, test_kill_resume's runs): the pool's MiniLM embeddings, 10-15 s on a CPU,
+    are computed once; regions and paired sets are cached per config beside them."""
+    return tmp_path_factory.mktemp("world-cache-2000")
 
 
 @pytest.fixture

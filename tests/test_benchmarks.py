@@ -77,15 +77,25 @@ def test_two_ranks_compute_the_losses_of_one(tmp_path):
         env.pop(key, None)
     args = ["--candidate-only", "--tiny", "--device", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1",
             "--batch", "4", "--students", "small", "--backend", "torch", "--no-compile"]
-    losses = {}
+    procs = {}  # the two runs are independent: they start together, so that their start-ups overlap
     for ranks in (1, 2):
-        out = tmp_path / f"r{ranks}.json"
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if ranks == 2 else \
             [sys.executable]
-        proc = subprocess.run([*launch, str(SCRIPT), *args, "--out", str(out)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        report = json.loads(out.read_text())
+        with open(tmp_path / f"r{ranks}.log", "w") as log:  # files, not pipes: neither run waits on a full pipe
+            procs[ranks] = subprocess.Popen([*launch, str(SCRIPT), *args, "--out", str(tmp_path / f"r{ranks}.json")],
+                                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for proc in procs.values():
+            proc.wait(timeout=600)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    losses = {}
+    for ranks, proc in procs.items():
+        assert proc.returncode == 0, (tmp_path / f"r{ranks}.log").read_text()[-6000:]
+        report = json.loads((tmp_path / f"r{ranks}.json").read_text())
         assert report["world_size"] == ranks
         (row,) = report["results"][0]["paths"]
         assert row["path"] == "candidate" and row["facts"]["backend"] == "torch" and row["facts"]["compiled"] is False

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(world_cache):
+    return world_cache  # shared with test_kill_resume: the pool's embeddings are computed once
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,12 @@ def test_student_config_round_trips_with_identical_outputs(teacher, variant, tmp
     assert saved["mid_block_type"] == (None if variant in ("small", "tiny") else "UNetMidBlock2DCrossAttn")
     loaded = UNet2DConditionModel.from_pretrained(tmp_path, local_files_only=True).eval()
     student.eval()
+    reloaded, built = loaded.state_dict(), student.state_dict()
+    assert reloaded.keys() == built.keys() and all(torch.equal(reloaded[k], built[k]) for k in built)
+    # safetensors leaves some tensors off the 64-byte alignment by which oneDNN picks a kernel (its sums
+    # then differ in the last bit at one thread): the weights move to fresh memory before outputs are compared
+    for p in loaded.parameters():
+        p.data = p.data.clone()
     with torch.no_grad():
         sample, t, context = unet_inputs(teacher)
         assert torch.equal(student(sample, t, context).sample, loaded(sample, t, context).sample)

@@ -113,9 +113,14 @@ def test_evaluate_teacher_scores_renders_of_the_prompted_combos(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_cli_teacher_train_real_architecture(tmp_path, capsys):
+def test_cli_teacher_train_real_architecture(tmp_path, capsys, monkeypatch):
+    import aria.training.world_teacher as T
     from aria.cli import main
 
+    # contexts per batch, as in the smoke test above: precomputing the token states of all 2,000 prompts
+    # (19 of the test's 22 s on a CPU) is what test_contexts_precomputed_equal_per_batch checks
+    contexts = T.Contexts
+    monkeypatch.setattr(T, "Contexts", lambda encoder, pool, budget_bytes=None: contexts(encoder, pool, 0))
     out = tmp_path / "t"
     args = ["teacher", "train", "--out", str(out), "--steps", "1", "--batch-size", "1", "--device", "cpu", "--no-eval",
             "--set", "data.world.num_prompts=2000", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
