@@ -2,7 +2,7 @@
 
 Training: DDPM epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas (the cosine schedule
 keeps more signal at low resolution than the linear one), sample clipping to [-1, 1]. Each step
-draws combinations uniformly over ALL combinations (unseen ones included), a random pool prompt
+draws items uniformly over ALL items of the world (unseen ones included), a random pool prompt
 of each, and renders them with a fresh seed; the prompt is replaced by ``""`` with p=0.1 (CFG).
 AdamW, warm-up then cosine decay over max(step/steps, elapsed/time limit), EMA of the weights
 (the EMA is what is saved), bf16 autocast on CUDA, optional ``torch.compile``.

@@ -1,16 +1,10 @@
-"""The world teacher's architecture and sampler: a small pixel-space ``UNet2DConditionModel``.
+"""A world teacher's architecture and sampler: a small pixel-space ``UNet2DConditionModel``.
 
-Its training and judged evaluation live in ``aria.training.world_teacher``.
-
-Architecture: 32x32x3 pixels, blocks (64, 96, 96) with cross-attention (384-d MiniLM token
-states, 32 tokens: see ``aria.data.encoders.WORLD_MAX_LENGTH``) at 16x16, 8x8 and the middle; about
-4.5 M parameters, about 9 MB in fp16.
-Training: DDPM epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas (the cosine schedule
-keeps more signal at low resolution than the linear one), sample clipping to [-1, 1]. Each step
-draws combinations uniformly over ALL combinations (unseen ones included), a random pool prompt
-of each, and renders them with a fresh seed; the prompt is replaced by ``""`` with p=0.1 (CFG).
-AdamW, warm-up then cosine decay over max(step/steps, elapsed/time limit), EMA of the weights
-(the EMA is what is saved), bf16 autocast on CUDA, optional ``torch.compile``.
+Architecture: 32x32x3 pixels, three stages with cross-attention (384-d MiniLM token states, 32
+tokens: see ``aria.data.encoders.WORLD_MAX_LENGTH``) at 16x16, 8x8 and the middle: blocks (64, 96,
+96), 4.5M parameters, for the shapes world; (96, 128, 160), 10M, for the concepts world. DDPM
+epsilon prediction, 1000 steps, ``squaredcos_cap_v2`` betas. Training and judged evaluation:
+``aria.training.world_teacher``.
 """
 
 from __future__ import annotations
