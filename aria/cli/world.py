@@ -122,7 +122,8 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
 
     from aria.data.encoders import build_encoder, resolve_device
     from aria.models.teacher import load_teacher
-    from aria.training.world_teacher import evaluate_teacher, world_pool_of
+    from aria.data.bundle import embedded_world_pool
+    from aria.training.world_teacher import evaluate_teacher
     from aria.world.judge import Judge
     from aria.world.worlds import world_of_pool
 
@@ -133,7 +134,7 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     if t.latent or t.sample_size != 32 or t.in_channels != 3:
         raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
     encoder = build_encoder(config.encoder, device)
-    pool = world_pool_of(config)
+    pool = embedded_world_pool(config)
     judge = Judge.load(judge_dir or world_of_pool(pool).judge_dir)
     result = evaluate_teacher(t.unet, pool, encoder, judge, guidance=guidance if guidance is not None
                               else config.teacher.guidance_scale, steps=steps, prompts_per_combo=per_combo,

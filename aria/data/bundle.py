@@ -101,6 +101,15 @@ def build_world_pool(path: Path | str, num_prompts: int, skew: float, seed: int)
                           lambda: generate(num_prompts, skew, seed))
 
 
+def embedded_world_pool(config):
+    """The pool of ``config``'s embedded world (``data.source`` shapes or concepts); a UserError otherwise."""
+    if config.data.source == "shapes":
+        return world_pool(config)
+    if config.data.source == "concepts":
+        return concepts_pool(config)
+    raise UserError(f"data.source {config.data.source!r} is not an embedded world (shapes or concepts)")
+
+
 def concepts_pool(config):
     """World v2's prompt pool for ``config.data.concepts``, cached under ``data.cache_dir``."""
     from aria.world import captions

@@ -161,25 +161,13 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
                 model=model, n_params=n_params, sched=sched, alphas=alphas, opt=opt, gen=gen, feed=feed)
 
 
-def world_pool_of(config):
-    """The pool of ``config``'s embedded world (``data.source`` shapes or concepts)."""
-    from aria.data.bundle import concepts_pool, world_pool
-    from aria.errors import UserError
-
-    if config.data.source == "shapes":
-        return world_pool(config)
-    if config.data.source == "concepts":
-        return concepts_pool(config)
-    raise UserError(f"data.source {config.data.source!r}: a world teacher trains on an embedded world "
-                    "(shapes or concepts)")
-
-
 def _data(config, device: str, context_budget_bytes: float | None):
     """The encoder, the world pool, its prompts by item (every one must be covered) and contexts."""
+    from aria.data.bundle import embedded_world_pool
     from aria.data.encoders import build_encoder
     from aria.errors import UserError
 
-    pool = world_pool_of(config)
+    pool = embedded_world_pool(config)
     world = world_of_pool(pool)
     prompts = ComboPrompts(np.asarray(pool.meta(world.meta_key)), num_combos=world.num_items)
     if len(prompts.covered) < world.num_items:
