@@ -173,7 +173,9 @@ class BackendConfig(Section):
 
 class LoggingConfig(Section):
     every: int = Field(10, ge=1, le=STEPS_MAX, description="steps between console/JSONL summaries")
-    tensorboard: bool = Field(False)
+    tensorboard: Optional[bool] = Field(
+        None, description="TensorBoard events in output_dir/tensorboard; null (the default): on when the tensorboard "
+        "package is installed, true: required, false: off")
     checkpoint_every: int = Field(200, ge=1, le=STEPS_MAX)
     keep_checkpoints: int = Field(2, ge=1, le=1000)
     progress: bool = Field(True, description="progress bar")

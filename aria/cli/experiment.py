@@ -33,6 +33,7 @@ def eval_command(student, teacher_path, config_path, overrides, out, reference):
     config = load_config(config_path, overrides)
     if teacher_path is not None:
         config.teacher.path = teacher_path
+    apply_cpu_threads(config)
     folder = evaluate.find_student(student)
     what = "--out" if out is not None else "the eval folder (--out)"
     if out is None:
@@ -76,6 +77,15 @@ def compare_command(strategies, seeds, config_path, overrides, out, parallel, su
     click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
 
 
+def apply_cpu_threads(config) -> None:
+    """``backend.cpu_threads`` for a command that runs models outside the engine (eval): on a
+    shared 2-core machine torch's default threads are several times slower than one."""
+    if config.backend.cpu_threads and config.backend.device != "cuda":
+        import torch
+
+        torch.set_num_threads(config.backend.cpu_threads)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
     try:
@@ -114,22 +124,35 @@ def results_command(results_path, ablation_paths, out, check):
     click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, [*results_path, *ablation_paths]))}")
 
 
-@click.command("sample")
+SAMPLE_EXAMPLE = "aria sample --model runs/concepts-quick --prompt 'a large blue fish on the left' " \
+    "--prompt 'a small red apple in the center'"
+
+
+@click.command("sample", epilog=f"""\b
+Example (the quickstart's run, configs/concepts-quick.yaml; the concepts world
+reads captions of a concept, colour, size and position; with seed 0 fish are
+seen in the paired data, the fruit family is unseen):
+  {SAMPLE_EXAMPLE}""")
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True,
-              help="Exported student folder (a run's output_dir/student).")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for more rows.")
+              help="A run's output_dir, or the student folder in it.")
+@click.option("--prompt", "prompts", multiple=True, required=True,
+              help="A prompt, e.g. 'a large blue fish on the left'; repeat for more rows.")
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
-              help="Teacher UNet folder (or SD folder) to sample next to the student.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("grid.png"), show_default=True)
+              help="Teacher UNet folder (or SD folder) for the teacher column (default: the run's own teacher, "
+                   "recorded in aria.json).")
+@click.option("--no-teacher", is_flag=True, help="The student's column alone.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Image file to write (default: the run folder's samples/<prompt>-seed<seed>.png).")
 @click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--guidance", type=float, default=None, help="CFG scale, finite (default: the run's teacher.guidance_scale).")
 @click.option("--device", default="auto", show_default=True)
-def sample_command(model, prompts, teacher, out, steps, seed, guidance, device):
-    """Draw a PNG grid from a student (and its teacher, from the same noise)."""
+def sample_command(model, prompts, teacher, no_teacher, out, steps, seed, guidance, device):
+    """Draw a labelled PNG grid: one row per prompt, the student's and the teacher's samples from the same noise."""
     from aria.experiment import sample
 
-    path = sample.sample_grid(model, list(prompts), out, teacher, steps, seed, guidance, device)
+    path = sample.sample_grid(model, list(prompts), out, teacher, steps, seed, guidance, device,
+                              with_teacher=not no_teacher)
     click.echo(f"wrote {path}")
 
 

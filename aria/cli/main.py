@@ -8,7 +8,9 @@ line and exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -63,10 +65,15 @@ def cli(debug: bool):
 @click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. distillation.lr=1e-4.")
 @click.option("--resume", is_flag=True, help="Continue from the latest good checkpoint in output_dir.")
-@click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then stop.")
+@click.option("--dry-run", is_flag=True, help="Check everything that needs no training (config, paths, teacher "
+              "folder layout, regions.k against the pool, memory lower bound), print the resolved config, stop.")
 @click.option("--check-consistency", is_flag=True, help="Compare strategy-state hashes across ranks every step.")
 def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
-    """Distil the teacher into a student with the chosen allocation strategy."""
+    """Distil the teacher into a student with the chosen allocation strategy.
+
+    Ends by drawing the run's plots into OUTPUT_DIR/plots and printing the commands that evaluate,
+    sample and compare it. Example: aria run --strategy aria --config configs/concepts-quick.yaml
+    """
     from aria.config import config_to_dict, load_config
 
     if resume and dry_run:
@@ -76,11 +83,58 @@ def run(strategy, config_path, overrides, resume, dry_run, check_consistency):
     if dry_run:
         import yaml
 
+        from aria.training.checks import check_run
+
+        report = check_run(config, resume=False, dry_run=True)  # the engine's own checks (exit 2 on a mistake)
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip())
+        click.echo(dry_run_summary(report))
         return
     from aria.training.engine import run_distillation
 
-    run_distillation(config, resume=resume, check_consistency=check_consistency)
+    result = run_distillation(config, resume=resume, check_consistency=check_consistency)
+    if "student" in result:  # the main rank
+        click.echo(run_epilogue(config, config_path, overrides, Path(result["output_dir"])))
+
+
+def dry_run_summary(report: dict) -> str:
+    """The dry run's closing line, a YAML comment (stdout stays the resolved config)."""
+    memory = report.get("memory") or {}
+    if "lower_bound_gib" in memory:
+        have = "" if memory["device_gib"] is None else f" of {memory['device_gib']:.1f} GiB"
+        size = f"; weights, gradients and AdamW moments need >= {memory['lower_bound_gib']:.2f} GiB{have} on " \
+               f"{memory['device']} (activations not counted)"
+    else:
+        size = f"; memory not estimated ({memory.get('skipped', 'no teacher checked')})"
+    return f"# dry run: config, paths, teacher folder and data inputs check out{size}"
+
+
+def run_epilogue(config, config_path: Path, overrides, output_dir: Path) -> str:
+    """The lines that end a run: where its plots are, and the commands that come next. A plot that
+    cannot be drawn is named, never fatal: the student is already exported."""
+    from aria.experiment import plots
+
+    lines = []
+    try:
+        drawn = plots.run_plots(output_dir)
+        if drawn:
+            names = ", ".join(Path(p).name for p in drawn.values())
+            lines.append(f"plots: {output_dir / plots.PLOTS_DIR} ({names})")
+    except Exception as err:  # noqa: BLE001 - e.g. a matplotlib backend problem
+        lines.append(f"plots: not drawn ({type(err).__name__}: {' '.join(str(err).split())[:160]})")
+    if (output_dir / "tensorboard").is_dir():
+        lines.append(f"tensorboard: tensorboard --logdir {shlex.quote(str(output_dir / 'tensorboard'))}")
+    sets = [a for o in overrides for a in ("--set", o)]
+    compare_sets = [a for o in overrides if not o.strip().startswith("output_dir=") for a in ("--set", o)]
+    examples = plots.example_prompts(output_dir)
+    name = config.strategy.name
+    strategies = "none,rc" if name in ("none", "rc") else f"rc,{name}"
+    prompts = [a for p in examples for a in ("--prompt", p)] or ["--prompt", "<a prompt of your pool>"]
+    lines += ["next:",
+              "  " + shlex.join(["aria", "eval", "--student", str(output_dir), "--config", str(config_path), *sets]),
+              "  " + shlex.join(["aria", "sample", "--model", str(output_dir), *prompts]),
+              "  " + shlex.join(["aria", "compare", "--strategies", strategies, "--seeds", "3", "--config",
+                                 str(config_path), *compare_sets])]
+    return "\n".join(lines)
 
 
 @cli.command("strategies")
@@ -110,9 +164,29 @@ def exit_for_user_error(err: UserError) -> NoReturn:
     sys.exit(2)
 
 
+class _DropAccelerateNotice(logging.Filter):
+    """Drops diffusers' notice that ``accelerate`` is missing, and only it. accelerate is optional:
+    without it diffusers loads models with ``low_cpu_mem_usage=False`` by itself and the weights are
+    the same, but it logs five lines about it on every model load (eval, sample, teacher), which
+    drown the command's output and break its one-line errors. Every other diffusers message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Cannot initialize model with low cpu memory usage because `accelerate`")
+
+
+def quiet_accelerate_notice() -> None:
+    """Install ``_DropAccelerateNotice`` on the diffusers loggers that emit it (by name: diffusers,
+    imported later, picks up these same logger objects)."""
+    for name in ("diffusers.models.modeling_utils", "diffusers.pipelines.pipeline_utils"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAccelerateNotice) for f in logger.filters):
+            logger.addFilter(_DropAccelerateNotice())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit status 2 for user mistakes, unless --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_accelerate_notice()
     debug = "--debug" in argv or os.environ.get("ARIA_DEBUG") == "1"
     try:
         result = cli.main(args=argv, prog_name="aria", standalone_mode=False)

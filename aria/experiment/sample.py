@@ -1,9 +1,14 @@
-"""``aria sample``: a PNG grid of DDIM samples from an exported student, next to its teacher.
+"""``aria sample``: a labelled PNG grid of DDIM samples from an exported student, next to its teacher.
 
-One row per prompt: the student's sample, then (with ``--teacher``) the teacher's from the same
-initial noise. The text encoder, scheduler and guidance scale come from the run config stored in
-the student's ``aria.json`` (written by the engine at export); latent models are decoded with
-the VAE of the Stable Diffusion folder named there.
+One row per prompt, its text beside the row; columns headed "student" and "teacher", the teacher's
+sample drawn from the same initial noise. The teacher is the run's own (recorded in the student's
+``aria.json``) unless ``--teacher`` names another or ``--no-teacher`` leaves it out. The text
+encoder, scheduler, guidance scale and ``backend.cpu_threads`` come from the run config stored in
+``aria.json`` (written by the engine at export); latent models are decoded with the VAE of the
+Stable Diffusion folder. Sampling is diffusers' ``DDIMScheduler`` loop (``set_timesteps``/``step``)
+with classifier-free guidance. Small images are enlarged (nearest neighbour) to at least
+``MIN_CELL`` pixels. The grid goes to ``<run folder>/samples/`` unless ``--out`` names a file, and
+is written to a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ import torch
 from aria.errors import UserError, folder_problem, format_validation_error
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")  # as encoder.device
+MIN_CELL = 128  # pixels: a 32x32 world image is drawn 4x
+PAD = 4
+LABEL_WIDTH = 260  # the prompt column
+HEADER_HEIGHT = 26  # the "student" / "teacher" row
+FONT_SIZE = 14
 
 
 @torch.no_grad()
@@ -105,7 +115,7 @@ def load_unet(folder: Path, what: str, device):
     if not (folder / "config.json").is_file():
         raise UserError(f"{what} {folder}: not a diffusers UNet folder (no config.json)")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=_accelerate())
     except Exception as err:
         raise UserError(f"{what} {folder}: cannot load a UNet2DConditionModel ({str(err).splitlines()[0]})") from err
     return unet.to(device).eval().requires_grad_(False)
@@ -117,28 +127,147 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    h, w = rows[0][0].shape[:2]
-    n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    out = np.full((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            out[pad + i * (h + pad):pad + i * (h + pad) + h, pad + j * (w + pad):pad + j * (w + pad) + w] = img
+def _accelerate() -> bool:
+    """diffusers' default low_cpu_mem_usage=True needs accelerate; without it diffusers falls back to
+    False itself after a five-line warning: ask for what it will do."""
+    from diffusers.utils import is_accelerate_available
+
+    return is_accelerate_available()
+
+
+def _font(size: int = FONT_SIZE):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (FreeType)
+    except (TypeError, OSError, ImportError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int, measure) -> list[str]:
+    """Words of ``text`` in lines of at most ``width`` pixels (a longer word is cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if measure(candidate) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+        while measure(line) > width and len(line) > 1:  # one word wider than the column
+            cut = len(line) - 1
+            while cut > 1 and measure(line[:cut]) > width:
+                cut -= 1
+            lines.append(line[:cut])
+            line = line[cut:]
+    return lines + ([line] if line else [])
+
+
+def label_image(text: str, width: int, height: int, align: str = "left") -> np.ndarray:
+    """``text`` drawn black on white in a (height, width) box, wrapped to the width, cut with an
+    ellipsis where it does not fit; uint8 (height, width, 3)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    measure = lambda t: draw.textlength(t, font=font)  # noqa: E731
+    step = FONT_SIZE + 4
+    lines = _wrap(text, width - 8, measure)
+    fits = max(1, (height - 4) // step)
+    if len(lines) > fits:
+        lines = lines[:fits]
+        lines[-1] = lines[-1].rstrip() + "..."
+    top = max(2, (height - step * len(lines)) // 2)
+    for i, line in enumerate(lines):
+        x = 4 if align == "left" else max(0, (width - measure(line)) // 2)
+        draw.text((x, top + i * step), line, fill="black", font=font)
+    return np.asarray(image)
+
+
+def enlarge(images: np.ndarray, min_size: int = MIN_CELL) -> np.ndarray:
+    """(n, H, W, 3) uint8 enlarged by the smallest integer factor that makes them at least
+    ``min_size`` pixels high (nearest neighbour: the pixels stay sharp; a large image is kept)."""
+    factor = max(1, -(-min_size // images.shape[1]))
+    return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+
+
+def cell_origin(row: int, column: int, cell: int) -> tuple[int, int]:
+    """(y, x) of the top-left pixel of image (row, column) in ``labelled_grid``'s output."""
+    return HEADER_HEIGHT + PAD + row * (cell + PAD), LABEL_WIDTH + PAD + column * (cell + PAD)
+
+
+def labelled_grid(columns: list[np.ndarray], prompts: list[str], headers: list[str],
+                  min_size: int = MIN_CELL) -> np.ndarray:
+    """One row per prompt (its text in the left column), one column per model (``headers`` above):
+    ``columns[j][i]`` is model j's image of prompt i, uint8 (H, W, 3), enlarged by ``enlarge``."""
+    columns = [enlarge(np.asarray(c), min_size) for c in columns]
+    cell = columns[0].shape[1]
+    height = HEADER_HEIGHT + PAD + len(prompts) * (cell + PAD)
+    width = LABEL_WIDTH + PAD + len(columns) * (cell + PAD)
+    out = np.full((height, width, 3), 255, np.uint8)
+    for j, header in enumerate(headers):
+        _, x = cell_origin(0, j, cell)
+        out[:HEADER_HEIGHT, x:x + cell] = label_image(header, cell, HEADER_HEIGHT, align="center")
+    for i, prompt in enumerate(prompts):
+        y, _ = cell_origin(i, 0, cell)
+        out[y:y + cell, :LABEL_WIDTH] = label_image(prompt, LABEL_WIDTH, cell)
+        for j, images in enumerate(columns):
+            y, x = cell_origin(i, j, cell)
+            out[y:y + cell, x:x + cell] = images[i]
     return out
 
 
-def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None = None, steps: int = 25,
-                seed: int = 0, guidance: float | None = None, device: str = "auto", encoder=None) -> Path:
-    """Write the grid; ``encoder`` replaces the one the run config names (tests)."""
+def run_folder(model: Path) -> Path:
+    """The run output_dir holding a student: ``model`` itself when it holds ``student/``, else its parent."""
+    model = Path(model)
+    return model if (model / "student" / "aria.json").is_file() else model.parent
+
+
+def default_out(model: Path, prompts: list[str], seed: int) -> Path:
+    """``<run folder>/samples/<first prompt>[+N]-seed<seed>.png``."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", prompts[0]).strip("-").lower()[:48].rstrip("-") or "prompt"
+    more = f"+{len(prompts) - 1}" if len(prompts) > 1 else ""
+    return run_folder(model) / "samples" / f"{slug}{more}-seed{seed}.png"
+
+
+def run_teacher(model: Path, card: dict, config) -> Path:
+    """The teacher the run distilled from: its config's ``teacher.path`` (the shipped world teacher when
+    unset), else the path recorded at export; a UserError when neither is here."""
+    from aria.models.teacher import SHIPPED_TEACHER
+
+    path = Path(config.teacher.path).expanduser() if config.teacher.path is not None else SHIPPED_TEACHER
+    candidates = [path, Path(str(card.get("teacher", ""))).expanduser()]
+    for root in candidates:
+        if str(root) and root.is_dir():
+            return root / config.teacher.subfolder if config.teacher.subfolder else root
+    raise UserError(f"--model {model}: the run's teacher {path} is not here (recorded in aria.json): "
+                    f"pass --teacher PATH, or --no-teacher for the student alone")
+
+
+def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teacher: Path | None = None,
+                steps: int = 25, seed: int = 0, guidance: float | None = None, device: str = "auto", encoder=None,
+                with_teacher: bool = True) -> Path:
+    """Write the grid; returns its path. ``teacher`` None: the run's own (``run_teacher``), unless
+    ``with_teacher`` is False. ``out`` None: ``default_out``. ``encoder`` replaces the one the run
+    config names (tests)."""
     from aria.data.encoders import build_encoder, resolve_device
 
     check_options(prompts, steps, seed, guidance, device)
+    if teacher is not None and not with_teacher:
+        raise UserError("--teacher and --no-teacher cannot be combined")
+    if out is None:
+        out = default_out(model, prompts, seed)
     out, image_format = check_out(out)  # before any model is loaded or sampled
     if not (Path(model) / "aria.json").is_file() and (Path(model) / "student" / "aria.json").is_file():
         model = Path(model) / "student"  # a run's output_dir
     card = read_card(model)
     config = card_config(model, card)
+    if with_teacher and teacher is None:
+        teacher = run_teacher(model, card, config)
     device = resolve_device(device)
+    if device == "cpu" and config.backend.cpu_threads:  # the run's setting (a shared 2-core machine: 1 is 4x faster)
+        torch.set_num_threads(config.backend.cpu_threads)
     student = load_unet(model, "--model", device)
     models = [student] + ([load_unet(teacher, "--teacher", device)] if teacher is not None else [])
     for m in models[1:]:
@@ -153,9 +282,9 @@ def sample_grid(model: Path, prompts: list[str], out: Path, teacher: Path | None
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(prompts), c.in_channels, size, size), generator=gen)
     scale = config.teacher.guidance_scale if guidance is None else guidance
-    decode = _decoder(config, device)
+    decode = _decoder(model, config, device)
     columns = [to_uint8(decode(ddim_sample(m, context, uncond, noise, steps, scale, card["scheduler"]))) for m in models]
-    image = grid([[col[i] for col in columns] for i in range(len(prompts))])
+    image = labelled_grid(columns, prompts, ["student", "teacher"][:len(models)])
     from PIL import Image
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -189,16 +318,19 @@ def check_out(out: Path) -> tuple[Path, str]:
     return out, image_format
 
 
-def _decoder(config, device):
-    """Latents -> pixels with the SD folder's VAE (identity for pixel-space models)."""
+def _decoder(model: Path, config, device):
+    """Latents -> pixels with the VAE beside the student (a pipeline folder) or in the teacher's
+    Stable Diffusion folder (identity for pixel-space models)."""
     if not config.teacher.subfolder:
         return lambda x: x
     from diffusers import AutoencoderKL
 
-    folder = Path(config.teacher.path) / "vae"
+    folder = Path(model) / "vae"
+    if not (folder / "config.json").is_file():
+        folder = Path(config.teacher.path) / "vae"
     if not folder.is_dir():
         raise UserError(f"the student is a latent model but its teacher's VAE folder {folder} is missing")
-    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=_accelerate()).to(device).eval()
 
     @torch.no_grad()
     def decode(z):

@@ -32,8 +32,8 @@ from aria.config import RunConfig, config_to_dict
 from aria.errors import UserError
 from aria.training.checks import check_run
 from aria.training.probe import probe_discrepancy_by_regime
-from aria.training.metrics import RegionWindow, RunLogger, format_table, read_jsonl, regime_table, \
-    run_summary, summary_writer_class
+from aria.training.metrics import RegionWindow, RunLogger, data_record, format_table, read_jsonl, regime_table, \
+    run_summary, setup_line, summary_writer_class
 
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class DistillationRun:
         self._setup_strategy()
         self.logger = RunLogger(self.output_dir, c.logging, c.distillation.steps, self.start_step,
                                 c.distillation.batch_size, enabled=self.main)
+        if self.main:
+            self.logger.event(data_record(self.bundle))  # what the end-of-run plots need of the data
         if self.main and report is not None:
             self.logger.write(f"student {c.student.variant}: {report.summary()}; {len(self.pairs)} feature pairs")
         return self
@@ -147,10 +149,15 @@ class DistillationRun:
 
         c, b = self.config, self.backend
         if self.teacher is None:
+            self._stage(f"teacher: loading {c.teacher.path or 'the shipped world teacher'}")
             dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         if self.bundle is None:  # rank 0 fills the caches first, the others then read them
             from aria.data.bundle import prepare_data
+
+            self._stage(f"data: {c.data.source} prompt pool, paired set, text encoder ({c.encoder.kind}), prompt "
+                        f"embeddings and {c.regions.k if c.regions.method == 'kmeans' else 'metadata'} regions "
+                        f"(built once, then read from {c.data.cache_dir})")
 
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)
@@ -164,6 +171,7 @@ class DistillationRun:
         from diffusers import DDPMScheduler
 
         c, b = self.config, self.backend
+        self._stage(f"student: building BK-SDM-{c.student.variant} from the teacher")
         torch.manual_seed(c.seed)  # the student's layers that are not copied from the teacher
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
@@ -181,6 +189,11 @@ class DistillationRun:
                                    scheduler=self.scheduler, pairs=self.pairs, config=c.distillation, seed=c.seed,
                                    vae=self.teacher.vae)
         return report
+
+    def _stage(self, text: str) -> None:
+        """A setup stage starts: one line (rank 0, with ``logging.progress``)."""
+        if self.main and self.config.logging.progress:
+            setup_line(text)
 
     def _setup_strategy(self) -> None:
         """The strategy of the config and its state (a resume restores it with everything else)."""
@@ -506,6 +519,7 @@ class DistillationRun:
             self.save(steps)
         result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"]}
         if self.main:
+            self.logger.write("exporting the student and measuring it on the probe set")
             student = self.student
             if self.ema is not None:
                 student = copy.deepcopy(self.student)

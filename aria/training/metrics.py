@@ -10,7 +10,15 @@
   when nothing was switched), ``estimates`` (the strategy's per-region ``estimate`` state when it
   has one) and ``region_discrepancy`` (mean observed discrepancy per region since the last such
   line, null where unobserved), and ``feat_blocks`` (raw per-block feature MSE);
+- a line with ``"event": "data"`` written at setup (``data_record``): region sizes, each region's
+  share of every group (regime, concept family) and example prompts, which the end-of-run plots read;
 - a final line with ``"event": "end"`` and the per-regime probe table.
+
+TensorBoard (``<output_dir>/tensorboard``; ``logging.tensorboard``: on by default when the package
+is installed) gets the loss terms, learning rate, gradient norm and throughput every step, and on the
+log steps one curve per region of the allocation probability, the strategy's tracked estimate and
+the observed discrepancy (``probability/region_007`` ...), the allocation histogram and the
+per-block feature losses.
 
 Only rank 0 writes. A resumed run appends; lines of steps after the checkpoint are dropped first.
 """
@@ -45,8 +53,9 @@ class RunLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_jsonl(self.path, start_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        if logging_config.tensorboard:
-            self.tb = summary_writer_class()(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
+        writer = tensorboard_writer_class(logging_config.tensorboard)
+        if writer is not None:
+            self.tb = writer(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
         if logging_config.progress:
             from tqdm.auto import tqdm
 
@@ -66,14 +75,31 @@ class RunLogger:
             for key in ("loss", "task", "out", "feat", "switched_fraction", "lr", "grad_norm", "samples_per_s"):
                 if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]):
                     self.tb.add_scalar(f"train/{key}", record[key], record["step"])
-            if record.get("probabilities") is not None:
-                self.tb.add_histogram("allocation/probabilities", np.asarray(record["probabilities"]), record["step"])
+            self._region_scalars(record)
         if self.bar is not None:
             self.bar.update(1)
             loss = record.get("loss")
             self.bar.set_postfix(loss="skipped" if record.get("nonfinite") else f"{loss:.4f}",
                                  sw=f"{record.get('switched_fraction', 0):.2f}",
                                  img_s=f"{record['samples_per_s']:.0f}", refresh=False)
+
+    def _region_scalars(self, record: dict) -> None:
+        """Per-region curves (one tag per region under ``probability/``, ``estimate/`` and ``observed/``)
+        and the allocation's histogram, on the lines that carry them (every ``logging.every`` steps)."""
+        step = record["step"]
+        for key, tag in (("probabilities", "probability"), ("estimates", "estimate"),
+                         ("region_discrepancy", "observed")):
+            values = record.get(key)
+            if values is None:
+                continue
+            for k, v in enumerate(values):
+                if v is not None and math.isfinite(v):
+                    self.tb.add_scalar(f"{tag}/region_{k:03d}", v, step)
+        if record.get("probabilities") is not None:
+            self.tb.add_histogram("allocation/probabilities", np.asarray(record["probabilities"]), step)
+        for i, v in enumerate(record.get("feat_blocks") or ()):
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"feat_blocks/{i}", v, step)
 
     def event(self, record: dict) -> None:
         if self.enabled:
@@ -108,6 +134,26 @@ def summary_writer_class():
         raise UserError("logging.tensorboard is on but the tensorboard package is not installed "
                         "(pip install tensorboard, or set logging.tensorboard=false)") from err
     return SummaryWriter
+
+
+def tensorboard_writer_class(setting: bool | None):
+    """The SummaryWriter class to log with, or None. ``setting`` is ``logging.tensorboard``: True
+    requires the package (a UserError names it when missing), False turns logging off, None (the
+    default) logs when the tensorboard package is installed and stays silent when it is not."""
+    if setting is False:
+        return None
+    if setting is None:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # installed but unusable (e.g. a protobuf it cannot import)
+            raise UserError(f"the tensorboard package is installed but cannot be used ({err}): repair it, "
+                            f"or set logging.tensorboard=false") from err
+        return SummaryWriter
+    return summary_writer_class()
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
@@ -148,6 +194,52 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def setup_line(text: str) -> None:
+    """One line on stdout as a stage of a run's setup starts (the minutes before the first step would
+    be silent otherwise)."""
+    print(f"[setup] {text}", flush=True)
+
+
+def data_record(bundle, examples: int = 200) -> dict:
+    """The ``"event": "data"`` line of metrics.jsonl: what the end-of-run plots need of the data.
+
+    ``sizes`` (prompts per region); ``groups``: per grouping (``regime``; ``family`` in world v2) its
+    ``names`` and ``fractions`` (regions x groups: the share of each group among a region's prompts);
+    ``examples``: a short prompt of each regime present among the first prompts of the pool
+    (``paired``: a caption of the paired set, i.e. a condition the student saw with an image)."""
+    labels = np.asarray(bundle.region_of_prompt, dtype=np.int64)
+    k = int(bundle.region_info.num_regions)
+    sizes = np.bincount(labels, minlength=k)
+    record = {"event": "data", "regions": k, "sizes": sizes.tolist(), "groups": {}, "examples": {}}
+    world = getattr(bundle, "world", None)
+    groupings = []
+    if getattr(bundle, "regime_of_prompt", None) is not None:
+        from aria.world.worlds import REGIME_NAMES
+
+        groupings.append(("regime", bundle.regime_of_prompt, world.regime_names if world is not None else REGIME_NAMES))
+    family_names = getattr(getattr(world, "generator", None), "FAMILY_NAMES", None) if world is not None else None
+    if family_names and getattr(world, "family_key", None):
+        groupings.append(("family", bundle.family_of_prompt, family_names))
+    for key, of_prompt, names in groupings:
+        of_prompt = np.asarray(of_prompt, dtype=np.int64)
+        counts = np.bincount(labels * len(names) + of_prompt, minlength=k * len(names)).reshape(k, len(names))
+        fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        record["groups"][key] = {"names": list(names), "fractions": np.round(fractions, 6).tolist()}
+    pool = bundle.pool
+    pick = lambda texts: min(texts, key=lambda t: (not t.startswith(("a ", "an ")), len(t)))  # noqa: E731 (a sentence)
+    ids = np.asarray(bundle.paired_prompt_ids[:examples], dtype=np.int64)
+    if len(ids):
+        record["examples"]["paired"] = pick(list(pool.texts(ids)))
+    if getattr(bundle, "regime_of_prompt", None) is not None and "regime" in record["groups"]:
+        names = record["groups"]["regime"]["names"]
+        regime = np.asarray(bundle.regime_of_prompt)
+        for r, name in enumerate(names):
+            found = np.flatnonzero(regime == r)[:examples]
+            if len(found):
+                record["examples"][name] = pick(list(pool.texts(found)))
+    return record
 
 
 class RegionWindow:
