@@ -1,8 +1,9 @@
 """``prepare_data(config) -> DataBundle``: prompt pool, encoder, regions, paired set, regimes.
 
 ``data.source == "shapes"``: the world pool (``aria.world.prompts``), the regime split and the
-paired set rendered by ``aria.world``. ``"files"``: a prompt file plus ``paired_dir`` holding
-``captions.txt`` (line i <-> ``{i:06d}.png``); the captions join the pool.
+paired set rendered by ``aria.world``. ``"files"``: a prompts file (text, JSONL or CSV, with optional
+``group`` and ``regime`` per prompt: ``aria.data.corpus``) plus ``paired_dir`` holding ``captions.txt``
+(line i <-> ``{i:06d}.png``); the captions join the pool (regime seen, no group).
 
 Everything heavy is cached under ``data.cache_dir`` (pool, pooled embeddings, regions, paired
 set), keyed by content hashes. Several ranks: every artefact is written to a unique temp path
@@ -26,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from aria.errors import UserError
+from aria.errors import UserError, short_repr
 
 
 @dataclass
@@ -45,6 +46,8 @@ class DataBundle:
     paired_combos: Optional[np.ndarray] = None  # int64 (M,): the item of each paired image (world)
     stats: dict = field(default_factory=dict)
     world: Any = None  # aria.world.worlds.World of an embedded world, None for user files
+    group_of_prompt: Optional[np.ndarray] = None  # int32 (N,), -1 for none: a prompts file's groups
+    group_names: tuple = ()  # group index -> name
 
     @property
     def item_of_prompt(self) -> Optional[np.ndarray]:
@@ -199,8 +202,9 @@ def _read_lines(path: Path, what: str) -> list[str]:
 
 
 def files_pool(config, captions: list[str]):
-    """(pool, caption ids): ``data.prompts_file`` as a pool, plus the paired captions it lacks."""
-    from aria.data.corpus import PromptPool
+    """(pool, caption ids): ``data.prompts_file`` as a pool, plus the paired captions it lacks (regime
+    seen, no group). A prompt the file marks unseen must have no paired image."""
+    from aria.data.corpus import NO_GROUP, PROMPT_REGIMES, PromptPool
 
     cache = Path(config.data.cache_dir) / "pools"
     prompts_file = Path(config.data.prompts_file)
@@ -216,16 +220,27 @@ def files_pool(config, captions: list[str]):
     extra = list(dict.fromkeys(c for c in captions if c not in first))
     pool = base
     if extra:
-        params = {"base": base.content_hash, "captions": _key(*extra)}
-        folder = cache / f"files-{_key(base.content_hash, params['captions'])}"
+        params = {"base": base.content_hash, "source": base.params.get("source", {}).get("sha256"),
+                  "captions": _key(*extra), **({"groups": base.group_names} if base.group_names else {})}
+        folder = cache / f"files-{_key(base.content_hash, params['source'], params['captions'])}"
         try:
             pool = PromptPool.open(folder)
             if pool.params != params:
                 raise UserError("stale")
         except UserError:
-            pool = PromptPool.write(folder, _chain(base, extra), params=params)
+            meta = {name: np.concatenate([np.asarray(base.meta(name)),
+                                          np.full(len(extra), NO_GROUP if name == "group" else 0, base.meta(name).dtype)])
+                    for name in base.meta_names}
+            pool = PromptPool.write(folder, _chain(base, extra), meta=meta, params=params)
         first.update({c: len(base) + j for j, c in enumerate(extra)})
-    return pool, np.array([first[c] for c in captions], np.int64)
+    ids = np.array([first[c] for c in captions], np.int64)
+    if "regime" in pool.meta_names:
+        unseen = np.flatnonzero(np.asarray(pool.meta("regime"))[ids] == PROMPT_REGIMES.index("unseen"))
+        if len(unseen):
+            line = int(unseen[0]) + 1
+            raise UserError(f"prompts file {prompts_file} marks {short_repr(captions[line - 1])} unseen, but "
+                            f"{_captions_file(config)} line {line} pairs an image with it (unseen prompts have none)")
+    return pool, ids
 
 
 def _chain(base, extra):
@@ -460,6 +475,7 @@ def prepare_data(config, device: str | None = "cpu") -> DataBundle:
 
 
 def _prepare(config, device):
+    from aria.data.corpus import PROMPT_REGIMES
     from aria.data.encoders import build_encoder, resolve_device
 
     device = resolve_device(device if device is not None else config.encoder.device)
@@ -494,6 +510,8 @@ def _prepare(config, device):
         captions, images, stats["paired_cached"] = files_paired(config, teacher_image_size(config.teacher))
         pool, ids = files_pool(config, captions)
         stats["paired_s"] = time.time() - t
+        if "regime" in pool.meta_names:
+            regime_of_prompt = np.asarray(pool.meta("regime"), np.int8)
     t = time.time()
     regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats)
     stats["regions_s"] = time.time() - t
@@ -503,11 +521,17 @@ def _prepare(config, device):
                  empty_regions=int((regions.sizes == 0).sum()), paired_size=int(len(ids)),
                  total_s=time.time() - t0)
     if regime_of_prompt is not None:
-        names = len(world.regime_names)
+        names = len(world.regime_names) if world is not None else len(PROMPT_REGIMES)
         stats["regime_prompts"] = np.bincount(regime_of_prompt, minlength=names).tolist()
         stats["regime_paired"] = np.bincount(regime_of_prompt[ids], minlength=names).tolist()
+    groups = None
+    if world is None and "group" in pool.meta_names:
+        groups = np.asarray(pool.meta("group"), np.int32)
+        stats["group_prompts"] = dict(zip(pool.group_names, np.bincount(groups[groups >= 0],
+                                                                        minlength=len(pool.group_names)).tolist()))
     return DataBundle(pool=pool, region_of_prompt=regions.labels, region_offsets=regions.offsets,
                       region_members=regions.members, region_info=regions.info,
                       paired_images=_to_tensor_range(images), paired_prompt_ids=np.asarray(ids, np.int64),
                       regime_of_prompt=regime_of_prompt, encoder=encoder, regions=regions, regimes=regimes,
-                      paired_combos=combos, stats=stats, world=world)
+                      paired_combos=combos, stats=stats, world=world, group_of_prompt=groups,
+                      group_names=tuple(pool.group_names) if groups is not None else ())

@@ -1,22 +1,27 @@
 """``aria eval``: score a student against its teacher per regime and per region.
 
 - probe discrepancy: mean over pixels of (eps_S - eps_T)^2 on a fixed probe set (prompts
-  stratified over regimes then regions, their rendered images, a midpoint grid of timesteps and
-  noises), every piece derived from ``eval.seed`` and the data config, never from the student;
-- judge metrics on DDIM samples (teacher and student from the same initial noise; prompts split
-  evenly over the regimes): attribute accuracy of both, agreement (identical judge readings),
-  pixel MSE, and KID (unbiased polynomial-kernel MMD) in the judge's feature space.
+  stratified over regimes then regions, their images (rendered, or paired images for user files),
+  a midpoint grid of timesteps and noises, noised by the scheduler's ``add_noise``), every piece
+  derived from ``eval.seed`` and the data config, never from the student;
+- DDIM samples of teacher and student from the same initial noise: pixel MSE, and in a world the
+  judge's metrics: attribute accuracy of both, agreement (identical judge readings) and KID
+  (unbiased polynomial-kernel MMD) in the judge's feature space.
 
-The teacher's share (probe predictions, samples) is a pure function of the probe set and the
-teacher, so ``--reference DIR`` caches it for every student of a comparison.
+Rows: every regime, every concept family (world v2) or prompts-file group (``group:<name>``), and
+``all``; per region in ``regions``. The teacher's share (probe predictions, samples) is a pure
+function of the probe set and the teacher: it is cached (``--reference DIR``, by default
+``data.cache_dir/eval-reference``) and computed once for every student of a comparison.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +30,10 @@ import torch
 from aria.errors import UserError
 from aria.files import discard, json_text
 from aria.experiment import report
-from aria.training.probe import build_probe_set, condition_discrepancy, items_of_pool, probe_predictions, \
-    sample_prompt_ids, world_of
+from aria.training.probe import build_probe_set, condition_discrepancy, items_of_pool, sample_prompt_ids, world_of
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; families ("family:<name>") and "all" are added
+REFERENCE_VERSION = 2  # of the teacher's cached share: 2 = probe noised by add_noise, with and without prompt in one pass
 
 
 # -- model passes ---------------------------------------------------------------------------------
@@ -44,36 +49,83 @@ def ddim_samples(unet, context, uncond, noise: np.ndarray, steps: int, guidance:
         for s in range(0, len(noise), batch)])
 
 
-def teacher_reference(teacher_unet, probe, sample_noise, ctx, alphas, args: dict, cache: Path | None) -> dict:
+@torch.no_grad()
+def probe_eps(unet, probe, contexts: dict, scheduler, batch: int) -> dict[str, np.ndarray]:
+    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep), one array per
+    context (name -> tensor (N, L, D), or (1, L, D) for every probe); the noisy input is
+    ``scheduler.add_noise(x0, noise, t)`` and the contexts of ``batch`` inputs share one forward."""
+    param = next(unet.parameters())
+    n, j = probe.noise.shape[:2]
+    out = {name: np.empty_like(probe.noise) for name in contexts}
+    rows, steps = np.divmod(np.arange(n * j), j)  # probe-major, as the probe's digest orders them
+    for s in range(0, n * j, batch):
+        i, k = rows[s:s + batch], steps[s:s + batch]
+        t = torch.from_numpy(probe.timesteps[k]).to(param.device)
+        x0 = torch.from_numpy(probe.x0[i]).to(param.device)
+        xt = scheduler.add_noise(x0, torch.from_numpy(probe.noise[i, k]).to(param.device), t)
+        ctx = torch.cat([c[i] if len(c) == n else c.expand(len(i), *c.shape[1:]) for c in contexts.values()])
+        m = len(contexts)
+        pred = unet(xt.repeat(m, 1, 1, 1).to(param), t.repeat(m), encoder_hidden_states=ctx.to(param)).sample
+        for name, eps in zip(contexts, pred.float().cpu().numpy().reshape(m, len(i), *pred.shape[1:])):
+            out[name][i, k] = eps
+    return out
+
+
+@contextlib.contextmanager
+def counting(unet, bar, desc: str):
+    """Advance the progress ``bar`` by the images of every forward of ``unet`` (any sampler)."""
+    if bar is None:
+        yield
+        return
+    def tick(module, args, kwargs, output):
+        bar.update(len(args[0] if args else kwargs["sample"]))  # returns None: the output is kept
+
+    bar.set_description(desc)
+    handle = unet.register_forward_hook(tick, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def teacher_reference(teacher_unet, probe, sample_noise, ctx, scheduler, args: dict, cache: Path | None,
+                      bar=None) -> dict:
     """The teacher's probe predictions and samples, read from / written to ``cache`` when given."""
     from safetensors.numpy import load_file, save_file
 
     arrays = {"noise": sample_noise, **{k: v.numpy() for k, v in ctx.items()}}
-    key = hashlib.sha256(json.dumps({**args, "probe": probe.digest, "teacher": weights_digest(teacher_unet),
+    key = hashlib.sha256(json.dumps({**args, "version": REFERENCE_VERSION, "probe": probe.digest, "teacher": weights_digest(teacher_unet),
                                      **{k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
                                         for k, v in arrays.items()}},
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = None if cache is None else Path(cache) / f"teacher-{key}.safetensors"
     if path is None:
-        return _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args)
+        return _teacher_reference(teacher_unet, probe, ctx, sample_noise, scheduler, args, bar)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:  # concurrent evaluations compute it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
+            if bar is not None:
+                bar.update(forwards(probe, len(sample_noise), args))
             return load_file(path)
-        ref = _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args)
+        ref = _teacher_reference(teacher_unet, probe, ctx, sample_noise, scheduler, args, bar)
         tmp = path.with_suffix(f".{np.random.default_rng().integers(1 << 30)}.tmp")
         save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, str(tmp))
         tmp.replace(path)
     return ref
 
 
-def _teacher_reference(teacher_unet, probe, ctx, sample_noise, alphas, args: dict) -> dict:
-    uncond = ctx["uncond"].expand(len(probe.prompt_ids), *ctx["uncond"].shape[1:])
-    return {"probe_eps": probe_predictions(teacher_unet, probe, ctx["probe"], alphas, args["batch"]),
-            "probe_eps_uncond": probe_predictions(teacher_unet, probe, uncond, alphas, args["batch"]),
-            "samples": ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
-                                    args["guidance"], args["scheduler"], args["batch"])}
+def _teacher_reference(teacher_unet, probe, ctx, sample_noise, scheduler, args: dict, bar=None) -> dict:
+    with counting(teacher_unet, bar, "eval: teacher"):
+        eps = probe_eps(teacher_unet, probe, {"c": ctx["probe"], "u": ctx["uncond"]}, scheduler, args["batch"])
+        samples = ddim_samples(teacher_unet, ctx["sample"], ctx["uncond"], sample_noise, args["steps"],
+                               args["guidance"], args["scheduler"], args["batch"])
+    return {"probe_eps": eps["c"], "probe_eps_uncond": eps["u"], "samples": samples}
+
+
+def forwards(probe, samples: int, args: dict) -> int:
+    """Images through one model in an evaluation: the probe (with and without the prompt) and the sampler."""
+    return 2 * probe.noise.shape[0] * probe.noise.shape[1] + samples * args["steps"] * (1 if args["guidance"] == 1.0 else 2)
 
 
 def weights_digest(module) -> str:
@@ -87,14 +139,16 @@ def weights_digest(module) -> str:
 # -- metrics --------------------------------------------------------------------------------------
 
 def _groups(regimes: np.ndarray | None, n: int, families: np.ndarray | None = None,
-            family_names=()) -> dict[str, np.ndarray]:
+            family_names=(), groups: np.ndarray | None = None, group_names=()) -> dict[str, np.ndarray]:
     """name -> boolean mask over n items: every regime present, every family present
-    (``family:<name>``), then ``all``."""
+    (``family:<name>``), every prompts-file group present (``group:<name>``), then ``all``."""
     out = {}
     if regimes is not None:
         out = {GROUPS[r]: regimes == r for r in range(len(GROUPS)) if (regimes == r).any()}
     if families is not None:
         out.update({f"family:{name}": families == f for f, name in enumerate(family_names) if (families == f).any()})
+    if groups is not None:
+        out.update({f"group:{name}": groups == g for g, name in enumerate(group_names) if (groups == g).any()})
     out["all"] = np.ones(n, dtype=bool)
     return out
 
@@ -162,15 +216,22 @@ def region_table(bundle, probe_ids: np.ndarray, disc: np.ndarray, cond: np.ndarr
 
 # -- the evaluation -------------------------------------------------------------------------------
 
+def student_unet_folder(folder: Path) -> Path:
+    """The UNet folder of an exported student: ``unet/`` of a pipeline folder, else ``folder`` itself."""
+    folder = Path(folder)
+    return folder / "unet" if (folder / "model_index.json").is_file() else folder
+
+
 def find_student(path: Path, required: bool = True) -> Path | None:
-    """The student's diffusers folder: ``path`` itself or the export inside a run's output_dir."""
+    """The student's export: ``path`` itself or ``student/`` inside a run's output_dir, holding a
+    diffusers UNet (a UNet folder, or a pipeline folder with the UNet in ``unet/``)."""
     path = Path(path)
     for folder in (path, path / "student"):
-        cfg = folder / "config.json"
-        if cfg.is_file() and any(folder.glob("diffusion_pytorch_model*")):
+        unet = student_unet_folder(folder)
+        if (unet / "config.json").is_file() and any(unet.glob("diffusion_pytorch_model*")):
             return folder
     if required:
-        raise UserError(f"--student {path}: no exported student (a diffusers UNet folder, or a run "
+        raise UserError(f"--student {path}: no exported student (a diffusers UNet or pipeline folder, or a run "
                         f"output_dir holding one in student/)")
     return None
 
@@ -180,7 +241,7 @@ def load_student(path: Path, device: str):
 
     folder = find_student(path)
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(student_unet_folder(folder), local_files_only=True)
     except Exception as err:  # corrupt or foreign folder: one line naming it
         raise UserError(f"--student {folder}: cannot load a UNet2DConditionModel "
                         f"({(str(err).strip().splitlines() or [type(err).__name__])[0]})") from err
@@ -212,16 +273,22 @@ def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     return teacher, bundle, judge
 
 
-def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None) -> dict:
-    """Every metric of one student (a dict ready for JSON); loads what is not passed in."""
+def evaluate(config, student_path: Path, teacher=None, bundle=None, judge=None, reference: Path | None = None,
+             progress: bool | None = None) -> dict:
+    """Every metric of one student (a dict ready for JSON); loads what is not passed in. ``reference``:
+    the teacher's cache folder (default ``data.cache_dir/eval-reference``); ``progress``: a progress
+    bar on stderr (default ``logging.progress``)."""
+    if reference is None:
+        reference = Path(config.data.cache_dir) / "eval-reference"
+    progress = config.logging.progress if progress is None else progress
     try:
-        return _evaluate(config, student_path, teacher, bundle, judge, reference)
+        return _evaluate(config, student_path, teacher, bundle, judge, reference, progress)
     except torch.cuda.OutOfMemoryError as err:
         raise UserError(f"eval.batch_size={config.eval.batch_size}: out of GPU memory (the sampler runs twice "
                         "that with guidance); lower eval.batch_size") from err
 
 
-def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
+def _evaluate(config, student_path, teacher, bundle, judge, reference, progress) -> dict:
     from diffusers import DDPMScheduler
 
     find_student(student_path)  # a wrong folder fails before any heavy work
@@ -235,7 +302,6 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
     if ecfg.sample_steps > 50:
         raise UserError(f"eval.sample_steps {ecfg.sample_steps}: the DDIM sampler takes 1 to 50 steps")
     sched = DDPMScheduler.from_config(teacher.scheduler_config)
-    alphas = sched.alphas_cumprod.numpy()
     encode, decode = teacher.pixel_codec()
     probe = build_probe_set(bundle, ecfg, sched.config.num_train_timesteps, encode)
     ids = sample_prompt_ids(bundle, ecfg)
@@ -246,14 +312,23 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
     noise = np.random.default_rng([ecfg.seed, 4]).standard_normal((len(ids), *probe.x0.shape[1:]), dtype=np.float32)
     args = {"steps": ecfg.sample_steps, "guidance": config.teacher.guidance_scale, "batch": ecfg.batch_size,
             "scheduler": {k: v for k, v in teacher.scheduler_config.items() if not k.startswith("_")}}
-    ref = teacher_reference(teacher.unet, probe, noise, ctx, alphas, args, reference)
-    s_eps = probe_predictions(student, probe, ctx["probe"], alphas, ecfg.batch_size)
-    s_uncond = probe_predictions(student, probe, ctx["uncond"].expand(len(probe.prompt_ids), *ctx["uncond"].shape[1:]),
-                                 alphas, ecfg.batch_size)
-    disc = ((s_eps - ref["probe_eps"]) ** 2).mean(axis=(2, 3, 4))  # (N, J)
-    cond = condition_discrepancy(s_eps, s_uncond, ref["probe_eps"], ref["probe_eps_uncond"])  # (N, J)
-    s_px = decode(ddim_samples(student, ctx["sample"], ctx["uncond"], noise, ecfg.sample_steps,
-                               args["guidance"], args["scheduler"], ecfg.batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=2 * forwards(probe, len(ids), args), unit="img", desc="eval", dynamic_ncols=True,
+                   file=sys.stderr)
+    try:
+        ref = teacher_reference(teacher.unet, probe, noise, ctx, sched, args, reference, bar)
+        with counting(student, bar, "eval: student"):
+            eps_s = probe_eps(student, probe, {"c": ctx["probe"], "u": ctx["uncond"]}, sched, ecfg.batch_size)
+            s_px = decode(ddim_samples(student, ctx["sample"], ctx["uncond"], noise, ecfg.sample_steps,
+                                       args["guidance"], args["scheduler"], ecfg.batch_size))
+    finally:
+        if bar is not None:
+            bar.close()
+    disc = ((eps_s["c"] - ref["probe_eps"]) ** 2).mean(axis=(2, 3, 4))  # (N, J)
+    cond = condition_discrepancy(eps_s["c"], eps_s["u"], ref["probe_eps"], ref["probe_eps_uncond"])  # (N, J)
     result = {
         "format": "aria-eval/1",
         "student": str(folder),
@@ -268,18 +343,20 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference) -> dict:
 
 
 def score(bundle, judge, probe_ids, disc, cond, sample_ids, student_px, teacher_px) -> dict:
-    """Per group (each regime, each concept family, ``all``): probe discrepancy, condition-specific
-    discrepancy, pixel MSE and, in a world, judge metrics."""
+    """Per group (each regime, each concept family or prompts-file group, ``all``): probe discrepancy,
+    condition-specific discrepancy, pixel MSE and, in a world, judge metrics."""
     world, combos = world_of(bundle), items_of_pool(bundle)
     if combos is not None:
         s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)
     regimes = bundle.regime_of_prompt
     families = None if world is None else world.family_of(combos)
     names = () if world is None else world.family_names
+    labels, label_names = getattr(bundle, "group_of_prompt", None), getattr(bundle, "group_names", ())
 
     def groups(ids):
         return _groups(None if regimes is None else regimes[ids], len(ids),
-                       None if families is None else families[ids], names)
+                       None if families is None else families[ids], names,
+                       None if labels is None else np.asarray(labels)[ids], label_names)
 
     p_groups, s_groups = groups(probe_ids), groups(sample_ids)
     out = {"metrics": {}, "counts": {}, "attributes": {}, "by_timestep": {}}

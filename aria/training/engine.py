@@ -511,6 +511,7 @@ class DistillationRun:
     # -- the end ----------------------------------------------------------------------------
     def finish(self) -> dict:
         from aria.models import export_student, parameter_count
+        from aria.models.export import loading_snippet, pipeline_components
 
         c, b = self.config, self.backend
         steps = c.distillation.steps
@@ -529,7 +530,8 @@ class DistillationRun:
                     "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None,
                     "scheduler": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")},
                     "config": config_to_dict(c)}
-            result["student"] = str(export_student(student, self.output_dir / "student", card))
+            result["student"] = str(export_student(student, self.output_dir / "student", card,
+                                                   pipeline=pipeline_components(c), teacher_root=self.teacher.path))
             result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
                                                             self.scheduler.alphas_cumprod.cpu().numpy(),
                                                             encode=self.teacher.pixel_codec()[0])
@@ -541,7 +543,8 @@ class DistillationRun:
             print(format_table(["quantity", "value"], run_summary(run, wall, self.nonfinite["total"]),
                                title=f"\nRun summary ({c.strategy.name}, {b.kind}, {b.world_size} rank(s))"))
             print(regime_table(result["regimes"]), flush=True)
-            print(f"student exported to {result['student']}", flush=True)
+            print(f"student exported to {result['student']}; load it with: {loading_snippet(result['student'])}",
+                  flush=True)
         b.barrier()
         return result
 
