@@ -75,6 +75,24 @@ def test_run_writes_its_plots_and_prints_the_next_commands(tmp_path, capsys):
         assert fractions.shape == (8, count) and np.allclose(fractions.sum(1), 1, atol=1e-5)
 
 
+def test_the_data_line_shares_regions_among_regimes_and_prompts_file_groups():
+    from conftest import make_bundle
+
+    bundle = make_bundle(num_prompts=60, num_regions=6)  # regime = region % 3
+    ids = np.arange(60)
+    bundle.group_of_prompt = np.where(ids % 4 == 3, -1, ids % 2)  # a prompts file's groups, -1: none
+    bundle.group_names = ("cats", "dogs")
+    record = metrics.data_record(bundle)
+    regime = np.asarray(record["groups"]["regime"]["fractions"])
+    assert regime.shape == (6, 4) and np.array_equal(regime[[0, 3, 1, 2]].argmax(1), [0, 0, 1, 2])
+    group = record["groups"]["group"]
+    assert group["names"] == ["cats", "dogs", "(no group)"]
+    fractions = np.asarray(group["fractions"])
+    assert fractions.shape == (6, 3) and np.allclose(fractions.sum(1), 1)
+    assert record["sizes"] == np.bincount(bundle.region_of_prompt, minlength=6).tolist()
+    assert record["examples"]["seen"] in bundle.pool.texts(np.flatnonzero(bundle.regime_of_prompt == 0))
+
+
 def log_lines(strategy_switches: bool = True, estimates: bool = True) -> list[dict]:
     lines = [{"event": "data", "regions": 3, "sizes": [10, 20, 30], "examples": {"seen": "a red apple"},
               "groups": {"regime": {"names": ["seen", "under", "unseen", "compositional"],

@@ -205,8 +205,9 @@ def setup_line(text: str) -> None:
 def data_record(bundle, examples: int = 200) -> dict:
     """The ``"event": "data"`` line of metrics.jsonl: what the end-of-run plots need of the data.
 
-    ``sizes`` (prompts per region); ``groups``: per grouping (``regime``; ``family`` in world v2) its
-    ``names`` and ``fractions`` (regions x groups: the share of each group among a region's prompts);
+    ``sizes`` (prompts per region); ``groups``: per grouping (``regime``; ``family`` in world v2;
+    ``group``, a prompts file's groups) its ``names`` and ``fractions`` (regions x groups: the share
+    of each group among a region's prompts);
     ``examples``: a short prompt of each regime present among the first prompts of the pool
     (``paired``: a caption of the paired set, i.e. a condition the student saw with an image)."""
     labels = np.asarray(bundle.region_of_prompt, dtype=np.int64)
@@ -222,6 +223,13 @@ def data_record(bundle, examples: int = 200) -> dict:
     family_names = getattr(getattr(world, "generator", None), "FAMILY_NAMES", None) if world is not None else None
     if family_names and getattr(world, "family_key", None):
         groupings.append(("family", bundle.family_of_prompt, family_names))
+    groups = getattr(bundle, "group_of_prompt", None)  # a prompts file's groups (-1: none)
+    if groups is not None and len(getattr(bundle, "group_names", ())):
+        groups = np.asarray(groups, dtype=np.int64)
+        names = list(bundle.group_names)
+        if (groups < 0).any():
+            groups, names = np.where(groups < 0, len(names), groups), names + ["(no group)"]
+        groupings.append(("group", groups, names))
     for key, of_prompt, names in groupings:
         of_prompt = np.asarray(of_prompt, dtype=np.int64)
         counts = np.bincount(labels * len(names) + of_prompt, minlength=k * len(names)).reshape(k, len(names))
