@@ -147,9 +147,13 @@ def test_end_of_run_names_the_export_and_how_to_load_it(files_run):
     assert line in files_run["stdout"].splitlines()
 
 
-def test_eval_of_a_files_student_reports_groups_regimes_and_regions(files_run):
+def test_eval_of_a_files_student_reports_groups_regimes_and_regions(files_run, capsys):
     tmp = files_run["tmp"]
-    assert cli("eval", "--student", str(tmp / "run"), "--config", str(files_run["config"])) == 0
+    assert cli("eval", "--student", str(tmp / "run"), "--config", str(files_run["config"]),
+               "--set", "logging.progress=true") == 0
+    # the bar counts every image through either model: probe 12 x 2 timesteps with and without the
+    # prompt, sampler 6 prompts x 2 steps x 2 (guidance), twice
+    assert "144/144" in capsys.readouterr().err
     result = json.loads((tmp / "run" / "eval" / "eval.json").read_text())
     rows = list(result["metrics"])
     assert {"seen", "under", "unseen"} <= set(rows) and rows[-1] == "all"
@@ -168,6 +172,7 @@ def test_malformed_prompts_file_fails_before_training_with_one_line(tmp_path, ca
     paired_folder(tmp_path / "paired", ["a red dog", "a blue dog"])
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a red dog", "group": "dogs"}\n{"prompt": "a cat", "colour": "red"}\n')
+    capsys.readouterr()  # what writing the folder printed
     assert cli("run", "--config", str(run_config(tmp_path, prompts))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(prompts) in err and "line 2" in err and "'colour'" in err

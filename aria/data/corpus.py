@@ -318,7 +318,7 @@ def _validated_prompts(path: Path, rows: Iterable[tuple], allow_blank: bool, min
                        meta: dict, params: dict) -> Iterator[str]:
     """The distinct prompts of ``rows``; fills ``stats`` (lines, duplicates, blank_lines), ``meta``
     (group, regime: only when the file gives them) and ``params["groups"]`` once exhausted."""
-    first: dict[bytes, tuple[int, int, int]] = {}  # prompt digest -> (line, group, regime) of its first row
+    first: dict[bytes, int] = {}  # prompt digest -> its first row: line << 32 | (group + 1) << 8 | (regime + 1)
     groups: dict[str, int] = {}
     group_codes, regime_codes = array("i"), array("b")
     lines = duplicates = blanks = 0
@@ -347,13 +347,13 @@ def _validated_prompts(path: Path, rows: Iterable[tuple], allow_blank: bool, min
             raise UserError(f"{where}: more than {MAX_GROUPS:,} groups")
         mark = -1 if regime is None else PROMPT_REGIMES.index(regime)
         key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        labels = (code + 1) << 8 | (mark + 1)
         if key in first:
-            line0, code0, mark0 = first[key]
-            if (code0, mark0) != (code, mark):
-                raise UserError(f"{where} repeats the prompt of line {line0} with another group or regime")
+            if first[key] & 0xFFFFFFFF != labels:
+                raise UserError(f"{where} repeats the prompt of line {first[key] >> 32} with another group or regime")
             duplicates += 1
             continue
-        first[key] = (number, code, mark)
+        first[key] = number << 32 | labels
         group_codes.append(code)
         regime_codes.append(mark)
         yield text

@@ -101,13 +101,14 @@ def pipeline_components(config) -> dict[str, Path] | None:
     if t.path is None or not t.subfolder or e.kind != "clip" or e.path is None:
         return None
     root, text = Path(t.path).expanduser(), Path(e.path).expanduser()
-    named = [k for k, v in _teacher_index(root).items() if _is_component(v) and k != t.subfolder]
+    named = [k for k, v in _read_index(root).items() if _is_component(v) and k != t.subfolder]
     parts = {name: root / name for name in dict.fromkeys([*named, *REQUIRED_PARTS])}
     parts.update(text_encoder=text / "text_encoder", tokenizer=text / "tokenizer")
     return {name: folder for name, folder in parts.items() if folder.is_dir() or name in REQUIRED_PARTS}
 
 
-def _teacher_index(root: Path) -> dict:
+def _read_index(root: Path) -> dict:
+    """The ``model_index.json`` of a pipeline folder as a dict ({} where it is missing or unreadable)."""
     try:
         index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -145,7 +146,7 @@ def model_index(parts: Mapping[str, Path], teacher_root: Path) -> dict:
     export lacks is null, and a null safety checker is not required."""
     import diffusers
 
-    teacher = _teacher_index(teacher_root)
+    teacher = _read_index(teacher_root)
     index = {"_class_name": teacher.get("_class_name", "StableDiffusionPipeline"),
              "_diffusers_version": diffusers.__version__}
     for name, value in teacher.items():
@@ -208,7 +209,7 @@ def _normal_modes(root: Path) -> None:
 def loading_snippet(folder: Path | str) -> str:
     """The one plain diffusers line that loads an exported student folder."""
     folder = Path(folder)
-    index = _teacher_index(folder)
+    index = _read_index(folder)
     name = index.get("_class_name") if (folder / "model_index.json").is_file() else None
     return f"from diffusers import {name or 'UNet2DConditionModel'}; " \
            f"{name or 'UNet2DConditionModel'}.from_pretrained({str(folder)!r})"
