@@ -169,6 +169,35 @@ class BackendConfig(Section):
     deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
     collective_timeout_s: int = Field(600, ge=1, le=7 * 86_400, description="timeout of collectives (dead rank detection)")
     cpu_threads: Optional[int] = Field(None, ge=1, le=4096, description="torch CPU threads per process; None = torch's default")
+    # kernel levers (issue #20; benchmarks/engine_throughput.py --levers measures each against the same run without it)
+    fp8: Literal["none", "student", "teacher", "both"] = Field(
+        "none", description="fp8 matmuls in nn.Linear layers whose dimensions are multiples of 16 (torchao, CUDA "
+        "compute capability >= 8.9; convolutions stay in bf16): student = fp8 training "
+        "(convert_to_float8_training, tensorwise scaling), teacher = fp8 inference (dynamic fp8 activations and "
+        "weights, per-tensor scales); the teacher is fp8 wherever the run uses it (steps, probes, the final "
+        "measurement). Changes the numerics: opt-in")
+    channels_last: bool = Field(False, description="teacher and student in channels_last memory format (meant "
+                                "with compile; torch backend only)")
+    compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode of teacher and student (needs compile: true): max-autotune* "
+        "autotune matmul and convolution kernels at the first step (minutes), reduce-overhead and max-autotune "
+        "replay CUDA graphs")
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
+        "auto", description="scaled-dot-product attention kernel of teacher and student: auto = torch's choice; "
+        "flash / efficient / cudnn = that kernel first, torch's others where it does not take a shape; math = "
+        "the unfused reference only")
+
+    @model_validator(mode="after")
+    def _levers(self):
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"backend.compile_mode {self.compile_mode!r} needs backend.compile: true")
+        if self.channels_last and self.kind == "deepspeed":
+            raise ValueError("backend.channels_last needs backend.kind 'torch' (DeepSpeed's initialize cannot "
+                             "broadcast channels_last parameters)")
+        if self.fp8 != "none" and self.device == "cpu":
+            raise ValueError(f"backend.fp8 {self.fp8!r} needs a CUDA GPU of compute capability >= 8.9 "
+                             f"(backend.device is cpu)")
+        return self
 
 
 class LoggingConfig(Section):

@@ -17,7 +17,16 @@ one process:
   CUDA, step_sync device, aria strategy, feature balance, CFG dropout 0.1; ``--backend deepspeed``
   for ZeRO 2, which skips non-finite steps on the host); on CPU the candidate runs in fp32.
 - ``candidate+<lever>``: the candidate with one lever applied (``--levers``; ``a+b`` applies both); a
-  lever that the candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped.
+  lever that the candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped. The backend's
+  kernel levers (issue #20) set its config switches: ``fp8_student`` / ``fp8_teacher`` / ``fp8_both``
+  (``backend.fp8``, torchao), ``channels_last`` (teacher and student), ``reduce_overhead`` (CUDA graphs),
+  ``max_autotune`` (``max-autotune-no-cudagraphs``, convolutions left to cuDNN to bound the compilation;
+  ``max_autotune_convs`` autotunes them too), ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` /
+  ``sdpa_math`` (``backend.sdpa_backend``). Each lever row also gives its loss difference to the candidate
+  (same weights, batches and noise: at the first step, the forward's numerics), and its facts what was
+  applied (fp8 layers converted, the attention kernel torch picks per shape, graphs compiled, graph breaks,
+  CUDA-graph skips). A lever that fails (its config refused, a compiler error, out of memory, its time limit)
+  is recorded with its one-line error and the next one runs.
 
 Not in either path: the VAE (the paired "images" are random 4x64x64 latents) and the text encoder
 (a stub returns fixed random 77x768 token states per prompt, as ``ContextCache`` expects).
@@ -33,6 +42,11 @@ the first ``--loss-steps`` steps, with its largest relative difference to the ba
         --steps 20 --warmup 5 --levers all \\
         --out benchmarks/results/engine_throughput.json
     python benchmarks/engine_throughput.py --tiny --device cpu --steps 2 --warmup 1 --batch 2 --students small
+
+``--time-budget S`` (seconds from the start): no path starts with less than ``--min-path-s`` left and a
+running one is stopped when it is spent; ``--path-timeout`` bounds each path. The JSON is rewritten after
+every path (``complete`` false until the end), so that a run killed from outside keeps what it measured.
+``.gpujobs/levers.sh`` runs every kernel lever on one H100 within about 7 minutes.
 
 One process, one device (WORLD_SIZE 1): the script sets RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT when absent and owns the process group (barrier + destroy at the end).
@@ -68,7 +82,16 @@ SD_UNET = REPO / "configs" / "unets" / "sd-v1-4-unet.json"
 TINY_UNET = REPO / "configs" / "unets" / "tiny-sd.json"
 PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
 LEVERS = ("compile", "fused_adamw", "teacher_bf16", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
-          "torch_backend", "host_sync", "late_feedback")
+          "torch_backend", "host_sync", "late_feedback",
+          # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend; issue #20)
+          "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "reduce_overhead",
+          "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
+FP8_LEVERS = {"fp8_student": "student", "fp8_teacher": "teacher", "fp8_both": "both"}
+COMPILE_MODE_LEVERS = {"max_autotune": "max-autotune-no-cudagraphs", "max_autotune_convs": "max-autotune-no-cudagraphs",
+                       "reduce_overhead": "reduce-overhead"}
+SDPA_LEVERS = {"sdpa_flash": "flash", "sdpa_efficient": "efficient", "sdpa_cudnn": "cudnn", "sdpa_math": "math"}
+SDPA_KERNEL_NAMES = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                     "math": "MATH"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,18 +550,96 @@ def flash_sdpa():
 
 
 @contextlib.contextmanager
-def channels_last_student():
-    """The student built in channels_last memory format, before the backend wraps it."""
-    import aria.models as models
+def convs_not_autotuned():
+    """``max_autotune``'s cap on compilation time: convolutions stay with cuDNN (inductor's
+    ``max_autotune_conv_backends`` = ATEN; torch's own default for the convolution backward on CUDA), matmuls
+    and the fused kernels are autotuned as the mode asks (``max_autotune_convs`` lifts the cap)."""
+    import torch._inductor.config as inductor_config
 
-    build = models.build_student
-
-    def build_channels_last(*args, **kwargs):
-        student, report = build(*args, **kwargs)
-        return student.to(memory_format=torch.channels_last), report
-
-    with patched(models, "build_student", build_channels_last):
+    if not hasattr(inductor_config, "max_autotune_conv_backends"):
         yield
+        return
+    with inductor_config.patch(max_autotune_conv_backends="ATEN"):
+        yield
+
+
+@contextlib.contextmanager
+def no_aot_autograd_cache():
+    """AOTAutograd's on-disk cache off for a path whose attention kernel differs from an earlier path's: its key
+    is the traced graph, and an SDPA choice made outside the graph (``flash_sdpa``'s global flag) is not in it,
+    so a later path would reuse the earlier path's attention kernel (seen on the H100 on 2026-11-26). Inductor's
+    own cache stays on: its key is the lowered graph, which names the attention kernel."""
+    try:
+        import torch._functorch.config as functorch_config
+    except ImportError:  # pragma: no cover - other torch layouts
+        yield
+        return
+    if not hasattr(functorch_config, "enable_autograd_cache"):
+        yield
+        return
+    with functorch_config.patch(enable_autograd_cache=False):
+        yield
+
+
+def dynamo_counters() -> dict:
+    """Dynamo / inductor counters: graphs compiled, graph breaks, graphs that CUDA graphs skipped."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover
+        return {}
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
+
+
+def sdpa_choices(run) -> dict:
+    """The attention kernel torch picks for every SDPA call of one sample's eager forward, student (with
+    gradients, as in training) and teacher (inference), under the run's settings (``backend.sdpa_backend``
+    included): {model: {"h<heads> q<len> kv<len> d<head dim>": kernel}}. Batch 1, so the choice of the
+    kernel, not its speed; the compiled graphs take the same choice at the first step."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    names = {int(v): k for k, v in SDPBackend.__members__.items()}
+    b, dev = run.backend, run.backend.device
+    unet = run.teacher.unet
+    cfg = unet.config
+    size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+    cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
+    length = int(getattr(run.bundle.encoder, "max_length", 77))
+    x = torch.zeros(1, int(cfg.in_channels), size, size, device=dev)
+    t = torch.full((1,), 500, device=dev, dtype=torch.long)
+    context = torch.zeros(1, length, int(cross), device=dev)
+    found: dict[str, dict[str, str]] = {}
+    original = F.scaled_dot_product_attention
+
+    def spy(store):
+        def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+            key = f"h{q.shape[1]} q{q.shape[2]} kv{k.shape[2]} d{q.shape[3]}"
+            try:
+                choice = names.get(int(torch._fused_sdp_choice(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)),
+                                   "?")
+            except Exception as err:  # noqa: BLE001 - what torch says instead
+                choice = f"error: {type(err).__name__}"
+            store.setdefault(key, choice)
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                            **kwargs)
+        return sdpa
+
+    student, teacher = run.student, unet
+    try:
+        F.scaled_dot_product_attention = spy(found.setdefault("student", {}))
+        with b.student_autocast():
+            dtype = b.input_dtype
+            student.forward(x.to(dtype), t, encoder_hidden_states=context.to(dtype))  # eager: not the compiled call
+        F.scaled_dot_product_attention = spy(found.setdefault("teacher", {}))
+        with torch.inference_mode(), contextlib.nullcontext() if b.compute_dtype == torch.float32 else \
+                torch.autocast(dev.type, dtype=b.compute_dtype):
+            teacher.forward(x.to(teacher.dtype), t, encoder_hidden_states=context.to(teacher.dtype))
+    finally:
+        F.scaled_dot_product_attention = original
+        run.distiller.cap_s.outputs.clear(), run.distiller.cap_t.outputs.clear()
+    return found
 
 
 def optimizer_of(engine):
@@ -567,6 +668,10 @@ def candidate_facts(run) -> dict:
         "cudnn_sdpa": bool(torch.backends.cuda.cudnn_sdp_enabled()),
         "step_sync": run.config.distillation.step_sync,
         "feedback_delay": run.config.distillation.feedback_delay,
+        "compile_mode": run.config.backend.compile_mode,
+        "sdpa_backend": run.config.backend.sdpa_backend,
+        "fp8": run.config.backend.fp8,
+        "levers": getattr(run.backend, "levers", {}),  # what the backend's prepare_models did (fp8 layer counts)
     }
 
 
@@ -575,14 +680,29 @@ def _channels_last(weight: torch.Tensor) -> bool:
                 and not weight.is_contiguous())
 
 
+def _sdpa_already(choice: str, facts: dict) -> bool:
+    """The candidate already runs ``choice``'s kernel for every attention call of both models (putting it first
+    would change nothing), or already has that sdpa_backend."""
+    if facts.get("sdpa_backend") == choice:
+        return True
+    picked = [k for model in (facts.get("sdpa_choice") or {}).values() if isinstance(model, dict)
+              for k in model.values()]
+    return bool(picked) and all(k == SDPA_KERNEL_NAMES[choice] for k in picked)
+
+
 def lever_is_noop(lever: str, facts: dict) -> str | None:
     """Why a lever would change nothing in the candidate (None: it changes something)."""
     checks = {"compile": facts.get("compiled"), "fused_adamw": facts.get("fused_adamw"),
               "teacher_bf16": facts.get("teacher_dtype") == str(torch.bfloat16),
-              "channels_last": facts.get("channels_last"), "zero0": facts.get("zero_stage") == 0,
+              "channels_last": facts.get("channels_last") and facts.get("teacher_channels_last"),
+              "zero0": facts.get("zero_stage") == 0,
               "channels_last_teacher": facts.get("teacher_channels_last"),
               "flash_sdpa": facts.get("cudnn_sdpa") is False, "torch_backend": facts.get("backend") == "torch",
               "host_sync": facts.get("step_sync") == "host", "late_feedback": facts.get("feedback_delay") == 1}
+    checks.update({name: facts.get("fp8") == mode for name, mode in FP8_LEVERS.items()})
+    checks.update({name: facts.get("compiled") and facts.get("compile_mode") == mode
+                   for name, mode in COMPILE_MODE_LEVERS.items()})
+    checks.update({name: _sdpa_already(choice, facts) for name, choice in SDPA_LEVERS.items()})
     parts = lever.split("+")
     return f"already in the candidate ({lever})" if all(checks.get(p) for p in parts) else None
 
@@ -590,7 +710,10 @@ def lever_is_noop(lever: str, facts: dict) -> str | None:
 def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_steps: int, warmup: int,
                   lever: str | None) -> PathResult:
     """``DistillationRun.setup`` + ``DistillationRun.train`` over the synthetic bundle."""
+    from pydantic import ValidationError
+
     from aria.config import RunConfig
+    from aria.errors import UserError, format_validation_error
     from aria.training.engine import DistillationRun
     from aria.models import Teacher
 
@@ -610,29 +733,48 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
     if "fused_adamw" in levers:
         patches.append(fused_adamw)
     if "flash_sdpa" in levers:
-        patches.append(flash_sdpa)
+        patches += [flash_sdpa, no_aot_autograd_cache]
+    fp8 = {FP8_LEVERS[x] for x in levers if x in FP8_LEVERS}
+    if fp8:  # the backend's fp8 switch: student, teacher or both
+        backend["fp8"] = "both" if "both" in fp8 or fp8 == {"student", "teacher"} else fp8.pop()
+    modes = {COMPILE_MODE_LEVERS[x] for x in levers if x in COMPILE_MODE_LEVERS}
+    if len(modes) > 1:
+        raise ValueError(f"levers {lever!r} ask for several compile modes ({', '.join(sorted(modes))})")
+    if modes:
+        backend.update(compile=True, compile_mode=modes.pop())
+        if "max_autotune" in levers and "max_autotune_convs" not in levers:
+            patches.append(convs_not_autotuned)
+    sdpa = [SDPA_LEVERS[x] for x in levers if x in SDPA_LEVERS]
+    if len(sdpa) > 1:
+        raise ValueError(f"levers {lever!r} ask for several attention kernels ({', '.join(sdpa)})")
+    if sdpa:
+        backend["sdpa_backend"] = sdpa[0]
+        patches.append(no_aot_autograd_cache)
     distill = {**ctx.distill_section, "batch_size": batch, "steps": steps_to_run(ctx, total_steps)}
     if "host_sync" in levers or backend["kind"] != "torch":  # read the statistics before backward, skip on the host
         distill.update(step_sync="host", feedback_delay=0)
     if "late_feedback" in levers:  # the strategy sees a step's feedback one step late
         distill.update(step_sync="device", feedback_delay=1)
-    if "channels_last" in levers:  # DeepSpeed 0.19.8 rejects it at initialize (byte view of the params)
-        patches.append(channels_last_student)
+    if "channels_last" in levers:  # the backend's switch (teacher and student); RunConfig refuses it with DeepSpeed
+        backend["channels_last"] = True
     result = PathResult("candidate" if lever is None else f"candidate+{lever}", lever)
     with tempfile.TemporaryDirectory(prefix="aria-bench-") as out, contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p())
-        config = RunConfig(
-            seed=ctx.seed, output_dir=Path(out),
-            student={"variant": student_variant, "init_from_teacher": True},
-            distillation=distill,
-            strategy={"name": ctx.strategy_name, "params": {ctx.strategy_name: ctx.strategy_params}},
-            backend=backend,
-            logging={"every": 10**9, "checkpoint_every": 10**9, "progress": False, "tensorboard": False},
-        )
+        try:  # a lever the config refuses (fp8 on a CPU, channels_last with DeepSpeed): its one line
+            config = RunConfig(
+                seed=ctx.seed, output_dir=Path(out),
+                student={"variant": student_variant, "init_from_teacher": True},
+                distillation=distill,
+                strategy={"name": ctx.strategy_name, "params": {ctx.strategy_name: ctx.strategy_params}},
+                backend=backend,
+                logging={"every": 10**9, "checkpoint_every": 10**9, "progress": False, "tensorboard": False},
+            )
+        except ValidationError as err:
+            raise UserError(format_validation_error(err)) from None
         t0 = time.perf_counter()
         unet = copy.deepcopy(teacher_master).to(dtype=teacher_dtype)
-        if levers & {"channels_last", "channels_last_teacher"}:
+        if "channels_last_teacher" in levers:
             unet = unet.to(memory_format=torch.channels_last)
         size = unet.config.sample_size
         teacher = Teacher(unet=unet, vae=None, latent=False, sample_size=int(size if isinstance(size, int) else size[0]),
@@ -641,9 +783,19 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         # several ranks: the strategy state's hash is compared across ranks after every step
         run = DistillationRun(config, bundle=ctx.bundle, teacher=teacher, check_consistency=ctx.world_size > 1)
         ok = False
+        if backend["compile"]:  # compiled code of earlier paths: dropped (the on-disk caches stay), so that no
+            torch._dynamo.reset()  # path runs into dynamo's recompile limit and falls back to eager
+        counters = dynamo_counters()
         try:
             run.setup()
             result.facts = candidate_facts(run)
+            try:  # a fact, not the path: its failure is recorded, the path goes on
+                result.facts["sdpa_choice"] = sdpa_choices(run)
+            except Exception as err:  # noqa: BLE001
+                result.facts["sdpa_choice"] = {"error": one_line(err)}
+            result.facts["aot_autograd_cache"] = no_aot_autograd_cache not in patches
+            if "max_autotune" in levers and "max_autotune_convs" not in levers:
+                result.facts["inductor_patches"] = {"max_autotune_conv_backends": "ATEN"}
             clock = Clock(dev, profiler_for(ctx, result.path, total_steps))
             plan = run.distiller.plan
 
@@ -669,6 +821,9 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
                 if run.main and log.is_file() else []  # rank 0 logs
             by_step = {r["step"]: r.get("loss") for r in records if "step" in r and "event" not in r}
             result.losses = [by_step.get(s + 1) for s in range(total_steps)]
+            after = dynamo_counters()
+            result.facts["dynamo"] = {k: (None if v is None or counters.get(k) is None else v - counters[k])
+                                      for k, v in after.items()}
             ok = True
         finally:
             if getattr(run, "logger", None) is not None:
@@ -685,12 +840,88 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
 # driver
 
 
-def free(device: torch.device) -> None:
+def free(device: torch.device) -> str | None:
+    """Memory of the last path released, peak statistics reset; the error's line if the device refuses (after
+    a path that failed inside a CUDA graph capture, say), so that the next paths are still tried."""
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        except Exception as err:  # noqa: BLE001
+            return one_line(err)
+    return None
+
+
+class PathTimeout(Exception):
+    """A path ran past its time limit (--path-timeout, or what was left of --time-budget)."""
+
+
+class Budget:
+    """``--time-budget``: no path starts with less than ``--min-path-s`` of it left, and a running path is
+    stopped when it is spent; ``--path-timeout``: the longest a path may run. Stopped paths are recorded
+    with their reason (``PathTimeout``) and the next paths go on."""
+
+    def __init__(self, total_s: float, path_s: float, min_path_s: float):
+        self.total_s, self.path_s, self.min_path_s = total_s, path_s, min_path_s
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def why_not(self) -> str | None:
+        """Why the next path may not start (None: it may)."""
+        if self.total_s and self.total_s - self.elapsed() < self.min_path_s:
+            return (f"not started: {max(0.0, self.total_s - self.elapsed()):.0f} s of --time-budget "
+                    f"{self.total_s:.0f} s left (--min-path-s {self.min_path_s:.0f})")
+        return None
+
+    def limit(self) -> tuple[float, str] | None:
+        """The running path's time limit in seconds and its name, or None."""
+        limits = []
+        if self.path_s:
+            limits.append((self.path_s, f"--path-timeout {self.path_s:.0f} s"))
+        if self.total_s:
+            limits.append((max(1.0, self.total_s - self.elapsed()), f"--time-budget {self.total_s:.0f} s"))
+        return min(limits) if limits else None
+
+
+@contextlib.contextmanager
+def time_limit(limit: tuple[float, str] | None):
+    """Raise ``PathTimeout`` in the main thread after ``limit`` seconds (SIGALRM; none where unavailable)."""
+    import signal
+    import threading
+
+    if limit is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seconds, name = limit
+
+    def handler(signum, frame):
+        raise PathTimeout(f"stopped after {seconds:.0f} s ({name}): setup, compilation and steps did not finish")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line`` of an error, the root ``PathTimeout`` when a compiler wrapped one (at most 300 chars)."""
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, PathTimeout):
+            err = cause
+            break
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = str(err).strip().splitlines()[0].strip() if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @contextlib.contextmanager
@@ -705,26 +936,46 @@ def global_flags():
         torch.backends.cudnn.benchmark = bench
 
 
-def measure(fn, device: torch.device) -> PathResult:
-    free(device)
-    before = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def measure(fn, device: torch.device, budget: Budget | None = None) -> PathResult:
+    """One path, its failure (e.g. out of memory, a compiler error, its time limit) recorded in one line:
+    the other paths go on."""
+    path, lever = getattr(fn, "path", "?"), getattr(fn, "lever", None)
+    why = budget.why_not() if budget is not None else None
+    if why:
+        print(f"   {path}: {why}", flush=True)
+        return PathResult(path, lever, skipped=why)
+    problem = free(device)
+    before = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" and problem is None else None
+    t0 = time.perf_counter()
     with global_flags():
         try:
-            result = fn()
+            if problem is not None:
+                raise RuntimeError(f"the device failed before this path: {problem}")
+            with time_limit(budget.limit() if budget is not None else None):
+                result = fn()
         except Exception as err:  # noqa: BLE001  one failed path (e.g. out of memory) does not stop the others
             import traceback
 
             traceback.print_exc()
-            result = PathResult(getattr(fn, "path", "?"), getattr(fn, "lever", None),
-                                error=f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+            result = PathResult(path, lever, error=one_line(err))
     result.memory_before_gb = before
     if device.type == "cuda" and result.error is None:
         result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
-    free(device)
+    problem = free(device)
+    if problem is not None and result.error is None:
+        result.error = f"the device failed after the path: {problem}"
+    result.facts["path_wall_s"] = time.perf_counter() - t0
+    done = "" if result.error else (f"{len(result.step_s)} timed steps, median "
+                                    f"{1e3 * statistics.median(result.step_s):.1f} ms, warm-up "
+                                    f"{sum(result.warmup_s):.1f} s, path {result.facts['path_wall_s']:.0f} s")
+    print(f"   {path}: " + (f"error: {result.error}" if result.error else done), flush=True)
     return result
 
 
-def summarise(r: PathResult, batch: int, flops: int | None, peak: float, base: dict | None, loss_steps: int) -> dict:
+def summarise(r: PathResult, batch: int, flops: int | None, peak: float, base: dict | None, loss_steps: int,
+              cand: dict | None = None) -> dict:
+    """One row; ``base``: the baseline's row (ratios, loss differences); ``cand``: the candidate's, for a lever
+    (its loss difference to the same engine path without the lever)."""
     row: dict[str, Any] = {"path": r.path, "lever": r.lever}
     if r.skipped or r.error:
         row.update({"skipped": r.skipped, "error": r.error, "facts": r.facts})
@@ -754,26 +1005,49 @@ def summarise(r: PathResult, batch: int, flops: int | None, peak: float, base: d
                 if a is not None and b is not None]
         row["loss_max_rel_diff_vs_baseline"] = max(rels) if rels else None
         row["loss_rel_diff_first_step"] = rels[0] if rels else None
+    if cand is not None and "images_per_s" in cand:
+        row["speedup_vs_candidate"] = row["images_per_s"] / cand["images_per_s"]
+        rels = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], cand["losses"])
+                if a is not None and b is not None]
+        row["loss_max_rel_diff_vs_candidate"] = max(rels) if rels else None
+        row["loss_rel_diff_first_step_vs_candidate"] = rels[0] if rels else None
     return row
 
 
+def group_rows(paths: dict, batch: int, flops: int | None, peak: float, loss_steps: int) -> list[dict]:
+    """The rows of one (student, batch): baseline, references, candidate, levers (those measured so far)."""
+    base = summarise(paths["baseline"], batch, flops, peak, None, loss_steps) if paths["baseline"] else None
+    cand = summarise(paths["candidate"], batch, flops, peak, base, loss_steps) if paths["candidate"] else None
+    rows = ([base] if base else []) + [summarise(r, batch, flops, peak, base, loss_steps) for r in paths["references"]]
+    rows += ([cand] if cand else []) + [summarise(r, batch, flops, peak, base, loss_steps, cand)
+                                        for r in paths["levers"]]
+    return rows
+
+
 def table(results: list[dict]) -> str:
+    """The closing table: one row per path; a lever's row also gives its loss difference to the candidate (the
+    same engine path without the lever): at the first step (same weights, batch and noise: the forward's
+    numerics) and the largest over the compared steps."""
     head = ["student", "batch", "path", "img/s", "x base", "step ms", "TFLOP/s", "% peak", "peak GB", "warm-up s",
-            "loss max rel diff"]
+            "loss max rel diff", "loss vs cand: 1st / max"]
     rows = []
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     for group in results:
         for r in group["paths"]:
             if "images_per_s" not in r:
+                text = f"skipped: {r['skipped']}" if r.get("skipped") else f"error: {r['error']}"
                 rows.append([group["student"], str(group["batch"]), r["path"],
-                             f"skipped: {r['skipped']}" if r.get("skipped") else f"error: {r['error'][:60]}"] + [""] * 7)
+                             text if len(text) <= 110 else text[:107] + "..."] + [""] * (len(head) - 4))
                 continue
+            vs_cand = ("" if "loss_max_rel_diff_vs_candidate" not in r else
+                       f"{fmt(r.get('loss_rel_diff_first_step_vs_candidate'), '.2e')} / "
+                       f"{fmt(r.get('loss_max_rel_diff_vs_candidate'), '.2e')}")
             rows.append([group["student"], str(group["batch"]), r["path"], fmt(r["images_per_s"], ".2f"),
                          fmt(r.get("speedup_vs_baseline"), ".2f"), fmt(r["step_s_median"] * 1e3, ".1f"),
                          fmt(r["tflops"], ".3f"), fmt(None if r["fraction_of_matmul_peak"] is None
                                                       else 100 * r["fraction_of_matmul_peak"], ".1f"),
                          fmt(r["peak_memory_gb"], ".2f"), fmt(r["warmup_s"], ".2f"),
-                         fmt(r.get("loss_max_rel_diff_vs_baseline"), ".2e")])
+                         fmt(r.get("loss_max_rel_diff_vs_baseline"), ".2e"), vs_cand])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -823,7 +1097,15 @@ def parse_args(argv=None):
     p.add_argument("--regions", type=int, default=16, help="regions K of the synthetic pool")
     p.add_argument("--pool", type=int, default=512, help="prompts in the synthetic pool (10000000: the issue's 10M)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("engine_throughput.json"), help="JSON results")
+    p.add_argument("--out", type=Path, default=Path("engine_throughput.json"),
+                   help="JSON results (rewritten after every path, so that a killed run keeps what it measured)")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds from the script's start: no path starts with less than --min-path-s left, a "
+                        "running path is stopped when it is spent (recorded as failed); 0: none")
+    p.add_argument("--min-path-s", type=float, default=40.0, help="with --time-budget: the least time a path is "
+                   "started with")
+    p.add_argument("--path-timeout", type=float, default=0.0, help="seconds a path may run (setup, warm-up with "
+                   "compilation, steps) before it is stopped and recorded as failed; 0: no limit")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batch.split(",") if b.strip()]
     args.variants = [s.strip() for s in args.students.split(",") if s.strip()]
@@ -834,11 +1116,14 @@ def parse_args(argv=None):
         p.error(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.time_budget < 0 or args.path_timeout < 0 or args.min_path_s < 0:
+        p.error("--time-budget, --min-path-s and --path-timeout must be >= 0")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    budget = Budget(args.time_budget, args.path_timeout, args.min_path_s)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is visible")
     if args.device == "cpu":
@@ -898,7 +1183,59 @@ def main(argv=None) -> int:
     peak = matmul_peak(dev)
     print(f"device: {device_name(dev)}; {peak['kind']}: {peak['tflops']:.2f} TFLOP/s", flush=True)
 
-    results, failed = [], False
+    command = shlex.join(["python", str(Path(__file__).resolve().relative_to(REPO)),
+                          *(argv if argv is not None else sys.argv[1:])])
+    results: list[dict] = []
+
+    def write(complete: bool) -> None:
+        """The JSON, rewritten after every path (``complete`` false until the end: a row of a path that was
+        running when the process was killed says so)."""
+        if rank != 0:
+            return
+        notes = [
+            "baseline: BK-SDM recipe (fp32 master weights, fp16 autocast + GradScaler, fp16 teacher under no_grad, "
+            "forward hooks, torch.optim.AdamW) on CUDA; fp32 without autocast/GradScaler on CPU",
+            f"candidate: aria.training.engine.DistillationRun setup + train with {PRODUCTION.relative_to(REPO)}'s "
+            "distillation, strategy and backend sections (batch, steps, device, precision overridden)",
+            "images/s and TFLOP/s from the median timed step; FLOPs: FlopCounterMode over one step (student forward "
+            "+ backward, teacher forward), the same model FLOPs for every path",
+            "VAE and text encoder are outside both paths (random latents, stub token states)",
+            "levers: loss_*_vs_candidate compare a lever's losses with the candidate's (same weights, batches and "
+            "noise); sdpa_choice: the attention kernel torch picks per attention shape (one eager sample)",
+        ]
+        if dev.type == "cpu":
+            notes.append("CPU: the peak is an fp32 matmul's rate (not a bf16 card rate); peak memory n/a")
+            if results and not any("attention" in op for r in results for op in (r["flop_ops"] or [])):
+                notes.append("CPU: FlopCounterMode has no formula for the CPU attention kernel: attention FLOPs are "
+                             "not counted")
+        report = {
+            "command": command,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": complete,
+            "elapsed_s": budget.elapsed(),
+            "world_size": world_size,
+            "device": {"type": dev.type, "name": device_name(dev), "matmul_peak_tflops": peak["tflops"],
+                       "matmul_peak_kind": peak["kind"], "matmul_peak_note": peak["note"],
+                       "capability": list(torch.cuda.get_device_capability(dev)) if dev.type == "cuda" else None},
+            "torch": torch.__version__,
+            "versions": {name: _version(name) for name in ("deepspeed", "diffusers", "torchao", "aria-distill")},
+            "python": platform.python_version(),
+            "settings": {"teacher_config": str(unet_file.relative_to(REPO)),
+                         "teacher_parameters": parameter_count(teacher_master),
+                         "latent": [int(cfg.in_channels), size, size], "context": [77, int(cross)],
+                         "steps": args.steps, "warmup": args.warmup, "loss_steps": args.loss_steps, "seed": args.seed,
+                         "distillation": distill_section, "backend": backend_section,
+                         "strategy": {"name": strategy_name, "params": strategy_params}, "levers": args.lever_list,
+                         "time_budget_s": args.time_budget or None, "path_timeout_s": args.path_timeout or None},
+            "notes": notes,
+            "results": results,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        tmp.replace(args.out)
+
+    failed = False
     for variant in args.variants:
         torch.manual_seed(args.seed)  # as DistillationRun.setup does before building the student
         student_master, _ = build_student(teacher_master, SimpleNamespace(variant=variant, channel_scale=0.5,
@@ -909,81 +1246,73 @@ def main(argv=None) -> int:
             ctx.distill = DistillConfig(**{**distill_section, "batch_size": batch, "steps": total_steps})
             flops: dict = {}
             print(f"== student {variant}, batch {batch}", flush=True)
+            group = {"student": variant, "batch": batch, "student_parameters": parameter_count(student_master),
+                     "feature_pairs": len(pairs), "flops_per_step": None, "flop_ops": None, "paths": []}
+            results.append(group)
+            paths: dict[str, Any] = {"baseline": None, "references": [], "candidate": None, "levers": []}
+
+            def run_path(fn, slot: str) -> PathResult:
+                """Measure one path into ``paths[slot]``; the JSON is written before (the path marked as running)
+                and after it."""
+                running = PathResult(fn.path, getattr(fn, "lever", None), error=(
+                    f"did not finish: the process ended while this path ran (started at "
+                    f"{budget.elapsed():.0f} s; killed at the caller's time limit?)"))
+                place = (lambda r: paths[slot].append(r)) if isinstance(paths[slot], list) else \
+                    (lambda r: paths.__setitem__(slot, r))
+                place(running)
+                publish(complete=False)
+                result = measure(fn, dev, budget)
+                if isinstance(paths[slot], list):
+                    paths[slot][-1] = result
+                else:
+                    paths[slot] = result
+                publish(complete=False)
+                return result
+
+            def publish(complete: bool) -> None:
+                group["flops_per_step"], group["flop_ops"] = flops.get("flops"), flops.get("ops")
+                group["paths"] = group_rows(paths, batch, flops.get("flops"), peak["tflops"], args.loss_steps)
+                write(complete)
 
             def base_fn():
                 return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup, flops)
             base_fn.path = "baseline"
-            raw = [] if args.candidate_only else [measure(base_fn, dev)]
+            if not args.candidate_only:
+                run_path(base_fn, "baseline")
             if args.bf16_reference and not args.candidate_only and dev.type == "cuda":
                 def ref_fn():
                     return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup,
                                         flops, half_dtype=torch.bfloat16)
                 ref_fn.path = "baseline-bf16"
-                references = [measure(ref_fn, dev)]
-            else:
-                references = []
+                run_path(ref_fn, "references")
 
             def cand_fn(lever=None):
                 fn = lambda: candidate_run(ctx, teacher_master, variant, batch, total_steps, args.warmup, lever)  # noqa: E731
                 fn.path, fn.lever = ("candidate" if lever is None else f"candidate+{lever}"), lever
                 return fn
-            raw.append(measure(cand_fn(), dev))
-            cand = raw[-1]
+            cand = run_path(cand_fn(), "candidate")
             for lever in args.lever_list:
                 why = lever_is_noop(lever, cand.facts) if cand.error is None else None
-                raw.append(PathResult(f"candidate+{lever}", lever, skipped=why) if why else measure(cand_fn(lever), dev))
-            failed |= any(r.error for r in raw[:len(raw) - len(args.lever_list)])  # a failing lever is a result
-            if args.candidate_only:
-                rows = [summarise(r, batch, None, peak["tflops"], None, args.loss_steps) for r in raw]
-            else:
-                base_row = summarise(raw[0], batch, flops.get("flops"), peak["tflops"], None, args.loss_steps)
-                rows = [base_row] + [summarise(r, batch, flops.get("flops"), peak["tflops"], base_row, args.loss_steps)
-                                     for r in references + raw[1:]]
-            for r in rows[1:]:
+                if why:
+                    paths["levers"].append(PathResult(f"candidate+{lever}", lever, skipped=why))
+                    print(f"   candidate+{lever}: skipped: {why}", flush=True)
+                else:
+                    run_path(cand_fn(lever), "levers")
+            # a failing lever is a result; a failing (or skipped) baseline or candidate fails the run
+            failed |= any(r is not None and (r.error or r.skipped)
+                          for r in [paths["baseline"], paths["candidate"], *paths["references"]])
+            publish(complete=False)
+            for r in group["paths"][1:]:
                 if r.get("loss_max_rel_diff_vs_baseline") is not None:
                     print(f"   {r['path']}: loss max relative difference to the baseline over the first "
-                          f"{len(r['losses'])} steps: {r['loss_max_rel_diff_vs_baseline']:.3e}", flush=True)
-            results.append({"student": variant, "batch": batch, "student_parameters": parameter_count(student_master),
-                            "feature_pairs": len(pairs), "flops_per_step": flops.get("flops"),
-                            "flop_ops": flops.get("ops"), "paths": rows})
+                          f"{len(r['losses'])} steps: {r['loss_max_rel_diff_vs_baseline']:.3e}"
+                          + (f"; to the candidate: {r['loss_max_rel_diff_vs_candidate']:.3e} (first step "
+                             f"{r['loss_rel_diff_first_step_vs_candidate']:.3e})"
+                             if r.get("loss_max_rel_diff_vs_candidate") is not None else ""), flush=True)
         del student_master
 
-    notes = [
-        "baseline: BK-SDM recipe (fp32 master weights, fp16 autocast + GradScaler, fp16 teacher under no_grad, "
-        "forward hooks, torch.optim.AdamW) on CUDA; fp32 without autocast/GradScaler on CPU",
-        f"candidate: aria.training.engine.DistillationRun setup + train with {PRODUCTION.relative_to(REPO)}'s distillation, "
-        "strategy and backend sections (batch, steps, device, precision overridden)",
-        "images/s and TFLOP/s from the median timed step; FLOPs: FlopCounterMode over one step (student forward "
-        "+ backward, teacher forward), the same model FLOPs for every path",
-        "VAE and text encoder are outside both paths (random latents, stub token states)",
-    ]
-    if dev.type == "cpu":
-        notes.append("CPU: the peak is an fp32 matmul's rate (not a bf16 card rate); peak memory n/a")
-        if results and not any("attention" in op for r in results for op in (r["flop_ops"] or [])):
-            notes.append("CPU: FlopCounterMode has no formula for the CPU attention kernel: attention FLOPs are "
-                         "not counted")
-    report = {
-        "command": shlex.join(["python", str(Path(__file__).resolve().relative_to(REPO)),
-                               *(argv if argv is not None else sys.argv[1:])]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "world_size": world_size,
-        "device": {"type": dev.type, "name": device_name(dev), "matmul_peak_tflops": peak["tflops"],
-                   "matmul_peak_kind": peak["kind"], "matmul_peak_note": peak["note"]},
-        "torch": torch.__version__,
-        "versions": {name: _version(name) for name in ("deepspeed", "diffusers", "aria-distill")},
-        "python": platform.python_version(),
-        "settings": {"teacher_config": str(unet_file.relative_to(REPO)),
-                     "teacher_parameters": parameter_count(teacher_master), "latent": [int(cfg.in_channels), size, size],
-                     "context": [77, int(cross)], "steps": args.steps, "warmup": args.warmup,
-                     "loss_steps": args.loss_steps, "seed": args.seed, "distillation": distill_section,
-                     "backend": backend_section, "strategy": {"name": strategy_name, "params": strategy_params},
-                     "levers": args.lever_list},
-        "notes": notes,
-        "results": results,
-    }
+    write(complete=True)
     if rank == 0:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         print(f"\nresults written to {args.out}")
         print("\n" + table(results), flush=True)
     close_process_group()

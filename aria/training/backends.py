@@ -2,9 +2,14 @@
 ``DeepSpeedBackend`` (bf16, ZeRO 0-2; launched by ``deepspeed`` or ``torchrun``; also on CPU).
 
 The step (``aria.training.distill``) and the loop (``aria.training.engine``) never branch on the backend: they call
-``setup``, ``autocast``, ``backward``, ``step``, ``zero_grad``, ``all_reduce``, ``barrier``,
-``unwrap``, ``save`` and ``load``. The rank layout comes from the launcher's environment
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); the device from ``LOCAL_RANK``.
+``prepare_models``, ``compile_kwargs``, ``setup``, ``autocast``, ``backward``, ``step``, ``zero_grad``,
+``all_reduce``, ``barrier``, ``unwrap``, ``save`` and ``load``. The rank layout comes from the launcher's
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); the device from ``LOCAL_RANK``.
+
+The kernel levers of ``backend`` (issue #20) are applied here too, the same for both backends:
+``fp8`` (torchao fp8 linears: training for the student, inference for the teacher), ``channels_last``,
+``compile_mode`` (``torch.compile`` modes, CUDA graphs included) and ``sdpa_backend`` (the attention
+kernel, chosen inside each model's forward so that ``torch.compile`` traces the choice into its graph).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import types
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -32,6 +38,8 @@ class Backend(Protocol):
     compute_dtype: torch.dtype
     input_dtype: torch.dtype
 
+    def prepare_models(self, teacher: torch.nn.Module, student: torch.nn.Module) -> dict: ...
+    def compile_kwargs(self) -> dict: ...
     def setup(self, model: torch.nn.Module, params: Iterable[torch.nn.Parameter] | None = None) -> torch.nn.Module: ...
     def autocast(self) -> contextlib.AbstractContextManager: ...
     def student_autocast(self) -> contextlib.AbstractContextManager: ...
@@ -117,8 +125,108 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
+# -- kernel levers: fp8, the attention kernel ------------------------------------------------------
+
+FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+
+
+def check_fp8(mode: str, device: torch.device) -> None:
+    """``backend.fp8`` can run here: a CUDA device of compute capability >= 8.9 and torchao's fp8 APIs
+    importable. A UserError (one line) otherwise; nothing is changed."""
+    if mode == "none":
+        return
+    if device.type != "cuda":
+        raise UserError(f"backend.fp8 {mode!r} needs a CUDA GPU of compute capability >= 8.9 (the run's device "
+                        f"is {device.type}); set backend.fp8: none")
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability < FP8_MIN_CAPABILITY:
+        raise UserError(f"backend.fp8 {mode!r} needs compute capability >= 8.9 (fp8 tensor cores: Ada, Hopper or "
+                        f"newer); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+    try:
+        if mode in ("student", "both"):
+            from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
+        if mode in ("teacher", "both"):
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - ImportError, or a torchao built for another torch
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"backend.fp8 {mode!r} needs torchao's fp8 APIs (pip install torchao; 0.18 tested): "
+                        f"{type(err).__name__}: {reason[:160]}") from err
+
+
+def fp8_compatible(module: torch.nn.Module, fqn: str = "") -> bool:
+    """An nn.Linear whose input and output sizes are multiples of 16 (what torch._scaled_mm takes)."""
+    return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def _linear_counts(model: torch.nn.Module) -> dict:
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    skipped = sorted(name for name, m in linears.items() if not fp8_compatible(m))
+    return {"linears": len(linears), "converted": len(linears) - len(skipped), "skipped": skipped}
+
+
+def fp8_training(student: torch.nn.Module) -> dict:
+    """The student's nn.Linear layers (dimensions multiples of 16) become torchao ``Float8Linear``s with
+    tensorwise dynamic scaling: fp8 matmuls forward and backward, weights and optimizer state unchanged
+    (same parameters, same state_dict keys). Returns the counts (converted, skipped by name)."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    counts = _linear_counts(student)
+    convert_to_float8_training(student, module_filter_fn=fp8_compatible,
+                               config=Float8LinearConfig.from_recipe_name("tensorwise"))
+    return counts
+
+
+def fp8_inference(teacher: torch.nn.Module) -> dict:
+    """The teacher's nn.Linear weights (dimensions multiples of 16) become fp8 with a per-tensor scale, and
+    their activations are quantised to fp8 dynamically at every call (torchao
+    ``Float8DynamicActivationFloat8WeightConfig``). torchao's recommended inductor settings are not applied
+    (``set_inductor_config=False``: they would change how everything else compiles too)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    counts = _linear_counts(teacher)
+    quantize_(teacher, Float8DynamicActivationFloat8WeightConfig(set_inductor_config=False), filter_fn=fp8_compatible)
+    return counts
+
+
+_SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def sdpa_order(choice: str) -> list | None:
+    """The SDPA kernels ``backend.sdpa_backend`` enables, first choice first (None for auto): ``math`` alone;
+    otherwise the chosen kernel, then the others in torch's current priority order."""
+    from torch.nn.attention import SDPBackend
+
+    if choice == "auto":
+        return None
+    first = getattr(SDPBackend, _SDPA[choice])
+    if choice == "math":
+        return [first]
+    known = {int(getattr(SDPBackend, name)): getattr(SDPBackend, name) for name in _SDPA.values()}
+    rest = [known[i] for i in torch._C._get_sdp_priority_order() if i in known and i != int(first)]
+    return [first, *rest]
+
+
+def _sdpa_forward(order: list):
+    from torch.nn.attention import sdpa_kernel
+
+    def forward(self, *args, **kwargs):
+        # inside the forward, so that torch.compile traces the choice into the graph (and its cache key)
+        with sdpa_kernel(order, set_priority=True):
+            return type(self).forward(self, *args, **kwargs)
+
+    return forward
+
+
+def use_sdpa_backend(model: torch.nn.Module, choice: str) -> None:
+    """``model``'s forward runs under ``sdpa_kernel`` with ``sdpa_order(choice)`` (nothing for auto). Set on
+    the instance, so that a deepcopy (the EMA export) keeps it and its state_dict is unchanged."""
+    order = sdpa_order(choice)
+    if order is not None:
+        model.forward = types.MethodType(_sdpa_forward(order), model)
+
+
 class _Base:
-    """Rank layout, device, autocast and the collectives shared by both backends."""
+    """Rank layout, device, autocast, the kernel levers and the collectives shared by both backends."""
 
     def __init__(self, backend_config, distill_config):
         self.config = backend_config
@@ -137,6 +245,44 @@ class _Base:
         set_deterministic(backend_config.deterministic)
         if backend_config.cpu_threads:
             torch.set_num_threads(backend_config.cpu_threads)
+        check_fp8(backend_config.fp8, self.device)  # before any heavy work
+        if backend_config.sdpa_backend not in ("auto", "math"):
+            import inspect
+
+            from torch.nn.attention import sdpa_kernel
+
+            if "set_priority" not in inspect.signature(sdpa_kernel).parameters:
+                raise UserError(f"backend.sdpa_backend {backend_config.sdpa_backend!r} needs a torch whose sdpa_kernel "
+                                f"takes set_priority (this is torch {torch.__version__}); use auto or math")
+        # CUDA graphs (torch's graph trees): a step begins at the teacher's forward (see ``autocast``)
+        self._cudagraphs = self.device.type == "cuda" and backend_config.compile and \
+            backend_config.compile_mode in ("reduce-overhead", "max-autotune")
+        self.levers: dict = {}  # what prepare_models did
+
+    def prepare_models(self, teacher: torch.nn.Module, student: torch.nn.Module) -> dict:
+        """The kernel levers of ``backend`` on the teacher and on the student built from it, before
+        ``torch.compile`` and ``setup``: channels_last memory format, fp8 linears (after the student copied
+        the teacher's weights), the SDPA kernel order inside both forwards. Returns what was done (also
+        ``self.levers``): the memory format, the sdpa_backend, and per model the Linear layers converted
+        to fp8 and those skipped (sizes not multiples of 16)."""
+        c = self.config
+        if c.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+            student.to(memory_format=torch.channels_last)
+        levers: dict = {"channels_last": bool(c.channels_last), "sdpa_backend": c.sdpa_backend, "fp8": c.fp8}
+        if c.fp8 in ("student", "both"):
+            levers["fp8_student"] = fp8_training(student)
+        if c.fp8 in ("teacher", "both"):
+            levers["fp8_teacher"] = fp8_inference(teacher)
+        for model in (teacher, student):
+            use_sdpa_backend(model, c.sdpa_backend)
+        self.levers = levers
+        return levers
+
+    def compile_kwargs(self) -> dict:
+        """The keyword arguments of ``Module.compile`` for teacher and student (``backend.compile_mode``)."""
+        mode = self.config.compile_mode
+        return {} if mode == "default" else {"mode": mode}
 
     @property
     def is_main(self) -> bool:
@@ -147,6 +293,11 @@ class _Base:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def autocast(self):
+        """The context of the teacher's forward (a step's first model call; also the VAE's encoding). With
+        CUDA graphs a new step of torch's graph trees begins here: the previous step's graph outputs may be
+        overwritten from now on (the step holds none of them past its backward)."""
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)

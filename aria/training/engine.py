@@ -164,8 +164,9 @@ class DistillationRun:
         self._check_inputs()
 
     def _setup_models(self):
-        """The student (built from the teacher), feature pairs, compile, the backend's wrap, EMA, the
-        distiller; returns the student's transfer report."""
+        """The student (built from the teacher), feature pairs, the backend's kernel levers (fp8,
+        channels_last, SDPA kernel), compile, the backend's wrap, EMA, the distiller; returns the student's
+        transfer report."""
         from aria.models import build_student, feature_pairs
         from aria.training.distill import Distiller, WeightEMA
         from diffusers import DDPMScheduler
@@ -176,12 +177,13 @@ class DistillationRun:
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
         self.scheduler = DDPMScheduler.from_config(self.teacher.scheduler_config)
+        b.prepare_models(self.teacher.unet, student)  # after the student copied the teacher, before compiling
         if c.backend.compile:  # compiled at the first step (the summary's "first step" row); the compiler's
             # caches go beside the data cache, so that a resumed or repeated run reuses them
             if _inductor_cache_unset():
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(c.data.cache_dir).resolve() / "inductor")
-            self.teacher.unet.compile()
-            student.compile()
+            self.teacher.unet.compile(**b.compile_kwargs())
+            student.compile(**b.compile_kwargs())
         self.model = b.setup(student.train())
         self.student = b.unwrap()
         self.ema = WeightEMA(self.student, c.distillation.ema_decay) if c.distillation.ema_decay else None

@@ -1,0 +1,277 @@
+"""The backend's kernel levers (issue #20) on the CPU: ``backend.fp8`` / ``channels_last`` / ``compile_mode`` /
+``sdpa_backend`` are validated in one line (exit status 2), fp8 is refused where it cannot run (no CUDA, an old
+GPU, no torchao), and the other switches reach the models: a tiny run with channels_last and the math
+attention kernel trains the losses of the run without them, the attention kernel is chosen inside the traced
+forward (so that ``torch.compile`` bakes it into the graph and its cache key), and the compile mode reaches
+``Module.compile``. What the levers cost on a GPU: ``benchmarks/engine_throughput.py --levers``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+
+from aria.errors import UserError
+from aria.training.backends import check_fp8, fp8_compatible, sdpa_order, use_sdpa_backend
+from aria.training.engine import DistillationRun
+from aria.training.metrics import read_jsonl
+from conftest import make_bundle, make_teacher, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny-test.yaml"
+
+
+def aria_main(args, capsys):
+    """(exit status, stderr lines) of ``aria <args>`` in this process."""
+    from aria.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return exit_.value.code, err
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["backend.fp8=all"], "backend.fp8"),
+    (["backend.fp8=true"], "backend.fp8"),
+    (["backend.sdpa_backend=flash3"], "backend.sdpa_backend"),
+    (["backend.compile_mode=fast"], "backend.compile_mode"),
+    (["backend.compile_mode=max-autotune"], "needs backend.compile: true"),
+    (["backend.channels_last=1"], "expected true or false"),
+    (["backend.channels_last=true", "backend.kind=deepspeed"], "backend.channels_last needs backend.kind 'torch'"),
+    (["backend.fp8=student", "backend.device=cpu"], "needs a CUDA GPU of compute capability >= 8.9"),
+])
+def test_bad_lever_values_are_one_line(tmp_path, capsys, sets, needle):
+    args = ["run", "--config", str(TINY), "--dry-run", "--set", f"output_dir={tmp_path / 'out'}"]
+    code, err = aria_main(args + [a for s in sets for a in ("--set", s)], capsys)
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_lever_values_validate(tmp_path):
+    config = tiny_config(tmp_path, backend={"fp8": "both", "device": "cuda", "channels_last": "true", "compile": "true",
+                                            "compile_mode": "reduce-overhead", "sdpa_backend": "cudnn"})
+    b = config.backend
+    assert (b.fp8, b.channels_last, b.compile_mode, b.sdpa_backend) == ("both", True, "reduce-overhead", "cudnn")
+    defaults = tiny_config(tmp_path).backend
+    assert (defaults.fp8, defaults.channels_last, defaults.compile_mode, defaults.sdpa_backend) == \
+        ("none", False, "default", "auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of fp8 where no CUDA device is visible")
+def test_fp8_without_a_gpu_stops_the_run_in_one_line(tmp_path, capsys):
+    """backend.device auto on a machine without CUDA: the backend refuses fp8 before any heavy work, and the
+    run leaves no output folder."""
+    out = tmp_path / "out"
+    code, err = aria_main(["run", "--config", str(TINY), "--set", f"output_dir={out}", "--set", "backend.fp8=student",
+                           "--set", "backend.device=auto", "--set", f"data.cache_dir={tmp_path / 'cache'}"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "backend.fp8 'student' needs a CUDA GPU" in err[0] and "device is cpu" in err[0]
+    assert not out.exists()
+
+
+def test_fp8_names_the_old_gpu_and_the_missing_torchao(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    check_fp8("none", torch.device("cpu"))  # nothing asked, nothing checked
+    with pytest.raises(UserError, match="needs a CUDA GPU .* device is cpu"):
+        check_fp8("teacher", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(UserError, match=r"compute capability >= 8.9 .* NVIDIA A100 has 8.0"):
+        check_fp8("both", cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for name in ("torchao", "torchao.float8", "torchao.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    for mode in ("student", "teacher", "both"):
+        with pytest.raises(UserError, match=rf"backend.fp8 '{mode}' needs torchao's fp8 APIs \(pip install torchao"):
+            check_fp8(mode, cuda)
+    err = pytest.raises(UserError, check_fp8, "student", cuda).value
+    assert "\n" not in str(err)
+
+
+def test_fp8_takes_linear_layers_of_multiples_of_16():
+    assert fp8_compatible(torch.nn.Linear(32, 48)) and not fp8_compatible(torch.nn.Linear(32, 40))
+    assert not fp8_compatible(torch.nn.Linear(20, 32)) and not fp8_compatible(torch.nn.Conv2d(32, 32, 1))
+
+
+def test_fp8_training_swaps_the_student_s_linears_and_keeps_its_parameters():
+    """Where torchao imports (the GPU machine): the module swap, without running an fp8 matmul."""
+    pytest.importorskip("torchao.float8")
+    from types import SimpleNamespace
+
+    from aria.models import build_student
+    from aria.training.backends import fp8_training
+
+    student, _ = build_student(make_teacher().unet, SimpleNamespace(variant="small", channel_scale=0.5,
+                                                                    init_from_teacher=True))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    counts = fp8_training(student)
+    after = student.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    swapped = [n for n, m in student.named_modules() if type(m).__name__ == "Float8Linear"]
+    assert len(swapped) == counts["converted"] > 0 and counts["linears"] == counts["converted"] + len(counts["skipped"])
+    assert all(fp8_compatible(torch.nn.Linear(m.in_features, m.out_features))
+               for n, m in student.named_modules() if n in swapped)
+
+
+def test_sdpa_order_puts_the_choice_first():
+    from torch.nn.attention import SDPBackend
+
+    assert sdpa_order("auto") is None
+    assert sdpa_order("math") == [SDPBackend.MATH]
+    for choice, first in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+                          ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+        order = sdpa_order(choice)
+        assert order[0] == first and len(order) == len(set(order)) == 4 and SDPBackend.MATH in order
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        q = self.proj(x).view(x.shape[0], x.shape[1], 2, 8).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).flatten(2)
+
+
+def test_the_attention_kernel_is_chosen_inside_the_traced_forward():
+    """sdpa_backend wraps the forward on the instance: eager calls run under the choice, torch.compile puts the
+    choice into the graph it traces (so that its caches cannot hand a graph of another kernel back), and a
+    deepcopy (the EMA export) keeps it; the state_dict is unchanged."""
+    seen = []
+    model = _Attention()
+    keys = list(model.state_dict())
+    use_sdpa_backend(model, "math")
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((torch._C._get_math_sdp_enabled(), torch._C._get_flash_sdp_enabled()))
+        return original(*args, **kwargs)
+
+    x = torch.randn(2, 5, 16)
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        expected = model(x)
+        copy.deepcopy(model)(x)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert seen == [(True, False), (True, False)]  # math only, inside the forward; the copy too
+    assert torch._C._get_flash_sdp_enabled()  # restored after it
+    assert list(model.state_dict()) == keys
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, backend=capture)
+        assert torch.allclose(compiled(x), expected)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1 and "_sdpa_kernel" in graphs[0] and "MATH" in graphs[0], graphs
+
+
+def _losses(tmp_path, seen=None, **backend):
+    """Losses of 3 steps of the tiny run (DistillationRun on the conftest world) and facts of its setup;
+    ``seen``: a list that gets, for every attention call of the steps, whether the fused kernels were on."""
+    config = tiny_config(tmp_path, distillation={"steps": 3}, logging={"every": 1}, backend=backend)
+    run = DistillationRun(config, bundle=make_bundle(), teacher=make_teacher())
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch._C._get_flash_sdp_enabled() or torch._C._get_mem_efficient_sdp_enabled())
+        return original(*args, **kwargs)
+
+    ok = False
+    try:
+        run.setup()
+        facts = {"levers": dict(run.backend.levers),
+                 "student_channels_last": run.student.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
+                 "teacher_channels_last": run.teacher.unet.conv_in.weight.is_contiguous(
+                     memory_format=torch.channels_last)}
+        if seen is not None:
+            torch.nn.functional.scaled_dot_product_attention = spy
+        run.train()
+        run.logger.close()
+        ok = True
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+        run.close(ok)
+    records = read_jsonl(config.output_dir / "metrics.jsonl")
+    return [r["loss"] for r in records if "loss" in r], facts
+
+
+def test_channels_last_and_math_attention_train_the_losses_of_the_default(tmp_path):
+    plain_seen, seen = [], []
+    plain, plain_facts = _losses(tmp_path / "plain", plain_seen)
+    levers, facts = _losses(tmp_path / "levers", seen, channels_last="true", sdpa_backend="math")
+    assert not plain_facts["student_channels_last"] and not plain_facts["teacher_channels_last"]
+    assert facts["student_channels_last"] and facts["teacher_channels_last"]
+    assert facts["levers"] == {"channels_last": True, "sdpa_backend": "math", "fp8": "none"}
+    assert all(plain_seen) and len(seen) == len(plain_seen) > 0
+    assert not any(seen)  # every attention call of both models in the steps ran with the fused kernels off
+    assert len(plain) == len(levers) == 3
+    assert levers == pytest.approx(plain, rel=1e-4)  # same weights, batches and noise; other kernels
+
+
+def test_the_compile_mode_reaches_module_compile(tmp_path, monkeypatch):
+    """Compiling is stubbed: this checks the wiring (teacher and student, the mode), not the compiler."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append((type(self).__name__, k)))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    config = tiny_config(tmp_path, backend={"compile": "true", "compile_mode": "max-autotune-no-cudagraphs"},
+                         distillation={"steps": 1})
+    run = DistillationRun(config, bundle=make_bundle(), teacher=make_teacher())
+    try:
+        run.setup()
+        assert run.backend.compile_kwargs() == {"mode": "max-autotune-no-cudagraphs"}
+        assert not run.backend._cudagraphs  # CPU: no CUDA graph steps to mark
+    finally:
+        run.close(False)
+    assert calls == [("UNet2DConditionModel", {"mode": "max-autotune-no-cudagraphs"})] * 2
+    default = tiny_config(tmp_path / "d", backend={"compile": "true"})
+    run = DistillationRun(default, bundle=make_bundle(), teacher=make_teacher())
+    try:
+        run.setup()
+    finally:
+        run.close(False)
+    assert calls[2:] == [("UNet2DConditionModel", {})] * 2
+
+
+def test_benchmark_records_a_failing_lever_and_goes_on(tmp_path):
+    """engine_throughput.py --levers on the CPU: fp8 cannot run there and is recorded as failed in one line; the
+    levers after it are measured, each with its loss difference to the candidate, and the run succeeds."""
+    out = tmp_path / "levers.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine_throughput.py"), "--tiny", "--device",
+                           "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small",
+                           "--no-compile", "--candidate-only", "--levers", "fp8_student,channels_last+sdpa_math",
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] is True
+    rows = {r["path"]: r for r in report["results"][0]["paths"]}
+    assert list(rows) == ["candidate", "candidate+fp8_student", "candidate+channels_last+sdpa_math"]
+    fp8 = rows["candidate+fp8_student"]
+    assert "images_per_s" not in fp8 and "\n" not in fp8["error"]
+    assert "backend.fp8" in fp8["error"] and "needs a CUDA GPU" in fp8["error"]
+    lever = rows["candidate+channels_last+sdpa_math"]
+    assert lever["images_per_s"] > 0 and lever["facts"]["channels_last"] and lever["facts"]["sdpa_backend"] == "math"
+    assert lever["facts"]["levers"]["sdpa_backend"] == "math"
+    assert set(lever["facts"]["sdpa_choice"]) == {"student", "teacher"}
+    assert {k for model in lever["facts"]["sdpa_choice"].values() for k in model.values()} == {"MATH"}
+    assert lever["loss_max_rel_diff_vs_candidate"] < 1e-4  # fp32 on the CPU: other kernels, same numbers
+    assert "error: UserError: config: backend: backend.fp8 'student' needs a CUDA GPU" in proc.stdout
