@@ -123,6 +123,9 @@ class DistillConfig(Section):
     lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, le=STEPS_MAX)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="LR after the warmup: constant, or a cosine down to lr * lr_final at the last step")
+    lr_final: float = Field(0.0, ge=0, le=1, description="cosine: the last step's LR as a fraction of lr")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
     w_task: float = Field(1.0, ge=0, description="weight of the task MSE (paired samples only)")
     w_out: float = Field(1.0, ge=0, description="weight of the output KD MSE")
@@ -148,6 +151,13 @@ class DistillConfig(Section):
         "GPU (torch backend)")
     feedback_delay: int = Field(0, ge=0, le=1, description="steps between a step and the strategy update from "
                                 "its feedback (step_sync device): 1 plans step s+1 before step s's statistics arrive")
+
+    @model_validator(mode="after")
+    def _lr_final_read(self):
+        if self.lr_final and self.lr_schedule != "cosine":
+            raise ValueError("distillation.lr_final is read only with lr_schedule 'cosine': remove it or set "
+                             "distillation.lr_schedule: cosine")
+        return self
 
 
 class StrategySection(Section):

@@ -19,10 +19,10 @@ class OneRank:
     is_main, rank, world_size = True, 0, 1
 
     def __init__(self, model):
-        from aria.training.backends import warmup_factor
+        from aria.training.backends import lr_factor
 
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(3))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(3))
         self.device = torch.device("cpu")
 
     def barrier(self):

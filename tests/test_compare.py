@@ -211,6 +211,11 @@ def test_config_digest_keeps_the_experiment_runs_valid():
     assert digest("distillation.step_sync=device") == digest("eval.batch_size=8") == digest()
     assert digest("distillation.step_sync=device", "distillation.feedback_delay=1") != digest()
     assert digest("distillation.lr=1e-4") != digest()
+    # fields added after the runs count only away from the default that reproduces them
+    assert digest("distillation.lr_schedule=constant", "backend.sdpa_backend=auto", "backend.fp8=none") == digest()
+    assert digest("distillation.lr_schedule=cosine") != digest() != digest("backend.sdpa_backend=math")
+    assert set(compare.ADDED_LATER) <= {(s, k) for s, fields in load_config(config, sets).model_dump().items()
+                                        if isinstance(fields, dict) for k in fields}
 
 
 def results_with_runs(disc_by_strategy: dict, seeds: list[int], command: str) -> dict:

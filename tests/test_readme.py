@@ -45,14 +45,16 @@ def test_both_commands_install_the_pinned_versions():
 
 
 def test_every_imported_package_is_declared():
-    """Every third-party package that aria's code imports is a declared dependency."""
+    """Every third-party package that aria's code imports is a declared dependency (or an optional extra's,
+    e.g. torchao for backend.fp8)."""
     import ast
     import sys
     import tomllib
     from importlib.metadata import packages_distributions
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {_requirement_name(d) for d in [*project["dependencies"], *project["optional-dependencies"]["test"]]}
+    extras = [d for group in project["optional-dependencies"].values() for d in group]
+    declared = {_requirement_name(d) for d in [*project["dependencies"], *extras]}
     owners = packages_distributions()
     undeclared = set()
     for folder in ("aria", "strategies", "theory"):

@@ -98,9 +98,22 @@ def digest_fields(config) -> dict:
         data["data"].pop("concepts")  # before it existed stay valid)
     data["eval"].pop("batch_size")  # speed only
     data["distillation"].pop("step_sync")  # where a non-finite step is skipped: speed only, the same results
-    if data["distillation"]["feedback_delay"] == 0:  # the default: digests made before the option stay valid
-        data["distillation"].pop("feedback_delay")
+    for (section, key), default in ADDED_LATER.items():  # at the default: digests made before them stay valid
+        if data[section].get(key, default) == default:
+            data[section].pop(key, None)
     return data
+
+
+# Fields added after runs were recorded, with the default that reproduces those runs.
+ADDED_LATER = {
+    ("distillation", "feedback_delay"): 0,
+    ("distillation", "lr_schedule"): "constant",
+    ("distillation", "lr_final"): 0.0,
+    ("backend", "fp8"): "none",
+    ("backend", "channels_last"): False,
+    ("backend", "compile_mode"): "default",
+    ("backend", "sdpa_backend"): "auto",
+}
 
 
 def config_digest(config) -> str:

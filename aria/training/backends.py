@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -108,13 +109,24 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def warmup_factor(warmup_steps: int):
-    """The LR multiplier of step s: linear warmup over ``warmup_steps``, then constant."""
+def lr_factor(warmup_steps: int, schedule: str = "constant", total_steps: int = 1, final: float = 0.0):
+    """The LR multiplier of optimizer step s (from 0): linear warmup over ``warmup_steps``, then constant,
+    or a cosine from 1 down to ``final`` at the last of ``total_steps``."""
 
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def distill_lr_factor(distill):
+    """``lr_factor`` of a ``DistillConfig`` (both backends)."""
+    return lr_factor(distill.warmup_steps, distill.lr_schedule, distill.steps, distill.lr_final)
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -402,7 +414,7 @@ class TorchBackend(_Base):
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         # fused AdamW (CPU and GPU): one kernel on the GPU, and the AdamW that skips a step on the device (found_inf)
         self.optimizer = torch.optim.AdamW(params, **self._optimizer_kwargs(), fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(self.distill.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, distill_lr_factor(self.distill))
         return self.model
 
     def backward(self, loss):
@@ -504,7 +516,7 @@ class DeepSpeedBackend(_Base):
     def setup(self, model, params=None):
         self.module = model
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        factor = warmup_factor(self.distill.warmup_steps)
+        factor = distill_lr_factor(self.distill)
         self.engine, _, _, _ = self._ds.initialize(
             model=model, model_parameters=params, config=self.ds_config(),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
