@@ -180,3 +180,23 @@ def test_cli_exit_codes_and_checks_json(tmp_path, capsys):
         assert cli(*args) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_the_tracker_check_reads_the_timestep_normalised_record_when_the_log_has_it(tmp_path):
+    """Raw observed discrepancy ranked against the probe (passes), the normalised record reversed: the
+    check follows the normalised one and says so; without it, the raw one and says that."""
+    folder = build(tmp_path)
+    for seed in SEEDS:
+        log = folder / "runs" / "rc" / f"seed{seed}" / "metrics.jsonl"
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        for line in lines:
+            if "region_discrepancy" in line:
+                line["region_discrepancy_tnorm"] = [None if v is None else -v for v in line["region_discrepancy"]]
+        log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    row = {r["name"]: r for r in checks.compute_checks(folder, ChecksConfig())["checks"]}[
+        "rc tracker input vs eval, Spearman per region"]
+    assert row["value"] == pytest.approx(-1.0) and row["status"] == "fail"
+    assert row["detail"] == "tracker input: timestep-normalised"
+    raw = {r["name"]: r for r in checks.compute_checks(build(tmp_path / "raw"), ChecksConfig())["checks"]}[
+        "rc tracker input vs eval, Spearman per region"]
+    assert raw["status"] == "pass" and raw["detail"].startswith("tracker input: raw")

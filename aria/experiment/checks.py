@@ -107,19 +107,28 @@ def regions(f: Folder, strategy: str, key: str = "discrepancy") -> dict[int, np.
     return found
 
 
-def tracked(f: Folder, strategy: str, seed: int) -> np.ndarray | None:
-    """Per-region mean of the logged ``region_discrepancy`` over the last half of training (NaN where
-    never observed then), or None without a log."""
+TRACKED_KEYS = ("region_discrepancy_tnorm", "region_discrepancy")  # preferred first
+
+
+def tracked(f: Folder, strategy: str, seed: int) -> tuple[np.ndarray, str] | None:
+    """Per-region mean of the logged observed discrepancy over the last half of training (NaN where
+    never observed then) and the key it came from, or None without a log. The timestep-normalised
+    record (``RegionWindow.take``) is preferred: the raw one ranks regions by their mix of
+    timesteps as much as by their discrepancy (regions fed only by late-timestep switched samples
+    look small); logs written before it existed have only the raw one."""
     log = read_log(run_paths(f.out, strategy, seed)["run"] / "metrics.jsonl")
-    rows = [r for r in log or [] if r.get("region_discrepancy") is not None and "step" in r]
-    if not rows:
+    for key in TRACKED_KEYS:
+        rows = [r for r in log or [] if r.get(key) is not None and "step" in r]
+        if rows:
+            break
+    else:
         return None
     steps = f.results.get("steps") or max(r["step"] for r in rows)
-    late = np.array([as_array(r["region_discrepancy"]) for r in rows if r["step"] > steps / 2])
+    late = np.array([as_array(r[key]) for r in rows if r["step"] > steps / 2])
     if late.size == 0:
         return None
     seen = np.isfinite(late)
-    return np.where(seen.any(0), np.where(seen, late, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    return np.where(seen.any(0), np.where(seen, late, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan), key
 
 
 def as_array(values) -> np.ndarray:
@@ -234,14 +243,17 @@ def c4(f: Folder, t) -> list[dict]:
 
 def tracker_agreement(f: Folder) -> Stat:
     """Mean over rc seeds of Spearman's rho between the tracker's input and the eval per region."""
-    disc, rhos = regions(f, "rc"), []
+    disc, rhos, keys = regions(f, "rc"), [], set()
     for seed, measured in disc.items():
         logged = tracked(f, "rc", seed)
-        if logged is not None and len(logged) == len(measured):
-            rhos.append(spearman(logged, measured))
+        if logged is not None and len(logged[0]) == len(measured):
+            rhos.append(spearman(logged[0], measured))
+            keys.add(logged[1])
     if not rhos:
         raise Missing("no rc metrics.jsonl with region_discrepancy next to an eval/eval.json")
-    return mean_over(rhos)
+    stat = mean_over(rhos)
+    kind = "timestep-normalised" if keys == {TRACKED_KEYS[0]} else "raw (the log has no timestep-normalised record)"
+    return Stat(stat.value, stat.n, f"tracker input: {kind}")
 
 
 def c5(f: Folder, t) -> list[dict]:

@@ -158,7 +158,6 @@ class DistillationRun:
             self._stage(f"data: {c.data.source} prompt pool, paired set, text encoder ({c.encoder.kind}), prompt "
                         f"embeddings and {c.regions.k if c.regions.method == 'kmeans' else 'metadata'} regions "
                         f"(built once, then read from {c.data.cache_dir})")
-
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
         self.teacher.unet.to(b.device).eval().requires_grad_(False)
         self._check_inputs()
@@ -202,7 +201,7 @@ class DistillationRun:
         c = self.config
         self.strategy = c.make_strategy()
         self.state = self.strategy.init(self.bundle.region_info, c.seed)
-        self.window = RegionWindow(self.bundle.region_info.num_regions)
+        self.window = RegionWindow(self.bundle.region_info.num_regions, c.distillation.timestep_bins)
         self.region_probe = None
         if getattr(self.strategy, "probe_every", None):  # the oracle: measured regions (evaluation data)
             from aria.training.probe import RegionProbe
@@ -422,7 +421,7 @@ class DistillationRun:
         if (step + 1) % c.logging.every == 0 or step + 1 == c.distillation.steps:
             record["probabilities"] = done.plan.probabilities
             record["estimates"] = self.state.get("estimate")
-            record["region_discrepancy"] = self.window.take()
+            record["region_discrepancy"], record["region_discrepancy_tnorm"] = self.window.take()
             record["feat_blocks"] = [red.terms[f"feat/{i}"] for i in range(len(self.pairs))]
         self.logger.step(record)
         if self.check_consistency:

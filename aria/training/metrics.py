@@ -251,20 +251,32 @@ def data_record(bundle, examples: int = 200) -> dict:
 
 
 class RegionWindow:
-    """Per-region sums and counts of observed discrepancy between two log lines."""
+    """Per (region, timestep bin) sums and counts of observed discrepancy between two log lines."""
 
-    def __init__(self, num_regions: int):
-        self.sums = np.zeros(num_regions)
-        self.counts = np.zeros(num_regions)
+    def __init__(self, num_regions: int, num_bins: int = 1):
+        self.sums = np.zeros((num_regions, num_bins))
+        self.counts = np.zeros((num_regions, num_bins))
 
     def add(self, feedback) -> None:
-        self.sums += feedback.sums.sum(1)
-        self.counts += feedback.counts.sum(1)
+        self.sums += feedback.sums
+        self.counts += feedback.counts
 
-    def take(self) -> list:
-        means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+    def take(self) -> tuple[list, list]:
+        """Per region, over the window: the mean observed discrepancy, and the mean of each observation
+        divided by the window's mean in its timestep bin (over all regions): the discrepancy by
+        region with the timestep mix taken out, as a timestep-normalised tracker reads it (regions fed
+        only at late timesteps, e.g. by switched samples, are not ranked low for that alone)."""
+        counts = self.counts.sum(1)
+        raw = np.where(counts > 0, self.sums.sum(1) / np.maximum(counts, 1), np.nan)
+        bin_counts = self.counts.sum(0)
+        bin_mean = np.where(bin_counts > 0, self.sums.sum(0) / np.maximum(bin_counts, 1), np.nan)
+        usable = (bin_mean > 0) & np.isfinite(bin_mean)
+        scaled = np.where(usable, self.sums / np.where(usable, bin_mean, 1.0), 0.0).sum(1)
+        used = np.where(usable, self.counts, 0.0).sum(1)
+        normalised = np.where(used > 0, scaled / np.maximum(used, 1), np.nan)
         self.sums[:], self.counts[:] = 0, 0
-        return [None if not np.isfinite(m) else float(m) for m in means]
+        as_list = lambda a: [None if not np.isfinite(m) else float(m) for m in a]  # noqa: E731
+        return as_list(raw), as_list(normalised)
 
 
 def format_table(header: list[str], rows: list[list], title: str | None = None) -> str:
