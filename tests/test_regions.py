@@ -114,7 +114,12 @@ def test_statistics_and_roundtrip(tmp_path):
     assert abs(sum(row["share_pool"] for row in rows) - 1) < 1e-9
     for row in rows:
         assert abs(row["seen"] + row["under"] + row["unseen"] - 1) < 1e-9
-    assert len(format_statistics(rows).splitlines()) == 4
+    assert len(format_statistics(rows).splitlines()) == 4 and "compositional" not in rows[0]
+    four = region_statistics(r, regime_of_prompt=(np.arange(300) % 4).astype(np.int8))  # world v2's regimes
+    assert all(abs(row["seen"] + row["under"] + row["unseen"] + row["compositional"] - 1) < 1e-9 for row in four)
+    assert "compos" in format_statistics(four).splitlines()[0]
+    with pytest.raises(ValueError, match="outside"):
+        region_statistics(r, regime_of_prompt=np.full(300, 4, np.int8))
     r.save(tmp_path / "reg")
     back = Regions.load(tmp_path / "reg")
     assert np.array_equal(back.labels, r.labels) and np.array_equal(back.centroids, r.centroids)

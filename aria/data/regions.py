@@ -299,39 +299,44 @@ def metadata_regions(columns: dict[str, np.ndarray], cardinalities: dict[str, in
 
 
 def region_statistics(regions: Regions, paired_prompt_ids: np.ndarray | None = None,
-                      regime_of_prompt: np.ndarray | None = None) -> list[dict]:
-    """Per region: size, share of the pool, paired images and share of them, regime mix of its prompts."""
+                      regime_of_prompt: np.ndarray | None = None,
+                      regime_names: Sequence[str] = ("seen", "under", "unseen", "compositional")) -> list[dict]:
+    """Per region: size, share of the pool, paired images and share of them, and the share of its
+    prompts in each regime of ``regime_names`` that occurs (regime index i is ``regime_names[i]``)."""
     n = len(regions.labels)
     paired = np.zeros(regions.num_regions, np.int64)
     if paired_prompt_ids is not None and len(paired_prompt_ids):
         paired = np.bincount(regions.labels[np.asarray(paired_prompt_ids)], minlength=regions.num_regions)
-    mix = None
+    mix, names = None, []
     if regime_of_prompt is not None:
-        mix = np.zeros((regions.num_regions, 3), np.int64)
-        np.add.at(mix, (regions.labels, np.asarray(regime_of_prompt, np.int64)), 1)
+        regime = np.asarray(regime_of_prompt, np.int64)
+        if regime.size and (regime.min() < 0 or regime.max() >= len(regime_names)):
+            raise ValueError(f"regime indices {regime.min()}..{regime.max()} outside {list(regime_names)}")
+        mix = np.zeros((regions.num_regions, len(regime_names)), np.int64)
+        np.add.at(mix, (regions.labels, regime), 1)
+        names = [name for i, name in enumerate(regime_names) if i < 3 or mix[:, i].any()]
     rows = []
     for k in range(regions.num_regions):
         size = int(regions.sizes[k])
         row = {"region": k, "name": regions.names[k] if regions.names else "", "size": size,
                "share_pool": size / n, "paired": int(paired[k]),
                "share_paired": float(paired[k] / max(paired.sum(), 1))}
-        if mix is not None:
-            row.update({f"{r}": float(mix[k, i] / max(size, 1)) for i, r in enumerate(("seen", "under", "unseen"))})
+        row.update({name: float(mix[k, regime_names.index(name)] / max(size, 1)) for name in names})
         rows.append(row)
     return rows
 
 
 def format_statistics(rows: list[dict]) -> str:
     """A fixed-width table of ``region_statistics`` rows."""
-    regime = "seen" in (rows[0] if rows else {})
+    fixed = ("region", "name", "size", "share_pool", "paired", "share_paired")
+    regimes = [key for key in (rows[0] if rows else {}) if key not in fixed]
     head = f"{'region':>6} {'name':<18} {'size':>8} {'pool%':>6} {'paired':>6} {'pair%':>6}"
-    head += f" {'seen':>5} {'under':>5} {'unseen':>6}" if regime else ""
+    head += "".join(f" {name[:6]:>6}" for name in regimes)
     lines = [head]
     for r in rows:
         line = (f"{r['region']:>6} {r['name'][:18]:<18} {r['size']:>8} {100 * r['share_pool']:>6.2f}"
                 f" {r['paired']:>6} {100 * r['share_paired']:>6.2f}")
-        if regime:
-            line += f" {r['seen']:>5.2f} {r['under']:>5.2f} {r['unseen']:>6.2f}"
+        line += "".join(f" {r[name]:>6.2f}" for name in regimes)
         lines.append(line)
     return "\n".join(lines)
 

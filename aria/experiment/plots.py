@@ -5,7 +5,8 @@
   concept family in world v2) over the steps against the pool's share (dashed: what ``rc`` draws),
   and every region's probability over the steps (regions sorted by their main regime);
 - ``tracking.png``: the strategy's tracked estimate per region against the latest discrepancy the
-  run observed in that region, and the estimates over the steps.
+  run observed in that region (timestep-normalised, as the tracker reads it, where the log has it),
+  and the estimates over the steps.
 
 A plot whose data the run does not have is left out (``none`` switches nothing; only strategies
 with an ``estimate`` state track). Groups come from the ``"event": "data"`` line the engine writes
@@ -58,7 +59,8 @@ def history(records: list[dict]) -> dict:
     steps = [last[s] for s in sorted(last)]
     data = next((r for r in reversed(records) if r.get("event") == "data"), None)
     return {"steps": steps, "probabilities": _matrix(steps, "probabilities"), "estimates": _matrix(steps, "estimates"),
-            "observed": _matrix(steps, "region_discrepancy"), "data": data}
+            "observed": _matrix(steps, "region_discrepancy_tnorm") or _matrix(steps, "region_discrepancy"),
+            "data": data}
 
 
 def run_plots(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
