@@ -999,18 +999,14 @@ def summarise(r: PathResult, batch: int, flops: int | None, peak: float, base: d
     host = r.facts.get("strategy_host_us")
     if host:
         row["strategy_host_fraction_of_step"] = sum(host.values()) / 1e6 / med
-    if base is not None and "images_per_s" in base:
-        row["speedup_vs_baseline"] = row["images_per_s"] / base["images_per_s"]
-        rels = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], base["losses"])
-                if a is not None and b is not None]
-        row["loss_max_rel_diff_vs_baseline"] = max(rels) if rels else None
-        row["loss_rel_diff_first_step"] = rels[0] if rels else None
-    if cand is not None and "images_per_s" in cand:
-        row["speedup_vs_candidate"] = row["images_per_s"] / cand["images_per_s"]
-        rels = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], cand["losses"])
-                if a is not None and b is not None]
-        row["loss_max_rel_diff_vs_candidate"] = max(rels) if rels else None
-        row["loss_rel_diff_first_step_vs_candidate"] = rels[0] if rels else None
+    for ref, suffix, first_key in ((base, "baseline", "loss_rel_diff_first_step"),
+                                   (cand, "candidate", "loss_rel_diff_first_step_vs_candidate")):
+        if ref is not None and "images_per_s" in ref:
+            row[f"speedup_vs_{suffix}"] = row["images_per_s"] / ref["images_per_s"]
+            rels = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(row["losses"], ref["losses"])
+                    if a is not None and b is not None]
+            row[f"loss_max_rel_diff_vs_{suffix}"] = max(rels) if rels else None
+            row[first_key] = rels[0] if rels else None
     return row
 
 

@@ -196,7 +196,7 @@ def plot_tracking(steps: np.ndarray, estimates: np.ndarray, observed: np.ndarray
     ok = np.isfinite(final) & np.isfinite(latest)
     sc.scatter(latest[ok], final[ok], s=16, c=list(colors[ok]))
     title = "tracked estimate vs latest observed, per region"
-    if ok.sum() >= 3:
+    if ok.sum() >= 3 and np.ptp(latest[ok]) > 0 and np.ptp(final[ok]) > 0:  # else rho is undefined
         from scipy.stats import spearmanr
 
         rho = spearmanr(latest[ok], final[ok]).statistic
