@@ -45,8 +45,9 @@ def test_the_oracle_allocates_in_proportion_to_the_measurement_with_the_floor():
 def test_region_probe_measures_zero_for_the_teacher_and_more_for_a_perturbed_student(tmp_path):
     bundle, teacher = make_bundle(), make_teacher()
     config = tiny_config(tmp_path)
-    alphas = np.linspace(0.999, 0.01, 1000)
-    probe = RegionProbe(bundle, teacher.unet, config.eval, alphas, per_region=2)
+    from diffusers import DDPMScheduler
+
+    probe = RegionProbe(bundle, teacher.unet, config.eval, DDPMScheduler(num_train_timesteps=1000), per_region=2)
     for metric in ("discrepancy", "cond_discrepancy"):
         assert np.allclose(probe.measure(teacher.unet, metric), 0)
     student = copy.deepcopy(teacher.unet)

@@ -30,7 +30,8 @@ import torch
 from aria.errors import UserError
 from aria.files import discard, json_text
 from aria.experiment import report
-from aria.training.probe import build_probe_set, condition_discrepancy, items_of_pool, sample_prompt_ids, world_of
+from aria.training.probe import (build_probe_set, condition_discrepancy, items_of_pool, probe_eps,
+                                 sample_prompt_ids, world_of)
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; families ("family:<name>") and "all" are added
 REFERENCE_VERSION = 2  # of the teacher's cached share: 2 = probe noised by add_noise, with and without prompt in one pass
@@ -47,28 +48,6 @@ def ddim_samples(unet, context, uncond, noise: np.ndarray, steps: int, guidance:
         sample_ddim(unet, context[s:s + batch], uncond, steps, guidance, noise=torch.from_numpy(noise[s:s + batch]),
                     scheduler_config=scheduler_config).float().cpu().numpy()
         for s in range(0, len(noise), batch)])
-
-
-@torch.no_grad()
-def probe_eps(unet, probe, contexts: dict, scheduler, batch: int) -> dict[str, np.ndarray]:
-    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep), one array per
-    context (name -> tensor (N, L, D), or (1, L, D) for every probe); the noisy input is
-    ``scheduler.add_noise(x0, noise, t)`` and the contexts of ``batch`` inputs share one forward."""
-    param = next(unet.parameters())
-    n, j = probe.noise.shape[:2]
-    out = {name: np.empty_like(probe.noise) for name in contexts}
-    rows, steps = np.divmod(np.arange(n * j), j)  # probe-major, as the probe's digest orders them
-    for s in range(0, n * j, batch):
-        i, k = rows[s:s + batch], steps[s:s + batch]
-        t = torch.from_numpy(probe.timesteps[k]).to(param.device)
-        x0 = torch.from_numpy(probe.x0[i]).to(param.device)
-        xt = scheduler.add_noise(x0, torch.from_numpy(probe.noise[i, k]).to(param.device), t)
-        ctx = torch.cat([c[i] if len(c) == n else c.expand(len(i), *c.shape[1:]) for c in contexts.values()])
-        m = len(contexts)
-        pred = unet(xt.repeat(m, 1, 1, 1).to(param), t.repeat(m), encoder_hidden_states=ctx.to(param)).sample
-        for name, eps in zip(contexts, pred.float().cpu().numpy().reshape(m, len(i), *pred.shape[1:])):
-            out[name][i, k] = eps
-    return out
 
 
 @contextlib.contextmanager

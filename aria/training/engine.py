@@ -206,8 +206,8 @@ class DistillationRun:
         if getattr(self.strategy, "probe_every", None):  # the oracle: measured regions (evaluation data)
             from aria.training.probe import RegionProbe
 
-            self.region_probe = RegionProbe(self.bundle, self.teacher.unet, c.eval,
-                                            self.scheduler.alphas_cumprod.numpy(), encode=self.teacher.pixel_codec()[0])
+            self.region_probe = RegionProbe(self.bundle, self.teacher.unet, c.eval, self.scheduler,
+                                            encode=self.teacher.pixel_codec()[0])
         if self.resume:
             self._restore()
 
@@ -534,8 +534,7 @@ class DistillationRun:
             result["student"] = str(export_student(student, self.output_dir / "student", card,
                                                    pipeline=pipeline_components(c), teacher_root=self.teacher.path))
             result["regimes"] = probe_discrepancy_by_regime(student, self.teacher.unet, self.bundle, c.eval,
-                                                            self.scheduler.alphas_cumprod.cpu().numpy(),
-                                                            encode=self.teacher.pixel_codec()[0])
+                                                            self.scheduler, encode=self.teacher.pixel_codec()[0])
             self.logger.event({"event": "end", "step": steps, "regimes": result["regimes"]})
             self.logger.close()
             wall = time.perf_counter() - self.t0

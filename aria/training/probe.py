@@ -82,21 +82,24 @@ def sample_prompt_ids(bundle, eval_config) -> np.ndarray:
 
 
 @torch.no_grad()
-def probe_predictions(unet, probe: ProbeSet, context: torch.Tensor, alphas_cumprod, batch: int) -> np.ndarray:
-    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep)."""
+def probe_eps(unet, probe: ProbeSet, contexts: dict, scheduler, batch: int) -> dict[str, np.ndarray]:
+    """eps predictions (N, J, C, H, W) of ``unet`` on every (probe image, timestep), one array per
+    context (name -> tensor (N, L, D), or (1, L, D) for every probe); the noisy input is
+    ``scheduler.add_noise(x0, noise, t)`` and the contexts of ``batch`` inputs share one forward."""
     param = next(unet.parameters())
     n, j = probe.noise.shape[:2]
-    a = torch.as_tensor(np.asarray(alphas_cumprod)[probe.timesteps], dtype=torch.float32)
-    out = np.empty_like(probe.noise)
-    flat = [(i, k) for i in range(n) for k in range(j)]
-    for s in range(0, len(flat), batch):
-        i, k = (np.array(v) for v in zip(*flat[s:s + batch]))
-        x0, eps = torch.from_numpy(probe.x0[i]), torch.from_numpy(probe.noise[i, k])
-        ak = a[k].view(-1, 1, 1, 1)
-        xt = ak.sqrt() * x0 + (1 - ak).sqrt() * eps
-        t = torch.from_numpy(probe.timesteps[k])
-        pred = unet(xt.to(param), t.to(param.device), encoder_hidden_states=context[i].to(param)).sample
-        out[i, k] = pred.float().cpu().numpy()
+    out = {name: np.empty_like(probe.noise) for name in contexts}
+    rows, steps = np.divmod(np.arange(n * j), j)  # probe-major, as the probe's digest orders them
+    for s in range(0, n * j, batch):
+        i, k = rows[s:s + batch], steps[s:s + batch]
+        t = torch.from_numpy(probe.timesteps[k]).to(param.device)
+        x0 = torch.from_numpy(probe.x0[i]).to(param.device)
+        xt = scheduler.add_noise(x0, torch.from_numpy(probe.noise[i, k]).to(param.device), t)
+        ctx = torch.cat([c[i] if len(c) == n else c.expand(len(i), *c.shape[1:]) for c in contexts.values()])
+        m = len(contexts)
+        pred = unet(xt.repeat(m, 1, 1, 1).to(param), t.repeat(m), encoder_hidden_states=ctx.to(param)).sample
+        for name, eps in zip(contexts, pred.float().cpu().numpy().reshape(m, len(i), *pred.shape[1:])):
+            out[name][i, k] = eps
     return out
 
 
@@ -127,7 +130,7 @@ def condition_discrepancy(student_cond, student_uncond, teacher_cond, teacher_un
 # -- the per-regime probe -------------------------------------------------------------------------
 
 @torch.no_grad()
-def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cumprod, encode=None,
+def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, scheduler, encode=None,
                                 batch: int | None = None) -> dict:
     """Mean probe discrepancy and condition-specific discrepancy (``condition_discrepancy``) per regime.
 
@@ -137,17 +140,16 @@ def probe_discrepancy_by_regime(student, teacher, bundle, eval_config, alphas_cu
     ``{group: {"discrepancy": float, "cond_discrepancy": float, "probes": int}}`` for every regime
     present and ``all``.
     """
-    num_t = len(alphas_cumprod)
-    probe = build_probe_set(bundle, eval_config, num_t, encode)
+    probe = build_probe_set(bundle, eval_config, scheduler.config.num_train_timesteps, encode)
     texts = list(bundle.pool.texts(probe.prompt_ids))
-    context = torch.as_tensor(bundle.encoder.encode_tokens(texts))
-    uncond = torch.as_tensor(bundle.encoder.encode_tokens([""])).expand_as(context)
+    contexts = {"c": torch.as_tensor(bundle.encoder.encode_tokens(texts)),
+                "u": torch.as_tensor(bundle.encoder.encode_tokens([""]))}
     batch = batch or eval_config.batch_size
     was = [m.training for m in (student, teacher)]
     student.eval(), teacher.eval()
     try:
-        eps = {(who, c): probe_predictions(model, probe, ctx, alphas_cumprod, batch)
-               for who, model in (("s", student), ("t", teacher)) for c, ctx in (("c", context), ("u", uncond))}
+        eps = {(who, c): e for who, model in (("s", student), ("t", teacher))
+               for c, e in probe_eps(model, probe, contexts, scheduler, batch).items()}
     finally:
         student.train(was[0]), teacher.train(was[1])
     disc = ((eps["s", "c"] - eps["t", "c"]) ** 2).mean(axis=(1, 2, 3, 4))
@@ -170,7 +172,7 @@ class RegionProbe:
     its prompts drawn from ``eval.seed`` per region instead of per regime.
     """
 
-    def __init__(self, bundle, teacher, eval_config, alphas_cumprod, per_region: int = 4, encode=None):
+    def __init__(self, bundle, teacher, eval_config, scheduler, per_region: int = 4, encode=None):
         seed, j = eval_config.seed, eval_config.probe_timesteps
         rng = np.random.default_rng([seed, 7])
         offsets, members = np.asarray(bundle.region_offsets), np.asarray(bundle.region_members)
@@ -185,14 +187,13 @@ class RegionProbe:
         x0 = probe_images(bundle, ids, seed)
         if encode is not None:
             x0 = encode(x0)
-        timesteps = ((np.arange(j) + 0.5) * len(alphas_cumprod) / j).astype(np.int64)
+        timesteps = ((np.arange(j) + 0.5) * scheduler.config.num_train_timesteps / j).astype(np.int64)
         noise = np.random.default_rng([seed, 8]).standard_normal((len(ids), j, *x0.shape[1:]), dtype=np.float32)
         self.probe = ProbeSet(ids, x0.astype(np.float32), timesteps, noise)
-        self.context = torch.as_tensor(bundle.encoder.encode_tokens(list(bundle.pool.texts(ids))))
-        self.uncond = torch.as_tensor(bundle.encoder.encode_tokens([""])).expand_as(self.context)
-        self.alphas, self.batch = alphas_cumprod, eval_config.batch_size
-        self.teacher = {c: probe_predictions(teacher, self.probe, ctx, alphas_cumprod, self.batch)
-                        for c, ctx in (("c", self.context), ("u", self.uncond))}
+        self.contexts = {"c": torch.as_tensor(bundle.encoder.encode_tokens(list(bundle.pool.texts(ids)))),
+                         "u": torch.as_tensor(bundle.encoder.encode_tokens([""]))}
+        self.scheduler, self.batch = scheduler, eval_config.batch_size
+        self.teacher = probe_eps(teacher, self.probe, self.contexts, scheduler, self.batch)
 
     @torch.no_grad()
     def measure(self, student, metric: str = "discrepancy") -> np.ndarray:
@@ -200,11 +201,11 @@ class RegionProbe:
         was = student.training
         student.eval()
         try:
-            s_c = probe_predictions(student, self.probe, self.context, self.alphas, self.batch)
             if metric == "cond_discrepancy":
-                s_u = probe_predictions(student, self.probe, self.uncond, self.alphas, self.batch)
-                per_probe = condition_discrepancy(s_c, s_u, self.teacher["c"], self.teacher["u"]).mean(1)
+                s = probe_eps(student, self.probe, self.contexts, self.scheduler, self.batch)
+                per_probe = condition_discrepancy(s["c"], s["u"], self.teacher["c"], self.teacher["u"]).mean(1)
             else:
+                s_c = probe_eps(student, self.probe, {"c": self.contexts["c"]}, self.scheduler, self.batch)["c"]
                 per_probe = ((s_c - self.teacher["c"]).astype(np.float64) ** 2).mean(axis=(1, 2, 3, 4))
         finally:
             student.train(was)

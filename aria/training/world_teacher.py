@@ -126,7 +126,6 @@ class _Run:
     model: torch.nn.Module  # ``unet``, compiled or not: what the steps call
     n_params: int
     sched: object
-    alphas: torch.Tensor
     opt: torch.optim.Optimizer
     gen: torch.Generator
     feed: object  # the step batches; the training loop drops it (shutting the workers down)
@@ -148,7 +147,6 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
     ema.load_state_dict(unet.state_dict())
     n_params = sum(p.numel() for p in unet.parameters())
     sched = make_scheduler()
-    alphas = sched.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     model = torch.compile(unet) if compile else unet
     if workers is None:
@@ -158,7 +156,7 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
     log(f"teacher: {n_params / 1e6:.2f} M parameters, device {device}, pool {len(pool)} prompts, "
         f"contexts {'precomputed' if contexts.table is not None else 'per batch'}, setup {time.time() - t_setup:.1f}s")
     return _Run(device=device, cuda=cuda, encoder=encoder, pool=pool, contexts=contexts, unet=unet, ema=ema,
-                model=model, n_params=n_params, sched=sched, alphas=alphas, opt=opt, gen=gen, feed=feed)
+                model=model, n_params=n_params, sched=sched, opt=opt, gen=gen, feed=feed)
 
 
 def _data(config, device: str, context_budget_bytes: float | None):
@@ -181,7 +179,7 @@ def _train_loop(run: _Run, steps: int, lr: float, warmup: int, ema_decay: float,
                 log) -> tuple[int, list[dict], float]:
     """Train until ``steps`` or ``time_limit_s``; log the mean loss every 200 steps. Returns the steps
     made, the loss history and the training wall time (s)."""
-    device, sched, alphas, opt, gen = run.device, run.sched, run.alphas, run.opt, run.gen
+    device, sched, opt, gen = run.device, run.sched, run.opt, run.gen
     params, ema_params = list(run.unet.parameters()), list(run.ema.parameters())
     losses, history, t0, step = [], [], time.time(), 0
     try:
@@ -197,8 +195,7 @@ def _train_loop(run: _Run, steps: int, lr: float, warmup: int, ema_decay: float,
             ctx = run.contexts(ids.numpy(), drop.numpy())
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen, device=device)
-            a = alphas[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            xt = sched.add_noise(x0, noise, t)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.cuda):
                 pred = run.model(xt, t, encoder_hidden_states=ctx.float()).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
