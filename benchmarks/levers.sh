@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue #20: the kernel levers of the KD step on one H100, each against the same engine path without it, in
+# one process (benchmarks/engine_throughput.py --levers): img/s, x baseline, % of the bf16 peak, the loss
+# difference to the candidate (bf16 engine path) and to the baseline, warm-up seconds, and per lever what was
+# applied (fp8 layer counts, the attention kernel per shape, compile counters).
+#
+# Run from the repository root, with diffusers, pydantic and torchao importable (PYTHONPATH), e.g.
+#   bash ../shared/device/prepare.sh   # once, here: the wheels into .whl/
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#       .whl/*.whl && export PYTHONPATH=/tmp/site && bash benchmarks/levers.sh
+# Writes $OUT/levers.json (rewritten after every path: a killed run keeps what it measured), $OUT/levers.log
+# and $OUT/smoke.txt. Ends within about 7 minutes: no path starts after the time budget (BUDGET_S, counted
+# from the benchmark's start) is nearly spent, a running one is stopped at its end or after PATH_TIMEOUT_S and
+# recorded as failed, and `timeout` is the last resort. Levers that do not fit are listed as "not started";
+# run them in a later call with LEVERS=... (same machine: the compile caches in .aria-cache/inductor help).
+set -uo pipefail
+OUT=${OUT:-/tmp/levers-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# fp8 first (the issue's main lever), then the attention kernels (one of cudnn / flash is usually what torch
+# picks already, and is then skipped at once), channels_last, CUDA graphs, and max-autotune last (minutes).
+LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,max_autotune}
+BUDGET_S=${BUDGET_S:-370}
+PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-240}
+date -u
+
+python3 -c "import aria.strategies" 2>/dev/null || \
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || \
+  { echo "aria does not import and does not install (pip install -e .)"; exit 4; }
+
+# smoke check: versions, the fp8 APIs of torchao 0.18, one fp8 Linear forward/backward, what torch does with SDPA
+python3 - <<'EOF' 2>&1 | tee "$OUT/smoke.txt"
+import importlib.metadata as md, inspect
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+for name in ("torchao", "diffusers", "pydantic", "deepspeed"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "MISSING")
+print("device", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
+from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+print("torchao float8 API: convert_to_float8_training, Float8LinearConfig, quantize_, "
+      "Float8DynamicActivationFloat8WeightConfig: ok")
+m = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).cuda()
+convert_to_float8_training(m, config=Float8LinearConfig.from_recipe_name("tensorwise"))
+x = torch.randn(1024, 256, device="cuda", requires_grad=True)
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    y = m(x)
+y.float().pow(2).mean().backward()
+print("fp8 training Linear: out", y.dtype, "finite", bool(torch.isfinite(y).all()), "grad finite",
+      bool(torch.isfinite(m[0].weight.grad).all()), type(m[0]).__name__)
+t = torch.nn.Sequential(torch.nn.Linear(256, 512)).cuda().to(torch.bfloat16)
+ref = t(x.detach().bfloat16())
+quantize_(t, Float8DynamicActivationFloat8WeightConfig(set_inductor_config=False))
+with torch.inference_mode():
+    q = t(x.detach().bfloat16())
+print("fp8 inference Linear: weight", type(t[0].weight).__name__, "rel. error vs bf16",
+      float((q.float() - ref.float()).norm() / ref.float().norm()))
+from torch.nn.attention import sdpa_kernel
+import torch._dynamo.variables.ctx_manager as cm
+print("sdpa priority order", torch._C._get_sdp_priority_order(), "set_priority:",
+      "set_priority" in inspect.signature(sdpa_kernel).parameters,
+      "dynamo bakes sdpa_kernel into graphs:", hasattr(getattr(cm, "SDPAKernelVariable", None), "_backends_to_nodes"))
+EOF
+[ "${PIPESTATUS[0]}" -eq 0 ] || echo "SMOKE CHECK FAILED (the fp8 levers will be recorded as failed; the others run)"
+date -u
+
+timeout -k 15 $((BUDGET_S + 45)) python3 benchmarks/engine_throughput.py --device cuda --batch 64 --students small \
+    --steps 6 --warmup 3 --bf16-reference --pool 10000000 --regions 4096 --levers "$LEVERS" \
+    --time-budget "$BUDGET_S" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" \
+    --out "$OUT/levers.json" > "$OUT/levers.log" 2>&1
+echo "engine_throughput rc $?"
+date -u
+grep -E "^device:|^== |^   [a-z]" "$OUT/levers.log" | cut -c1-400
+echo
+sed -n '/^| student/,$p' "$OUT/levers.log"
+ls -la "$OUT"
