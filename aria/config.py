@@ -251,8 +251,9 @@ class ChecksConfig(Section):
     region_seed_spearman_min: float = Field(0.8, ge=-1, le=1, description="C4: Spearman correlation of rc's "
                                             "per-region probe discrepancy between seeds (mean over pairs)")
     tracker_spearman_min: float = Field(0.5, ge=-1, le=1, description="C5: Spearman correlation of rc's logged "
-                                        "region_discrepancy (last half of training) with its eval's per-region "
-                                        "probe discrepancy (mean over seeds)")
+                                        "region_discrepancy_tnorm (region_discrepancy in logs without it; last "
+                                        "half of training) with its eval's per-region probe discrepancy (mean "
+                                        "over seeds)")
     oracle_unseen_cond_ratio_max: float = Field(0.85, ge=0, description="C5: unseen cond_discrepancy oracle/rc "
                                                 "(mean of per-seed ratios)")
 

@@ -22,6 +22,7 @@ from aria.errors import UserError
 from aria.experiment.compare import run_paths
 from aria.experiment.report import fmt, table
 from aria.files import write_json
+from aria.training.metrics import read_log
 
 FORMAT = "aria-checks/1"
 
@@ -66,21 +67,6 @@ def read_json(path: Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def read_log(path: Path) -> list[dict] | None:
-    """The records of a metrics.jsonl (a torn last line skipped), or None if it is not there."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        return None
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return [r for r in records if isinstance(r, dict)]
 
 
 def per_seed(f: Folder, strategy: str, group: str, metric: str) -> dict[int, float]:

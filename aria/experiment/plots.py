@@ -15,27 +15,14 @@ at setup (``aria.training.metrics.data_record``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from aria.experiment.report import REGIME_COLORS, _plt, _save
+from aria.training.metrics import read_log
 
 PLOTS_DIR = "plots"
-
-
-def read_records(path: Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl; a line that does not parse (a run killed mid-write) is skipped."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
 
 
 def _matrix(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -67,10 +54,10 @@ def run_plots(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """Write the plots of the run in ``run_dir`` (into ``run_dir/plots`` unless ``out_dir``); returns
     {what: path} of those written (none when the run logged no step)."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    records = read_log(run_dir / "metrics.jsonl")
+    if records is None:
         return {}
-    h = history(read_records(path))
+    h = history(records)
     folder = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     plots = {}
     if h["steps"]:
@@ -88,8 +75,7 @@ def run_plots(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
 def example_prompts(run_dir: Path) -> list[str]:
     """Prompts to sample a run's student with, from its data line: a seen one (else a paired caption)
     and an unseen one where the data has regimes."""
-    path = Path(run_dir) / "metrics.jsonl"
-    data = history(read_records(path))["data"] if path.is_file() else None
+    data = history(read_log(Path(run_dir) / "metrics.jsonl") or [])["data"]
     examples = (data or {}).get("examples") or {}
     first = examples.get("seen") or examples.get("paired")
     return [p for p in (first, examples.get("unseen")) if isinstance(p, str) and p]

@@ -8,8 +8,10 @@
 - every ``logging.every`` steps, also ``grad_norm`` (read only then: it waits for the step),
   ``probabilities`` (the allocation over regions, or null
   when nothing was switched), ``estimates`` (the strategy's per-region ``estimate`` state when it
-  has one) and ``region_discrepancy`` (mean observed discrepancy per region since the last such
-  line, null where unobserved), and ``feat_blocks`` (raw per-block feature MSE);
+  has one), ``region_discrepancy`` (mean observed discrepancy per region since the last such
+  line, null where unobserved) and ``region_discrepancy_tnorm`` (the same with each observation
+  divided by its timestep bin's mean: ``RegionWindow.take``), and ``feat_blocks`` (raw per-block
+  feature MSE);
 - a line with ``"event": "data"`` written at setup (``data_record``): region sizes, each region's
   share of every group (regime, concept family) and example prompts, which the end-of-run plots read;
 - a final line with ``"event": "end"`` and the per-regime probe table.
@@ -194,6 +196,24 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_log(path: Path) -> list[dict] | None:
+    """The records of a metrics.jsonl that may still be written or was killed mid-line (unparsable
+    lines skipped), or None if it cannot be read."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def setup_line(text: str) -> None:
