@@ -115,6 +115,16 @@ class StudentConfig(Section):
     variant: Literal["base", "small", "tiny", "channels"] = Field("small", description="BK-SDM variant")
     channel_scale: float = Field(0.5, gt=0, le=1, description="width factor of the 'channels' variant")
     init_from_teacher: bool = Field(True, description="copy teacher weights where shapes match")
+    init_path: Optional[Path] = Field(
+        None, description="UNet folder (an exported student: config.json + safetensors) whose weights start the "
+        "student instead of the teacher's; every tensor must match the variant's shapes (init_from_teacher: false)")
+
+    @model_validator(mode="after")
+    def _one_initialisation(self):
+        if self.init_path is not None and self.init_from_teacher:
+            raise ValueError("student.init_path and student.init_from_teacher both initialise the student: "
+                             "set init_from_teacher: false")
+        return self
 
 
 class DistillConfig(Section):

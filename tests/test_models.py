@@ -166,6 +166,27 @@ def test_transfer_reports_shape_mismatches_for_channels(teacher):
     assert all(torch.equal(after[key], before[key]) for key, _ in report.skipped)
 
 
+def test_init_path_starts_the_student_from_an_exported_one(teacher, tmp_path):
+    torch.manual_seed(1)
+    first, _ = student_of(teacher, "channels", init=False)
+    first.save_pretrained(tmp_path / "first")
+    torch.manual_seed(2)  # a different random init, which the loaded weights must replace entirely
+    config = StudentConfig(variant="channels", init_from_teacher=False, init_path=tmp_path / "first")
+    second, report = build_student(teacher, config)
+    expected = first.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in second.state_dict().items())
+    assert report.copied_elements == parameter_count(second) and str(tmp_path / "first") in report.summary()
+    with pytest.raises(UserError, match=r"student.init_path .* does not fit student.variant: .* of shape"):
+        build_student(teacher, config.model_copy(update={"channel_scale": 0.25}))
+    with pytest.raises(UserError, match=r"student.init_path .* is not a readable diffusers UNet folder"):
+        build_student(teacher, config.model_copy(update={"init_path": tmp_path}))
+
+
+def test_init_path_excludes_the_teacher_copy():
+    with pytest.raises(ValueError, match="init_path and student.init_from_teacher both"):
+        StudentConfig(variant="channels", init_path="somewhere")
+
+
 # ---------------------------------------------------------------------------- feature pairs and hooks
 @pytest.mark.parametrize("variant", ["base", "small", "tiny"])
 def test_feature_pairs_match_on_a_forward_pass(teacher, variant):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -84,14 +85,45 @@ def student_unet_config(teacher_config: Mapping, variant: str, channel_scale: fl
 
 
 def build_student(teacher_unet: nn.Module, student_config) -> tuple[nn.Module, "TransferReport | None"]:
-    """Build the student of ``student_config`` (StudentConfig) and copy teacher weights if asked."""
+    """Build the student of ``student_config`` (StudentConfig); copy teacher weights if asked, or load
+    ``init_path``'s (``load_student_weights``)."""
     from diffusers import UNet2DConditionModel
 
     teacher_unet = unwrap_module(teacher_unet)
     cfg = student_unet_config(teacher_unet.config, student_config.variant, student_config.channel_scale)
     student = UNet2DConditionModel.from_config(cfg)
-    report = transfer_weights(teacher_unet, student) if student_config.init_from_teacher else None
+    report = None
+    if student_config.init_from_teacher:
+        report = transfer_weights(teacher_unet, student)
+    elif student_config.init_path is not None:
+        report = load_student_weights(student, Path(student_config.init_path).expanduser())
     return student, report
+
+
+@torch.no_grad()
+def load_student_weights(student: nn.Module, folder: Path) -> "TransferReport":
+    """Start ``student`` from the weights of the UNet folder ``folder`` (e.g. an exported student):
+    every tensor, each of the student's shape, or a UserError naming the first that differs."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        source = UNet2DConditionModel.from_pretrained(folder, local_files_only=True).state_dict()
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"student.init_path {folder} is not a readable diffusers UNet folder: "
+                        f"{str(err).splitlines()[0]}") from None
+    target = student.state_dict()
+    for key, tensor in target.items():
+        if key not in source or source[key].shape != tensor.shape:
+            found = "missing" if key not in source else f"of shape {tuple(source[key].shape)}"
+            raise UserError(f"student.init_path {folder} does not fit student.variant: {key} is {found}, the "
+                            f"student needs {tuple(tensor.shape)}")
+    extra = sorted(set(source) - set(target))
+    if extra:
+        raise UserError(f"student.init_path {folder} has tensors the student lacks ({extra[0]}, ...): "
+                        f"another student.variant or channel_scale?")
+    student.load_state_dict({k: source[k].to(target[k].dtype) for k in target})
+    return TransferReport(copied=[(k, k) for k in target], copied_elements=sum(t.numel() for t in target.values()),
+                          origin=str(folder))
 
 
 @dataclass
@@ -101,9 +133,10 @@ class TransferReport:
     copied: list[tuple[str, str]] = field(default_factory=list)  # (student key, teacher key)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (student key, reason)
     copied_elements: int = 0
+    origin: str = "the teacher"
 
     def summary(self) -> str:
-        return (f"copied {len(self.copied)} tensors ({self.copied_elements:,} values) from the teacher, "
+        return (f"copied {len(self.copied)} tensors ({self.copied_elements:,} values) from {self.origin}, "
                 f"skipped {len(self.skipped)}")
 
 

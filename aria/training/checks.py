@@ -52,6 +52,8 @@ def check_paths(config, data: bool = True, teacher: bool = True) -> None:
         entries.append(("encoder.path", e.path, "folder"))
     if teacher and config.teacher.path is not None:
         entries.append(("teacher.path", config.teacher.path, "folder"))
+    if config.student.init_path is not None:
+        entries.append(("student.init_path", config.student.init_path, "folder"))
     for field, path, kind in entries:
         path = Path(path).expanduser()
         problem = _path_problem(path, kind)
