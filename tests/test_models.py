@@ -187,6 +187,19 @@ def test_init_path_excludes_the_teacher_copy():
         StudentConfig(variant="channels", init_path="somewhere")
 
 
+def test_the_shipped_stage1_student_starts_the_concepts_main_arm():
+    """aria/world/assets/concepts-student-split0 fits the student that configs/concepts-gpu.yaml builds from the
+    concepts teacher, and its record says what it is: no switching, split 0."""
+    assets = Path(__file__).resolve().parents[1] / "aria" / "world" / "assets"
+    teacher = load_teacher(TeacherConfig(path=assets / "concepts-teacher")).unet
+    config = StudentConfig(variant="channels", channel_scale=0.5, init_from_teacher=False,
+                           init_path=assets / "concepts-student-split0")
+    student, report = build_student(teacher, config)
+    assert report.copied_elements == parameter_count(student) == 2_428_355
+    record = json.loads((assets / "concepts-student-split0" / "aria.json").read_text())
+    assert (record["strategy"], record["config"]["data"]["concepts"]["seed"]) == ("none", 0)
+
+
 # ---------------------------------------------------------------------------- feature pairs and hooks
 @pytest.mark.parametrize("variant", ["base", "small", "tiny"])
 def test_feature_pairs_match_on_a_forward_pass(teacher, variant):
