@@ -214,6 +214,7 @@ def test_config_digest_keeps_the_experiment_runs_valid():
     # fields added after the runs count only away from the default that reproduces them
     assert digest("distillation.lr_schedule=constant", "backend.sdpa_backend=auto", "backend.fp8=none") == digest()
     assert digest("distillation.lr_schedule=cosine") != digest() != digest("backend.sdpa_backend=math")
+    assert digest("student.init_from_teacher=false", "student.init_path=stage1") != digest("student.init_from_teacher=false")
     assert set(compare.ADDED_LATER) <= {(s, k) for s, fields in load_config(config, sets).model_dump().items()
                                         if isinstance(fields, dict) for k in fields}
 

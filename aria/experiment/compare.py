@@ -113,6 +113,7 @@ ADDED_LATER = {
     ("backend", "channels_last"): False,
     ("backend", "compile_mode"): "default",
     ("backend", "sdpa_backend"): "auto",
+    ("student", "init_path"): None,
 }
 
 
