@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# World v2 on the lent GPU machine, one call at a time (docs/RESULTS.md, "World v2"). A call lasts at
+# most 10 minutes, the machine keeps nothing between calls and returns at most 8 files, so each call
+# trains, evaluates and packs what it made.
+#
+# Here, once:
+#   bash ../shared/device/prepare.sh && rm -f .whl/deepspeed* .whl/torchao*
+#   python tools/world_encoder.py --shrink ../shared/device/all-MiniLM-L6-v2-fp16 .encoder-world
+# What travels must stay under 64 MiB. With .whl (9 MB) and .encoder-world (23 MB) carried, the tracked
+# files (38 MB) are too many: move world v1's teacher out for the call and back after it.
+#   mv aria/world/assets/teacher /tmp/world1-teacher    # ... the call ...    mv /tmp/world1-teacher aria/world/assets/teacher
+# Then a call with carry [".whl", ".encoder-world"] runs one of:
+#   bash tools/world2_call.sh stage1 SPLIT
+#       the stage-1 student of split SPLIT (0 or 1): 2,000 x 512 samples of `none` from random init,
+#       stored in fp16 with its record and evaluation (about 7 minutes on an H100). Unpack
+#       $OUT/stage1-splitSPLIT.tgz into aria/world/assets/.
+#   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT]
+#       `aria compare` of those runs of configs/concepts-gpu.yaml, all at once on the GPU, stopped in
+#       time to pack. At most 6 runs a call; six compiled runs take about 5 minutes. $OUT/runs.tgz holds
+#       the compare folder without checkpoints. $OUT/students.tgz.part-* hold every exported student in
+#       fp16, so that an evaluation the limit cut can be finished here with
+#       `aria eval --student RUN --config configs/concepts-gpu.yaml --reference DIR/reference`.
+#       Unpack a call's runs.tgz into docs/results/<name>/ and gather with
+#       `aria compare --summary-only --out docs/results/<name> ...`.
+set -uo pipefail
+OUT=${OUT:-/tmp/world2-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site || { echo "the wheels in .whl do not install"; exit 3; }
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || { echo "aria does not install"; exit 4; }
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+python3 tools/world_encoder.py --restore .encoder-world /tmp/enc || exit 5
+nvidia-smi --query-gpu=name --format=csv,noheader; date -u +%T
+
+# fp16 copy of the UNet folder $1 into $2, with its aria.json (the run's record)
+halve() {
+  python3 - "$1" "$2" <<'EOF'
+import shutil, sys
+import torch
+from diffusers import UNet2DConditionModel
+src, dst = sys.argv[1], sys.argv[2]
+UNet2DConditionModel.from_pretrained(src).to(torch.float16).save_pretrained(dst, safe_serialization=True)
+shutil.copy(f"{src}/aria.json", f"{dst}/aria.json")
+EOF
+}
+
+case "${1:-}" in
+  stage1)
+    split=${2:?stage1 SPLIT}
+    name=concepts-student-split$split
+    timeout $((470 - SECONDS)) python3 -m aria.cli run --config configs/concepts-gpu.yaml --strategy none \
+      --set encoder.path=/tmp/enc --set data.concepts.seed="$split" --set student.init_path=null \
+      --set distillation.steps=2000 --set distillation.lr=1e-3 --set distillation.lr_final=0.05 \
+      --set output_dir=/tmp/stage1 --set logging.checkpoint_every=100000 > "$OUT/stage1.log" 2>&1
+    echo "run rc $? $(date -u +%T)"; tail -25 "$OUT/stage1.log"
+    halve /tmp/stage1/student "/tmp/$name" || exit 6
+    timeout $((570 - SECONDS)) python3 -m aria.cli eval --student /tmp/stage1 --config configs/concepts-gpu.yaml \
+      --set encoder.path=/tmp/enc --set data.concepts.seed="$split" --set student.init_path=null \
+      --set eval.probe_images=256 --set eval.sample_prompts=256 --out /tmp/stage1-eval > "$OUT/eval.log" 2>&1
+    echo "eval rc $? $(date -u +%T)"; tail -20 "$OUT/eval.log"
+    cp /tmp/stage1-eval/eval.json "/tmp/$name/evaluation.json" 2>/dev/null
+    cp /tmp/stage1/metrics.jsonl "$OUT/stage1-metrics.jsonl"
+    tar czf "$OUT/stage1-split$split.tgz" -C /tmp "$name"
+    ;;
+  runs)
+    strategies=${2:?runs STRATEGIES SEEDS [SPLIT]}; seeds=${3:?runs STRATEGIES SEEDS [SPLIT]}; split=${4:-0}
+    n=$(( $(tr ',' '\n' <<<"$strategies" | grep -c .) * $(python3 -c "import sys; from aria.cli.experiment import parse_seeds; print(len(parse_seeds(sys.argv[1])))" "$seeds") ))
+    extra=()
+    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split" --set student.init_path=aria/world/assets/concepts-student-split$split)
+    timeout $((540 - SECONDS)) python3 -m aria.cli compare --config configs/concepts-gpu.yaml --strategies "$strategies" \
+      --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
+    echo "compare rc $? $(date -u +%T)"; tail -5 "$OUT/compare.log"
+    python3 -m aria.cli checks --compare /tmp/runs --config configs/concepts-gpu.yaml 2>&1 | tail -15
+    mkdir -p /tmp/students
+    for run in /tmp/runs/runs/*/seed*; do
+      [ -d "$run/student" ] && halve "$run/student" "/tmp/students/$(basename "$(dirname "$run")")-$(basename "$run")"
+    done
+    tar czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=student --exclude='*.safetensors' --exclude=tensorboard -C /tmp runs
+    tar czf /tmp/students.tgz -C /tmp students && split -b 15m /tmp/students.tgz "$OUT/students.tgz.part-"
+    ;;
+  *)
+    echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT]"; exit 2 ;;
+esac
+ls -la "$OUT"; date -u +%T
