@@ -18,8 +18,9 @@
 #       `aria compare` of those runs of configs/concepts-gpu.yaml, all at once on the GPU, stopped in
 #       time to pack. At most 6 runs a call; six compiled runs take about 5 minutes. $OUT/runs.tgz holds
 #       the compare folder without checkpoints. $OUT/students.tgz.part-* hold every exported student in
-#       fp16, so that an evaluation the limit cut can be finished here with
-#       `aria eval --student RUN --config configs/concepts-gpu.yaml --reference DIR/reference`.
+#       fp16, so that an evaluation the limit cut can be finished in the next call or here, with
+#       `aria eval --student RUN --config configs/concepts-gpu.yaml` (tens of minutes a run on 2 CPU
+#       cores: the teacher's reference samples are redrawn).
 #       Unpack a call's runs.tgz into docs/results/<name>/ and gather with
 #       `aria compare --summary-only --out docs/results/<name> ...`.
 set -uo pipefail
