@@ -2,7 +2,9 @@
 
 The ``none`` runs' evaluations were cut by the call's time limit, so ``aria checks`` finds no ``none``
 runs; every run still measured its student on the same 256 probes when it ended (the evaluation's probe
-set: rc seed 0's closing probe and its ``aria eval`` agree within 0.2%). Thresholds: configs/concepts-gpu.yaml.
+set). On the runs that have both, the closing probe reads 0.2-0.8% higher in D_c and 0.3-1.3% higher in
+probe discrepancy. Both sides of every ratio here come from it, so that offset cancels.
+Thresholds: configs/concepts-gpu.yaml.
 Run from the repository root: python docs/results/concepts-pilot3/closing_probe.py
 """
 
