@@ -6,7 +6,7 @@ import pytest
 
 from aria.cli.main import main
 from aria.config import ChecksConfig
-from aria.experiment import checks
+from aria.experiment import checks, report
 from aria.files import write_json
 
 SEEDS = (0, 1, 2)
@@ -108,7 +108,7 @@ FAILS = {  # row -> how a folder is built to fail it (and only it)
 
 def test_a_comparison_meeting_every_threshold_passes(tmp_path):
     result = checks.compute_checks(build(tmp_path), ChecksConfig())
-    assert result["format"] == "aria-checks/1" and result["all_pass"], checks.checks_table(result)
+    assert result["format"] == "aria-checks/1" and result["all_pass"], report.world_checks_table(result)
     assert set(statuses(result)) == set(FAILS) and len(result["checks"]) == 11
     by_name = {f"{r['check']} {r['name']}": r for r in result["checks"]}
     assert by_name["C3 unseen cond_discrepancy rc/none"]["value"] == pytest.approx(0.5)
@@ -120,7 +120,7 @@ def test_a_comparison_meeting_every_threshold_passes(tmp_path):
 @pytest.mark.parametrize("name", list(FAILS))
 def test_each_check_fails_alone(tmp_path, name):
     result = checks.compute_checks(build(tmp_path, **FAILS[name]), ChecksConfig())
-    assert failing(result) == {name}, checks.checks_table(result)
+    assert failing(result) == {name}, report.world_checks_table(result)
     assert statuses(result)[name] == "fail" and not result["all_pass"]
 
 
@@ -135,7 +135,7 @@ def test_missing_strategies_and_files_are_missing_rows(tmp_path):
     result = checks.compute_checks(build(tmp_path / "c", evals=False), ChecksConfig())  # no eval.json
     assert failing(result) == {n for n in FAILS if n.startswith("C4") or "tracker" in n}
     assert {r["status"] for r in result["checks"] if r["check"] == "C4"} == {"missing"}
-    assert "missing" in checks.checks_table(result)
+    assert "missing" in report.world_checks_table(result)
 
 
 def test_the_thresholds_decide(tmp_path):

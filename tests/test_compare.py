@@ -257,3 +257,41 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
     doc.write_text(doc.read_text().replace("| 0.7 [0.7, 0.7] |", "| 0.6 [0.6, 0.6] |"))
     with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
         compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])
+
+
+def test_results_doc_puts_the_pre_registered_checks_first_and_the_oracle_headroom_with_shares(tmp_path):
+    regimes = ("seen", "under", "unseen")
+    res = results_with_runs({"rc": dict.fromkeys(regimes, 2.0), "oracle": {"seen": 2.1, "under": 1.8, "unseen": 1.6},
+                             "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.8}, "none": dict.fromkeys(regimes, 2.2)},
+                            [0, 1, 2], "aria compare --seeds 3")
+    ratios = res["ratios"]
+    lines = "\n".join(report.headroom_section(res)).splitlines()
+    unseen = next(line for line in lines if line.startswith("| unseen |"))
+    headroom = 1 - ratios["oracle"]["unseen"]["discrepancy"]["mean"]  # ~0.2
+    share = (1 - ratios["aria"]["unseen"]["discrepancy"]["mean"]) / headroom  # ~0.5
+    assert headroom == pytest.approx(0.2, abs=0.01) and share == pytest.approx(0.5, abs=0.03)
+    assert f"| {report.fmt(headroom)} |" in unseen and f"| {report.fmt(share)} |" in unseen
+    assert "| n/a |" in next(line for line in lines if line.startswith("| seen |"))  # the oracle gains nothing there
+    none_share = (1 - ratios["none"]["unseen"]["discrepancy"]["mean"]) / headroom
+    assert none_share < 0 and f"| {report.fmt(none_share)} |" in unseen
+    assert report.headroom_section({**res, "ratios": {"aria": ratios["aria"]}}) == []  # no oracle, no section
+
+    path = tmp_path / "res" / "results.json"
+    write_json(path, res)
+    checks = {"format": "aria-checks/1", "all_pass": False, "checks": [
+        {"check": "C2", "name": "none unseen/seen discrepancy", "value": 5.25, "op": ">=", "threshold": 3.0, "n": 2,
+         "status": "pass", "detail": ""},
+        {"check": "C5", "name": "unseen discrepancy oracle/rc", "value": 0.8585, "op": "<=", "threshold": 0.85, "n": 1,
+         "status": "fail", "detail": "one seed"}]}
+    write_json(path.parent / "checks.json", checks)
+    doc = tmp_path / "RESULTS.md"
+    text = compare.results_doc(path, doc)
+    assert text.index("Pre-registered checks") < text.index("## The bar") < text.index("The oracle's headroom")
+    assert "| C5 unseen discrepancy oracle/rc | 0.8585 | <= 0.85 | 1 | fail (one seed) |" in text
+    compare.results_doc(path, doc, check=True)
+    doc.write_text(text.replace("| 0.8585 |", "| 0.8 |"))
+    with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
+        compare.results_doc(path, doc, check=True)
+    (path.parent / "checks.json").write_text("{not json")
+    with pytest.raises(UserError, match="checks.json: not valid JSON"):
+        compare.results_doc(path, doc)

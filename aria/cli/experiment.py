@@ -165,7 +165,7 @@ def sample_command(model, prompts, teacher, no_teacher, out, steps, seed, guidan
 def checks_command(compare_dir, config_path):
     """Pre-registered checks of a comparison: print the table, write checks.json; exit 1 unless all pass."""
     from aria.config import load_config
-    from aria.experiment import checks
+    from aria.experiment import checks, report
 
     folder = checks.read_compare(compare_dir)
     sets = []
@@ -180,7 +180,7 @@ def checks_command(compare_dir, config_path):
     result = checks.compute_checks(compare_dir, config.experiment.checks)
     result["config"] = {"path": str(config_path), "sets": sets}
     path = checks.write_checks(result, compare_dir)
-    click.echo(checks.checks_table(result))
+    click.echo(report.world_checks_table(result))
     passed = sum(r["status"] == "pass" for r in result["checks"])
     click.echo(f"{passed} of {len(result['checks'])} checks pass; wrote {path}")
     sys.exit(0 if result["all_pass"] else 1)

@@ -20,7 +20,6 @@ import numpy as np
 
 from aria.errors import UserError
 from aria.experiment.compare import run_paths
-from aria.experiment.report import fmt, table
 from aria.files import write_json
 from aria.training.metrics import read_log
 
@@ -263,14 +262,6 @@ def write_checks(result: dict, out_dir: Path) -> Path:
     path = Path(out_dir) / "checks.json"
     write_json(path, result)
     return path
-
-
-def checks_table(result: dict) -> str:
-    """Markdown: check, value, threshold, runs, pass."""
-    rows = [[f"{r['check']} {r['name']}", fmt(r["value"]), f"{r['op']} {fmt(r['threshold'])}", str(r["n"]),
-             r["status"] + (f" ({r['detail']})" if r["detail"] and r["status"] != "pass" else "")]
-            for r in result["checks"]]
-    return table(["check", "value", "threshold", "n", "pass"], rows)
 
 
 def recorded_config(f: Folder) -> tuple[Path, list[str]] | None:

@@ -431,17 +431,32 @@ def read_results(path: Path) -> dict:
     return data
 
 
+def read_world_checks(results_path: Path) -> dict | None:
+    """The pre-registered checks ``aria checks`` wrote beside ``results_path`` (checks.json), or None."""
+    path = Path(results_path).parent / "checks.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); rerun aria checks") from None
+    if not isinstance(data, dict) or data.get("format") != "aria-checks/1":
+        raise UserError(f"{path}: not an aria checks result; rerun aria checks")
+    return data
+
+
 def results_doc(results_path: Path | list[Path], out: Path, check: bool = False, ablation_paths=()) -> str:
     """Write (or, with ``check``, verify) the results document generated from ``results_path`` (one
     results JSON, or several: the headline first) and the ablations' results JSONs."""
     paths = list(results_path) if isinstance(results_path, (list, tuple)) else [results_path]
     results = [read_results(p) for p in paths]
+    world_checks = [read_world_checks(p) for p in paths]
     ablations = [read_results(p) for p in ablation_paths]
     existing = Path(out).read_text() if Path(out).is_file() else None
     if len(paths) == 1 and not ablations:
-        text = report.results_document(results[0], paths[0], out, existing)
+        text = report.results_document(results[0], paths[0], out, existing, world_checks=world_checks)
     else:
-        text = report.results_document(results, paths, out, existing, ablations, list(ablation_paths))
+        text = report.results_document(results, paths, out, existing, ablations, list(ablation_paths), world_checks)
     if check:
         if existing is None:
             raise report.DocCheckError(f"--out {out} does not exist (nothing to check)")
