@@ -22,7 +22,7 @@ from .base import (
 )
 from .registry import create_strategy, get_strategy, list_strategies, register_strategy
 
-from . import none, rc, uniform, bandits, aria, oracle  # noqa: E402,F401  (register built-ins)
+from . import none, rc, uniform, invfreq, bandits, aria, oracle  # noqa: E402,F401  (register built-ins)
 
 __all__ = [
     "Allocation", "AllocationStrategy", "Feedback", "RegionInfo", "State", "StrategyConfig", "check_allocation",

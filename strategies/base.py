@@ -57,9 +57,11 @@ class StrategyConfig(StrictModel):
 
 @dataclass(frozen=True)
 class RegionInfo:
-    """The regions of a prompt pool: how many prompts each holds (``sizes[k]``; may be 0)."""
+    """The regions of a prompt pool: how many prompts each holds (``sizes[k]``; may be 0) and, where
+    known, how many paired images have their caption in each (``paired[k]``; None: not known)."""
 
     sizes: np.ndarray
+    paired: np.ndarray | None = None
 
     def __post_init__(self):
         sizes = np.asarray(self.sizes, dtype=np.int64).reshape(-1)
@@ -70,6 +72,11 @@ class RegionInfo:
         if sizes.sum() == 0:
             raise ValueError("every region is empty")
         object.__setattr__(self, "sizes", sizes)
+        if self.paired is not None:
+            paired = np.asarray(self.paired, dtype=np.int64).reshape(-1)
+            if paired.shape != sizes.shape or (paired < 0).any():
+                raise ValueError(f"paired counts must be {sizes.size} non-negative integers, one per region")
+            object.__setattr__(self, "paired", paired)
 
     @property
     def num_regions(self) -> int:

@@ -40,6 +40,10 @@ def check_csr(b):
         members = b.region_members[b.region_offsets[k]:b.region_offsets[k + 1]]
         assert (b.region_of_prompt[members] == k).all()
     assert np.array_equal(b.region_info.sizes, np.diff(b.region_offsets))
+    paired = np.zeros(len(b.region_offsets) - 1, dtype=np.int64)  # each paired image counted in its caption's region
+    for prompt in b.paired_prompt_ids:
+        paired[b.region_of_prompt[prompt]] += 1
+    assert np.array_equal(b.region_info.paired, paired)
 
 
 def test_world_bundle_is_consistent(bundle):

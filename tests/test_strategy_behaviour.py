@@ -55,11 +55,27 @@ def test_adaptive_strategies_favour_the_hard_region(name, late):
     assert (np.delete(p[200:], HOT, axis=1).mean(0) < 1.0 / K).all()
 
 
-@pytest.mark.parametrize("name", ["rc", "uniform"])
+@pytest.mark.parametrize("name", ["rc", "uniform", "invfreq"])
 def test_static_strategies_ignore_the_discrepancy(name):
     p = simulate(name, hot_levels(300))
     assert p[200:, HOT].mean() < 1.5 / K
     assert (p[200:] == p[200]).all()  # no feedback reaches the allocation
+
+
+@pytest.mark.parametrize("frequency", ["paired", "pool"])
+def test_invfreq_is_the_floored_inverse_frequency(frequency):
+    sizes, paired = np.array([40, 0, 10, 25, 5]), np.array([30, 0, 0, 4, 1])
+    strategy = create_strategy("invfreq", {"frequency": frequency, "power": 1.5, "pseudo_count": 2.0, "eps": 0.1})
+    p = strategy.probabilities(strategy.init(RegionInfo(sizes, paired), seed=0))
+    counts = paired if frequency == "paired" else sizes
+    active = sizes > 0
+    weights = [(c + 2.0) ** -1.5 if a else 0.0 for c, a in zip(counts, active)]  # written out: the docstring's rule
+    expected = [0.9 * w / sum(weights) + (0.1 / active.sum() if a else 0.0) for w, a in zip(weights, active)]
+    assert p == pytest.approx(expected, rel=1e-12)
+    unknown = create_strategy("invfreq").init(RegionInfo(sizes), seed=0)  # no paired counts: region-uniform
+    assert create_strategy("invfreq").probabilities(unknown) == pytest.approx(np.where(active, 1 / active.sum(), 0))
+    with pytest.raises(ValueError, match="paired counts must be 5 non-negative integers"):
+        RegionInfo(sizes, paired[:4])
 
 
 def test_aria_forgets_within_c_over_alpha_steps():
