@@ -422,13 +422,7 @@ def read_results(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--results {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"--results {path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict) or data.get("format") != "aria-compare/1":
-        raise UserError(f"--results {path}: not an aria compare results.json")
-    return data
+    return _read_format(path, "aria-compare/1", f"--results {path}", "an aria compare results.json")
 
 
 def read_world_checks(results_path: Path) -> dict | None:
@@ -436,12 +430,17 @@ def read_world_checks(results_path: Path) -> dict | None:
     path = Path(results_path).parent / "checks.json"
     if not path.is_file():
         return None
+    return _read_format(path, "aria-checks/1", str(path), "an aria checks result", "; rerun aria checks")
+
+
+def _read_format(path: Path, fmt: str, label: str, what: str, hint: str = "") -> dict:
+    """The JSON object in ``path`` whose "format" is ``fmt``, or a one-line UserError."""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err}); rerun aria checks") from None
-    if not isinstance(data, dict) or data.get("format") != "aria-checks/1":
-        raise UserError(f"{path}: not an aria checks result; rerun aria checks")
+        raise UserError(f"{label}: not valid JSON ({err}){hint}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"{label}: not {what}{hint}")
     return data
 
 
