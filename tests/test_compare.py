@@ -151,7 +151,7 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         assert (run / "student" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "eval" / "eval.json").is_file() and (run / "eval" / "region_discrepancy.png").is_file()
     assert results["strategies"] == ["rc", "aria"] and results["seeds"] == [0] and results["steps"] == 3
-    assert [c["name"] for c in results["checks"]] == [b[0] for b in compare.BARS]
+    assert [c["name"] for c in results["checks"]] == [b[0] for b in compare.BARS if b[3] != "headroom"]  # no oracle
     assert results["card"] and results["date"] and results["wall_time_s"] > 0
     assert "--strategies rc,aria" in results["command"]
     table = (out / "results.md").read_text()
@@ -295,3 +295,19 @@ def test_results_doc_puts_the_pre_registered_checks_first_and_the_oracle_headroo
     (path.parent / "checks.json").write_text("{not json")
     with pytest.raises(UserError, match="checks.json: not valid JSON"):
         compare.results_doc(path, doc)
+
+
+def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
+    seeds = [0, 1, 2]
+    gap = {"seen": 0.0, "under": 0.1, "unseen": 0.2}
+    disc = {"rc": 2.0, "oracle": 1.6, "aria": 1.75}  # aria takes 62.5% of the oracle's 0.4 on unseen
+    evals = {s: {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": d + 0.001 * seed * (s == "aria")}, gap, seed)
+                 for seed in seeds} for s, d in disc.items()}
+    rows = {c["name"]: c for c in compare.summarise(evals, list(disc), seeds)["checks"]}
+    half = rows["unseen discrepancy: aria - (rc - 0.5 (rc - oracle))"]
+    per_seed = [(1.75 + 0.001 * s + 0.01 * s) - ((2.0 + 0.01 * s) - 0.5 * 0.4) for s in seeds]  # fake_eval adds 0.01 s
+    assert half["mean"] == pytest.approx(np.mean(per_seed)) and half["pass"] and half["ci_clear"]
+    evals["aria"] = {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 1.9}, gap, seed) for seed in seeds}
+    assert not {c["name"]: c for c in compare.summarise(evals, list(disc), seeds)["checks"]}[half["name"]]["pass"]
+    del evals["oracle"]
+    assert half["name"] not in {c["name"] for c in compare.summarise(evals, ["rc", "aria"], seeds)["checks"]}
