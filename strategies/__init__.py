@@ -11,7 +11,6 @@ from .base import (
     RegionInfo,
     State,
     StrategyConfig,
-    check_allocation,
     mix_floor,
     softmax_floor,
     state_from_arrays,
@@ -20,6 +19,7 @@ from .base import (
     state_to_arrays,
     state_to_json,
 )
+from .contract import check_allocation
 from .registry import create_strategy, get_strategy, list_strategies, register_strategy
 
 from . import none, rc, uniform, invfreq, bandits, aria, oracle  # noqa: E402,F401  (register built-ins)

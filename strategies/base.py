@@ -19,7 +19,7 @@ switched conditions are drawn. It never touches models or tensors:
   the update; ``update`` drops non-finite, negative or absurdly large entries (and counts them in
   ``state["dropped"]``) before any strategy sees them. Feedback may arrive one step late: the
   allocation at step s depends only on the state and s.
-- the engine checks every allocation it receives (``check_allocation``: n regions in range,
+- the engine checks every allocation it receives (``check_allocation`` in ``contract.py``: n regions in range,
   probabilities finite, non-negative and summing to 1, weights finite) and stops a strategy that
   breaks this contract at the step it does.
 """
@@ -43,9 +43,6 @@ from .state import State, state_from_arrays, state_from_json, state_hash, state_
 # strategies add, scale and multiply a few feedback values without ever overflowing.
 FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
 
-
-# an allocation's probabilities sum to 1 within this (float64 sums of K terms are off by ~K ulp)
-SUM_TOLERANCE = 1e-6
 
 
 class StrategyConfig(StrictModel):
@@ -137,39 +134,6 @@ class Allocation:
     regions: np.ndarray
     probabilities: np.ndarray
     weights: np.ndarray | None = None
-
-
-def check_allocation(allocation, num_regions: int, n: int, active: np.ndarray | None = None) -> None:
-    """Raise ``ValueError`` naming the first way ``allocation`` breaks the contract of ``allocate``:
-    an ``Allocation`` of ``n`` integer regions in ``[0, num_regions)`` (active ones only, when
-    ``active`` is given), ``num_regions`` finite non-negative probabilities summing to 1 (within
-    ``SUM_TOLERANCE``), and no weights or ``n`` finite non-negative ones."""
-    if not isinstance(allocation, Allocation):
-        raise ValueError(f"allocate returned {type(allocation).__name__}, not an Allocation")
-    p = np.asarray(allocation.probabilities)
-    if p.shape != (num_regions,) or not np.issubdtype(p.dtype, np.number) or np.iscomplexobj(p):
-        raise ValueError(f"probabilities have shape {p.shape} and dtype {p.dtype}, expected ({num_regions},) numbers")
-    p = p.astype(np.float64)
-    if not np.isfinite(p).all():
-        raise ValueError(f"probabilities are not finite ({np.count_nonzero(~np.isfinite(p))} of {p.size} are nan or inf)")
-    if (p < 0).any():
-        raise ValueError(f"probabilities are negative (min {p.min():.3g})")
-    if abs(p.sum() - 1.0) > SUM_TOLERANCE:
-        raise ValueError(f"probabilities sum to {p.sum():.6g}, not 1")
-    r = np.asarray(allocation.regions)
-    if r.shape != (n,) or not np.issubdtype(r.dtype, np.integer):
-        raise ValueError(f"regions have shape {r.shape} and dtype {r.dtype}, expected ({n},) integers")
-    if n and (r.min() < 0 or r.max() >= num_regions):
-        raise ValueError(f"regions out of range: {int(r.min())}..{int(r.max())} for {num_regions} regions")
-    if n and active is not None and not np.asarray(active)[r].all():
-        raise ValueError(f"an empty region was drawn (region {int(r[~np.asarray(active)[r]][0])})")
-    if allocation.weights is not None:
-        w = np.asarray(allocation.weights)
-        if w.shape != (n,) or not np.issubdtype(w.dtype, np.number):
-            raise ValueError(f"weights have shape {w.shape} and dtype {w.dtype}, expected ({n},) numbers")
-        w = w.astype(np.float64)
-        if not np.isfinite(w).all() or (w < 0).any():
-            raise ValueError("weights are not all finite and non-negative")
 
 
 def sanitize(feedback: Feedback, num_regions: int) -> tuple[np.ndarray, np.ndarray, int]:
