@@ -121,7 +121,7 @@ def load_student_weights(student: nn.Module, folder: Path) -> "TransferReport":
     if extra:
         raise UserError(f"student.init_path {folder} has tensors the student lacks ({extra[0]}, ...): "
                         f"another student.variant or channel_scale?")
-    student.load_state_dict({k: source[k].to(target[k].dtype) for k in target})
+    student.load_state_dict({k: source[k] for k in target})  # copied into the student's dtype
     return TransferReport(copied=[(k, k) for k in target], copied_elements=sum(t.numel() for t in target.values()),
                           origin=str(folder))
 

@@ -8,19 +8,15 @@ A first-step reading written before any aria run: aria's own tracker follows its
 Run from the repository root: python docs/results/concepts-pilot3/aria_prediction.py
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from aria.strategies.aria import AriaConfig
 from aria.strategies.base import softmax_floor
+from aria.training.metrics import read_log
 
 RUNS = Path(__file__).resolve().parent / "runs"
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def regime_fractions(recs: list[dict]) -> tuple[list[str], np.ndarray]:
@@ -40,7 +36,7 @@ def main() -> None:
         print(f"| {name} | {cells} | {p.max() / p.min():.1f} |")
 
     for seed in (0, 1):
-        recs = records(RUNS / "rc" / f"seed{seed}")
+        recs = read_log(RUNS / "rc" / f"seed{seed}" / "metrics.jsonl")
         names, fractions = regime_fractions(recs)
         estimate = np.asarray([r for r in recs if "region_discrepancy_tnorm" in r][-1]["region_discrepancy_tnorm"],
                               dtype=np.float64)
@@ -51,7 +47,7 @@ def main() -> None:
             show("rc (the pool's shares)", np.asarray([r for r in recs if "probabilities" in r][-1]["probabilities"]),
                  names, fractions)
             show("uniform over regions", np.full(len(estimate), 1 / len(estimate)), names, fractions)
-    recs = records(RUNS / "oracle" / "seed0")
+    recs = read_log(RUNS / "oracle" / "seed0" / "metrics.jsonl")
     names, fractions = regime_fractions(recs)
     show("oracle seed 0, final", np.asarray([r for r in recs if "probabilities" in r][-1]["probabilities"]),
          names, fractions)

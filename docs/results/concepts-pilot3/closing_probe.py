@@ -8,16 +8,16 @@ Thresholds: configs/concepts-gpu.yaml.
 Run from the repository root: python docs/results/concepts-pilot3/closing_probe.py
 """
 
-import json
 from pathlib import Path
+
+from aria.training.metrics import read_log
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("seen", "under", "unseen", "compositional")
 
 
 def closing_probe(run: Path) -> dict:
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_log(run / "metrics.jsonl") or []:
         if record.get("event") == "end":
             return record["regimes"]
     raise SystemExit(f"{run}: no closing probe (the run did not finish)")
