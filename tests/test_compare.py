@@ -156,6 +156,10 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     assert "--strategies rc,aria" in results["command"]
     table = (out / "results.md").read_text()
     assert "unseen discrepancy aria/rc" in table and "| rc |" in table
+    assert set(results["switched"]) == {"rc", "aria"} and "## Where the switched prompts went" in table
+    for s in ("rc", "aria"):  # every switched sample is counted once, in some regime
+        run = results["switched"][s]["0"]
+        assert run["samples"] > 0 and sum(run["regime"].values()) == pytest.approx(1.0)
     # resumable: nothing is retrained or re-evaluated, the numbers are the same
     stamp = (out / "runs" / "rc" / "seed0" / "eval" / "eval.json").stat().st_mtime_ns
     main(args)

@@ -29,8 +29,10 @@ import numpy as np
 
 from aria.errors import UserError
 from aria.experiment import report
+from aria.experiment.allocation import switched_by_group
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.files import write_json
+from aria.training.metrics import read_log
 
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
 TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
@@ -257,6 +259,7 @@ class _Found:
     cards: set  # where the runs trained
     finished: float  # mtime of the last eval.json
     probe_digest: str
+    switched: dict  # switched[strategy][seed]: allocation.switched_by_group of the run (strategies that switch)
 
 
 def _plan_jobs(config_path: Path, strategies: list[str], seeds: list[int], out: Path, parallel: int | None,
@@ -355,7 +358,21 @@ def _collect_runs(plan: _Plan) -> _Found:
     if len(digests) != 1:
         raise UserError(f"{plan.out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
                         "delete the stale eval/ folders")
-    return _Found(evals, wall, cards, finished, digests.pop())
+    return _Found(evals, wall, cards, finished, digests.pop(), _switched(plan, evals))
+
+
+def _switched(plan: _Plan, evals: dict) -> dict:
+    """Where each evaluated run's switched prompts went (runs that switched nothing are left out)."""
+    out = {}
+    for s in plan.strategies:
+        for seed in plan.seeds:
+            if evals[s][seed] is None:
+                continue
+            records = read_log(run_paths(plan.out, s, seed)["run"] / "metrics.jsonl")
+            shares = switched_by_group(records) if records else None
+            if shares is not None:
+                out.setdefault(s, {})[str(seed)] = shares
+    return out
 
 
 def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
@@ -376,6 +393,7 @@ def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
         "probe_digest": found.probe_digest,
         **summarise(evals, strategies, seeds),
         "runs": {s: {str(seed): evals[s][seed]["metrics"] for seed in seeds if evals[s][seed]} for s in strategies},
+        "switched": found.switched,
         "missing": plan.missing,
     }
     results["plots"] = make_plots(results, evals, out)

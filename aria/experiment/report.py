@@ -181,6 +181,24 @@ def headroom_section(results: dict) -> list[str]:
             "", table(header, rows), ""]
 
 
+def switched_section(results: dict) -> list[str]:
+    """Where each strategy's switched prompts went: switched samples a run and their share per regime,
+    mean over seeds (markdown lines; none when no run logged an allocation)."""
+    switched = {s: [v for v in results.get("switched", {}).get(s, {}).values() if "regime" in v]
+                for s in results["strategies"]}
+    switched = {s: runs for s, runs in switched.items() if runs}
+    if not switched:
+        return []
+    regimes = list(next(iter(switched.values()))[0]["regime"])
+    rows = [[s, fmt(float(np.mean([r["samples"] for r in runs])))]
+            + [fmt(float(np.mean([r["regime"].get(g, 0.0) for r in runs]))) for g in regimes]
+            for s, runs in switched.items()]
+    return ["## Where the switched prompts went", "",
+            "Switched samples a run and their share per regime, mean over seeds, from the allocation each run "
+            "logged (every `logging.every` steps). rc draws from the pool, so its shares are the pool's.",
+            "", table(["strategy", "switched samples a run"] + regimes, rows), ""]
+
+
 def results_tables(results: dict, world_checks: dict | None = None) -> str:
     """Every table of a compare run, as markdown sections (used by results.md and RESULTS.md): the
     pre-registered checks first when ``world_checks`` (``aria checks``' result) is given."""
@@ -192,6 +210,7 @@ def results_tables(results: dict, world_checks: dict | None = None) -> str:
     out += [f"Ratios to rc: {results['ratio_method']}. Each check passes when its mean meets the bar; the last "
             "column says whether the whole 95% interval does.", ""]
     out += headroom_section(results)
+    out += switched_section(results)
     for metric in results["metrics"]:
         out += [f"## {METRICS[metric][0]} ({metric})", "", summary_table(results, metric), ""]
         first = next(iter(results["ratios"].values()), {})

@@ -1,8 +1,8 @@
 """World v2, split 0: why the oracle's headroom over rc on unseen is 12.5% and not the 15% check C5 asks.
 
 1. Where each run's switched prompts went: per regime, summed over the 500 steps from the logged
-   allocation (``probabilities``, in force until the next logged step; the oracle re-measures every 100
-   steps, rc's is the pool's and constant) and each step's switched fraction.
+   allocation and each step's switched fraction (``aria.experiment.allocation``; the oracle re-measures
+   every 100 steps, rc's allocation is the pool's and constant).
 2. The learning curve of the unseen families: unseen condition-specific discrepancy D_c against the
    switched samples that carried an unseen prompt, n. Three points: ``none`` (n = 0; pilot 3's
    closing-probe ratio rc/none = 0.652, the experiment's own ``none`` runs are not in yet), ``rc`` and the
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import brentq
 
+from aria.experiment.allocation import switched_by_group
 from aria.training.metrics import read_log
 
 HERE = Path(__file__).resolve().parent
@@ -32,19 +33,10 @@ ARIA_PREDICTED = (0.562, 0.570)  # aria's rule on rc's tracker record, pilot 3 (
 FLOOR = 0.2  # the oracle's uniform floor over regions (configs/concepts-gpu.yaml)
 
 
-def switched_by_regime(recs: list[dict]) -> np.ndarray:
-    """Switched samples per regime over the run (steps are 1-based in the log)."""
-    data = next(r for r in recs if r.get("event") == "data")["groups"]["regime"]
-    assert tuple(data["names"]) == REGIMES
-    fractions = np.asarray(data["fractions"], dtype=np.float64)
-    logged = [(r["step"], np.asarray(r["probabilities"])) for r in recs if "probabilities" in r]
-    total = np.zeros(len(REGIMES))
-    for r in recs:
-        if "switched_fraction" not in r:
-            continue
-        p = next(p for step, p in logged if step >= r["step"])  # the allocation in force at this step
-        total += r["batch"] * r["switched_fraction"] * (p @ fractions)
-    return total
+def switched_by_regime(run: Path) -> np.ndarray:
+    """Switched samples per regime over the run (aria.experiment.allocation, as `aria results` shows them)."""
+    shares = switched_by_group(read_log(run / "metrics.jsonl"))
+    return shares["samples"] * np.array([shares["regime"][g] for g in REGIMES])
 
 
 def unseen_dc(run: Path) -> float:
@@ -58,7 +50,7 @@ def main() -> None:
     for name in ("rc", "oracle"):
         for s in SEEDS:
             run = HERE / "runs" / name / f"seed{s}"
-            by_regime = switched_by_regime(read_log(run / "metrics.jsonl"))
+            by_regime = switched_by_regime(run)
             share = by_regime / by_regime.sum()
             rows.setdefault(name, []).append((by_regime.sum(), share, by_regime[2], unseen_dc(run)))
             print(f"| {name} seed {s} | {by_regime.sum():,.0f} | " + " | ".join(f"{v:.3f}" for v in share)
