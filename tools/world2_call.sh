@@ -6,9 +6,11 @@
 # Here, once:
 #   bash ../shared/device/prepare.sh && rm -f .whl/deepspeed* .whl/torchao*
 #   python tools/world_encoder.py --shrink ../shared/device/all-MiniLM-L6-v2-fp16 .encoder-world
-# What travels must stay under 64 MiB. With .whl (9 MB) and .encoder-world (23 MB) carried, the tracked
-# files (38 MB) are too many: move world v1's teacher out for the call and back after it.
-#   mv aria/world/assets/teacher /tmp/world1-teacher    # ... the call ...    mv /tmp/world1-teacher aria/world/assets/teacher
+# What travels must stay under 64 MiB. With .whl (9 MB) and .encoder-world (24 MB) carried, the tracked
+# files (43 MB, `git ls-files -z | xargs -0 du -cb | tail -1`) are too many: move world v1's teacher and the
+# kept results out for the call and back after it (never commit while they are out).
+#   mv aria/world/assets/teacher /tmp/world1-teacher && mv docs/results /tmp/docs-results   # ... the call ...
+#   mv /tmp/world1-teacher aria/world/assets/teacher && mv /tmp/docs-results docs/results
 # Then a call with carry [".whl", ".encoder-world"] runs one of:
 #   bash tools/world2_call.sh stage1 SPLIT
 #       the stage-1 student of split SPLIT (0 or 1): 2,000 x 512 samples of `none` from random init,
