@@ -249,7 +249,7 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
         paths.append(tmp_path / name / "results.json")
         write_json(paths[-1], res)
     eps_row, = report.ablation_rows(head, eps)
-    assert eps_row["rc"] == "headline" and eps_row["seeds"] == ["0", "2"]
+    assert eps_row["rc"] == "reference" and eps_row["seeds"] == ["0", "2"]
     assert eps_row["cells"]["unseen"]["mean"] == pytest.approx(0.7)  # 1.4 / 2.0 at both seeds
     sched_row, = report.ablation_rows(head, sched)
     assert sched_row["rc"] == "own" and sched_row["cells"]["seen"]["mean"] == pytest.approx(0.75)
@@ -261,6 +261,38 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
     doc.write_text(doc.read_text().replace("| 0.7 [0.7, 0.7] |", "| 0.6 [0.6, 0.6] |"))
     with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
         compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])
+
+
+def test_ablations_pair_with_the_results_of_their_own_config_and_sections_are_titled_by_it(tmp_path):
+    """A headline of one config (world v2) before the results of another (world v1) and its ablation: the
+    ablation is divided by its own config's rc and titled against it; an ablation of a config that no
+    --results has is refused in one line."""
+    regimes = ("seen", "under", "unseen")
+    v2 = results_with_runs({"rc": dict.fromkeys(regimes, 10.0), "oracle": dict.fromkeys(regimes, 9.0)}, [0, 1],
+                           "aria compare --seeds 2 --config configs/v2.yaml")
+    v1 = results_with_runs({"rc": dict.fromkeys(regimes, 2.0), "aria": dict.fromkeys(regimes, 1.8)}, [0, 1],
+                           "aria compare --seeds 2 --config configs/v1.yaml --set encoder.device=cuda")
+    v1_seed = results_with_runs({"rc": dict.fromkeys(regimes, 2.0)}, [0, 1],
+                                "aria compare --seeds 2 --config configs/v1.yaml --set encoder.device=cuda "
+                                "--set data.world.seed=1")
+    eps = results_with_runs({"aria": dict.fromkeys(regimes, 1.0)}, [0, 1],
+                            "aria compare --seeds 2 --config configs/v1.yaml --set encoder.device=cuda "
+                            "--set strategy.params.aria.eps=0.5")
+    paths = {}
+    for name, res in (("v2", v2), ("v1", v1), ("v1s", v1_seed), ("eps", eps)):
+        paths[name] = tmp_path / name / "results.json"
+        write_json(paths[name], res)
+    text = compare.results_doc([paths["v2"], paths["v1"], paths["v1s"]], tmp_path / "RESULTS.md",
+                               ablation_paths=[paths["eps"]])
+    assert "## 2. `configs/v1.yaml` (" in text and "## 3. with `data.world.seed=1` (" in text
+    ablations = text[text.index("## Ablations"):]
+    assert "[with `strategy.params.aria.eps=0.5`]" in ablations and "encoder.device" not in ablations
+    eps_line = next(line for line in ablations.splitlines() if "eps=0.5" in line)
+    assert eps_line.endswith("| 0.5 [0.5, 0.5] | 0.5 [0.5, 0.5] | 0.5 [0.5, 0.5] |")  # 1.0 / v1's rc 2.0
+    assert "| `configs/v1.yaml`'s |" in eps_line  # whose rc divides it (v2's rc would give 0.1)
+    assert "| `configs/v1.yaml` | aria | its own |" in ablations  # the reference row above it
+    with pytest.raises(UserError, match="no --results made with its config"):
+        compare.results_doc([paths["v2"]], tmp_path / "R2.md", ablation_paths=[paths["eps"]])
 
 
 def test_results_doc_puts_the_pre_registered_checks_first_and_the_oracle_headroom_with_shares(tmp_path):

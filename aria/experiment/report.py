@@ -345,26 +345,63 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
         if many:
             tables = results_tables(res, checked).replace("\n## ", "\n### ")
             tables = ("#" + tables) if tables.startswith("## ") else tables
-            out += [f"## {i + 1}. {experiment_title(res, results_list[0], i)} (`{src}`)", "", *results_header(res), "",
+            out += [f"## {i + 1}. {experiment_title(res, results_list, i)} (`{src}`)", "", *results_header(res), "",
                     tables, "### Plots", "", *links, ""]
         else:
             out += [*results_header(res), "", "## Reading", "", READING_OPEN, reading_section(existing),
                     READING_CLOSE, "", results_tables(res, checked), "## Plots", "", *links, ""]
     if ablations:
-        out += ablation_section(results_list[0], list(ablations), list(ablation_paths), here)
+        out += ablation_section(results_list, list(ablations), list(ablation_paths), here)
     return "\n".join(out)
 
 
 ABLATION_REGIMES = ("seen", "under", "unseen")
 
 
-def ablation_rows(headline: dict, ablation: dict, metric: str = "discrepancy") -> list[dict]:
+def _option(results: dict, flag: str) -> str | None:
+    """The value after ``flag`` in the command that made ``results`` (None without it)."""
+    words = results["command"].split()
+    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == flag), None)
+
+
+def _sets(results: dict) -> set[str]:
+    words = results["command"].split()
+    return {words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"}
+
+
+def reference_for(results: dict, results_list: list[dict]) -> dict | None:
+    """The first of ``results_list`` made with the same ``--config`` as ``results`` (None if none is)."""
+    return next((r for r in results_list if _option(r, "--config") == _option(results, "--config")), None)
+
+
+def _index(results: dict, results_list: list[dict]) -> int:
+    return next(i for i, r in enumerate(results_list) if r is results)
+
+
+def experiment_title(results: dict, results_list: list[dict], index: int) -> str:
+    """"headline" for the first results; the first of another config by its config; the others by the
+    ``--set`` values that the first results of their config lack."""
+    if index == 0:
+        return "headline"
+    reference = reference_for(results, results_list)
+    if reference is results:
+        return f"`{_option(results, '--config')}`"
+    return _title_against(results, reference)
+
+
+def _title_against(results: dict, reference: dict) -> str:
+    extra = sorted(_sets(results) - _sets(reference))
+    return ("with " + ", ".join(f"`{e}`" for e in extra)) if extra else "same settings"
+
+
+def ablation_rows(reference: dict, ablation: dict, metric: str = "discrepancy") -> list[dict]:
     """Per strategy of an ablation: its ``metric`` over rc's, paired by seed, per regime. rc is the
-    ablation's own where it ran rc (a setting that changes rc too), else the headline's (a setting
-    that rc ignores, e.g. aria's own parameters or the regions, which rc's uniform draws do not use)."""
+    ablation's own where it ran rc (a setting that changes rc too), else the reference's, the results of
+    the same config (a setting that rc ignores, e.g. aria's own parameters or the regions, which rc's
+    draws from the pool do not use)."""
 
     own = "rc" in ablation["runs"]
-    rc_runs = (ablation if own else headline)["runs"].get("rc", {})
+    rc_runs = (ablation if own else reference)["runs"].get("rc", {})
     rows = []
     for strategy in ablation["strategies"]:
         if strategy == "rc" or strategy not in ablation["runs"]:
@@ -374,38 +411,35 @@ def ablation_rows(headline: dict, ablation: dict, metric: str = "discrepancy") -
         value = lambda r, seed, g: (r.get(seed) or {}).get(g, {}).get(metric)  # noqa: E731
         cells = {g: mean_ci(paired_ratios([value(runs, s, g) for s in seeds], [value(rc_runs, s, g) for s in seeds]))
                  for g in ABLATION_REGIMES}
-        rows.append({"strategy": strategy, "rc": "own" if own else "headline", "seeds": seeds, "cells": cells})
+        rows.append({"strategy": strategy, "rc": "own" if own else "reference", "seeds": seeds, "cells": cells})
     return rows
 
 
-def ablation_section(headline: dict, ablations: list[dict], paths: list[Path], here: Path) -> list[str]:
-    """The ablations in one table: probe discrepancy of each ablated strategy over rc's, paired by seed."""
-    rows = [["headline", "aria", "headline", ", ".join(str(s) for s in headline["seeds"]),
-             *[fmt_ci(headline["ratios"]["aria"][g]["discrepancy"]) for g in ABLATION_REGIMES]]] \
-        if "aria" in headline.get("ratios", {}) else []
+def ablation_section(results_list: list[dict], ablations: list[dict], paths: list[Path], here: Path) -> list[str]:
+    """The ablations in one table: probe discrepancy of each ablated strategy over rc's, paired by seed,
+    each after the row of its reference (the first results of the same config)."""
+    rows, shown = [], []
     for res, path in zip(ablations, paths):
-        link = f"[{experiment_title(res, headline, 1)}]({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})"
-        for row in ablation_rows(headline, res):
-            rows.append([link, row["strategy"], row["rc"], ", ".join(row["seeds"]),
-                         *[fmt_ci(row["cells"][g]) for g in ABLATION_REGIMES]])
+        reference = reference_for(res, results_list)
+        if reference is None:
+            raise UserError(f"{path}: no --results made with its config ({_option(res, '--config')}) to compare "
+                            "the ablation with; pass that experiment's results.json too")
+        title = experiment_title(reference, results_list, _index(reference, results_list))
+        if not any(r is reference for r in shown):
+            shown.append(reference)
+            if "aria" in reference.get("ratios", {}):
+                rows.append([title, "aria", "its own", ", ".join(str(s) for s in reference["seeds"]),
+                             *[fmt_ci(reference["ratios"]["aria"][g]["discrepancy"]) for g in ABLATION_REGIMES]])
+        link = f"[{_title_against(res, reference)}]({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})"
+        for row in ablation_rows(reference, res):
+            rows.append([link, row["strategy"], row["rc"] if row["rc"] == "own" else f"{title}'s",
+                         ", ".join(row["seeds"]), *[fmt_ci(row["cells"][g]) for g in ABLATION_REGIMES]])
     return ["## Ablations", "",
             "Probe discrepancy of the ablated strategy over `rc`'s, per regime: mean of the per-seed ratios "
             "with a 95% t-interval (one seed: the ratio alone). `rc` is the ablation's own when the setting "
-            "changes rc too, else the headline's, same seeds. Each ablation's own tables are linked.", "",
+            "changes rc too, else that of the experiment with the same config (the row above it), same seeds. "
+            "Each ablation's own tables are linked.", "",
             table(["ablation", "strategy", "rc", "seeds", *[f"{g} / rc" for g in ABLATION_REGIMES]], rows), ""]
-
-
-def experiment_title(results: dict, headline: dict, index: int) -> str:
-    """"headline" for the first results; the others by the ``--set`` values the headline lacks."""
-    if index == 0:
-        return "headline"
-
-    def sets(r):
-        words = r["command"].split()
-        return {words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"}
-
-    extra = sorted(sets(results) - sets(headline))
-    return ("with " + ", ".join(f"`{e}`" for e in extra)) if extra else "same settings"
 
 
 def check_document(expected: str, actual: str, doc_path: Path) -> None:
