@@ -340,10 +340,15 @@ def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
     evals = {s: {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": d + 0.001 * seed * (s == "aria")}, gap, seed)
                  for seed in seeds} for s, d in disc.items()}
     rows = {c["name"]: c for c in compare.summarise(evals, list(disc), seeds)["checks"]}
-    half = rows["unseen discrepancy: aria - (rc - 0.5 (rc - oracle))"]
+    half = rows["unseen discrepancy: aria - min(rc, rc - 0.5 (rc - oracle))"]
     per_seed = [(1.75 + 0.001 * s + 0.01 * s) - ((2.0 + 0.01 * s) - 0.5 * 0.4) for s in seeds]  # fake_eval adds 0.01 s
     assert half["mean"] == pytest.approx(np.mean(per_seed)) and half["pass"] and half["ci_clear"]
     evals["aria"] = {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 1.9}, gap, seed) for seed in seeds}
     assert not {c["name"]: c for c in compare.summarise(evals, list(disc), seeds)["checks"]}[half["name"]]["pass"]
+    # an oracle worse than rc sets no bar above rc: aria between rc and that oracle fails
+    worse = {**evals, "oracle": {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 2.4}, gap, seed) for seed in seeds},
+             "aria": {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 2.1}, gap, seed) for seed in seeds}}
+    row = {c["name"]: c for c in compare.summarise(worse, list(disc), seeds)["checks"]}[half["name"]]
+    assert row["mean"] == pytest.approx(0.1) and not row["pass"]  # 2.1 - min(2.0, 2.2), each seed
     del evals["oracle"]
     assert half["name"] not in {c["name"] for c in compare.summarise(evals, ["rc", "aria"], seeds)["checks"]}
