@@ -25,6 +25,13 @@ def regime_fractions(recs: list[dict]) -> tuple[list[str], np.ndarray]:
     return data["names"], np.asarray(data["fractions"], dtype=np.float64)
 
 
+def aria_rule(recs: list[dict], cfg: AriaConfig) -> np.ndarray:
+    """aria's allocation rule applied to the run's last logged timestep-normalised per-region record."""
+    estimate = np.asarray([r for r in recs if "region_discrepancy_tnorm" in r][-1]["region_discrepancy_tnorm"],
+                          dtype=np.float64)
+    return softmax_floor(estimate / estimate.mean(), cfg.temperature, cfg.eps, np.ones(len(estimate), dtype=bool))
+
+
 def main() -> None:
     cfg = AriaConfig(alpha=0.05, eps=0.2)  # configs/concepts-gpu.yaml's strategy.params.aria
     print("| allocation | " + " | ".join(["seen", "under", "unseen", "compositional"]) + " | max/min p |")
@@ -38,15 +45,11 @@ def main() -> None:
     for seed in (0, 1):
         recs = read_log(RUNS / "rc" / f"seed{seed}" / "metrics.jsonl")
         names, fractions = regime_fractions(recs)
-        estimate = np.asarray([r for r in recs if "region_discrepancy_tnorm" in r][-1]["region_discrepancy_tnorm"],
-                              dtype=np.float64)
-        active = np.ones(len(estimate), dtype=bool)
-        show(f"aria's rule on rc seed {seed}'s record", softmax_floor(estimate / estimate.mean(), cfg.temperature,
-                                                                     cfg.eps, active), names, fractions)
+        show(f"aria's rule on rc seed {seed}'s record", aria_rule(recs, cfg), names, fractions)
         if seed == 0:
             show("rc (the pool's shares)", np.asarray([r for r in recs if "probabilities" in r][-1]["probabilities"]),
                  names, fractions)
-            show("uniform over regions", np.full(len(estimate), 1 / len(estimate)), names, fractions)
+            show("uniform over regions", np.full(len(fractions), 1 / len(fractions)), names, fractions)
     recs = read_log(RUNS / "oracle" / "seed0" / "metrics.jsonl")
     names, fractions = regime_fractions(recs)
     show("oracle seed 0, final", np.asarray([r for r in recs if "probabilities" in r][-1]["probabilities"]),

@@ -5,9 +5,9 @@
    every 100 steps, rc's allocation is the pool's and constant).
 2. The learning curve of the unseen families: unseen condition-specific discrepancy D_c against the
    switched samples that carried an unseen prompt, n. Three points: ``none`` (n = 0; pilot 3's
-   closing-probe ratio rc/none = 0.652, the experiment's own ``none`` runs are not in yet), ``rc`` and the
-   oracle. The curve D(n) = c (n + n0)^-beta goes through all three (three parameters, so it is a
-   description, not a test).
+   closing-probe ratio rc/none, 0.652, as its closing_probe.py reads it; the experiment's own ``none`` runs
+   are not in yet), ``rc`` and the oracle. The curve D(n) = c (n + n0)^-beta goes through all three
+   (three parameters, so it is a description, not a test).
 3. What that curve says about the check: the share of unseen samples an allocator needs for 0.85x rc at
    this budget, and a model-based projection of checks C3 (rc/none <= 0.7) and C5 (oracle/rc <= 0.85) if
    the unseen families held a smaller share of the pool, the one change of the world that widens the
@@ -17,20 +17,46 @@ Run from the repository root: python docs/results/concepts-v2-split0/headroom.py
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
 
+from aria.config import load_config
 from aria.experiment.allocation import switched_by_group
 from aria.training.metrics import read_log
 
 HERE = Path(__file__).resolve().parent
+PILOT3 = HERE.parent / "concepts-pilot3"
+CONFIG = HERE.parents[2] / "configs" / "concepts-gpu.yaml"
 REGIMES = ("seen", "under", "unseen", "compositional")
 SEEDS = (0, 1, 2)
-RC_OVER_NONE = 0.652  # pilot 3, unseen D_c, closing probes of rc and none (docs/results/concepts-pilot3)
-ARIA_PREDICTED = (0.562, 0.570)  # aria's rule on rc's tracker record, pilot 3 (aria_prediction.py)
-FLOOR = 0.2  # the oracle's uniform floor over regions (configs/concepts-gpu.yaml)
+
+sys.path.insert(0, str(PILOT3))
+from aria_prediction import aria_rule  # noqa: E402  (pilot 3's scripts own these readings)
+from closing_probe import closing_probe  # noqa: E402
+
+
+def pilot3_readings() -> tuple[float, list[float]]:
+    """Pilot 3's unseen D_c rc/none from the closing probes (seeds 0-1), and the unseen share that aria's
+    rule gives on rc's tracker record per seed."""
+    runs = PILOT3 / "runs"
+    ratios = [closing_probe(runs / "rc" / f"seed{s}")["unseen"]["cond_discrepancy"]
+              / closing_probe(runs / "none" / f"seed{s}")["unseen"]["cond_discrepancy"] for s in (0, 1)]
+    aria = load_config(CONFIG, strategy="aria").make_strategy().config
+    shares = []
+    for s in (0, 1):
+        recs = read_log(runs / "rc" / f"seed{s}" / "metrics.jsonl")
+        shares.append(float(aria_rule(recs, aria) @ regime_fractions(recs)[:, REGIMES.index("unseen")]))
+    return float(np.mean(ratios)), shares
+
+
+def regime_fractions(recs: list[dict]) -> np.ndarray:
+    """(regions, regimes): each region's share of prompts per regime, from the run's data line."""
+    regime = next(r for r in recs if r.get("event") == "data")["groups"]["regime"]
+    assert tuple(regime["names"]) == REGIMES
+    return np.asarray(regime["fractions"], dtype=np.float64)
 
 
 def switched_by_regime(run: Path) -> np.ndarray:
@@ -61,7 +87,9 @@ def main() -> None:
     q_or = np.mean([r[1][2] for r in rows["oracle"]])
     n_rc, d_rc = np.mean([r[2] for r in rows["rc"]]), np.mean([r[3] for r in rows["rc"]])
     n_or, d_or = np.mean([r[2] for r in rows["oracle"]]), np.mean([r[3] for r in rows["oracle"]])
-    d_none = d_rc / RC_OVER_NONE
+    rc_over_none, aria_predicted = pilot3_readings()
+    d_none = d_rc / rc_over_none
+    floor = load_config(CONFIG, strategy="oracle").make_strategy().config.eps  # the oracle's uniform floor
 
     # D(n) = c (n + n0)^-beta through (0, d_none), (n_rc, d_rc), (n_or, d_or)
     def beta_for(n0):
@@ -82,22 +110,23 @@ def main() -> None:
           f"{n_needed / budget:.2f} (rc {p_rc:.2f}, oracle {q_or:.2f}); the oracle's ratio in the limit of a long "
           f"run, at its shares: {(q_or / p_rc) ** -beta:.3f}")
 
-    for share in ARIA_PREDICTED:
+    for share in aria_predicted:
         print(f"aria, if it sent {share:.3f} of its switched samples to unseen over the whole run (pilot 3's "
               f"prediction): unseen D_c {curve(budget * share) / d_rc:.3f}x rc on this curve")
 
     # Projection: the unseen families' pool share r. rc sends r of its switched samples there; the oracle
-    # sends FLOOR * u + (1 - FLOOR) * rho u / (rho u + 1 - u), u = the unseen share of a uniform draw over
+    # sends floor * u + (1 - floor) * rho u / (rho u + 1 - u), u = the unseen share of a uniform draw over
     # regions (k-means regions follow the pool, u ~ r * u_now / r_now), rho = the unseen/other ratio of the
     # measured discrepancy that reproduces the oracle's share here.
-    u_now = 0.279  # unseen share of a uniform draw over split 0's regions (pilot 3's aria_prediction.py)
-    rho = brentq(lambda rho: FLOOR * u_now + (1 - FLOOR) * rho * u_now / (rho * u_now + 1 - u_now) - q_or, 1e-3, 1e3)
+    fractions = regime_fractions(read_log(HERE / "runs" / "rc" / "seed0" / "metrics.jsonl"))
+    u_now = float(fractions[:, REGIMES.index("unseen")].mean())  # unseen share of a uniform draw over the regions
+    rho = brentq(lambda rho: floor * u_now + (1 - floor) * rho * u_now / (rho * u_now + 1 - u_now) - q_or, 1e-3, 1e3)
     print(f"\nprojection (model, not measured): unseen/other discrepancy ratio seen by the oracle rho = {rho:.2f}")
     print("| unseen pool share | rc share | oracle share | C3 rc/none (<= 0.7) | C5 oracle/rc (<= 0.85) |")
     print("|---|---|---|---|---|")
     for r in (0.10, 0.15, 0.20, p_rc, 0.35):
         u = r * u_now / p_rc
-        q = FLOOR * u + (1 - FLOOR) * rho * u / (rho * u + 1 - u)
+        q = floor * u + (1 - floor) * rho * u / (rho * u + 1 - u)
         c3, c5 = curve(budget * r) / d_none, curve(budget * q) / curve(budget * r)
         print(f"| {r:.3f} | {r:.3f} | {q:.3f} | {c3:.3f} {'pass' if c3 <= 0.7 else 'fail'} | "
               f"{c5:.3f} {'pass' if c5 <= 0.85 else 'fail'} |")
