@@ -33,6 +33,22 @@
 #       while the machine is held): evaluates every trained run that has no evaluation yet, all at once
 #       (about 40 s for three), and packs as `runs` does.
 set -uo pipefail
+usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT] | evals [SPLIT]${1:+ ($1)}"; exit 2; }
+# the arguments are checked before the call spends anything on installing
+split_ok() { [[ "$1" =~ ^[0-9]+$ ]] || usage "SPLIT is a number: $1"; }
+case "${1:-}" in
+  stage1) split_ok "${2:-}" ;;
+  runs)
+    [[ "${2:-}" =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || usage "STRATEGIES is a comma-separated list of names: ${2:-}"
+    [[ "${3:-}" =~ ^[0-9]+(,[0-9]+)*$ ]] || usage "SEEDS is a count or a comma-separated list: ${3:-}"
+    split_ok "${4:-0}"
+    IFS=, read -ra strategy_list <<<"$2"; IFS=, read -ra seed_list <<<"$3"
+    seeds_n=${#seed_list[@]}; [ "$seeds_n" -eq 1 ] && seeds_n=${seed_list[0]}  # one number is a count
+    n=$(( ${#strategy_list[@]} * seeds_n ))
+    [ "$n" -ge 1 ] && [ "$n" -le 6 ] || usage "$n runs: 1 to 6 fit one call (training and evaluation)" ;;
+  evals) split_ok "${2:-0}" ;;
+  *) usage ;;
+esac
 OUT=${OUT:-/tmp/world2-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -42,40 +58,43 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 tools/world_encoder.py --restore .encoder-world /tmp/enc || exit 5
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u +%T
 
-# fp16 copy of the UNet folder $1 into $2, with its aria.json (the run's record)
+# fp16 copies of UNet folders with their aria.json (the run's record), in one process: halve SRC DST [SRC DST ...]
 halve() {
-  python3 - "$1" "$2" <<'EOF'
+  python3 - "$@" <<'EOF'
 import shutil, sys
 import torch
 from diffusers import UNet2DConditionModel
-src, dst = sys.argv[1], sys.argv[2]
-UNet2DConditionModel.from_pretrained(src).to(torch.float16).save_pretrained(dst, safe_serialization=True)
-shutil.copy(f"{src}/aria.json", f"{dst}/aria.json")
+pairs = sys.argv[1:]
+for src, dst in zip(pairs[::2], pairs[1::2]):
+    UNet2DConditionModel.from_pretrained(src).to(torch.float16).save_pretrained(dst, safe_serialization=True)
+    shutil.copy(f"{src}/aria.json", f"{dst}/aria.json")
 EOF
 }
 
 # $OUT/runs.tgz: the compare folder without weights; $OUT/students.tgz.part-*: every exported student in fp16
 pack_runs() {
   mkdir -p /tmp/students
+  local pairs=()
   for run in /tmp/runs/runs/*/seed*; do
     dst="/tmp/students/$(basename "$(dirname "$run")")-$(basename "$run")"
-    [ -d "$run/student" ] && [ ! -d "$dst" ] && halve "$run/student" "$dst"
+    [ -d "$run/student" ] && [ ! -d "$dst" ] && pairs+=("$run/student" "$dst")
   done
+  [ "${#pairs[@]}" -eq 0 ] || halve "${pairs[@]}"
   tar czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=student --exclude='*.safetensors' --exclude=tensorboard -C /tmp runs
   tar czf /tmp/students.tgz -C /tmp students && split -b 15m /tmp/students.tgz "$OUT/students.tgz.part-"
 }
 
 case "${1:-}" in
   stage1)
-    split=${2:?stage1 SPLIT}
+    split=$2
     name=concepts-student-split$split
-    timeout $((470 - SECONDS)) python3 -m aria.cli run --config configs/concepts-gpu.yaml --strategy none \
+    timeout -k 10 $((470 - SECONDS)) python3 -m aria.cli run --config configs/concepts-gpu.yaml --strategy none \
       --set encoder.path=/tmp/enc --set data.concepts.seed="$split" --set student.init_path=null \
       --set distillation.steps=2000 --set distillation.lr=1e-3 --set distillation.lr_final=0.05 \
       --set output_dir=/tmp/stage1 --set logging.checkpoint_every=100000 > "$OUT/stage1.log" 2>&1
     echo "run rc $? $(date -u +%T)"; tail -25 "$OUT/stage1.log"
     halve /tmp/stage1/student "/tmp/$name" || exit 6
-    timeout $((570 - SECONDS)) python3 -m aria.cli eval --student /tmp/stage1 --config configs/concepts-gpu.yaml \
+    timeout -k 10 $((570 - SECONDS)) python3 -m aria.cli eval --student /tmp/stage1 --config configs/concepts-gpu.yaml \
       --set encoder.path=/tmp/enc --set data.concepts.seed="$split" --set student.init_path=null \
       --set eval.probe_images=256 --set eval.sample_prompts=256 --out /tmp/stage1-eval > "$OUT/eval.log" 2>&1
     echo "eval rc $? $(date -u +%T)"; tail -20 "$OUT/eval.log"
@@ -84,12 +103,10 @@ case "${1:-}" in
     tar czf "$OUT/stage1-split$split.tgz" -C /tmp "$name"
     ;;
   runs)
-    strategies=${2:?runs STRATEGIES SEEDS [SPLIT]}; seeds=${3:?runs STRATEGIES SEEDS [SPLIT]}; split=${4:-0}
-    n=$(( $(tr ',' '\n' <<<"$strategies" | grep -c .) * $(python3 -c "import sys; from aria.cli.experiment import parse_seeds; print(len(parse_seeds(sys.argv[1])))" "$seeds") ))
-    [ "$n" -le 6 ] || { echo "$n runs: at most 6 fit one call (training and evaluation)"; exit 2; }
+    strategies=$2; seeds=$3; split=${4:-0}
     extra=()
     [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split" --set student.init_path=aria/world/assets/concepts-student-split$split)
-    timeout $((500 - SECONDS)) python3 -m aria.cli compare --config configs/concepts-gpu.yaml --strategies "$strategies" \
+    timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config configs/concepts-gpu.yaml --strategies "$strategies" \
       --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
     echo "compare rc $? $(date -u +%T)"; tail -5 "$OUT/compare.log"
     python3 -m aria.cli checks --compare /tmp/runs --config configs/concepts-gpu.yaml 2>&1 | tail -15
@@ -102,14 +119,12 @@ case "${1:-}" in
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue
       echo "evaluating $run"
-      timeout $((480 - SECONDS)) python3 -m aria.cli eval --student "$run" --config configs/concepts-gpu.yaml \
+      timeout -k 10 $((480 - SECONDS)) python3 -m aria.cli eval --student "$run" --config configs/concepts-gpu.yaml \
         --set encoder.path=/tmp/enc "${extra[@]}" --out "$run/eval" > "$run/eval.log" 2>&1 &
     done
     wait
     echo "evaluations done $(date -u +%T)"
     pack_runs
     ;;
-  *)
-    echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT] | evals [SPLIT]"; exit 2 ;;
 esac
 ls -la "$OUT"; date -u +%T
