@@ -47,6 +47,19 @@ def write_json(path: Path, data) -> None:
         discard(tmp)
 
 
+def read_tagged_json(path: Path, fmt: str, label: str, what: str, hint: str = "") -> dict:
+    """The JSON object in ``path`` whose "format" is ``fmt``, or a one-line UserError naming ``label``."""
+    from aria.errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{label}: not valid JSON ({err}){hint}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"{label}: not {what}{hint}")
+    return data
+
+
 def discard(*paths: Path) -> None:
     """Remove files if they are there (a failed write's leftovers); never raises."""
     for p in paths:

@@ -44,7 +44,6 @@ from .state import State, state_from_arrays, state_from_json, state_hash, state_
 FEEDBACK_LIMIT = float(np.sqrt(np.finfo(np.float64).max))
 
 
-
 class StrategyConfig(StrictModel):
     """Base of every strategy's hyperparameters: typed, validated, unknown keys rejected, numbers
     finite, ``true`` no number (``aria.errors.StrictModel``)."""

@@ -60,7 +60,7 @@ def test_empty_clusters_with_fewer_distinct_points_than_k():
     regions = kmeans_regions(x, 5, seed=0)
     assert np.isfinite(regions.centroids).all()
     assert regions.sizes.sum() == 90 and (regions.sizes == 0).sum() == 2
-    assert regions.info.num_regions == 5 and regions.info.active.sum() == 3
+    assert regions.info().num_regions == 5 and regions.info().active.sum() == 3
 
 
 def test_reseed_moves_empty_cluster_to_far_point():
@@ -147,4 +147,4 @@ def test_kmeans_regions_partition_adversarial_points(n, d, k_frac, distinct, hug
     assert np.isfinite(r.centroids).all()
     again = r.assign(x)
     assert again.min() >= 0 and again.max() < k
-    assert r.info.num_regions == k and r.info.sizes.sum() == n  # a valid RegionInfo (not all empty)
+    assert r.info().num_regions == k and r.info().sizes.sum() == n  # a valid RegionInfo (not all empty)

@@ -529,11 +529,8 @@ def _prepare(config, device):
         groups = np.asarray(pool.meta("group"), np.int32)
         stats["group_prompts"] = dict(zip(pool.group_names, np.bincount(groups[groups >= 0],
                                                                         minlength=len(pool.group_names)).tolist()))
-    from aria.strategies.base import RegionInfo
-
-    paired = np.bincount(regions.labels[np.asarray(ids, np.int64)], minlength=regions.num_regions)
     return DataBundle(pool=pool, region_of_prompt=regions.labels, region_offsets=regions.offsets,
-                      region_members=regions.members, region_info=RegionInfo(regions.sizes, paired),
+                      region_members=regions.members, region_info=regions.info(ids),
                       paired_images=_to_tensor_range(images), paired_prompt_ids=np.asarray(ids, np.int64),
                       regime_of_prompt=regime_of_prompt, encoder=encoder, regions=regions, regimes=regimes,
                       paired_combos=combos, stats=stats, world=world, group_of_prompt=groups,

@@ -47,11 +47,15 @@ class Regions:
     def members_of(self, k: int) -> np.ndarray:
         return self.members[self.offsets[k] : self.offsets[k + 1]]
 
-    @property
-    def info(self):
+    def paired_counts(self, paired_prompt_ids) -> np.ndarray:
+        """Paired images per region (the region of each paired image's caption)."""
+        return np.bincount(self.labels[np.asarray(paired_prompt_ids, np.int64)], minlength=self.num_regions)
+
+    def info(self, paired_prompt_ids=None):
+        """What a strategy is told about the regions: sizes, and paired images per region when given."""
         from aria.strategies.base import RegionInfo
 
-        return RegionInfo(self.sizes)
+        return RegionInfo(self.sizes, None if paired_prompt_ids is None else self.paired_counts(paired_prompt_ids))
 
     def assign(self, embeddings: np.ndarray, device: str | None = None) -> np.ndarray:
         """Nearest centroid of new (pooled) embeddings."""
@@ -306,7 +310,7 @@ def region_statistics(regions: Regions, paired_prompt_ids: np.ndarray | None = N
     n = len(regions.labels)
     paired = np.zeros(regions.num_regions, np.int64)
     if paired_prompt_ids is not None and len(paired_prompt_ids):
-        paired = np.bincount(regions.labels[np.asarray(paired_prompt_ids)], minlength=regions.num_regions)
+        paired = regions.paired_counts(paired_prompt_ids)
     mix, names = None, []
     if regime_of_prompt is not None:
         regime = np.asarray(regime_of_prompt, np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 
 from aria.errors import UserError
 from aria.experiment.compare import run_paths
-from aria.files import write_json
+from aria.files import read_tagged_json, write_json
 from aria.training.metrics import read_log
 
 FORMAT = "aria-checks/1"
@@ -54,10 +54,10 @@ def read_compare(out: Path) -> Folder:
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"--compare {out}: {'not a folder' if out.exists() else 'does not exist'}")
-    data = read_json(out / "results.json")
-    if not isinstance(data, dict) or data.get("format") != "aria-compare/1":
-        raise UserError(f"--compare {out}: not an aria compare folder (no valid results.json in it)")
-    return Folder(out, data)
+    if not (out / "results.json").is_file():
+        raise UserError(f"--compare {out}: not an aria compare folder (no results.json in it)")
+    return Folder(out, read_tagged_json(out / "results.json", "aria-compare/1", f"--compare {out}/results.json",
+                                        "an aria compare results.json"))
 
 
 def read_json(path: Path):

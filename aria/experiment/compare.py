@@ -31,7 +31,7 @@ from aria.errors import UserError
 from aria.experiment import report
 from aria.experiment.allocation import switched_by_group
 from aria.experiment.stats import mean_ci, paired_ratios
-from aria.files import write_json
+from aria.files import read_tagged_json, write_json
 from aria.training.metrics import read_log
 
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
@@ -448,7 +448,7 @@ def read_results(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--results {path} does not exist")
-    return _read_format(path, "aria-compare/1", f"--results {path}", "an aria compare results.json")
+    return read_tagged_json(path, "aria-compare/1", f"--results {path}", "an aria compare results.json")
 
 
 def read_world_checks(results_path: Path) -> dict | None:
@@ -456,18 +456,7 @@ def read_world_checks(results_path: Path) -> dict | None:
     path = Path(results_path).parent / "checks.json"
     if not path.is_file():
         return None
-    return _read_format(path, "aria-checks/1", str(path), "an aria checks result", "; rerun aria checks")
-
-
-def _read_format(path: Path, fmt: str, label: str, what: str, hint: str = "") -> dict:
-    """The JSON object in ``path`` whose "format" is ``fmt``, or a one-line UserError."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{label}: not valid JSON ({err}){hint}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise UserError(f"{label}: not {what}{hint}")
-    return data
+    return read_tagged_json(path, "aria-checks/1", str(path), "an aria checks result", "; rerun aria checks")
 
 
 def results_doc(results_path: Path | list[Path], out: Path, check: bool = False, ablation_paths=()) -> str:

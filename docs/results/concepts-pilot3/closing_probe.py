@@ -3,7 +3,8 @@
 The ``none`` runs' evaluations were cut by the call's time limit, so ``aria checks`` finds no ``none``
 runs; every run still measured its student on the same 256 probes when it ended (the evaluation's probe
 set). On the runs that have both, the closing probe reads 0.2-0.8% higher in D_c and 0.3-1.3% higher in
-probe discrepancy. Both sides of every ratio here come from it, so that offset cancels.
+probe discrepancy. Both sides of every ratio here come from it, so that offset nearly cancels: it
+differs by regime (D_c: seen +0.5-0.8%, unseen +0.2-0.3%), so unseen/seen reads about 0.5% low.
 Thresholds: configs/concepts-gpu.yaml.
 Run from the repository root: python docs/results/concepts-pilot3/closing_probe.py
 """
