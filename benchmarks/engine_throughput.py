@@ -46,7 +46,9 @@ the first ``--loss-steps`` steps, with its largest relative difference to the ba
 ``--time-budget S`` (seconds from the start): no path starts with less than ``--min-path-s`` left and a
 running one is stopped when it is spent; ``--path-timeout`` bounds each path. The JSON is rewritten after
 every path (``complete`` false until the end), so that a run killed from outside keeps what it measured.
-``.gpujobs/levers.sh`` runs every kernel lever on one H100 within about 7 minutes.
+``--reuse FILE`` (an earlier process's ``--out``, same settings, same machine) takes the paths that finished
+there instead of measuring them again: ``benchmarks/levers.sh`` runs one process per lever this way, so that a
+lever stuck in compilation costs itself and not the levers after it.
 
 One process, one device (WORLD_SIZE 1): the script sets RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT when absent and owns the process group (barrier + destroy at the end).
@@ -1102,6 +1104,10 @@ def parse_args(argv=None):
                    "started with")
     p.add_argument("--path-timeout", type=float, default=0.0, help="seconds a path may run (setup, warm-up with "
                    "compilation, steps) before it is stopped and recorded as failed; 0: no limit")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="the --out JSON of an earlier process with the same settings on this machine: its finished "
+                        "baseline, reference and candidate paths are taken instead of measured again, its levers "
+                        "are kept unless listed again (measured anew); --out may be the same file")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batch.split(",") if b.strip()]
     args.variants = [s.strip() for s in args.students.split(",") if s.strip()]
@@ -1115,6 +1121,53 @@ def parse_args(argv=None):
     if args.time_budget < 0 or args.path_timeout < 0 or args.min_path_s < 0:
         p.error("--time-budget, --min-path-s and --path-timeout must be >= 0")
     return args
+
+
+REUSE_IGNORES = ("levers", "time_budget_s", "path_timeout_s")  # settings that may differ between reused processes
+
+
+def path_from_row(row: dict) -> PathResult:
+    """The PathResult that ``summarise`` turned into ``row`` (a row read back from a JSON)."""
+    return PathResult(row["path"], row.get("lever"), step_s=list(row.get("step_s", [])),
+                      warmup_s=list(row.get("warmup_steps_s", [])), losses=list(row.get("losses", [])),
+                      peak_memory_gb=row.get("peak_memory_gb"), memory_before_gb=row.get("memory_before_gb"),
+                      setup_s=row.get("setup_s"), facts=dict(row.get("facts") or {}), skipped=row.get("skipped"),
+                      error=row.get("error"))
+
+
+def read_reuse(path: Path, settings: dict, device: str) -> dict:
+    """The earlier JSON at ``path``, checked to come from the same settings and device (SystemExit otherwise)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--reuse {path}: cannot be read as JSON ({err})") from None
+    theirs = {k: v for k, v in earlier.get("settings", {}).items() if k not in REUSE_IGNORES}
+    ours = json.loads(json.dumps({k: v for k, v in settings.items() if k not in REUSE_IGNORES}, default=_json_default))
+    if theirs != ours or earlier.get("device", {}).get("name") != device:
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise SystemExit(f"--reuse {path}: measured with other settings or on another device "
+                         f"({', '.join(differ) or 'device'}); run without --reuse")
+    return earlier
+
+
+def reused_paths(earlier: dict | None, variant: str, batch: int) -> tuple[dict, dict]:
+    """(paths, flops) of the (student, batch) group in ``earlier``: the finished baseline, references and
+    candidate, and every lever row; empty where there is none."""
+    paths: dict[str, Any] = {"baseline": None, "references": [], "candidate": None, "levers": []}
+    group = next((g for g in (earlier or {}).get("results", []) if g["student"] == variant and g["batch"] == batch),
+                 None)
+    if group is None:
+        return paths, {}
+    for row in group["paths"]:
+        finished = row.get("error") is None and row.get("skipped") is None
+        if row.get("lever"):
+            paths["levers"].append(path_from_row(row))
+        elif row["path"] in ("baseline", "candidate") and finished:
+            paths[row["path"]] = path_from_row(row)
+        elif finished:
+            paths["references"].append(path_from_row(row))
+    flops = {"flops": group["flops_per_step"], "ops": group["flop_ops"]} if group.get("flops_per_step") else {}
+    return paths, flops
 
 
 def main(argv=None) -> int:
@@ -1182,6 +1235,17 @@ def main(argv=None) -> int:
     command = shlex.join(["python", str(Path(__file__).resolve().relative_to(REPO)),
                           *(argv if argv is not None else sys.argv[1:])])
     results: list[dict] = []
+    settings = {"teacher_config": str(unet_file.relative_to(REPO)),
+                "teacher_parameters": parameter_count(teacher_master),
+                "latent": [int(cfg.in_channels), size, size], "context": [77, int(cross)],
+                "steps": args.steps, "warmup": args.warmup, "loss_steps": args.loss_steps, "seed": args.seed,
+                "distillation": distill_section, "backend": backend_section,
+                "strategy": {"name": strategy_name, "params": strategy_params}, "levers": args.lever_list,
+                "time_budget_s": args.time_budget or None, "path_timeout_s": args.path_timeout or None}
+    earlier = read_reuse(args.reuse, settings, device_name(dev)) if args.reuse else None
+    if earlier is not None:  # the levers of the JSON: the earlier ones, then these
+        settings["levers"] = list(dict.fromkeys([*earlier["settings"].get("levers", []), *args.lever_list]))
+    commands = [*(earlier.get("commands") or [earlier["command"]] if earlier else []), command]
 
     def write(complete: bool) -> None:
         """The JSON, rewritten after every path (``complete`` false until the end: a row of a path that was
@@ -1206,6 +1270,7 @@ def main(argv=None) -> int:
                              "not counted")
         report = {
             "command": command,
+            **({"commands": commands, "reused": str(args.reuse)} if earlier is not None else {}),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "complete": complete,
             "elapsed_s": budget.elapsed(),
@@ -1216,13 +1281,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "versions": {name: _version(name) for name in ("deepspeed", "diffusers", "torchao", "aria-distill")},
             "python": platform.python_version(),
-            "settings": {"teacher_config": str(unet_file.relative_to(REPO)),
-                         "teacher_parameters": parameter_count(teacher_master),
-                         "latent": [int(cfg.in_channels), size, size], "context": [77, int(cross)],
-                         "steps": args.steps, "warmup": args.warmup, "loss_steps": args.loss_steps, "seed": args.seed,
-                         "distillation": distill_section, "backend": backend_section,
-                         "strategy": {"name": strategy_name, "params": strategy_params}, "levers": args.lever_list,
-                         "time_budget_s": args.time_budget or None, "path_timeout_s": args.path_timeout or None},
+            "settings": settings,
             "notes": notes,
             "results": results,
         }
@@ -1240,12 +1299,15 @@ def main(argv=None) -> int:
         for batch in args.batches:
             ctx.variant, ctx.batch = variant, batch
             ctx.distill = DistillConfig(**{**distill_section, "batch_size": batch, "steps": total_steps})
-            flops: dict = {}
             print(f"== student {variant}, batch {batch}", flush=True)
             group = {"student": variant, "batch": batch, "student_parameters": parameter_count(student_master),
                      "feature_pairs": len(pairs), "flops_per_step": None, "flop_ops": None, "paths": []}
             results.append(group)
-            paths: dict[str, Any] = {"baseline": None, "references": [], "candidate": None, "levers": []}
+            paths, flops = reused_paths(earlier, variant, batch)  # nothing without --reuse
+            paths["levers"] = [r for r in paths["levers"] if r.lever not in args.lever_list]  # listed: measured anew
+            for r in [paths["baseline"], *paths["references"], paths["candidate"], *paths["levers"]]:
+                if r is not None:
+                    print(f"   {r.path}: reused from {args.reuse}", flush=True)
 
             def run_path(fn, slot: str) -> PathResult:
                 """Measure one path into ``paths[slot]``; the JSON is written before (the path marked as running)
@@ -1273,9 +1335,9 @@ def main(argv=None) -> int:
             def base_fn():
                 return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup, flops)
             base_fn.path = "baseline"
-            if not args.candidate_only:
+            if not args.candidate_only and paths["baseline"] is None:
                 run_path(base_fn, "baseline")
-            if args.bf16_reference and not args.candidate_only and dev.type == "cuda":
+            if args.bf16_reference and not args.candidate_only and dev.type == "cuda" and not paths["references"]:
                 def ref_fn():
                     return baseline_run(ctx, teacher_master, student_master, pairs, batch, total_steps, args.warmup,
                                         flops, half_dtype=torch.bfloat16)
@@ -1286,7 +1348,7 @@ def main(argv=None) -> int:
                 fn = lambda: candidate_run(ctx, teacher_master, variant, batch, total_steps, args.warmup, lever)  # noqa: E731
                 fn.path, fn.lever = ("candidate" if lever is None else f"candidate+{lever}"), lever
                 return fn
-            cand = run_path(cand_fn(), "candidate")
+            cand = paths["candidate"] if paths["candidate"] is not None else run_path(cand_fn(), "candidate")
             for lever in args.lever_list:
                 why = lever_is_noop(lever, cand.facts) if cand.error is None else None
                 if why:

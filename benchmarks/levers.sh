@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue #20: the kernel levers of the KD step on one H100, each against the same engine path without it, in
-# one process (benchmarks/engine_throughput.py --levers): img/s, x baseline, % of the bf16 peak, the loss
+# Issue #20: the kernel levers of the KD step on one H100, each against the same engine path without it
+# (benchmarks/engine_throughput.py --levers, one process per lever reusing the first one's baseline and
+# candidate, --reuse): img/s, x baseline, % of the bf16 peak, the loss
 # difference to the candidate (bf16 engine path) and to the baseline, warm-up seconds, and per lever what was
 # applied (fp8 layer counts, the attention kernel per shape, compile counters).
 #
@@ -9,12 +10,12 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #       .whl/*.whl && export PYTHONPATH=/tmp/site && bash benchmarks/levers.sh
 # Writes $OUT/levers.json (rewritten after every path: a killed run keeps what it measured), $OUT/levers.log
-# and $OUT/smoke.txt. Ends within about 9 minutes: no path starts after the time budget (BUDGET_S, counted
-# from this script's start) is nearly spent, a running one is stopped at its end or after PATH_TIMEOUT_S and
-# recorded as failed, and `timeout` is the last resort. That limit is a SIGALRM in the benchmark, which a path
-# blocked in compiled code does not always see: on 2026-12-06 an fp8 path compiling past it ran on until
-# `timeout` ended the benchmark (levers.json keeps every path finished before). Levers that do not fit are listed as "not started";
-# run them in a later call with LEVERS=... (same machine: the compile caches in .aria-cache/inductor help).
+# and $OUT/smoke.txt. Ends within about 9 minutes: no lever starts after the time budget (BUDGET_S, counted
+# from this script's start) is nearly spent, and each lever runs in its own process, stopped by the benchmark
+# after PATH_TIMEOUT_S (a SIGALRM, which a path blocked in compiled code does not always see: on 2026-12-06 an
+# fp8 path compiled past it) or else by `timeout`. Levers that do not fit are listed as "not started";
+# run them in a later call with LEVERS=... (on the machine still warm: the compile caches in .aria-cache/inductor
+# help, and OUT=/tmp/levers, copied to the call's $OUT at the end, reuses the earlier call's baseline and candidate).
 # On a fresh machine the reference paths take about 210 s (the candidate compiles for about 130 s) and each
 # compiled lever about as long as the candidate, so one 10-minute call holds two levers. Groups, one call each
 # (benchmarks/RESULTS.md): LEVERS=fp8_student,fp8_both | fp8_teacher,sdpa_cudnn,sdpa_flash |
@@ -73,13 +74,29 @@ EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || echo "SMOKE CHECK FAILED (the fp8 levers will be recorded as failed; the others run)"
 date -u
 
-timeout -k 15 $((BUDGET_S + 45 - SECONDS)) python3 benchmarks/engine_throughput.py --device cuda --batch 64 --students small \
-    --steps 6 --warmup 3 --bf16-reference --pool 10000000 --regions 4096 --levers "$LEVERS" \
-    --time-budget "$((BUDGET_S - SECONDS))" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" \
-    --out "$OUT/levers.json" > "$OUT/levers.log" 2>&1
-echo "engine_throughput rc $?"
+# one process per lever, each reusing the paths the earlier ones finished (--reuse): a lever stuck in compilation
+# past its limit is ended by `timeout` and costs itself only. The first process also measures the baseline, its
+# bf16 loop and the candidate (a later one measures whichever of them is not in the JSON yet).
+: > "$OUT/levers.log"
+for lever in ${LEVERS//,/ }; do
+  left=$((BUDGET_S - SECONDS))
+  if [ "$left" -lt 60 ]; then
+    echo "candidate+$lever: not started ($left s of BUDGET_S=$BUDGET_S left)" | tee -a "$OUT/levers.log"; continue
+  fi
+  reuse=(); limit=$left
+  if [ -f "$OUT/levers.json" ]; then
+    reuse=(--reuse "$OUT/levers.json")
+    [ $((PATH_TIMEOUT_S + 60)) -lt "$limit" ] && limit=$((PATH_TIMEOUT_S + 60))  # start-up and one path
+  fi
+  timeout -k 15 "$limit" python3 benchmarks/engine_throughput.py --device cuda --batch 64 --students small \
+      --steps 6 --warmup 3 --bf16-reference --pool 10000000 --regions 4096 --levers "$lever" \
+      --time-budget "$limit" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" "${reuse[@]}" \
+      --out "$OUT/levers.json" >> "$OUT/levers.log" 2>&1
+  echo "candidate+$lever: engine_throughput rc $? at $(date -u +%T)" | tee -a "$OUT/levers.log"
+done
 date -u
-grep -E "^device:|^== |^   [a-z]" "$OUT/levers.log" | cut -c1-400
+grep -E "^device:|^== |^   [a-z]|^candidate\+" "$OUT/levers.log" | cut -c1-400
 echo
-sed -n '/^| student/,$p' "$OUT/levers.log"
+python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); from engine_throughput import table; \
+print(table(json.load(open(sys.argv[1]))['results']))" "$OUT/levers.json"
 ls -la "$OUT"

@@ -275,3 +275,33 @@ def test_benchmark_records_a_failing_lever_and_goes_on(tmp_path):
     assert {k for model in lever["facts"]["sdpa_choice"].values() for k in model.values()} == {"MATH"}
     assert lever["loss_max_rel_diff_vs_candidate"] < 1e-4  # fp32 on the CPU: other kernels, same numbers
     assert "error: UserError: config: backend: backend.fp8 'student' needs a CUDA GPU" in proc.stdout
+
+
+def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(tmp_path):
+    """levers.sh runs one process per lever: a second process with --reuse takes the first one's candidate row
+    as it was (not measured again), keeps its lever, adds its own; other settings are refused in one line."""
+    out = tmp_path / "levers.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    base = [sys.executable, str(REPO / "benchmarks" / "engine_throughput.py"), "--tiny", "--device", "cpu",
+            "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small", "--no-compile", "--candidate-only",
+            "--out", str(out)]
+
+    def run(*extra):
+        return subprocess.run([*base, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = run("--levers", "sdpa_math")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = {r["path"]: r for r in json.loads(out.read_text())["results"][0]["paths"]}
+    second = run("--levers", "channels_last", "--reuse", str(out))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["path"]: r for r in report["results"][0]["paths"]}
+    assert list(rows) == ["candidate", "candidate+sdpa_math", "candidate+channels_last"]
+    assert rows["candidate"] == before["candidate"] and rows["candidate+sdpa_math"] == before["candidate+sdpa_math"]
+    assert "candidate: reused from" in second.stdout and rows["candidate+channels_last"]["images_per_s"] > 0
+    assert rows["candidate+channels_last"]["loss_max_rel_diff_vs_candidate"] < 1e-4  # against the reused candidate
+    assert report["settings"]["levers"] == ["sdpa_math", "channels_last"] and len(report["commands"]) == 2
+    other = run("--levers", "channels_last", "--reuse", str(out), "--steps", "3", "--out", str(tmp_path / "x.json"))
+    assert other.returncode != 0 and "--reuse" in other.stderr and "steps" in other.stderr.strip().splitlines()[-1]
