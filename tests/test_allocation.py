@@ -64,3 +64,16 @@ def test_runs_without_an_allocation_or_a_switch_have_none():
     other_world[0] = {**other_world[0], "groups": {"regime": {"names": ["a"], "fractions": [[1.0]] * 2}}}
     assert set(switched_by_group(other_world)) == {"samples"}  # a grouping of another region count is skipped
     assert np.isfinite(switched_by_group(records())["samples"])
+
+
+def test_group_mix_is_each_logged_allocation_spread_over_the_regimes():
+    from aria.experiment.allocation import group_mix
+
+    steps, names, mix = group_mix(records())
+    assert list(steps) == sorted(LOGGED) and names == ["a", "b"]
+    for row, step in zip(mix, steps):
+        p = LOGGED[int(step)]
+        want = [sum(p[k] * FRACTIONS[k][g] for k in range(3)) for g in range(2)]
+        assert row == pytest.approx(want)
+    assert group_mix(records(), grouping="family") is None
+    assert group_mix([{k: v for k, v in r.items() if k != "probabilities"} for r in records()]) is None

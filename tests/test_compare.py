@@ -143,7 +143,8 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     results = compare.read_results(out / "results.json")
     promised = ["results.json", "results.md", *results["plots"].values()]
     assert set(results["plots"]) == {"regime metrics per strategy", "aria allocation over time",
-                                     "aria tracked vs measured discrepancy"}
+                                     "aria tracked vs measured discrepancy",
+                                     "switched prompts per regime over steps, per strategy"}
     for name in promised:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for s in ("rc", "aria"):

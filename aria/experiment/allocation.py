@@ -34,3 +34,17 @@ def switched_by_group(records: list[dict]) -> dict | None:
         if fractions.shape[0] == per_region.shape[0]:
             out[key] = {name: float(v / total) for name, v in zip(group["names"], per_region @ fractions)}
     return out
+
+
+def group_mix(records: list[dict], grouping: str = "regime") -> tuple[np.ndarray, list[str], np.ndarray] | None:
+    """(logged steps, group names, (steps, groups) share of each group in the allocation logged at each
+    step); None for a run that logged no allocation or not that grouping."""
+    h = history(records)
+    group = (h["data"] or {}).get("groups", {}).get(grouping)
+    if h["probabilities"] is None or group is None:
+        return None
+    logged, probs = h["probabilities"]
+    fractions = np.asarray(group["fractions"], dtype=np.float64)
+    if fractions.shape[0] != probs.shape[1]:
+        return None
+    return logged, list(group["names"]), np.nan_to_num(probs) @ fractions

@@ -29,7 +29,7 @@ import numpy as np
 
 from aria.errors import UserError
 from aria.experiment import report
-from aria.experiment.allocation import switched_by_group
+from aria.experiment.allocation import group_mix, switched_by_group
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.files import read_tagged_json, write_json
 from aria.training.metrics import read_log
@@ -405,7 +405,8 @@ def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
 
 
 def make_plots(results: dict, evals: dict, out: Path) -> dict:
-    """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region."""
+    """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region; every
+    switching strategy's regime mix of switched prompts over the steps."""
     folder = Path(out) / "plots"
     plots = {"regime metrics per strategy": report.plot_regime_metrics(results, folder / "regime_metrics.png")}
     seed = next((seed for seed in results["seeds"] if evals.get("aria", {}).get(seed)), None)
@@ -423,6 +424,16 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         if hist["estimates"] is not None:
             plots["aria tracked vs measured discrepancy"] = report.plot_tracking(
                 hist["estimates"][-1], measured, regime, folder / "tracking.png")
+    mixes = {}
+    for s in results["strategies"]:
+        runs = [group_mix(read_log(run_paths(out, s, seed)["run"] / "metrics.jsonl") or [])
+                for seed in results["seeds"] if evals.get(s, {}).get(seed)]
+        runs = [m for m in runs if m is not None]
+        if runs and all(np.array_equal(m[0], runs[0][0]) for m in runs):
+            mixes[s] = (runs[0][0], runs[0][1], np.mean([m[2] for m in runs], axis=0))
+    if mixes:
+        plots["switched prompts per regime over steps, per strategy"] = report.plot_switched_mix(
+            mixes, folder / "switched_mix.png")
     return {name: str(Path(p).relative_to(out)) for name, p in plots.items()}
 
 

@@ -289,6 +289,24 @@ def plot_allocation(steps: np.ndarray, probs: np.ndarray, region_regime: np.ndar
     return _save(fig, path)
 
 
+def plot_switched_mix(mixes: dict, path: Path) -> Path:
+    """Per regime, each strategy's share of the switched prompts over the steps (mean over seeds);
+    ``mixes``: strategy -> (steps, regime names, (steps, regimes) shares)."""
+    plt = _plt()
+    names = next(iter(mixes.values()))[1]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), sharey=True, squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for r, (ax, name) in enumerate(zip(axes[0], names)):
+        for i, (strategy, (steps, _, shares)) in enumerate(mixes.items()):
+            ax.plot(steps, shares[:, r], color=colors(i % 10), label=strategy)
+        ax.set_title(name, fontsize=10, color=REGIME_COLORS.get(name, "black"))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("share of switched prompts")
+    axes[0][-1].legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
 def plot_tracking(estimates: np.ndarray, measured: np.ndarray, region_regime: np.ndarray, path: Path) -> Path:
     """aria's final tracked estimate per region against the discrepancy measured on the probe set."""
     plt = _plt()
