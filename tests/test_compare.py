@@ -294,6 +294,14 @@ def test_ablations_pair_with_the_results_of_their_own_config_and_sections_are_ti
     assert "| `configs/v1.yaml` | aria | its own |" in ablations  # the reference row above it
     with pytest.raises(UserError, match="no --results made with its config"):
         compare.results_doc([paths["v2"]], tmp_path / "R2.md", ablation_paths=[paths["eps"]])
+    # an ablation of the second world (its --set values extend v1_seed's) is divided by that world's rc
+    seed_eps = results_with_runs({"aria": dict.fromkeys(regimes, 1.0)}, [0, 1],
+                                 "aria compare --seeds 2 --config configs/v1.yaml --set encoder.device=cuda "
+                                 "--set data.world.seed=1 --set 'strategy.params.aria.eps=0.5'")
+    assert report.reference_for(seed_eps, [v2, v1, v1_seed]) is v1_seed
+    assert report.reference_for(eps, [v2, v1, v1_seed]) is v1
+    assert report.command_options(seed_eps["command"]) == (
+        "configs/v1.yaml", ["encoder.device=cuda", "data.world.seed=1", "strategy.params.aria.eps=0.5"])
 
 
 def test_results_doc_puts_the_pre_registered_checks_first_and_the_oracle_headroom_with_shares(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from aria.errors import UserError
+from aria.experiment import report
 from aria.experiment.compare import run_paths
 from aria.files import read_tagged_json, write_json
 from aria.training.metrics import read_log
@@ -266,16 +267,5 @@ def write_checks(result: dict, out_dir: Path) -> Path:
 
 def recorded_config(f: Folder) -> tuple[Path, list[str]] | None:
     """The ``--config`` and ``--set`` values of the command that made the folder, if it names a config."""
-    import shlex
-
-    try:
-        args = shlex.split(f.results.get("command") or "")
-    except ValueError:
-        return None
-    config, sets = None, []
-    for flag, value in itertools.pairwise(args):
-        if flag in ("--config", "-c"):
-            config = Path(value)
-        elif flag == "--set":
-            sets.append(value)
-    return None if config is None else (config, sets)
+    config, sets = report.command_options(f.results.get("command") or "")
+    return None if config is None else (Path(config), sets)

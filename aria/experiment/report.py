@@ -376,20 +376,41 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
 ABLATION_REGIMES = ("seen", "under", "unseen")
 
 
-def _option(results: dict, flag: str) -> str | None:
-    """The value after ``flag`` in the command that made ``results`` (None without it)."""
-    words = results["command"].split()
-    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == flag), None)
+def command_options(command: str) -> tuple[str | None, list[str]]:
+    """The ``--config`` (or ``-c``) and ``--set`` values of a recorded command line (None, [] where absent
+    or where the line does not parse)."""
+    import shlex
+
+    try:
+        args = shlex.split(command or "")
+    except ValueError:
+        return None, []
+    config, sets = None, []
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c"):
+            config = value
+        elif flag == "--set":
+            sets.append(value)
+    return config, sets
+
+
+def _config(results: dict) -> str | None:
+    return command_options(results["command"])[0]
 
 
 def _sets(results: dict) -> set[str]:
-    words = results["command"].split()
-    return {words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"}
+    return set(command_options(results["command"])[1])
 
 
 def reference_for(results: dict, results_list: list[dict]) -> dict | None:
-    """The first of ``results_list`` made with the same ``--config`` as ``results`` (None if none is)."""
-    return next((r for r in results_list if _option(r, "--config") == _option(results, "--config")), None)
+    """The results of ``results_list`` that ``results`` extends: the same config, and ``--set`` values that
+    ``results`` also has, as many as possible (the first of them on a tie); None if there are none."""
+    fits = [r for r in results_list if _config(r) == _config(results) and _sets(r) <= _sets(results)]
+    return max(fits, key=lambda r: len(_sets(r)), default=None)
+
+
+def _first_of_config(results: dict, results_list: list[dict]) -> dict:
+    return next(r for r in results_list if _config(r) == _config(results))
 
 
 def _index(results: dict, results_list: list[dict]) -> int:
@@ -401,10 +422,8 @@ def experiment_title(results: dict, results_list: list[dict], index: int) -> str
     ``--set`` values that the first results of their config lack."""
     if index == 0:
         return "headline"
-    reference = reference_for(results, results_list)
-    if reference is results:
-        return f"`{_option(results, '--config')}`"
-    return _title_against(results, reference)
+    first = _first_of_config(results, results_list)
+    return f"`{_config(results)}`" if first is results else _title_against(results, first)
 
 
 def _title_against(results: dict, reference: dict) -> str:
@@ -440,8 +459,8 @@ def ablation_section(results_list: list[dict], ablations: list[dict], paths: lis
     for res, path in zip(ablations, paths):
         reference = reference_for(res, results_list)
         if reference is None:
-            raise UserError(f"{path}: no --results made with its config ({_option(res, '--config')}) to compare "
-                            "the ablation with; pass that experiment's results.json too")
+            raise UserError(f"{path}: no --results made with its config ({_config(res)}) and a subset of its --set "
+                            "values to compare the ablation with; pass that experiment's results.json too")
         title = experiment_title(reference, results_list, _index(reference, results_list))
         if not any(r is reference for r in shown):
             shown.append(reference)
@@ -455,8 +474,8 @@ def ablation_section(results_list: list[dict], ablations: list[dict], paths: lis
     return ["## Ablations", "",
             "Probe discrepancy of the ablated strategy over `rc`'s, per regime: mean of the per-seed ratios "
             "with a 95% t-interval (one seed: the ratio alone). `rc` is the ablation's own when the setting "
-            "changes rc too, else that of the experiment with the same config (the row above it), same seeds. "
-            "Each ablation's own tables are linked.", "",
+            "changes rc too, else that of the experiment it extends (same config, its --set values and more; "
+            "named in the rc column), same seeds. Each ablation's own tables are linked.", "",
             table(["ablation", "strategy", "rc", "seeds", *[f"{g} / rc" for g in ABLATION_REGIMES]], rows), ""]
 
 
