@@ -1141,6 +1141,8 @@ def read_reuse(path: Path, settings: dict, device: str) -> dict:
         earlier = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"--reuse {path}: cannot be read as JSON ({err})") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("settings"), dict):
+        raise SystemExit(f"--reuse {path}: not a JSON written by this benchmark (--out)")
     theirs = {k: v for k, v in earlier.get("settings", {}).items() if k not in REUSE_IGNORES}
     ours = json.loads(json.dumps({k: v for k, v in settings.items() if k not in REUSE_IGNORES}, default=_json_default))
     if theirs != ours or earlier.get("device", {}).get("name") != device:
@@ -1241,11 +1243,16 @@ def main(argv=None) -> int:
                 "steps": args.steps, "warmup": args.warmup, "loss_steps": args.loss_steps, "seed": args.seed,
                 "distillation": distill_section, "backend": backend_section,
                 "strategy": {"name": strategy_name, "params": strategy_params}, "levers": args.lever_list,
+                "pool": args.pool, "regions": args.regions, "world_size": world_size,
+                "bf16_reference": args.bf16_reference, "candidate_only": args.candidate_only, "threads": args.threads,
                 "time_budget_s": args.time_budget or None, "path_timeout_s": args.path_timeout or None}
     earlier = read_reuse(args.reuse, settings, device_name(dev)) if args.reuse else None
+    commands = [command]
     if earlier is not None:  # the levers of the JSON: the earlier ones, then these
         settings["levers"] = list(dict.fromkeys([*earlier["settings"].get("levers", []), *args.lever_list]))
-    commands = [*(earlier.get("commands") or [earlier["command"]] if earlier else []), command]
+        commands = [*(earlier.get("commands") or [earlier["command"]]), command]
+        measured_here = {(v, b) for v in args.variants for b in args.batches}  # the other groups are kept as they are
+        results += [g for g in earlier.get("results", []) if (g["student"], g["batch"]) not in measured_here]
 
     def write(complete: bool) -> None:
         """The JSON, rewritten after every path (``complete`` false until the end: a row of a path that was

@@ -14,8 +14,9 @@
 # from this script's start) is nearly spent, and each lever runs in its own process, stopped by the benchmark
 # after PATH_TIMEOUT_S (a SIGALRM, which a path blocked in compiled code does not always see: on 2026-12-06 an
 # fp8 path compiled past it) or else by `timeout`. Levers that do not fit are listed as "not started";
-# run them in a later call with LEVERS=... (on the machine still warm: the compile caches in .aria-cache/inductor
-# help, and OUT=/tmp/levers, copied to the call's $OUT at the end, reuses the earlier call's baseline and candidate).
+# run them in a later call with LEVERS=... On the machine still warm the compile caches in .aria-cache/inductor
+# help, and keeping the JSON outside the call's $OUT reuses the earlier call's baseline and candidate too:
+#   OUT=/tmp/levers LEVERS=... bash benchmarks/levers.sh; cp /tmp/levers/* "$OUT"/
 # On a fresh machine the reference paths take about 210 s (the candidate compiles for about 130 s) and each
 # compiled lever about as long as the candidate, so one 10-minute call holds two levers. Groups, one call each
 # (benchmarks/RESULTS.md): LEVERS=fp8_student,fp8_both | fp8_teacher,sdpa_cudnn,sdpa_flash |
@@ -78,25 +79,31 @@ date -u
 # past its limit is ended by `timeout` and costs itself only. The first process also measures the baseline, its
 # bf16 loop and the candidate (a later one measures whichever of them is not in the JSON yet).
 : > "$OUT/levers.log"
+has_candidate() {  # levers.json holds a candidate row that finished
+  [ -f "$OUT/levers.json" ] && python3 -c "import json, sys; r = json.load(open(sys.argv[1]))['results']; \
+sys.exit(0 if any(p['path'] == 'candidate' and 'images_per_s' in p for g in r for p in g['paths']) else 1)" \
+    "$OUT/levers.json" 2>/dev/null
+}
 for lever in ${LEVERS//,/ }; do
   left=$((BUDGET_S - SECONDS))
   if [ "$left" -lt 60 ]; then
     echo "candidate+$lever: not started ($left s of BUDGET_S=$BUDGET_S left)" | tee -a "$OUT/levers.log"; continue
   fi
   reuse=(); limit=$left
-  if [ -f "$OUT/levers.json" ]; then
-    reuse=(--reuse "$OUT/levers.json")
-    [ $((PATH_TIMEOUT_S + 60)) -lt "$limit" ] && limit=$((PATH_TIMEOUT_S + 60))  # start-up and one path
+  [ -f "$OUT/levers.json" ] && reuse=(--reuse "$OUT/levers.json")
+  if has_candidate; then  # only the lever to measure: start-up and one path
+    [ $((PATH_TIMEOUT_S + 60)) -lt "$limit" ] && limit=$((PATH_TIMEOUT_S + 60))
   fi
+  # the benchmark's own budget ends 20 s before `timeout` (its clock starts after its imports)
   timeout -k 15 "$limit" python3 benchmarks/engine_throughput.py --device cuda --batch 64 --students small \
       --steps 6 --warmup 3 --bf16-reference --pool 10000000 --regions 4096 --levers "$lever" \
-      --time-budget "$limit" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" "${reuse[@]}" \
+      --time-budget "$((limit - 20))" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" "${reuse[@]}" \
       --out "$OUT/levers.json" >> "$OUT/levers.log" 2>&1
   echo "candidate+$lever: engine_throughput rc $? at $(date -u +%T)" | tee -a "$OUT/levers.log"
 done
 date -u
 grep -E "^device:|^== |^   [a-z]|^candidate\+" "$OUT/levers.log" | cut -c1-400
 echo
-python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); from engine_throughput import table; \
-print(table(json.load(open(sys.argv[1]))['results']))" "$OUT/levers.json"
+[ -f "$OUT/levers.json" ] && python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); \
+from engine_throughput import table; print(table(json.load(open(sys.argv[1]))['results']))" "$OUT/levers.json"
 ls -la "$OUT"

@@ -303,5 +303,9 @@ def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(tmp_pat
     assert "candidate: reused from" in second.stdout and rows["candidate+channels_last"]["images_per_s"] > 0
     assert rows["candidate+channels_last"]["loss_max_rel_diff_vs_candidate"] < 1e-4  # against the reused candidate
     assert report["settings"]["levers"] == ["sdpa_math", "channels_last"] and len(report["commands"]) == 2
-    other = run("--levers", "channels_last", "--reuse", str(out), "--steps", "3", "--out", str(tmp_path / "x.json"))
-    assert other.returncode != 0 and "--reuse" in other.stderr and "steps" in other.stderr.strip().splitlines()[-1]
+    for extra, name in ((("--steps", "3"), "steps"), (("--pool", "600"), "pool")):  # batches, losses: not reusable
+        other = run("--levers", "channels_last", "--reuse", str(out), *extra, "--out", str(tmp_path / "x.json"))
+        assert other.returncode != 0 and "--reuse" in other.stderr and name in other.stderr.strip().splitlines()[-1]
+    (tmp_path / "list.json").write_text("[1, 2]")
+    other = run("--levers", "channels_last", "--reuse", str(tmp_path / "list.json"), "--out", str(tmp_path / "y.json"))
+    assert other.returncode != 0 and "not a JSON written by this benchmark" in other.stderr.strip().splitlines()[-1]
