@@ -35,7 +35,7 @@
 set -uo pipefail
 usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT] | evals [SPLIT]${1:+ ($1)}"; exit 2; }
 # the arguments are checked before the call spends anything on installing
-split_ok() { [[ "$1" =~ ^[0-9]+$ ]] || usage "SPLIT is a number: $1"; }
+split_ok() { [[ "$1" =~ ^(0|[1-9][0-9]*)$ ]] || usage "SPLIT is a number without leading zeros: $1"; }
 case "${1:-}" in
   stage1) split_ok "${2:-}" ;;
   runs)
@@ -43,7 +43,11 @@ case "${1:-}" in
     [[ "${3:-}" =~ ^[0-9]+(,[0-9]+)*$ ]] || usage "SEEDS is a count or a comma-separated list: ${3:-}"
     split_ok "${4:-0}"
     IFS=, read -ra strategy_list <<<"$2"; IFS=, read -ra seed_list <<<"$3"
-    seeds_n=${#seed_list[@]}; [ "$seeds_n" -eq 1 ] && seeds_n=${seed_list[0]}  # one number is a count
+    [ "$(printf '%s\n' "${strategy_list[@]}" | sort -u | wc -l)" -eq "${#strategy_list[@]}" ] \
+      || usage "STRATEGIES names one twice: $2"
+    [ "$(for x in "${seed_list[@]}"; do echo $((10#$x)); done | sort -u | wc -l)" -eq "${#seed_list[@]}" ] \
+      || usage "SEEDS names one twice: $3"
+    seeds_n=${#seed_list[@]}; [ "$seeds_n" -eq 1 ] && seeds_n=$((10#${seed_list[0]}))  # one number is a count
     n=$(( ${#strategy_list[@]} * seeds_n ))
     [ "$n" -ge 1 ] && [ "$n" -le 6 ] || usage "$n runs: 1 to 6 fit one call (training and evaluation)" ;;
   evals) split_ok "${2:-0}" ;;
@@ -64,10 +68,16 @@ halve() {
 import shutil, sys
 import torch
 from diffusers import UNet2DConditionModel
-pairs = sys.argv[1:]
+pairs, failed = sys.argv[1:], 0
 for src, dst in zip(pairs[::2], pairs[1::2]):
-    UNet2DConditionModel.from_pretrained(src).to(torch.float16).save_pretrained(dst, safe_serialization=True)
-    shutil.copy(f"{src}/aria.json", f"{dst}/aria.json")
+    try:
+        UNet2DConditionModel.from_pretrained(src).to(torch.float16).save_pretrained(dst, safe_serialization=True)
+        shutil.copy(f"{src}/aria.json", f"{dst}/aria.json")
+    except Exception as err:  # one student that cannot be read (e.g. cut mid-export) does not stop the others
+        shutil.rmtree(dst, ignore_errors=True)
+        print(f"{src}: not halved ({type(err).__name__}: {err})".splitlines()[0])
+        failed = 1
+sys.exit(failed)
 EOF
 }
 

@@ -429,8 +429,11 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         runs = [group_mix(read_log(run_paths(out, s, seed)["run"] / "metrics.jsonl") or [])
                 for seed in results["seeds"] if evals.get(s, {}).get(seed)]
         runs = [m for m in runs if m is not None]
-        if runs and all(np.array_equal(m[0], runs[0][0]) for m in runs):
-            mixes[s] = (runs[0][0], runs[0][1], np.mean([m[2] for m in runs], axis=0))
+        if runs:  # the steps every seed logged an allocation at (a step that switched nothing logs none)
+            steps = runs[0][0]
+            for m in runs[1:]:
+                steps = np.intersect1d(steps, m[0])
+            mixes[s] = (steps, runs[0][1], np.mean([m[2][np.isin(m[0], steps)] for m in runs], axis=0))
     if mixes:
         plots["switched prompts per regime over steps, per strategy"] = report.plot_switched_mix(
             mixes, folder / "switched_mix.png")
