@@ -30,6 +30,7 @@ import numpy as np
 from aria.errors import UserError
 from aria.experiment import report
 from aria.experiment.allocation import group_mix, switched_by_group
+from aria.experiment.plots import history
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.files import read_tagged_json, write_json
 from aria.training.metrics import read_log
@@ -415,15 +416,15 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         regime = np.array([-1 if r is None else r for r in ev["regions"]["regime"]])
         sizes = np.asarray(ev["regions"]["size"], dtype=float)
         measured = np.array([np.nan if v is None else v for v in ev["regions"]["normalised"]], dtype=float)
-        hist = read_region_history(run_paths(out, "aria", seed)["run"])
+        hist = history(read_log(run_paths(out, "aria", seed)["run"] / "metrics.jsonl") or [])
         fractions = ev["regions"].get("regime_fractions")
         if hist["probabilities"] is not None and fractions is not None:
+            steps, probs = hist["probabilities"]
             plots["aria allocation over time"] = report.plot_allocation(
-                hist["probabilities_steps"], hist["probabilities"], regime, np.asarray(fractions), sizes,
-                folder / "allocation.png")
+                steps, probs, regime, np.asarray(fractions), sizes, folder / "allocation.png")
         if hist["estimates"] is not None:
             plots["aria tracked vs measured discrepancy"] = report.plot_tracking(
-                hist["estimates"][-1], measured, regime, folder / "tracking.png")
+                hist["estimates"][1][-1], measured, regime, folder / "tracking.png")
     mixes = {}
     for s in results["strategies"]:
         runs = [group_mix(read_log(run_paths(out, s, seed)["run"] / "metrics.jsonl") or [])
@@ -438,21 +439,6 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         plots["switched prompts per regime over steps, per strategy"] = report.plot_switched_mix(
             mixes, folder / "switched_mix.png")
     return {name: str(Path(p).relative_to(out)) for name, p in plots.items()}
-
-
-def read_region_history(run_dir: Path) -> dict:
-    """Steps, per-region allocation probabilities and tracked estimates from a run's metrics.jsonl
-    (the lines that carry them; None where the run logged none)."""
-    from aria.training.metrics import read_jsonl
-
-    path = Path(run_dir) / "metrics.jsonl"
-    records = read_jsonl(path) if path.is_file() else []
-    out = {}
-    for key in ("probabilities", "estimates"):
-        rows = [r for r in records if r.get(key) is not None and "step" in r]
-        out[key] = np.array([[np.nan if v is None else v for v in r[key]] for r in rows], dtype=float) if rows else None
-        out[f"{key}_steps"] = np.array([r["step"] for r in rows])
-    return out
 
 
 # -- the commands ----------------------------------------------------------------------------------
