@@ -261,6 +261,7 @@ class _Found:
     cards: set  # where the runs trained
     finished: float  # mtime of the last eval.json
     probe_digest: str
+    logs: dict  # logs[(strategy, seed)]: the evaluated run's metrics.jsonl records ([] where unreadable)
     switched: dict  # switched[strategy][seed]: allocation.switched_by_group of the run (strategies that switch)
 
 
@@ -360,20 +361,18 @@ def _collect_runs(plan: _Plan) -> _Found:
     if len(digests) != 1:
         raise UserError(f"{plan.out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
                         "delete the stale eval/ folders")
-    return _Found(evals, wall, cards, finished, digests.pop(), _switched(plan, evals))
+    logs = {(s, seed): read_log(run_paths(plan.out, s, seed)["run"] / "metrics.jsonl") or []
+            for s in plan.strategies for seed in plan.seeds if evals[s][seed] is not None}
+    return _Found(evals, wall, cards, finished, digests.pop(), logs, _switched(logs))
 
 
-def _switched(plan: _Plan, evals: dict) -> dict:
+def _switched(logs: dict) -> dict:
     """Where each evaluated run's switched prompts went (runs that switched nothing are left out)."""
     out = {}
-    for s in plan.strategies:
-        for seed in plan.seeds:
-            if evals[s][seed] is None:
-                continue
-            records = read_log(run_paths(plan.out, s, seed)["run"] / "metrics.jsonl")
-            shares = switched_by_group(records) if records else None
-            if shares is not None:
-                out.setdefault(s, {})[str(seed)] = shares
+    for (s, seed), records in logs.items():
+        shares = switched_by_group(records) if records else None
+        if shares is not None:
+            out.setdefault(s, {})[str(seed)] = shares
     return out
 
 
@@ -398,14 +397,14 @@ def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
         "switched": found.switched,
         "missing": plan.missing,
     }
-    results["plots"] = make_plots(results, evals, out)
+    results["plots"] = make_plots(results, evals, found.logs, out)
     write_json(Path(out) / "results.json", results)
     (Path(out) / "results.md").write_text(
         "# aria compare\n\n" + "\n".join(report.results_header(results)) + "\n\n" + report.results_tables(results))
     return results
 
 
-def make_plots(results: dict, evals: dict, out: Path) -> dict:
+def make_plots(results: dict, evals: dict, logs: dict, out: Path) -> dict:
     """Regime metrics per strategy; aria's allocation over time and tracked-vs-measured per region; every
     switching strategy's regime mix of switched prompts over the steps."""
     folder = Path(out) / "plots"
@@ -416,7 +415,7 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
         regime = np.array([-1 if r is None else r for r in ev["regions"]["regime"]])
         sizes = np.asarray(ev["regions"]["size"], dtype=float)
         measured = np.array([np.nan if v is None else v for v in ev["regions"]["normalised"]], dtype=float)
-        hist = history(read_log(run_paths(out, "aria", seed)["run"] / "metrics.jsonl") or [])
+        hist = history(logs[("aria", seed)])
         fractions = ev["regions"].get("regime_fractions")
         if hist["probabilities"] is not None and fractions is not None:
             steps, probs = hist["probabilities"]
@@ -427,8 +426,7 @@ def make_plots(results: dict, evals: dict, out: Path) -> dict:
                 hist["estimates"][1][-1], measured, regime, folder / "tracking.png")
     mixes = {}
     for s in results["strategies"]:
-        runs = [group_mix(read_log(run_paths(out, s, seed)["run"] / "metrics.jsonl") or [])
-                for seed in results["seeds"] if evals.get(s, {}).get(seed)]
+        runs = [group_mix(logs[(s, seed)]) for seed in results["seeds"] if (s, seed) in logs]
         runs = [m for m in runs if m is not None]
         if runs:  # the steps every seed logged an allocation at (a step that switched nothing logs none)
             steps = runs[0][0]
