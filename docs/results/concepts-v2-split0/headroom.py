@@ -12,6 +12,15 @@
    this budget, and a model-based projection of checks C3 (rc/none <= 0.7) and C5 (oracle/rc <= 0.85) if
    the unseen families held a smaller share of the pool, the one change of the world that widens the
    oracle's lead. Labelled as a projection wherever it is quoted.
+4. Written after the other strategies ran: the same curve refitted through the experiment's own ``none``
+   runs, and both curves tested on the five strategies that were not used to fit them (aria, uniform,
+   invfreq, exp3, ducb): each one's measured unseen share and unseen D_c / rc against the curve's
+   prediction at that share. Parts 1-3 are unchanged, so the reading written before the aria runs still
+   reproduces.
+5. Where each strategy's samples went inside the regimes: the unseen share of the allocation logged at
+   the first and last logged steps, the switched samples and D_c of each unseen family, and the Spearman
+   correlation of the run's mean allocation per region with rc's measured per-region D_c (eval, mean
+   over rc's seeds).
 
 Run from the repository root: python docs/results/concepts-v2-split0/headroom.py
 """
@@ -22,10 +31,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
+from scipy.stats import spearmanr
 
 from aria.config import load_config
-from aria.experiment.allocation import switched_by_group
+from aria.experiment.allocation import group_mix, switched_by_group
+from aria.experiment.plots import history
 from aria.training.metrics import read_log
+from aria.world.splits import FAMILY_NAMES, held_out_families
 
 HERE = Path(__file__).resolve().parent
 PILOT3 = HERE.parent / "concepts-pilot3"
@@ -69,18 +81,84 @@ def unseen_dc(run: Path) -> float:
     return json.loads((run / "eval" / "eval.json").read_text())["metrics"]["unseen"]["cond_discrepancy"]
 
 
-def main() -> None:
-    rows = {}
-    print("| run | switched samples | share: seen | under | unseen | compositional | unseen samples | unseen D_c |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in ("rc", "oracle"):
-        for s in SEEDS:
-            run = HERE / "runs" / name / f"seed{s}"
-            by_regime = switched_by_regime(run)
-            share = by_regime / by_regime.sum()
-            rows.setdefault(name, []).append((by_regime.sum(), share, by_regime[2], unseen_dc(run)))
+def strategy_rows(name: str, show: bool = False) -> list[tuple]:
+    """Per seed: (switched samples, share per regime, unseen samples, unseen D_c)."""
+    rows = []
+    for s in SEEDS:
+        run = HERE / "runs" / name / f"seed{s}"
+        by_regime = switched_by_regime(run)
+        share = by_regime / by_regime.sum()
+        rows.append((by_regime.sum(), share, by_regime[2], unseen_dc(run)))
+        if show:
             print(f"| {name} seed {s} | {by_regime.sum():,.0f} | " + " | ".join(f"{v:.3f}" for v in share)
                   + f" | {by_regime[2]:,.0f} | {unseen_dc(run):.5f} |")
+    return rows
+
+
+def fit_curve(d_none: float, n_rc: float, d_rc: float, n_or: float, d_or: float) -> tuple[float, float, float]:
+    """(c, n0, beta) of D(n) = c (n + n0)^-beta through (0, d_none), (n_rc, d_rc), (n_or, d_or)."""
+    def beta_for(n0):
+        return np.log(d_none / d_rc) / np.log((n_rc + n0) / n0)
+
+    n0 = brentq(lambda n0: beta_for(n0) * np.log((n_or + n0) / (n_rc + n0)) - np.log(d_rc / d_or), 1.0, 1e7)
+    beta = beta_for(n0)
+    return d_rc * (n_rc + n0) ** beta, n0, beta
+
+
+def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pilot3: float) -> None:
+    """Part 4: both curves against the strategies that were not used to fit them."""
+    d_none = float(np.mean([unseen_dc(HERE / "runs" / "none" / f"seed{s}") for s in SEEDS]))
+    curves = {"pilot 3's none": fit_curve(d_none_pilot3, n_rc, d_rc, n_or, d_or),
+              "the experiment's none": fit_curve(d_none, n_rc, d_rc, n_or, d_or)}
+    print(f"\nthe experiment's none runs: unseen D_c rc/none {d_rc / d_none:.3f} (pilot 3's closing probes: "
+          f"{d_rc / d_none_pilot3:.3f})")
+    for label, (c, n0, beta) in curves.items():
+        print(f"curve through {label}, rc, oracle: D(n) = {c:.4g} (n + {n0:,.0f})^-{beta:.3f}")
+    print("\nout of sample: strategies not used to fit the curves (unseen D_c / rc, mean over seeds)")
+    print("| strategy | unseen share | unseen samples | measured | curve (pilot 3's none) | curve (experiment's none) |")
+    print("|---|---|---|---|---|---|")
+    for name in ("aria", "uniform", "invfreq", "exp3", "ducb"):
+        rows = strategy_rows(name)
+        n = float(np.mean([r[2] for r in rows]))
+        measured = float(np.mean([r[3] for r in rows])) / d_rc
+        predicted = [c * (n + n0) ** -beta / d_rc for c, n0, beta in curves.values()]
+        print(f"| {name} | {np.mean([r[1][2] for r in rows]):.3f} | {n:,.0f} | {measured:.3f} | "
+              + " | ".join(f"{v:.3f}" for v in predicted) + " |")
+
+
+def inside_regimes() -> None:
+    """Part 5: unseen share early and late, per unseen family, and alignment with rc's per-region D_c."""
+    runs = HERE / "runs"
+
+    def evals(name):
+        return [json.loads((runs / name / f"seed{s}" / "eval" / "eval.json").read_text()) for s in SEEDS]
+
+    rc_regions = np.nanmean([np.asarray(e["regions"]["cond_discrepancy"], dtype=np.float64) for e in evals("rc")], 0)
+    known = ~np.isnan(rc_regions)
+    concepts = load_config(CONFIG).data.concepts
+    unseen_families = [FAMILY_NAMES[f] for f in held_out_families(concepts.seed, concepts.unseen_families)]
+    print("\ninside the regimes (means over seeds)")
+    print("| strategy | unseen share, first log | last log | Spearman(mean allocation, rc's region D_c) | "
+          + " | ".join(f"{f}: samples, D_c" for f in unseen_families) + " |")
+    print("|---|---|---|---|" + "---|" * len(unseen_families))
+    for name in ("rc", "oracle", "aria", "invfreq", "ducb", "uniform", "exp3"):
+        logs = [read_log(runs / name / f"seed{s}" / "metrics.jsonl") for s in SEEDS]
+        mixes = [group_mix(recs) for recs in logs]
+        unseen = np.mean([m[2][:, m[1].index("unseen")] for m in mixes], 0)
+        allocation = np.mean([np.nan_to_num(history(recs)["probabilities"][1]).mean(0) for recs in logs], 0)
+        rho = spearmanr(allocation[known], rc_regions[known]).statistic if np.ptp(allocation[known]) > 0 else float("nan")
+        cells = []
+        for f in unseen_families:
+            samples = np.mean([g["samples"] * g["family"][f] for g in (switched_by_group(recs) for recs in logs)])
+            dc = np.mean([e["metrics"][f"family:{f}"]["cond_discrepancy"] for e in evals(name)])
+            cells.append(f"{samples:,.0f}, {dc:.5f}")
+        print(f"| {name} | {unseen[0]:.2f} | {unseen[-1]:.2f} | {rho:+.2f} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    print("| run | switched samples | share: seen | under | unseen | compositional | unseen samples | unseen D_c |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = {name: strategy_rows(name, show=True) for name in ("rc", "oracle")}
 
     budget = np.mean([r[0] for r in rows["rc"]])  # switched samples a run (the same schedule for all)
     p_rc = np.mean([r[1][2] for r in rows["rc"]])
@@ -91,13 +169,7 @@ def main() -> None:
     d_none = d_rc / rc_over_none
     floor = load_config(CONFIG, strategy="oracle").make_strategy().config.eps  # the oracle's uniform floor
 
-    # D(n) = c (n + n0)^-beta through (0, d_none), (n_rc, d_rc), (n_or, d_or)
-    def beta_for(n0):
-        return np.log(d_none / d_rc) / np.log((n_rc + n0) / n0)
-
-    n0 = brentq(lambda n0: beta_for(n0) * np.log((n_or + n0) / (n_rc + n0)) - np.log(d_rc / d_or), 1.0, 1e7)
-    beta = beta_for(n0)
-    c = d_rc * (n_rc + n0) ** beta
+    c, n0, beta = fit_curve(d_none, n_rc, d_rc, n_or, d_or)
 
     def curve(n):
         return c * (n + n0) ** -beta
@@ -130,6 +202,8 @@ def main() -> None:
         c3, c5 = curve(budget * r) / d_none, curve(budget * q) / curve(budget * r)
         print(f"| {r:.3f} | {r:.3f} | {q:.3f} | {c3:.3f} {'pass' if c3 <= 0.7 else 'fail'} | "
               f"{c5:.3f} {'pass' if c5 <= 0.85 else 'fail'} |")
+    out_of_sample(n_rc, d_rc, n_or, d_or, d_none)
+    inside_regimes()
 
 
 if __name__ == "__main__":
