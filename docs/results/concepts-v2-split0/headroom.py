@@ -115,7 +115,8 @@ def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pil
     for label, (c, n0, beta) in curves.items():
         print(f"curve through {label}, rc, oracle: D(n) = {c:.4g} (n + {n0:,.0f})^-{beta:.3f}")
     print("\nout of sample: strategies not used to fit the curves (unseen D_c / rc, mean over seeds)")
-    print("| strategy | unseen share | unseen samples | measured | curve (pilot 3's none) | curve (experiment's none) |")
+    print("| strategy | unseen share | unseen samples | measured | curve (pilot 3's none) | "
+          "curve (experiment's none) |")
     print("|---|---|---|---|---|---|")
     for name in ("aria", "uniform", "invfreq", "exp3", "ducb"):
         rows = strategy_rows(name)
@@ -146,7 +147,8 @@ def inside_regimes() -> None:
         mixes = [group_mix(recs) for recs in logs]
         unseen = np.mean([m[2][:, m[1].index("unseen")] for m in mixes], 0)
         allocation = np.mean([np.nan_to_num(history(recs)["probabilities"][1]).mean(0) for recs in logs], 0)
-        rho = spearmanr(allocation[known], rc_regions[known]).statistic if np.ptp(allocation[known]) > 0 else float("nan")
+        varies = np.ptp(allocation[known]) > 0  # uniform's allocation is constant: no correlation
+        rho = spearmanr(allocation[known], rc_regions[known]).statistic if varies else float("nan")
         cells = []
         for f in unseen_families:
             samples = np.mean([g["samples"] * g["family"][f] for g in (switched_by_group(recs) for recs in logs)])
