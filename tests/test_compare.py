@@ -11,6 +11,7 @@ from scipy import stats
 
 from aria.experiment import compare
 from aria.experiment import report
+from aria.experiment.bar import BARS
 from aria.errors import UserError
 from aria.experiment.stats import mean_ci
 from aria.files import write_json
@@ -152,7 +153,7 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         assert (run / "student" / "config.json").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "eval" / "eval.json").is_file() and (run / "eval" / "region_discrepancy.png").is_file()
     assert results["strategies"] == ["rc", "aria"] and results["seeds"] == [0] and results["steps"] == 3
-    assert [c["name"] for c in results["checks"]] == [b[0] for b in compare.BARS if b[3] != "headroom"]  # no oracle
+    assert [c["name"] for c in results["checks"]] == [b[0] for b in BARS if b[3] != "headroom"]  # no oracle
     assert results["card"] and results["date"] and results["wall_time_s"] > 0
     assert "--strategies rc,aria" in results["command"]
     table = (out / "results.md").read_text()
@@ -361,3 +362,52 @@ def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
     assert row["mean"] == pytest.approx(0.1) and not row["pass"]  # 2.1 - min(2.0, 2.2), each seed
     del evals["oracle"]
     assert half["name"] not in {c["name"] for c in compare.summarise(evals, ["rc", "aria"], seeds)["checks"]}
+
+
+def test_results_of_one_config_are_pooled_into_the_bar_as_further_seeds(tmp_path):
+    regimes = ("seen", "under", "unseen")
+    split0 = {"rc": dict.fromkeys(regimes, 2.0), "oracle": {"seen": 2.0, "under": 1.9, "unseen": 1.6},
+              "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.7}}
+    split1 = {"rc": dict.fromkeys(regimes, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.7},
+              "aria": {"seen": 3.1, "under": 3.0, "unseen": 2.9}}
+    first = results_with_runs(split0, [0, 1, 2], "aria compare --seeds 3 --config c.yaml")
+    second = results_with_runs(split1, [0, 1], "aria compare --seeds 2 --config c.yaml --set data.concepts.seed=1")
+    other = results_with_runs(split0, [0, 1], "aria compare --seeds 2 --config other.yaml")
+    lines = "\n".join(report.pooled_sections([first, other, second])).splitlines()
+    assert len([line for line in lines if line.startswith("## Across")]) == 1  # other.yaml has one results file
+    # the reference: the bar of one comparison whose seeds are both files' runs, renumbered
+    gap = {"seen": 0.0, "under": 0.1, "unseen": 0.2}
+    pooled_evals = {s: {} for s in split0}
+    for offset, (disc, seeds) in enumerate(((split0, [0, 1, 2]), (split1, [0, 1]))):
+        for s, d in disc.items():
+            for seed in seeds:
+                pooled_evals[s][3 * offset + seed] = fake_eval(
+                    {g: v * (1 + seed / 100) - 0.01 * seed for g, v in d.items()}, gap, seed)
+    reference = compare.summarise(pooled_evals, list(split0), sorted(pooled_evals["rc"]))["checks"]
+    text = "\n".join(lines)
+    for check in reference:
+        row = next(line for line in lines if line.startswith(f"| {check['name']} |"))
+        assert f"| {report.fmt_ci(check)} |" in row and row.endswith(f"| {'pass' if check['pass'] else 'fail'} | "
+                                                                   f"{report.fmt(check['ci_clear'])} |")
+    assert "with `data.concepts.seed=1`" in text
+    # per-file columns are each file's own bar; the unseen share of the oracle's gain, per file and pooled
+    unseen = next(line for line in lines if line.startswith("| unseen discrepancy aria/rc |"))
+    for res in (first, second):
+        own = res["checks"][0]
+        assert f"| {report.fmt(own['mean'])} {'pass' if own['pass'] else 'fail'} |" in unseen
+    aria = next(line for line in lines if line.startswith("| aria |"))
+    share0 = (1 - first["ratios"]["aria"]["unseen"]["discrepancy"]["mean"]) / (
+        1 - first["ratios"]["oracle"]["unseen"]["discrepancy"]["mean"])
+    assert share0 == pytest.approx(0.75, abs=0.02) and f"({report.fmt(share0)})" in aria
+    # in the document: after the reading, before the numbered sections, and checked like the rest
+    paths = []
+    for name, res in (("a", first), ("b", second)):
+        paths.append(tmp_path / name / "results.json")
+        write_json(paths[-1], res)
+    doc = tmp_path / "RESULTS.md"
+    text = compare.results_doc(paths, doc)
+    assert text.index(report.READING_CLOSE) < text.index("## Across the 2 results of `c.yaml`") < text.index("## 1.")
+    row = next(line for line in text.splitlines() if line.startswith("| seen discrepancy aria/rc |"))
+    doc.write_text(text.replace(row, row.replace("| <= 1.02 |", "| <= 1.2 |")))
+    with pytest.raises(report.DocCheckError):
+        compare.results_doc(paths, doc, check=True)

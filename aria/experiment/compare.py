@@ -30,6 +30,7 @@ import numpy as np
 from aria.errors import UserError
 from aria.experiment import report
 from aria.experiment.allocation import group_mix, switched_by_group
+from aria.experiment.bar import bar_checks
 from aria.experiment.plots import history
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.files import read_tagged_json, write_json
@@ -37,16 +38,6 @@ from aria.training.metrics import read_log
 
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
 TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
-BARS = (  # (name, regime, metric, kind, bar): kind "ratio" -> aria/rc <= bar; "gap" -> aria - bar*rc <= 0;
-    # "headroom" (with an oracle) -> aria - min(rc, rc - bar*(rc - oracle)) <= 0: aria takes >= bar of the
-    # oracle's gain over rc, and is no worse than rc where the oracle gains nothing
-    ("unseen discrepancy aria/rc", "unseen", "discrepancy", "ratio", 0.85),
-    ("under discrepancy aria/rc", "under", "discrepancy", "ratio", 0.85),
-    ("seen discrepancy aria/rc", "seen", "discrepancy", "ratio", 1.02),
-    ("unseen accuracy gap: aria - 0.5 rc", "unseen", "accuracy_gap", "gap", 0.5),
-    ("unseen discrepancy: aria - min(rc, rc - 0.5 (rc - oracle))", "unseen", "discrepancy", "headroom", 0.5),
-    ("unseen cond_discrepancy: aria - min(rc, rc - 0.5 (rc - oracle))", "unseen", "cond_discrepancy", "headroom", 0.5),
-)
 
 
 def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
@@ -63,26 +54,8 @@ def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
     if "rc" in strategies:
         ratios = {s: {g: {m: mean_ci(paired_ratios(per_seed(s, g, m), per_seed("rc", g, m)))
                           for m in metrics if m not in TEACHER_ONLY} for g in groups} for s in strategies if s != "rc"}
-    checks = []
-    if "rc" in strategies and "aria" in strategies:
-        for name, g, m, kind, bar in BARS:
-            if g not in groups or m not in metrics or (kind == "headroom" and "oracle" not in strategies):
-                continue
-            a, r = per_seed("aria", g, m), per_seed("rc", g, m)
-            if kind == "ratio":
-                stat, op, target = mean_ci(paired_ratios(a, r)), "<=", bar
-            elif kind == "gap":
-                stat = mean_ci([None if x is None or y is None else x - bar * y for x, y in zip(a, r)])
-                op, target = "<=", 0.0
-            else:  # headroom: aria at or below rc minus bar times the oracle's gain over rc (none: rc itself)
-                o = per_seed("oracle", g, m)
-                stat = mean_ci([None if None in (x, y, z) else x - min(y, y - bar * (y - z)) for x, y, z in zip(a, r, o)])
-                op, target = "<=", 0.0
-            ok = stat["mean"] is not None and stat["mean"] <= target
-            clear = stat["high"] is not None and stat["high"] <= target
-            checks.append({"name": name, **stat, "op": op, "bar": target, "pass": bool(ok), "ci_clear": bool(clear)})
     return {"groups": groups, "metrics": metrics, "summary": summary, "ratios": ratios,
-            "ratio_method": RATIO_METHOD, "checks": checks}
+            "ratio_method": RATIO_METHOD, "checks": bar_checks(per_seed, groups, metrics, strategies)}
 
 
 # -- running ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aria.errors import UserError
+from aria.experiment.bar import bar_checks
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.world.worlds import REGIME_NAMES
 REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833", "all": "#777777",
@@ -360,6 +361,8 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
     for i, (res, path, src, checked) in enumerate(zip(results_list, paths, srcs, world_checks)):
         base = Path(path).resolve().parent
         links = [f"- [{name}]({os.path.relpath(base / rel, here)})" for name, rel in res["plots"].items()]
+        if many and i == 0:
+            out += pooled_sections(results_list)
         if many:
             tables = results_tables(res, checked).replace("\n## ", "\n### ")
             tables = ("#" + tables) if tables.startswith("## ") else tables
@@ -371,6 +374,64 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
     if ablations:
         out += ablation_section(results_list, list(ablations), list(ablation_paths), here)
     return "\n".join(out)
+
+
+POOLED_METHOD = ("the per-seed values of every results file pooled, paired by (results file, seed): the files "
+                 "count as further seeds, so the interval holds seed-to-seed and file-to-file variation together")
+
+
+def pooled_sections(results_list: list[dict]) -> list[str]:
+    """For every config with two or more results files that ran aria and rc (e.g. two splits of a world):
+    the bar per file and pooled over all their seeds, and each strategy's share of the oracle's headroom
+    on unseen per file and pooled (markdown lines)."""
+    out = []
+    for config in dict.fromkeys(_config(r) for r in results_list):
+        group = [r for r in results_list if _config(r) == config and {"aria", "rc"} <= set(r.get("runs", {}))]
+        if len(group) >= 2:
+            out += _pooled_section(config, group, results_list)
+    return out
+
+
+def _pooled_section(config: str | None, group: list[dict], results_list: list[dict]) -> list[str]:
+    strategies = [s for s in group[0]["strategies"] if all(s in r.get("runs", {}) for r in group)]
+    groups = [g for g in group[0]["groups"] if all(g in r["groups"] for r in group)]
+    metrics = [m for m in group[0]["metrics"] if all(m in r["metrics"] for r in group)]
+    titles = [experiment_title(r, results_list, _index(r, results_list)) for r in group]
+
+    def per_seed(s, g, m):
+        return [r["runs"][s].get(str(seed), {}).get(g, {}).get(m) for r in group for seed in r["seeds"]]
+
+    pooled = bar_checks(per_seed, groups, metrics, strategies)
+    rows = []
+    for check in pooled:
+        own = [next((c for c in r["checks"] if c["name"] == check["name"]), None) for r in group]
+        cells = [f"{fmt(c['mean'])} {'pass' if c['pass'] else 'fail'}" if c else "n/a" for c in own]
+        rows.append([check["name"], *cells, fmt_ci(check), f"{check['op']} {fmt(check['bar'])}", "pass" if check["pass"] else "fail",
+                     fmt(check["ci_clear"])])
+    seeds = sum(len(r["seeds"]) for r in group)
+    out = [f"## Across the {len(group)} results of `{config}`: {', '.join(titles)}", "",
+           f"The bar in each results file (its mean) and pooled over the {seeds} runs of each strategy: "
+           f"{POOLED_METHOD}.",
+           "", table(["check (aria vs rc)", *titles, "pooled [95% CI]", "bar", "verdict (pooled mean)",
+                      "CI clears bar"], rows), ""]
+    metric = "cond_discrepancy" if "cond_discrepancy" in metrics else "discrepancy"
+    if "oracle" in strategies and "unseen" in groups and metric in metrics:
+        def ratio(s, rs):
+            return mean_ci([v for r in rs for v in paired_ratios(
+                [r["runs"][s].get(str(seed), {}).get("unseen", {}).get(metric) for seed in r["seeds"]],
+                [r["runs"]["rc"].get(str(seed), {}).get("unseen", {}).get(metric) for seed in r["seeds"]])])
+
+        def share(s, rs):
+            oracle, mean = ratio("oracle", rs)["mean"], ratio(s, rs)["mean"]
+            return None if oracle is None or mean is None or oracle >= 1 else (1 - mean) / (1 - oracle)
+
+        rows = [[s, *[f"{fmt(ratio(s, [r])['mean'])} ({fmt(share(s, [r]))})" for r in group],
+                 fmt_ci(ratio(s, group)), fmt(share(s, group))] for s in strategies if s != "rc"]
+        out += [f"Unseen {metric} over rc's per file (in brackets: the share of the oracle's gain over rc) and pooled. "
+                "A share of 1 matches the oracle, 0 is rc; n/a where the oracle gains nothing.", "",
+                table(["strategy", *[f"{t}: unseen / rc (share)" for t in titles], "pooled unseen / rc [95% CI]",
+                       "pooled share"], rows), ""]
+    return out
 
 
 ABLATION_REGIMES = ("seen", "under", "unseen")
