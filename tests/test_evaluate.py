@@ -179,3 +179,14 @@ def test_kid_is_unbiased_mmd_with_cubic_kernel():
     brute = ((k(xs, xs).sum() - np.trace(k(xs, xs))) / 6 + (k(ys, ys).sum() - np.trace(k(ys, ys))) / 2
              - 2 * k(xs, ys).mean())
     assert evaluate.kid(xs, ys) == pytest.approx(brute)
+
+
+def test_evaluation_sets_the_configs_cpu_threads(setup, monkeypatch):
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    config = setup["config"].model_copy(deep=True)
+    config.backend.cpu_threads = 3
+    evaluate.load_components(config, teacher=object(), bundle=setup["bundle"], judge=object())
+    config.backend.cpu_threads = None  # torch's default is left alone
+    evaluate.load_components(config, teacher=object(), bundle=setup["bundle"], judge=object())
+    assert threads == [3]

@@ -1,6 +1,6 @@
 """The house's import directions: no circles, and lower stages never import higher ones.
 
-Stages from the bottom: errors; files; strategies; config; models, world and theory; data;
+Stages from the bottom: errors; files and devices; strategies; config; models, world and theory; data;
 training; experiment; cli. A module may import its own package or a lower stage (lazy imports
 inside functions count too). ``strategies`` imports nothing of aria but errors.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"aria": "aria", "strategies": "aria.strategies", "theory": "aria.theory"}
 STAGES = [  # (module prefix, stage): the longest prefix wins
-    ("aria.errors", 0), ("aria.files", 1), ("aria.strategies", 2), ("aria.config", 3),
+    ("aria.errors", 0), ("aria.files", 1), ("aria.devices", 1), ("aria.strategies", 2), ("aria.config", 3),
     ("aria.models", 4), ("aria.world", 4), ("aria.theory", 4), ("aria.data", 5),
     ("aria.training", 6), ("aria.experiment", 7), ("aria.cli", 8), ("aria", 0),
 ]

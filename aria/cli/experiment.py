@@ -33,7 +33,6 @@ def eval_command(student, teacher_path, config_path, overrides, out, reference):
     config = load_config(config_path, overrides)
     if teacher_path is not None:
         config.teacher.path = teacher_path
-    apply_cpu_threads(config)
     folder = evaluate.find_student(student)
     what = "--out" if out is not None else "the eval folder (--out)"
     if out is None:
@@ -75,15 +74,6 @@ def compare_command(strategies, seeds, config_path, overrides, out, parallel, su
     results = compare.compare(config_path, names, seed_list, out, parallel, overrides, shlex.join(cmd), summary_only)
     click.echo(report.checks_table(results) if results["checks"] else "no checks (aria or rc missing)")
     click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
-
-
-def apply_cpu_threads(config) -> None:
-    """``backend.cpu_threads`` for a command that runs models outside the engine (eval): on a
-    shared 2-core machine torch's default threads are several times slower than one."""
-    if config.backend.cpu_threads and config.backend.device != "cuda":
-        import torch
-
-        torch.set_num_threads(config.backend.cpu_threads)
 
 
 def parse_seeds(text: str) -> list[int]:

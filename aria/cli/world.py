@@ -120,7 +120,8 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     """Judge DDIM samples of one pool prompt per combination (all four attributes)."""
     import torch
 
-    from aria.data.encoders import build_encoder, resolve_device
+    from aria.data.encoders import build_encoder
+    from aria.devices import resolve_device
     from aria.models.teacher import load_teacher
     from aria.data.bundle import embedded_world_pool
     from aria.training.world_teacher import evaluate_teacher

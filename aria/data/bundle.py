@@ -476,7 +476,8 @@ def prepare_data(config, device: str | None = "cpu") -> DataBundle:
 
 def _prepare(config, device):
     from aria.data.corpus import PROMPT_REGIMES
-    from aria.data.encoders import build_encoder, resolve_device
+    from aria.data.encoders import build_encoder
+    from aria.devices import resolve_device
 
     device = resolve_device(device if device is not None else config.encoder.device)
     t0 = time.time()

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from aria.devices import resolve_device
 from aria.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,15 +29,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # while 16 would truncate 55% of them and cut an attribute out of 21%.
 WORLD_MAX_LENGTH = 32
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def resolve_device(device: str | None) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _weights_hash(folder: Path) -> str:

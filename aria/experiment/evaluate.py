@@ -229,11 +229,10 @@ def load_student(path: Path, device: str):
 
 def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     """(teacher, bundle, judge) of ``config``, loading those not given (no judge outside the world)."""
-    from aria.data.encoders import resolve_device
+    from aria.devices import resolve_device, use_cpu_threads
 
     device = resolve_device(config.backend.device)
-    if device == "cpu" and config.backend.cpu_threads:
-        torch.set_num_threads(config.backend.cpu_threads)
+    use_cpu_threads(config.backend.cpu_threads)
     if teacher is None:
         from aria.models import load_teacher
 

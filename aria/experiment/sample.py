@@ -251,7 +251,8 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     """Write the grid; returns its path. ``teacher`` None: the run's own (``run_teacher``), unless
     ``with_teacher`` is False. ``out`` None: ``default_out``. ``encoder`` replaces the one the run
     config names (tests)."""
-    from aria.data.encoders import build_encoder, resolve_device
+    from aria.data.encoders import build_encoder
+    from aria.devices import resolve_device, use_cpu_threads
 
     check_options(prompts, steps, seed, guidance, device)
     if teacher is not None and not with_teacher:
@@ -266,8 +267,7 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     if with_teacher and teacher is None:
         teacher = run_teacher(model, card, config)
     device = resolve_device(device)
-    if device == "cpu" and config.backend.cpu_threads:  # the run's setting (a shared 2-core machine: 1 is 4x faster)
-        torch.set_num_threads(config.backend.cpu_threads)
+    use_cpu_threads(config.backend.cpu_threads)  # the run's setting
     student = load_unet(model, "--model", device)
     models = [student] + ([load_unet(teacher, "--teacher", device)] if teacher is not None else [])
     for m in models[1:]:

@@ -28,6 +28,7 @@ from typing import Iterable, Protocol
 import torch
 import torch.distributed as dist
 
+from aria.devices import use_cpu_threads
 from aria.errors import UserError
 
 
@@ -96,7 +97,8 @@ def env_layout() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
+def process_device(name: str, local_rank: int) -> torch.device:
+    """This training process's device: ``backend.device`` checked, CUDA's by LOCAL_RANK."""
     if name not in ("auto", "cpu", "cuda"):
         raise UserError(f"backend.device: expected auto, cpu or cuda (got {name!r})")
     if name == "cuda" and not torch.cuda.is_available():
@@ -244,7 +246,7 @@ class _Base:
         self.config = backend_config
         self.distill = distill_config
         self.rank, self.world_size, self.local_rank = env_layout()
-        self.device = resolve_device(backend_config.device, self.local_rank)
+        self.device = process_device(backend_config.device, self.local_rank)
         self.compute_dtype = torch.bfloat16 if backend_config.precision == "bf16" else torch.float32
         self.input_dtype = torch.float32  # dtype of the student's inputs (autocast does the rest)
         self.timeout = timedelta(seconds=backend_config.collective_timeout_s)
@@ -255,8 +257,7 @@ class _Base:
                 f"distillation.batch_size {distill_config.batch_size} is not divisible by WORLD_SIZE {self.world_size}"
             )
         set_deterministic(backend_config.deterministic)
-        if backend_config.cpu_threads:
-            torch.set_num_threads(backend_config.cpu_threads)
+        use_cpu_threads(backend_config.cpu_threads)
         check_fp8(backend_config.fp8, self.device)  # before any heavy work
         if backend_config.sdpa_backend not in ("auto", "math"):
             import inspect

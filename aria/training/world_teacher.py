@@ -135,7 +135,7 @@ def _setup(config, device: str, seed: int, steps: int, batch_size: int, lr: floa
            workers: int | None, context_budget_bytes: float | None, unet_config: dict | None, log) -> _Run:
     """Seed; build the encoder, the pool's prompts and contexts, the UNet and its EMA, the optimiser
     and the batch feed (``workers`` render ahead; default: up to 12 on CUDA, none on CPU)."""
-    from aria.data.encoders import resolve_device
+    from aria.devices import resolve_device
 
     t_setup = time.time()
     device = resolve_device(device)
