@@ -16,8 +16,9 @@
 #       the stage-1 student of split SPLIT (0 or 1): 2,000 x 512 samples of `none` from random init,
 #       stored in fp16 with its record and evaluation (about 7 minutes on an H100). Unpack
 #       $OUT/stage1-splitSPLIT.tgz into aria/world/assets/.
-#   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT]
-#       `aria compare` of those runs of configs/concepts-gpu.yaml, all at once on the GPU, stopped in
+#   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT [CONFIG]]
+#       `aria compare` of those runs of CONFIG (default configs/concepts-gpu.yaml; the control arm is
+#       configs/concepts-control.yaml, split 0), all at once on the GPU, stopped in
 #       time to pack. Six compiled runs on a fresh machine trained together in 370 s (108 s of it the first
 #       step's compilation) and their evaluations (85 s each, at 512 probes and 512 samples, in parallel) no
 #       longer fitted the call: run at most 5 on a fresh machine, 6 on one still warm from a call (the
@@ -28,20 +29,21 @@
 #       cores: the teacher's reference samples are redrawn).
 #       Unpack a call's runs.tgz into docs/results/<name>/ and gather with
 #       `aria compare --summary-only --out docs/results/<name> ...`.
-#   bash tools/world2_call.sh evals [SPLIT]
+#   bash tools/world2_call.sh evals [SPLIT [CONFIG]]
 #       on the machine still warm from a `runs` call whose limit cut the evaluations (/tmp/runs is kept
 #       while the machine is held): evaluates every trained run that has no evaluation yet, all at once
 #       (about 40 s for three), and packs as `runs` does.
 set -uo pipefail
-usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT] | evals [SPLIT]${1:+ ($1)}"; exit 2; }
+usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT [CONFIG]] | evals [SPLIT [CONFIG]]${1:+ ($1)}"; exit 2; }
 # the arguments are checked before the call spends anything on installing
 split_ok() { [[ "$1" =~ ^(0|[1-9][0-9]*)$ ]] || usage "SPLIT is a number without leading zeros: $1"; }
+config_ok() { [ -f "$1" ] || usage "CONFIG is not a file: $1"; }
 case "${1:-}" in
   stage1) split_ok "${2:-}" ;;
   runs)
     [[ "${2:-}" =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || usage "STRATEGIES is a comma-separated list of names: ${2:-}"
     [[ "${3:-}" =~ ^[0-9]+(,[0-9]+)*$ ]] || usage "SEEDS is a count or a comma-separated list: ${3:-}"
-    split_ok "${4:-0}"
+    split_ok "${4:-0}"; config_ok "${5:-configs/concepts-gpu.yaml}"
     IFS=, read -ra strategy_list <<<"$2"; IFS=, read -ra seed_list <<<"$3"
     [ "$(printf '%s\n' "${strategy_list[@]}" | sort -u | wc -l)" -eq "${#strategy_list[@]}" ] \
       || usage "STRATEGIES names one twice: $2"
@@ -50,7 +52,7 @@ case "${1:-}" in
     seeds_n=${#seed_list[@]}; [ "$seeds_n" -eq 1 ] && seeds_n=$((10#${seed_list[0]}))  # one number is a count
     n=$(( ${#strategy_list[@]} * seeds_n ))
     [ "$n" -ge 1 ] && [ "$n" -le 6 ] || usage "$n runs: 1 to 6 fit one call (training and evaluation)" ;;
-  evals) split_ok "${2:-0}" ;;
+  evals) split_ok "${2:-0}"; config_ok "${3:-configs/concepts-gpu.yaml}" ;;
   *) usage ;;
 esac
 OUT=${OUT:-/tmp/world2-out}
@@ -113,23 +115,25 @@ case "${1:-}" in
     tar czf "$OUT/stage1-split$split.tgz" -C /tmp "$name"
     ;;
   runs)
-    strategies=$2; seeds=$3; split=${4:-0}
+    strategies=$2; seeds=$3; split=${4:-0}; config=${5:-configs/concepts-gpu.yaml}
     extra=()
-    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split" --set student.init_path=aria/world/assets/concepts-student-split$split)
-    timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config configs/concepts-gpu.yaml --strategies "$strategies" \
+    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
+    [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
+    timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config "$config" --strategies "$strategies" \
       --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
     echo "compare rc $? $(date -u +%T)"; tail -5 "$OUT/compare.log"
-    python3 -m aria.cli checks --compare /tmp/runs --config configs/concepts-gpu.yaml 2>&1 | tail -15
+    python3 -m aria.cli checks --compare /tmp/runs --config "$config" 2>&1 | tail -15
     pack_runs
     ;;
   evals)
-    split=${2:-0}
+    split=${2:-0}; config=${3:-configs/concepts-gpu.yaml}
     extra=()
-    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split" --set student.init_path=aria/world/assets/concepts-student-split$split)
+    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
+    [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue
       echo "evaluating $run"
-      timeout -k 10 $((480 - SECONDS)) python3 -m aria.cli eval --student "$run" --config configs/concepts-gpu.yaml \
+      timeout -k 10 $((480 - SECONDS)) python3 -m aria.cli eval --student "$run" --config "$config" \
         --set encoder.path=/tmp/enc "${extra[@]}" --out "$run/eval" > "$run/eval.log" 2>&1 &
     done
     wait
