@@ -364,49 +364,75 @@ def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
     assert half["name"] not in {c["name"] for c in compare.summarise(evals, ["rc", "aria"], seeds)["checks"]}
 
 
-def test_results_of_one_config_are_pooled_into_the_bar_as_further_seeds(tmp_path):
+def split_results(disc: dict, seeds: list[int], command: str, missing=()) -> dict:
+    """Results JSON whose ratios to rc vary by seed: probe discrepancy disc[s][g] * (1 + 0.05 * seed * k_s) and
+    D_c at 0.6 times it, for strategy number k_s; ``missing``: (strategy, seed) runs left out."""
+    gap = {"seen": 0.0, "under": 0.1, "unseen": 0.2}
+    evals = {}
+    for k, (s, d) in enumerate(disc.items()):
+        evals[s] = {}
+        for seed in seeds:
+            if (s, seed) in missing:
+                evals[s][seed] = None
+                continue
+            evals[s][seed] = fake_eval({g: v * (1 + 0.05 * seed * k) for g, v in d.items()}, gap, 0)
+            for g in d:
+                evals[s][seed]["metrics"][g]["cond_discrepancy"] = 0.6 * evals[s][seed]["metrics"][g]["discrepancy"]
+    res = compare.summarise(evals, list(disc), seeds)
+    res.update(format="aria-compare/1", command=command, card="cpu", date="2026-01-01 00:00 UTC", wall_time_s=1.0,
+               run_wall_time_s=2.0, steps=10, strategies=list(disc), seeds=seeds, probe_digest="abc", plots={},
+               runs={s: {str(seed): e["metrics"] for seed, e in by_seed.items() if e} for s, by_seed in evals.items()})
+    return res, evals
+
+
+def test_splits_of_one_config_are_pooled_into_the_bar_as_further_seeds(tmp_path):
     regimes = ("seen", "under", "unseen")
     split0 = {"rc": dict.fromkeys(regimes, 2.0), "oracle": {"seen": 2.0, "under": 1.9, "unseen": 1.6},
               "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.7}}
-    split1 = {"rc": dict.fromkeys(regimes, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.7},
+    split1 = {"rc": dict.fromkeys(regimes, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.4},
               "aria": {"seen": 3.1, "under": 3.0, "unseen": 2.9}}
-    first = results_with_runs(split0, [0, 1, 2], "aria compare --seeds 3 --config c.yaml")
-    second = results_with_runs(split1, [0, 1], "aria compare --seeds 2 --config c.yaml --set data.concepts.seed=1")
-    other = results_with_runs(split0, [0, 1], "aria compare --seeds 2 --config other.yaml")
-    lines = "\n".join(report.pooled_sections([first, other, second])).splitlines()
-    assert len([line for line in lines if line.startswith("## Across")]) == 1  # other.yaml has one results file
+    base = "aria compare --config c.yaml --set encoder.path=/e"
+    first, evals0 = split_results(split0, [0, 1, 2], base)
+    second, evals1 = split_results(split1, [0, 1, 2], base + " --set data.concepts.seed=1 --set student.init_path=s1",
+                                   missing={("aria", 2)})
+    other, _ = split_results(split0, [0, 1], "aria compare --config other.yaml")
+    longer, _ = split_results(split0, [0, 1], base + " --set distillation.steps=50 --set data.concepts.seed=2")
+    lines = "\n".join(report.pooled_sections([first, other, second, longer])).splitlines()
+    # only the files that differ in their split are pooled (not another config, not another --set)
+    assert [line for line in lines if line.startswith("## ")] == [
+        "## Across the splits of `c.yaml`: headline, with `data.concepts.seed=1`, `student.init_path=s1`"]
     # the reference: the bar of one comparison whose seeds are both files' runs, renumbered
-    gap = {"seen": 0.0, "under": 0.1, "unseen": 0.2}
-    pooled_evals = {s: {} for s in split0}
-    for offset, (disc, seeds) in enumerate(((split0, [0, 1, 2]), (split1, [0, 1]))):
-        for s, d in disc.items():
-            for seed in seeds:
-                pooled_evals[s][3 * offset + seed] = fake_eval(
-                    {g: v * (1 + seed / 100) - 0.01 * seed for g, v in d.items()}, gap, seed)
-    reference = compare.summarise(pooled_evals, list(split0), sorted(pooled_evals["rc"]))["checks"]
-    text = "\n".join(lines)
+    pooled = {s: {**evals0[s], **{3 + seed: e for seed, e in evals1[s].items()}} for s in split0}
+    reference = compare.summarise(pooled, list(split0), list(range(6)))["checks"]
+    assert any(c["name"].startswith("unseen cond_discrepancy") for c in reference)
     for check in reference:
         row = next(line for line in lines if line.startswith(f"| {check['name']} |"))
-        assert f"| {report.fmt_ci(check)} |" in row and row.endswith(f"| {'pass' if check['pass'] else 'fail'} | "
-                                                                   f"{report.fmt(check['ci_clear'])} |")
-    assert "with `data.concepts.seed=1`" in text
-    # per-file columns are each file's own bar; the unseen share of the oracle's gain, per file and pooled
-    unseen = next(line for line in lines if line.startswith("| unseen discrepancy aria/rc |"))
-    for res in (first, second):
-        own = res["checks"][0]
-        assert f"| {report.fmt(own['mean'])} {'pass' if own['pass'] else 'fail'} |" in unseen
-    aria = next(line for line in lines if line.startswith("| aria |"))
-    share0 = (1 - first["ratios"]["aria"]["unseen"]["discrepancy"]["mean"]) / (
-        1 - first["ratios"]["oracle"]["unseen"]["discrepancy"]["mean"])
-    assert share0 == pytest.approx(0.75, abs=0.02) and f"({report.fmt(share0)})" in aria
-    # in the document: after the reading, before the numbered sections, and checked like the rest
+        assert f"| {report.fmt_ci(check)} | {check['n']} |" in row
+        assert row.endswith(f"| {'pass' if check['pass'] else 'fail'} | {report.fmt(check['ci_clear'])} |")
+        for res in (first, second):  # and each file's own verdict
+            own = next(c for c in res["checks"] if c["name"] == check["name"])
+            assert f"| {report.fmt(own['mean'])} {'pass' if own['pass'] else 'fail'} |" in row
+    # the share of the oracle's unseen D_c gain, over the (file, seed) pairs where aria, rc and the oracle ran
+    def dc(evals, s, seeds):
+        return [evals[s][seed]["metrics"]["unseen"]["cond_discrepancy"] for seed in seeds]
+
+    pairs = [(evals0, [0, 1, 2]), (evals1, [0, 1])]
+    aria = np.concatenate([np.array(dc(e, "aria", k)) / dc(e, "rc", k) for e, k in pairs])
+    oracle = np.concatenate([np.array(dc(e, "oracle", k)) / dc(e, "rc", k) for e, k in pairs])
+    share = (1 - aria.mean()) / (1 - oracle.mean())
+    row = next(line for line in lines if line.startswith("| aria |"))
+    assert row.endswith(f"| {report.fmt_ci(mean_ci(aria))} | {report.fmt(share)} |")
+    oracle_all = np.concatenate([oracle, [dc(evals1, "oracle", [2])[0] / dc(evals1, "rc", [2])[0]]])
+    unmatched = (1 - aria.mean()) / (1 - oracle_all.mean())  # the oracle's mean over a seed aria lacks
+    assert report.fmt(unmatched) != report.fmt(share) and f"| {report.fmt(unmatched)} |" not in row
+    # in the document: after the numbered sections, and checked like the rest
     paths = []
     for name, res in (("a", first), ("b", second)):
         paths.append(tmp_path / name / "results.json")
         write_json(paths[-1], res)
     doc = tmp_path / "RESULTS.md"
     text = compare.results_doc(paths, doc)
-    assert text.index(report.READING_CLOSE) < text.index("## Across the 2 results of `c.yaml`") < text.index("## 1.")
+    assert text.index("## 2. with") < text.index("## Across the splits of `c.yaml`")
     row = next(line for line in text.splitlines() if line.startswith("| seen discrepancy aria/rc |"))
     doc.write_text(text.replace(row, row.replace("| <= 1.02 |", "| <= 1.2 |")))
     with pytest.raises(report.DocCheckError):

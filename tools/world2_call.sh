@@ -37,7 +37,9 @@ set -uo pipefail
 usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT [CONFIG]] | evals [SPLIT [CONFIG]]${1:+ ($1)}"; exit 2; }
 # the arguments are checked before the call spends anything on installing
 split_ok() { [[ "$1" =~ ^(0|[1-9][0-9]*)$ ]] || usage "SPLIT is a number without leading zeros: $1"; }
-config_ok() { [ -f "$1" ] || usage "CONFIG is not a file: $1"; }
+# the main arm (each split's stage-1 student) or the control arm (a student copied from the teacher)
+config_ok() { [[ "$1" == configs/concepts-gpu.yaml || "$1" == configs/concepts-control.yaml ]] \
+  || usage "CONFIG is configs/concepts-gpu.yaml or configs/concepts-control.yaml: $1"; }
 case "${1:-}" in
   stage1) split_ok "${2:-}" ;;
   runs)

@@ -41,3 +41,23 @@ def bar_checks(per_seed: Callable[[str, str, str], list], groups, metrics, strat
         clear = stat["high"] is not None and stat["high"] <= target
         checks.append({"name": name, **stat, "op": "<=", "bar": target, "pass": bool(ok), "ci_clear": bool(clear)})
     return checks
+
+
+HEADROOM_METRICS = ("cond_discrepancy", "discrepancy")  # the headroom is read on the first one measured
+
+
+def headroom_metric(metrics) -> str:
+    """The metric of the oracle's headroom: the condition-specific discrepancy where measured, else the probe's."""
+    return next(m for m in HEADROOM_METRICS if m in metrics)
+
+
+def headroom_share(strategy: list, rc: list, oracle: list) -> dict:
+    """A strategy's share of the oracle's gain over rc, from per-seed values paired by position, over the
+    positions where all three were measured: {"strategy": mean_ci of strategy/rc, "oracle": mean_ci of
+    oracle/rc, "share": (1 - strategy/rc) / (1 - oracle/rc) of the means}. The share is None where the
+    oracle's gain is not established (its 95% interval reaches 1, or a single seed)."""
+    both = [(s, r, o) for s, r, o in zip(strategy, rc, oracle) if None not in (s, r, o) and r != 0]
+    mine, theirs = mean_ci([s / r for s, r, _ in both]), mean_ci([o / r for _, r, o in both])
+    established = theirs["high"] is not None and theirs["high"] < 1
+    share = (1 - mine["mean"]) / (1 - theirs["mean"]) if established else None
+    return {"strategy": mine, "oracle": theirs, "share": share}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aria.errors import UserError
-from aria.experiment.bar import bar_checks
+from aria.experiment.bar import bar_checks, headroom_metric, headroom_share
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.world.worlds import REGIME_NAMES
 REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833", "all": "#777777",
@@ -157,28 +157,31 @@ HEADROOM_REGIMES = ("seen", "under", "unseen", "compositional")
 
 def headroom_section(results: dict) -> list[str]:
     """The oracle's headroom over rc per regime and every other strategy's share of it (markdown lines;
-    none without an oracle). On the condition-specific discrepancy where measured, else the probe's."""
-    ratios = results.get("ratios", {})
-    if "oracle" not in ratios:
+    none without an oracle), on ``bar.headroom_metric``."""
+    runs = results.get("runs", {})
+    if not {"oracle", "rc"} <= set(runs) or "oracle" not in results.get("ratios", {}):
         return []
-    metric = "cond_discrepancy" if "cond_discrepancy" in results["metrics"] else "discrepancy"
-    others = [s for s in results["strategies"] if s in ratios and s != "oracle"]
+    metric = headroom_metric(results["metrics"])
+    others = [s for s in results["strategies"] if s in runs and s not in ("rc", "oracle")]
     rows = []
     for g in (g for g in HEADROOM_REGIMES if g in results["groups"]):
-        oracle = ratios["oracle"][g][metric]["mean"]
-        headroom = None if oracle is None else 1 - oracle
-        row = [g, fmt_ci(ratios["oracle"][g][metric]), fmt(headroom)]
+        def values(s):
+            return [runs[s].get(str(seed), {}).get(g, {}).get(metric) for seed in results["seeds"]]
+
+        oracle = results["ratios"]["oracle"][g][metric]
+        established = oracle["high"] is not None and oracle["high"] < 1
+        row = [g, fmt_ci(oracle), fmt(1 - oracle["mean"] if established else None)]
         for s in others:
-            mean = ratios[s][g][metric]["mean"]
-            share = None if mean is None or headroom is None or headroom <= 0 else (1 - mean) / headroom
-            row += [fmt_ci(ratios[s][g][metric]), fmt(share)]
+            row += [fmt_ci(results["ratios"][s][g][metric]), fmt(headroom_share(values(s), values("rc"),
+                                                                                values("oracle"))["share"])]
         rows.append(row)
     header = ["regime", "oracle / rc", "headroom: 1 - oracle/rc"] + [
         h for s in others for h in (f"{s} / rc", f"{s}'s share")]
     return [f"## The oracle's headroom ({metric})", "",
             "The oracle allocates by the measured probe discrepancy (evaluation data): what an allocator can "
             "gain over rc. A strategy's share is its gain over rc divided by the oracle's, from the mean "
-            "ratios: 1 matches the oracle, 0 is rc, below 0 worse than rc; n/a where the oracle gains nothing.",
+            "ratios over the seeds where both ran: 1 matches the oracle, 0 is rc, below 0 worse than rc; n/a "
+            "where the oracle's gain is not established (its 95% interval reaches 1).",
             "", table(header, rows), ""]
 
 
@@ -361,8 +364,6 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
     for i, (res, path, src, checked) in enumerate(zip(results_list, paths, srcs, world_checks)):
         base = Path(path).resolve().parent
         links = [f"- [{name}]({os.path.relpath(base / rel, here)})" for name, rel in res["plots"].items()]
-        if many and i == 0:
-            out += pooled_sections(results_list)
         if many:
             tables = results_tables(res, checked).replace("\n## ", "\n### ")
             tables = ("#" + tables) if tables.startswith("## ") else tables
@@ -371,64 +372,64 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
         else:
             out += [*results_header(res), "", "## Reading", "", READING_OPEN, reading_section(existing),
                     READING_CLOSE, "", results_tables(res, checked), "## Plots", "", *links, ""]
+    if many:
+        out += pooled_sections(results_list)
     if ablations:
         out += ablation_section(results_list, list(ablations), list(ablation_paths), here)
     return "\n".join(out)
 
 
-POOLED_METHOD = ("the per-seed values of every results file pooled, paired by (results file, seed): the files "
-                 "count as further seeds, so the interval holds seed-to-seed and file-to-file variation together")
+SPLIT_SETTINGS = ("data.concepts.seed", "data.world.seed", "student.init_path")  # what a split or world seed sets
+POOLED_METHOD = ("each check over the per-seed values of every file together, paired by (file, seed): a t-interval "
+                 "for these files, with the files as further seeds (it says nothing of a split not run)")
 
 
 def pooled_sections(results_list: list[dict]) -> list[str]:
-    """For every config with two or more results files that ran aria and rc (e.g. two splits of a world):
-    the bar per file and pooled over all their seeds, and each strategy's share of the oracle's headroom
-    on unseen per file and pooled (markdown lines)."""
+    """For results files that differ only in their split (``SPLIT_SETTINGS``: the same config and every other
+    --set value) and ran aria and rc, two or more of them: the bar per file and pooled over their runs, and
+    each strategy's share of the oracle's unseen headroom per file and pooled (markdown lines)."""
+    def key(r):
+        return _config(r), frozenset(v for v in _sets(r) if v.split("=", 1)[0] not in SPLIT_SETTINGS)
+
     out = []
-    for config in dict.fromkeys(_config(r) for r in results_list):
-        group = [r for r in results_list if _config(r) == config and {"aria", "rc"} <= set(r.get("runs", {}))]
+    for k in dict.fromkeys(key(r) for r in results_list):
+        group = [r for r in results_list if key(r) == k and {"aria", "rc"} <= set(r.get("runs", {}))]
         if len(group) >= 2:
-            out += _pooled_section(config, group, results_list)
+            out += _pooled_section(group, results_list)
     return out
 
 
-def _pooled_section(config: str | None, group: list[dict], results_list: list[dict]) -> list[str]:
-    strategies = [s for s in group[0]["strategies"] if all(s in r.get("runs", {}) for r in group)]
+def _pooled_section(group: list[dict], results_list: list[dict]) -> list[str]:
+    strategies = [s for s in group[0]["strategies"] if all(s in r["runs"] for r in group)]
     groups = [g for g in group[0]["groups"] if all(g in r["groups"] for r in group)]
     metrics = [m for m in group[0]["metrics"] if all(m in r["metrics"] for r in group)]
     titles = [experiment_title(r, results_list, _index(r, results_list)) for r in group]
 
-    def per_seed(s, g, m):
-        return [r["runs"][s].get(str(seed), {}).get(g, {}).get(m) for r in group for seed in r["seeds"]]
+    def per_seed(s, g, m, files=group):
+        return [r["runs"][s].get(str(seed), {}).get(g, {}).get(m) for r in files for seed in r["seeds"]]
 
-    pooled = bar_checks(per_seed, groups, metrics, strategies)
     rows = []
-    for check in pooled:
+    for check in bar_checks(per_seed, groups, metrics, strategies):
         own = [next((c for c in r["checks"] if c["name"] == check["name"]), None) for r in group]
-        cells = [f"{fmt(c['mean'])} {'pass' if c['pass'] else 'fail'}" if c else "n/a" for c in own]
-        rows.append([check["name"], *cells, fmt_ci(check), f"{check['op']} {fmt(check['bar'])}", "pass" if check["pass"] else "fail",
-                     fmt(check["ci_clear"])])
-    seeds = sum(len(r["seeds"]) for r in group)
-    out = [f"## Across the {len(group)} results of `{config}`: {', '.join(titles)}", "",
-           f"The bar in each results file (its mean) and pooled over the {seeds} runs of each strategy: "
-           f"{POOLED_METHOD}.",
-           "", table(["check (aria vs rc)", *titles, "pooled [95% CI]", "bar", "verdict (pooled mean)",
-                      "CI clears bar"], rows), ""]
-    metric = "cond_discrepancy" if "cond_discrepancy" in metrics else "discrepancy"
-    if "oracle" in strategies and "unseen" in groups and metric in metrics:
-        def ratio(s, rs):
-            return mean_ci([v for r in rs for v in paired_ratios(
-                [r["runs"][s].get(str(seed), {}).get("unseen", {}).get(metric) for seed in r["seeds"]],
-                [r["runs"]["rc"].get(str(seed), {}).get("unseen", {}).get(metric) for seed in r["seeds"]])])
+        rows.append([check["name"], *[f"{fmt(c['mean'])} {'pass' if c['pass'] else 'fail'}" if c else "n/a"
+                                      for c in own],
+                     fmt_ci(check), str(check["n"]), f"{check['op']} {fmt(check['bar'])}",
+                     "pass" if check["pass"] else "fail", fmt(check["ci_clear"])])
+    out = [f"## Across the splits of `{_config(group[0])}`: {', '.join(titles)}", "",
+           f"The bar in each results file (its mean) and pooled: {POOLED_METHOD}; n is the pairs pooled.", "",
+           table(["check (aria vs rc)", *titles, "pooled [95% CI]", "n", "bar", "verdict (pooled mean)",
+                  "CI clears bar"], rows), ""]
+    metric = headroom_metric(metrics)
+    if "oracle" in strategies and "unseen" in groups:
+        def share(s, files):
+            return headroom_share(*(per_seed(x, "unseen", metric, files) for x in (s, "rc", "oracle")))
 
-        def share(s, rs):
-            oracle, mean = ratio("oracle", rs)["mean"], ratio(s, rs)["mean"]
-            return None if oracle is None or mean is None or oracle >= 1 else (1 - mean) / (1 - oracle)
-
-        rows = [[s, *[f"{fmt(ratio(s, [r])['mean'])} ({fmt(share(s, [r]))})" for r in group],
-                 fmt_ci(ratio(s, group)), fmt(share(s, group))] for s in strategies if s != "rc"]
-        out += [f"Unseen {metric} over rc's per file (in brackets: the share of the oracle's gain over rc) and pooled. "
-                "A share of 1 matches the oracle, 0 is rc; n/a where the oracle gains nothing.", "",
+        rows = [[s, *[f"{fmt(share(s, [r])['strategy']['mean'])} ({fmt(share(s, [r])['share'])})" for r in group],
+                 fmt_ci(share(s, group)["strategy"]), fmt(share(s, group)["share"])]
+                for s in strategies if s != "rc"]
+        out += [f"Unseen {metric} over rc's per file (in brackets: the share of the oracle's gain over rc) and "
+                "pooled, over the seeds where the strategy, rc and the oracle all ran. A share of 1 matches the "
+                "oracle, 0 is rc; n/a where the oracle's gain is not established (its 95% interval reaches 1).", "",
                 table(["strategy", *[f"{t}: unseen / rc (share)" for t in titles], "pooled unseen / rc [95% CI]",
                        "pooled share"], rows), ""]
     return out

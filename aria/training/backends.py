@@ -28,7 +28,7 @@ from typing import Iterable, Protocol
 import torch
 import torch.distributed as dist
 
-from aria.devices import use_cpu_threads
+from aria.devices import resolve_device, use_cpu_threads
 from aria.errors import UserError
 
 
@@ -103,7 +103,7 @@ def process_device(name: str, local_rank: int) -> torch.device:
         raise UserError(f"backend.device: expected auto, cpu or cuda (got {name!r})")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("backend.device is cuda but no CUDA device is visible")
-    if name == "cpu" or not torch.cuda.is_available():
+    if resolve_device(name) == "cpu":
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():
         raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
