@@ -19,10 +19,10 @@
 #   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT [CONFIG]]
 #       `aria compare` of those runs of CONFIG (default configs/concepts-gpu.yaml; the control arm is
 #       configs/concepts-control.yaml, split 0), all at once on the GPU, stopped in
-#       time to pack. Six compiled runs on a fresh machine trained together in 370 s (108 s of it the first
-#       step's compilation) and their evaluations (85 s each, at 512 probes and 512 samples, in parallel) no
-#       longer fitted the call: run at most 5 on a fresh machine, 6 on one still warm from a call (the
-#       compile cache in .aria-cache/inductor is kept), and `evals` after a call that was cut. $OUT/runs.tgz holds
+#       time to pack. Six runs fit: on 2026-12-06 a call on a fresh machine took 514 s and calls on the
+#       still-warm machine 430-438 s (the compile cache in .aria-cache/inductor is kept). An earlier fresh
+#       call with the oracle (whose evaluations are longer) was cut during evaluation: run `evals` after a
+#       call that was cut. $OUT/runs.tgz holds
 #       the compare folder without checkpoints. $OUT/students.tgz.part-* hold every exported student in
 #       fp16, so that an evaluation the limit cut can be finished in the next call or here, with
 #       `aria eval --student RUN --config configs/concepts-gpu.yaml` (tens of minutes a run on 2 CPU

@@ -1,5 +1,6 @@
 """The project's bar for aria against rc, one owner for its arithmetic: the checks of one comparison
-(``compare.summarise``) and of several pooled (``report.pooled_section``, e.g. two splits of a world)."""
+(``compare.summarise``) and of several pooled (``report.pooled_sections``, e.g. two splits of a world),
+and the share of the oracle's headroom (``report.headroom_section`` and the pooled sections)."""
 
 from __future__ import annotations
 
