@@ -134,6 +134,9 @@ case "${1:-}" in
     [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue
+      trained_on=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['config']['data']['concepts']['seed'])" \
+        "$run/student/aria.json")
+      [ "$trained_on" = "$split" ] || { echo "$run: trained on split $trained_on, not SPLIT $split: not evaluated"; continue; }
       echo "evaluating $run"
       timeout -k 10 $((480 - SECONDS)) python3 -m aria.cli eval --student "$run" --config "$config" \
         --set encoder.path=/tmp/enc "${extra[@]}" --out "$run/eval" > "$run/eval.log" 2>&1 &

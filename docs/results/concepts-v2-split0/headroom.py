@@ -27,6 +27,7 @@
 Run from the repository root: python docs/results/concepts-v2-split0/headroom.py
 """
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -135,6 +136,7 @@ def inside_regimes() -> None:
     """Part 5: unseen share early and late, per unseen family, and alignment with rc's per-region D_c."""
     runs = HERE / "runs"
 
+    @functools.cache
     def evals(name):
         return [json.loads((runs / name / f"seed{s}" / "eval" / "eval.json").read_text()) for s in SEEDS]
 
