@@ -27,8 +27,8 @@
 #       fp16, so that an evaluation the limit cut can be finished in the next call or here, with
 #       `aria eval --student RUN --config configs/concepts-gpu.yaml` (tens of minutes a run on 2 CPU
 #       cores: the teacher's reference samples are redrawn).
-#       Unpack a call's runs.tgz into docs/results/<name>/ and gather with
-#       `aria compare --summary-only --out docs/results/<name> ...`.
+#       Gather the fetched calls into docs/results/<name>/ with `python tools/world2_gather.py --out
+#       docs/results/<name> [--split N] [--config C] CALL_DIR ...` (aria compare --summary-only and aria checks).
 #   bash tools/world2_call.sh evals [SPLIT [CONFIG]]
 #       on the machine still warm from a `runs` call whose limit cut the evaluations (/tmp/runs is kept
 #       while the machine is held): evaluates every trained run that has no evaluation yet, all at once
