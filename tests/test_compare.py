@@ -1,6 +1,7 @@
 """aria compare statistics, the results document and its --check, and compare end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,11 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     assert summary["summary"]["rc"]["all"]["discrepancy"]["n"] == 1
     assert summary["summary"]["rc"]["all"]["discrepancy"]["mean"] == results["summary"]["rc"]["all"]["discrepancy"]["mean"]
     assert "missing runs (not in the statistics): rc/seed1, aria/seed1" in (out / "results.md").read_text()
+    # the results' date is the evaluation's, recorded in compare.json: a copy or a clone (new mtimes) keeps it
+    for s in ("rc", "aria"):
+        os.utime(out / "runs" / s / "seed0" / "eval" / "eval.json", (0, 0))
+    assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
+                           summary_only=True)["date"] == results["date"]
     # the same folder with another config is refused before any work
     with pytest.raises(UserError, match="trained with another config"):
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])

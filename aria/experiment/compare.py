@@ -147,7 +147,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, **device_env}).returncode
     if rc != 0:
         raise RunFailed(f"{strategy}/seed{seed}: aria eval exited {rc} ({last_line(log)}); see {log}")
-    times["eval_s"] = time.perf_counter() - t0
+    times["eval_s"], times["evaluated_at"] = time.perf_counter() - t0, time.time()  # epoch s: the results' date
     p["record"].write_text(json.dumps(times))
     return times
 
@@ -232,7 +232,7 @@ class _Found:
     evals: dict  # evals[strategy][seed]: eval JSON dict, None where missing
     wall: float  # training + evaluation seconds of the runs, summed
     cards: set  # where the runs trained
-    finished: float  # mtime of the last eval.json
+    finished: float  # when the last evaluation was made (compare.json's evaluated_at, else eval.json's mtime)
     probe_digest: str
     logs: dict  # logs[(strategy, seed)]: the evaluated run's metrics.jsonl records ([] where unreadable)
     switched: dict  # switched[strategy][seed]: allocation.switched_by_group of the run (strategies that switch)
@@ -325,9 +325,10 @@ def _collect_runs(plan: _Plan) -> _Found:
                 evals[s][seed] = None
                 continue
             evals[s][seed] = json.loads(p["eval_json"].read_text())
-            finished = max(finished, p["eval_json"].stat().st_mtime)
-            if p["record"].exists():
-                record = json.loads(p["record"].read_text())
+            record = json.loads(p["record"].read_text()) if p["record"].exists() else None
+            # when it was evaluated: recorded by compare (a copy or a clone keeps it), else the file's mtime
+            finished = max(finished, (record or {}).get("evaluated_at") or p["eval_json"].stat().st_mtime)
+            if record is not None:
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
                 cards.add(record.get("card") or plan.card)
     digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values() if e is not None}
