@@ -76,3 +76,25 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_WEIGHTS_DIGESTS: dict = {}
+
+
+def weights_digest(folder: Path) -> str | None:
+    """sha256 (16 hex) of the weight files directly in ``folder`` (*.safetensors, *.bin), memoised per
+    process by (path, size, mtime); None where there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()) \
+        if folder.is_dir() else []
+    if not files:
+        return None
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _WEIGHTS_DIGESTS:
+        digest = hashlib.sha256()
+        for p in files:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        _WEIGHTS_DIGESTS[key] = digest.hexdigest()[:16]
+    return _WEIGHTS_DIGESTS[key]

@@ -188,6 +188,13 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     # the same folder with another config is refused before any work
     with pytest.raises(UserError, match="trained with another config"):
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])
+    # and with other weights at the teacher's path (the config names only the path)
+    record = json.loads((out / "runs" / "rc" / "seed0" / "compare.json").read_text())
+    assert set(record["assets"]) == {"teacher.path"} and len(record["assets"]["teacher.path"]) == 16
+    weights = next((tmp_path / "teacher").rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(UserError, match=r"trained with other weights at teacher.path \(digest "):
+        compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, sets, summary_only=True)
 
 
 def test_seeds_take_a_count_or_a_list():

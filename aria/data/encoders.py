@@ -20,6 +20,7 @@ import numpy as np
 
 from aria.devices import resolve_device
 from aria.errors import UserError
+from aria.files import weights_digest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,23 +33,11 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def _weights_hash(folder: Path) -> str:
-    """sha256 (16 hex) of the weight files, memoised per process by (path, size, mtime)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
+    """The encoder's weights digest (``aria.files.weights_digest``); an encoder folder without weights is refused."""
+    digest = weights_digest(folder)
+    if digest is None:
         raise UserError(f"encoder folder {folder} holds no weights (*.safetensors or *.bin)")
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key in _HASHES:
-        return _HASHES[key]
-    h = hashlib.sha256()
-    for p in files:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    _HASHES[key] = h.hexdigest()[:16]
-    return _HASHES[key]
-
-
-_HASHES: dict = {}
+    return digest
 
 
 def _quiet_transformers():

@@ -6,8 +6,10 @@ evaluated by an ``aria eval`` subprocess on the same GPU (the teacher's referenc
 shared through ``OUT/reference``). Jobs start in the order ``rc``, ``aria``, then the others, seed
 by seed, so that a comparison cut short has its headline pair first. A run whose
 ``eval/eval.json`` exists is skipped and a trained student is not retrained, so an interrupted
-comparison resumes. The summary is the mean and 95% t-interval over seeds; ratios to ``rc`` are
-paired per seed.
+comparison resumes. Each run's ``compare.json`` keeps the config digest and the digests of the weights
+the config names by path (the teacher, ``student.init_path``): an ``OUT`` holding runs of another
+config, or made with other weights at those paths, is refused. The summary is the mean and 95%
+t-interval over seeds; ratios to ``rc`` are paired per seed.
 """
 
 from __future__ import annotations
@@ -101,6 +103,17 @@ ADDED_LATER = {
 }
 
 
+def asset_digests(config) -> dict:
+    """Digests of the weights a run reads by path (the config digest names only the path): the teacher's
+    UNet and the student's init_path, where they are folders of weights."""
+    from aria.files import weights_digest
+
+    teacher = config.teacher.path and Path(config.teacher.path) / (config.teacher.subfolder or "")
+    folders = {"teacher.path": teacher, "student.init_path": config.student.init_path}
+    digests = {key: weights_digest(Path(folder)) for key, folder in folders.items() if folder}
+    return {key: digest for key, digest in digests.items() if digest}
+
+
 def config_digest(config) -> str:
     """Short digest of ``digest_fields``: runs of a comparison must share it."""
     import hashlib
@@ -118,18 +131,18 @@ def last_line(log: Path) -> str:
 
 
 def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed: int, env: dict,
-         digest: str, gpus: "GpuSlots") -> dict:
+         stamp: dict, gpus: "GpuSlots") -> dict:
     """Train (``aria run``, unless the student is there) and evaluate (``aria eval``) one run, each a
-    subprocess on one GPU slot; returns wall times."""
+    subprocess on one GPU slot; returns wall times. ``stamp``: the config digest and the weights' digests
+    (``asset_digests``) that its record keeps."""
     from aria.training import checkpoint as ckpt
     from aria.experiment.evaluate import find_student
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
     before = json.loads(p["record"].read_text()) if p["record"].is_file() else {}  # kept if only evaluated now
-    p["record"].write_text(json.dumps({**before, "config": digest}))
-    times = {"config": digest, "train_s": before.get("train_s", 0.0), "eval_s": 0.0,
-             "card": before.get("card", gpus.card)}
+    p["record"].write_text(json.dumps({**before, **stamp}))
+    times = {**stamp, "train_s": before.get("train_s", 0.0), "eval_s": 0.0, "card": before.get("card", gpus.card)}
     if find_student(p["run"], required=False) is None:
         resume = ["--resume"] if ckpt.list_checkpoints(p["run"] / "checkpoints") else []  # not an unfinished write
         cmd = _aria("run", "--config", str(config_path), "--strategy", strategy,
@@ -218,6 +231,7 @@ class _Plan:
     started: float  # time.perf_counter() when the comparison began
     configs: dict
     digest: str
+    assets: dict  # asset_digests of the config
     card: str
     num_gpus: int
     parallel: int
@@ -251,14 +265,14 @@ def _plan_jobs(config_path: Path, strategies: list[str], seeds: list[int], out: 
     parallel = _parallelism(parallel, num_gpus, len(strategies) * len(seeds))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
-    digest = config_digest(configs[strategies[0]])
-    _check_digests(out, strategies, seeds, digest, config_path)
+    digest, assets = config_digest(configs[strategies[0]]), asset_digests(configs[strategies[0]])
+    _check_digests(out, strategies, seeds, digest, assets, config_path)
     jobs = _pending(out, strategies, seeds)
     missing = [f"{s}/seed{seed}" for s, seed in jobs] if summary_only else []
     if summary_only and len(missing) == len(strategies) * len(seeds):
         raise UserError(f"--summary-only: no evaluated run in {out}/runs")
     return _Plan(config_path=config_path, out=out, strategies=strategies, seeds=seeds, overrides=overrides,
-                 summary_only=summary_only, started=started, configs=configs, digest=digest, card=card,
+                 summary_only=summary_only, started=started, configs=configs, digest=digest, assets=assets, card=card,
                  num_gpus=num_gpus, parallel=parallel, env=env, jobs=[] if summary_only else jobs, missing=missing)
 
 
@@ -278,14 +292,23 @@ def _parallelism(parallel: int | None, num_gpus: int, num_runs: int) -> int:
     return parallel or (min(2 * num_gpus, num_runs) if num_gpus else 1)
 
 
-def _check_digests(out: Path, strategies: list[str], seeds: list[int], digest: str, config_path: Path) -> None:
-    """Refuse an ``out`` holding a run trained with another config (before any work)."""
+def _check_digests(out: Path, strategies: list[str], seeds: list[int], digest: str, assets: dict,
+                   config_path: Path) -> None:
+    """Refuse an ``out`` holding a run trained with another config, or with other weights at a path the
+    config names (runs recorded before the weights' digests were kept are checked by config only)."""
     for s in strategies:
         for seed in seeds:
             record = run_paths(out, s, seed)["record"]
-            if record.is_file() and json.loads(record.read_text()).get("config") != digest:
+            if not record.is_file():
+                continue
+            recorded = json.loads(record.read_text())
+            if recorded.get("config") != digest:
                 raise UserError(f"{record.parent}: trained with another config than {config_path} and these --set "
                                 "values; choose another --out or delete that run")
+            for key, then in recorded.get("assets", {}).items():
+                if key in assets and assets[key] != then:
+                    raise UserError(f"{record.parent}: trained with other weights at {key} (digest {then}, now "
+                                    f"{assets[key]}); restore them, or choose another --out or delete that run")
 
 
 def _pending(out: Path, strategies: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -304,7 +327,7 @@ def _run_jobs(plan: _Plan) -> None:
     gpus, errors = GpuSlots(plan.card, plan.num_gpus), []
     with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
         futures = [pool.submit(_job, plan.out, plan.config_path, list(plan.overrides), s, seed, plan.env,
-                               plan.digest, gpus) for s, seed in plan.jobs]
+                               {"config": plan.digest, "assets": plan.assets}, gpus) for s, seed in plan.jobs]
         for f in futures:
             try:
                 f.result()
