@@ -81,7 +81,7 @@ def file_sha256(path: Path) -> str:
 _WEIGHTS_DIGESTS: dict = {}
 
 
-def weights_digest(folder: Path) -> str | None:
+def folder_weights_digest(folder: Path) -> str | None:
     """sha256 (16 hex) of the weight files directly in ``folder`` (*.safetensors, *.bin), memoised per
     process by (path, size, mtime); None where there are none."""
     folder = Path(folder)

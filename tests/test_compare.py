@@ -193,8 +193,8 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
     assert set(record["assets"]) == {"teacher.path"} and len(record["assets"]["teacher.path"]) == 16
     weights = next((tmp_path / "teacher").rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes() + b" ")
-    with pytest.raises(UserError, match=r"trained with other weights at teacher.path \(digest "):
-        compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, sets, summary_only=True)
+    with pytest.raises(UserError, match=r"trained with other weights at teacher.path \(digest "):  # before any run
+        compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, sets)
 
 
 def test_seeds_take_a_count_or_a_list():

@@ -14,36 +14,57 @@ SPLIT0 = ROOT / "docs" / "results" / "concepts-v2-split0"
 TOOL = [sys.executable, str(ROOT / "tools" / "world2_gather.py")]
 
 
-def call_folder(folder: Path, runs: list[str]) -> Path:
-    """A fetched call's $OUT: runs.tgz with runs/runs/<strategy>/seed<s> as world2_call.sh packs it."""
+def call_folder(folder: Path, runs: list[str], unevaluated: str | None = None) -> Path:
+    """A fetched call's $OUT: runs.tgz with runs/runs/<strategy>/seed<s> as world2_call.sh packs it, and
+    optionally a run whose evaluation the call's limit cut (its log only)."""
     folder.mkdir(parents=True)
     with tarfile.open(folder / "runs.tgz", "w:gz") as tar:
         for run in runs:
             tar.add(SPLIT0 / "runs" / run, arcname=f"runs/runs/{run}")
+        if unevaluated:
+            tar.add(SPLIT0 / "runs" / unevaluated / "metrics.jsonl", arcname=f"runs/runs/{unevaluated}/metrics.jsonl")
     return folder
+
+
+def gather(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOOL, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_gathered_runs_summarise_as_the_committed_results(tmp_path):
     out = tmp_path / "split0"
     shutil.copytree(SPLIT0, out)
-    for run in ("aria", "exp3/seed1"):
-        shutil.rmtree(out / "runs" / run)
+    for made in ("runs/aria", "runs/exp3/seed1", "results.json", "checks.json"):
+        (shutil.rmtree if (out / made).is_dir() else Path.unlink)(out / made)
     first = call_folder(tmp_path / "call1", ["aria/seed0", "aria/seed1", "aria/seed2", "none/seed0"])
-    second = call_folder(tmp_path / "call2", ["exp3/seed1"])
-    done = subprocess.run([*TOOL, "--out", str(out), str(first), str(second)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    second = call_folder(tmp_path / "call2", ["aria/seed2"], unevaluated="exp3/seed1")
+    third = call_folder(tmp_path / "call3", ["exp3/seed1"])
+    done = gather("--out", out, first, second, third)
     assert done.returncode == 0, done.stderr
-    assert "aria/seed2: copied from" in done.stdout and "none/seed0: already in" in done.stdout
-    assert "exp3/seed1: copied from" in done.stdout and "10 of 11 checks pass" in done.stdout
+    assert "aria/seed2: copied from" in done.stdout and f"aria/seed2: already in {first}, kept" in done.stdout
+    assert f"none/seed0: already in {out}, kept" in done.stdout
+    assert f"exp3/seed1: not evaluated in {second}, not copied" in done.stdout
+    assert f"exp3/seed1: copied from {third}" in done.stdout and "10 of 11 checks pass" in done.stdout
     mine, committed = (json.loads((d / "results.json").read_text()) for d in (out, SPLIT0))
     assert mine["command"] == committed["command"].replace("docs/results/concepts-v2-split0", str(out))
-    for key in ("command", "plots", "date"):  # the date is the last eval.json's mtime, which a clone resets
+    assert mine["card"].startswith("NVIDIA H100 80GB HBM3 x1")
+    # the date: the last eval.json's mtime where a run has no evaluated_at, which a clone resets; the card: of
+    # runs without a record of theirs, the machine that summarises
+    for key in ("command", "plots", "date", "card"):
         mine.pop(key), committed.pop(key)
     assert mine == committed
+    assert json.loads((out / "checks.json").read_text())["checks"]
 
 
-def test_a_folder_without_runs_tgz_is_refused_in_one_line(tmp_path):
-    done = subprocess.run([*TOOL, "--out", str(tmp_path / "out"), str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+def test_runs_of_another_split_or_a_broken_archive_are_refused_before_anything_is_copied(tmp_path):
+    out = tmp_path / "out"
+    call = call_folder(tmp_path / "call", ["aria/seed0"])
+    done = gather("--out", out, "--split", 1, call)
+    assert done.returncode == 2 and "aria/seed0 was trained with another config" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (out / "runs").exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "runs.tgz").write_bytes(b"not an archive")
+    done = gather("--out", out, tmp_path / "broken")
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"{tmp_path / 'broken'}/runs.tgz: not a readable")
+    done = gather("--out", out, tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == f"no runs.tgz in {tmp_path}"
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()

@@ -17,6 +17,7 @@ Then regenerate docs/RESULTS.md with `aria results` (README, "GPU machine, bench
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -38,23 +39,65 @@ def call_sets(config: str, split: int) -> list[str]:
     return sets
 
 
-def copy_runs(calls: list[Path], out: Path) -> list[str]:
-    """Copy every evaluated run of the calls' runs.tgz into ``out/runs``; returns one line per run."""
-    lines = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, call in enumerate(calls):
+class GatherError(Exception):
+    """A call folder, archive or run that cannot be gathered; the message is one line."""
+
+
+def extract(calls: list[Path], into: Path) -> list[tuple[Path, Path]]:
+    """(call, run folder) of every run in the calls' runs.tgz, extracted under ``into``. A run without
+    ``evaluated_at`` in its compare.json (evaluated by hand) gets its eval.json's time, kept by the archive."""
+    if not hasattr(tarfile, "data_filter"):
+        raise GatherError("this Python's tarfile has no safe extraction filter (needs 3.10.12+ or 3.11.4+)")
+    runs = []
+    for i, call in enumerate(calls):
+        try:
             with tarfile.open(call / "runs.tgz") as tar:
-                tar.extractall(Path(tmp) / str(i), filter="data")
-            for run in sorted((Path(tmp) / str(i) / "runs" / "runs").glob("*/seed*")):
-                name = f"{run.parent.name}/{run.name}"
-                dest = out / "runs" / name
-                if not (run / "eval" / "eval.json").is_file():
-                    lines.append(f"{name}: not evaluated in {call}, not copied")
-                elif (dest / "eval" / "eval.json").is_file():
-                    lines.append(f"{name}: already in {out}, kept")
-                else:
-                    shutil.copytree(run, dest, dirs_exist_ok=True)
-                    lines.append(f"{name}: copied from {call}")
+                tar.extractall(into / str(i), filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise GatherError(f"{call}/runs.tgz: not a readable runs archive ({type(err).__name__}: {err})") from err
+        for run in sorted((into / str(i) / "runs" / "runs").glob("*/seed*")):
+            record, evaluation = run / "compare.json", run / "eval" / "eval.json"
+            if record.is_file() and evaluation.is_file():
+                data = json.loads(record.read_text())
+                if "evaluated_at" not in data:
+                    record.write_text(json.dumps({**data, "evaluated_at": evaluation.stat().st_mtime}))
+            runs.append((call, run))
+    return runs
+
+
+def check_config(runs: list[tuple[Path, Path]], digest: str) -> None:
+    """Every run was trained with this config and these --set values (its compare.json's digest)."""
+    for call, run in runs:
+        record = run / "compare.json"
+        if not (run / "eval" / "eval.json").is_file():
+            continue  # not gathered
+        recorded = json.loads(record.read_text()).get("config") if record.is_file() else None
+        if recorded != digest:
+            raise GatherError(f"{call}: {run.parent.name}/{run.name} was trained with another config (digest "
+                              f"{recorded}, these settings {digest}); check --config and --split")
+
+
+def copy_runs(runs: list[tuple[Path, Path]], out: Path, seeds: set[int]) -> list[str]:
+    """Copy every evaluated run into ``out/runs``; returns one line per run. A run already evaluated there is
+    kept (an identical evaluation) or refused (another one)."""
+    lines, source = [], {}
+    for call, run in runs:
+        name = f"{run.parent.name}/{run.name}"
+        dest, evaluation = out / "runs" / name, run / "eval" / "eval.json"
+        if not evaluation.is_file():
+            lines.append(f"{name}: not evaluated in {call}, not copied")
+            continue
+        if (dest / "eval" / "eval.json").is_file():
+            if (dest / "eval" / "eval.json").read_bytes() != evaluation.read_bytes():
+                raise GatherError(f"{name}: {call} holds another evaluation than the one in "
+                                  f"{source.get(name, out)}; keep one of them")
+            lines.append(f"{name}: already in {source.get(name, out)}, kept")
+            continue
+        shutil.rmtree(dest, ignore_errors=True)  # an unevaluated leftover
+        shutil.copytree(run, dest)
+        source[name] = call
+        seed = int(run.name.removeprefix("seed"))
+        lines.append(f"{name}: copied from {call}" + ("" if seed in seeds else f" (seed {seed} is not in --seeds)"))
     return lines
 
 
@@ -72,26 +115,44 @@ def main(argv=None) -> int:
     parser.add_argument("--split", type=int, default=0, help="the split the runs were trained on")
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
-    missing = [str(c) for c in args.calls if not (c / "runs.tgz").is_file()]
-    if missing:
-        print(f"no runs.tgz in {', '.join(missing)}", file=sys.stderr)
+    try:
+        seeds = {int(s) for s in args.seeds.split(",")}
+    except ValueError:
+        print(f"--seeds {args.seeds}: a comma-separated list of numbers", file=sys.stderr)
         return 2
-    if args.split < 0:
-        print(f"--split {args.split}: a split is a non-negative number", file=sys.stderr)
+    from aria.errors import UserError
+
+    try:
+        if args.split < 0:
+            raise GatherError(f"--split {args.split}: a split is a non-negative number")
+        missing = [str(c) for c in args.calls if not (c / "runs.tgz").is_file()]
+        if missing:
+            raise GatherError(f"no runs.tgz in {', '.join(missing)}")
+        if not Path(args.config).is_file():
+            raise GatherError(f"--config {args.config}: not found (run from the repository root)")
+        from aria.config import load_config
+        from aria.experiment.compare import config_digest
+
+        sets = call_sets(args.config, args.split)
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = extract(args.calls, Path(tmp))
+            check_config(runs, config_digest(load_config(args.config, sets)))
+            for line in copy_runs(runs, args.out, seeds):
+                print(line)
+    except (GatherError, UserError) as err:
+        print(err, file=sys.stderr)
         return 2
-    for line in copy_runs(args.calls, args.out):
-        print(line)
     strategies = strategies_in(args.out)
     if not strategies:
         print(f"{args.out}: no evaluated run to summarise", file=sys.stderr)
         return 2
-    sets = [a for s in call_sets(args.config, args.split) for a in ("--set", s)]
     aria = [sys.executable, "-m", "aria.cli"]
     summary = subprocess.run([*aria, "compare", "--summary-only", "--config", args.config, "--strategies",
-                              ",".join(strategies), "--seeds", args.seeds, *sets, "--out", str(args.out)])
+                              ",".join(strategies), "--seeds", args.seeds,
+                              *[a for s in sets for a in ("--set", s)], "--out", str(args.out)])
     if summary.returncode:
         return summary.returncode
-    checks = subprocess.run([*aria, "checks", "--compare", str(args.out), "--config", args.config]).returncode
+    checks = subprocess.run([*aria, "checks", "--compare", str(args.out)]).returncode  # config and --set: the compare's
     return 0 if checks in (0, 1) else checks  # 1: the checks ran and some fail, which the table says
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from aria.devices import resolve_device
 from aria.errors import UserError
-from aria.files import weights_digest
+from aria.files import folder_weights_digest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,8 +33,8 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def _weights_hash(folder: Path) -> str:
-    """The encoder's weights digest (``aria.files.weights_digest``); an encoder folder without weights is refused."""
-    digest = weights_digest(folder)
+    """The encoder's weights digest (``aria.files.folder_weights_digest``); an encoder folder without weights is refused."""
+    digest = folder_weights_digest(folder)
     if digest is None:
         raise UserError(f"encoder folder {folder} holds no weights (*.safetensors or *.bin)")
     return digest

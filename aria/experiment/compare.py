@@ -103,15 +103,28 @@ ADDED_LATER = {
 }
 
 
-def asset_digests(config) -> dict:
-    """Digests of the weights a run reads by path (the config digest names only the path): the teacher's
-    UNet and the student's init_path, where they are folders of weights."""
-    from aria.files import weights_digest
+MODEL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # what from_pretrained loads
 
-    teacher = config.teacher.path and Path(config.teacher.path) / (config.teacher.subfolder or "")
-    folders = {"teacher.path": teacher, "student.init_path": config.student.init_path}
-    digests = {key: weights_digest(Path(folder)) for key, folder in folders.items() if folder}
-    return {key: digest for key, digest in digests.items() if digest}
+
+def asset_digests(config) -> dict:
+    """sha256 (16 hex) of the weights a run reads by path, which the config digest names only by path: the
+    teacher's UNet (and its VAE, for a latent teacher) and ``student.init_path``; the file diffusers loads
+    from each folder (other variants in it are not read)."""
+    from aria.files import file_sha256
+
+    folders = {}
+    if config.teacher.path:
+        root = Path(config.teacher.path).expanduser()
+        folders["teacher.path"] = root / (config.teacher.subfolder or "")
+        folders["teacher.path/vae"] = root / "vae"  # a latent teacher's; a pixel-space one has none
+    if config.student.init_path:
+        folders["student.init_path"] = Path(config.student.init_path).expanduser()
+    digests = {}
+    for key, folder in folders.items():
+        weights = next((folder / name for name in MODEL_WEIGHTS if (folder / name).is_file()), None)
+        if weights is not None:
+            digests[key] = file_sha256(weights)[:16]
+    return digests
 
 
 def config_digest(config) -> str:
@@ -141,6 +154,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
     before = json.loads(p["record"].read_text()) if p["record"].is_file() else {}  # kept if only evaluated now
+    before.pop("evaluated_at", None)  # set again when this evaluation succeeds
     p["record"].write_text(json.dumps({**before, **stamp}))
     times = {**stamp, "train_s": before.get("train_s", 0.0), "eval_s": 0.0, "card": before.get("card", gpus.card)}
     if find_student(p["run"], required=False) is None:
