@@ -59,6 +59,12 @@ def headroom_share(strategy: list, rc: list, oracle: list) -> dict:
     oracle's gain is not established (its 95% interval reaches 1, or a single seed)."""
     both = [(s, r, o) for s, r, o in zip(strategy, rc, oracle) if None not in (s, r, o) and r != 0]
     mine, theirs = mean_ci([s / r for s, r, _ in both]), mean_ci([o / r for _, r, o in both])
-    established = theirs["high"] is not None and theirs["high"] < 1
-    share = (1 - mine["mean"]) / (1 - theirs["mean"]) if established else None
-    return {"strategy": mine, "oracle": theirs, "share": share}
+    gain = established_gain(theirs)
+    return {"strategy": mine, "oracle": theirs, "share": None if gain is None else (1 - mine["mean"]) / gain}
+
+
+def established_gain(oracle_over_rc: dict) -> float | None:
+    """The oracle's gain over rc, 1 - oracle/rc, from a ``mean_ci`` of the ratio; None where it is not
+    established (the 95% interval reaches 1, or a single seed)."""
+    high = oracle_over_rc["high"]
+    return 1 - oracle_over_rc["mean"] if high is not None and high < 1 else None

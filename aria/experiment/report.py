@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aria.errors import UserError
-from aria.experiment.bar import bar_checks, headroom_metric, headroom_share
+from aria.experiment.bar import bar_checks, established_gain, headroom_metric, headroom_share
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.world.worlds import REGIME_NAMES
 REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833", "all": "#777777",
@@ -155,6 +155,13 @@ def world_checks_table(result: dict) -> str:
 HEADROOM_REGIMES = ("seen", "under", "unseen", "compositional")
 
 
+def run_values(files: list[dict], strategy: str, group: str, metric: str) -> list:
+    """A strategy's ``metric`` on ``group`` per (results file, seed) from the files' runs (None where missing),
+    in the same order for every strategy: values paired by position."""
+    return [r["runs"].get(strategy, {}).get(str(seed), {}).get(group, {}).get(metric)
+            for r in files for seed in r["seeds"]]
+
+
 def headroom_section(results: dict) -> list[str]:
     """The oracle's headroom over rc per regime and every other strategy's share of it (markdown lines;
     none without an oracle), on ``bar.headroom_metric``."""
@@ -165,15 +172,11 @@ def headroom_section(results: dict) -> list[str]:
     others = [s for s in results["strategies"] if s in runs and s not in ("rc", "oracle")]
     rows = []
     for g in (g for g in HEADROOM_REGIMES if g in results["groups"]):
-        def values(s):
-            return [runs[s].get(str(seed), {}).get(g, {}).get(metric) for seed in results["seeds"]]
-
         oracle = results["ratios"]["oracle"][g][metric]
-        established = oracle["high"] is not None and oracle["high"] < 1
-        row = [g, fmt_ci(oracle), fmt(1 - oracle["mean"] if established else None)]
+        row = [g, fmt_ci(oracle), fmt(established_gain(oracle))]
         for s in others:
-            row += [fmt_ci(results["ratios"][s][g][metric]), fmt(headroom_share(values(s), values("rc"),
-                                                                                values("oracle"))["share"])]
+            share = headroom_share(*(run_values([results], x, g, metric) for x in (s, "rc", "oracle")))["share"]
+            row += [fmt_ci(results["ratios"][s][g][metric]), fmt(share)]
         rows.append(row)
     header = ["regime", "oracle / rc", "headroom: 1 - oracle/rc"] + [
         h for s in others for h in (f"{s} / rc", f"{s}'s share")]
@@ -405,11 +408,8 @@ def _pooled_section(group: list[dict], results_list: list[dict]) -> list[str]:
     metrics = [m for m in group[0]["metrics"] if all(m in r["metrics"] for r in group)]
     titles = [experiment_title(r, results_list, _index(r, results_list)) for r in group]
 
-    def per_seed(s, g, m, files=group):
-        return [r["runs"][s].get(str(seed), {}).get(g, {}).get(m) for r in files for seed in r["seeds"]]
-
     rows = []
-    for check in bar_checks(per_seed, groups, metrics, strategies):
+    for check in bar_checks(lambda s, g, m: run_values(group, s, g, m), groups, metrics, strategies):
         own = [next((c for c in r["checks"] if c["name"] == check["name"]), None) for r in group]
         rows.append([check["name"], *[f"{fmt(c['mean'])} {'pass' if c['pass'] else 'fail'}" if c else "n/a"
                                       for c in own],
@@ -422,11 +422,13 @@ def _pooled_section(group: list[dict], results_list: list[dict]) -> list[str]:
     metric = headroom_metric(metrics)
     if "oracle" in strategies and "unseen" in groups:
         def share(s, files):
-            return headroom_share(*(per_seed(x, "unseen", metric, files) for x in (s, "rc", "oracle")))
+            return headroom_share(*(run_values(files, x, "unseen", metric) for x in (s, "rc", "oracle")))
 
-        rows = [[s, *[f"{fmt(share(s, [r])['strategy']['mean'])} ({fmt(share(s, [r])['share'])})" for r in group],
-                 fmt_ci(share(s, group)["strategy"]), fmt(share(s, group)["share"])]
-                for s in strategies if s != "rc"]
+        rows = []
+        for s in (s for s in strategies if s != "rc"):
+            own, pooled = [share(s, [r]) for r in group], share(s, group)
+            rows.append([s, *[f"{fmt(o['strategy']['mean'])} ({fmt(o['share'])})" for o in own],
+                         fmt_ci(pooled["strategy"]), fmt(pooled["share"])])
         out += [f"Unseen {metric} over rc's per file (in brackets: the share of the oracle's gain over rc) and "
                 "pooled, over the seeds where the strategy, rc and the oracle all ran. A share of 1 matches the "
                 "oracle, 0 is rc; n/a where the oracle's gain is not established (its 95% interval reaches 1).", "",
