@@ -72,7 +72,7 @@ def main() -> None:
     base = settings[0]
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load_before:.2f} "
           f"before / {load_after:.2f} after, {args.repeats} repeat(s), median wall seconds (x {base})")
-    print(f"| threads | run | eval | sample |\n|---|---|---|---|")
+    print("| threads | run | eval | sample |\n|---|---|---|---|")
     for s in settings:
         cells = [f"{medians[s][n]:.1f} ({medians[s][n] / medians[base][n]:.2f}x)" for n in ("run", "eval", "sample")]
         print(f"| {s} | " + " | ".join(cells) + " |")
