@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = p.parse_args()
     settings = args.threads.split(",")
+    if args.repeats < 1 or not all(s == "default" or (s.isdigit() and int(s) >= 1) for s in settings):
+        p.error("--repeats is at least 1 and --threads lists 'default' or positive integers")
     work = args.work or Path(tempfile.mkdtemp(prefix="aria-cpu-threads-"))
     # warm the data and region cache once, untimed: every timed run then reads the same cache
     timed(commands(args.config, work / "warmup", settings[0])["run"])
