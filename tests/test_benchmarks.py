@@ -1,6 +1,6 @@
 """benchmarks/engine_throughput.py: the CPU smoke run writes complete JSON, and the engine's path
 computes the same loss as the plain baseline (fp32 on CPU: the first step bit for bit, the next
-steps to float rounding)."""
+steps to float rounding). benchmarks/cpu_threads.py: its commands parse and bad arguments are refused."""
 
 from __future__ import annotations
 
@@ -102,3 +102,32 @@ def test_two_ranks_compute_the_losses_of_one(tmp_path):
         assert row["facts"]["strategy_host_us"]["plan"] > 0
         losses[ranks] = row["losses"]
     assert len(losses[1]) == 3 and losses[2] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_cpu_threads_commands_are_ones_the_cli_accepts(tmp_path):
+    """benchmarks/cpu_threads.py times `aria run`, `eval` and `sample`: every option it passes parses."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cpu_threads
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import click
+
+    from aria.cli.main import cli
+
+    (tmp_path / "run").mkdir()
+    for setting in ("default", "1"):
+        argvs = cpu_threads.commands(str(REPO / "configs" / "concepts-quick.yaml"), tmp_path / "run", setting)
+        assert set(argvs) == {"run", "eval", "sample"}
+        for argv in argvs.values():
+            assert argv[1:3] == ["-m", "aria.cli"]
+            command = cli.get_command(click.Context(cli), argv[3])
+            command.make_context(argv[3], argv[4:])  # raises click.UsageError on an unknown or bad option
+        assert f"backend.cpu_threads={'null' if setting == 'default' else setting}" in argvs["eval"]
+
+
+@pytest.mark.parametrize("args", [["--repeats", "0"], ["--threads", "0"], ["--threads", "two"]])
+def test_cpu_threads_refuses_bad_arguments(args):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_threads.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--repeats is at least 1" in proc.stderr
