@@ -69,12 +69,17 @@ def discard(*paths: Path) -> None:
             pass
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
+def _hash_into(digest, path: Path) -> None:
+    """Feed a file's bytes to ``digest``, read in blocks."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    _hash_into(digest, path)
     return digest.hexdigest()
 
 
@@ -93,8 +98,6 @@ def folder_weights_digest(folder: Path) -> str | None:
     if key not in _WEIGHTS_DIGESTS:
         digest = hashlib.sha256()
         for p in files:
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
+            _hash_into(digest, p)
         _WEIGHTS_DIGESTS[key] = digest.hexdigest()[:16]
     return _WEIGHTS_DIGESTS[key]

@@ -14,7 +14,6 @@ setting's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from aria.files import write_json
 
 PROMPTS = ("a large blue fish on the left", "a small red apple in the center")
 
@@ -79,8 +80,8 @@ def main() -> None:
         cells = [f"{medians[s][n]:.1f} ({medians[s][n] / medians[base][n]:.2f}x)" for n in ("run", "eval", "sample")]
         print(f"| {s} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"config": args.config, "repeats": args.repeats, "cores": os.cpu_count(),
-                                         "load": [load_before, load_after], "seconds": times}, indent=1) + "\n")
+        write_json(args.json, {"config": args.config, "repeats": args.repeats, "cores": os.cpu_count(),
+                               "load": [load_before, load_after], "seconds": times})
 
 
 if __name__ == "__main__":
