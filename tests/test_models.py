@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
-from aria.config import StudentConfig, TeacherConfig
+from aria.config import StudentConfig, TeacherConfig, load_config
 from aria.errors import UserError
 from aria.models import (
     VARIANTS,
@@ -198,6 +198,27 @@ def test_the_shipped_stage1_student_starts_the_concepts_main_arm():
     assert report.copied_elements == parameter_count(student) == 2_428_355
     record = json.loads((assets / "concepts-student-split0" / "aria.json").read_text())
     assert (record["strategy"], record["config"]["data"]["concepts"]["seed"]) == ("none", 0)
+
+
+def test_the_control_arm_student_is_the_teacher_less_its_removed_blocks():
+    """configs/concepts-control.yaml's student (BK-SDM-Tiny of the concepts teacher) takes its tensors from the
+    teacher, all but the input side of the first up-block resnet (whose skip input narrows with the removed
+    stage), so it starts knowing every concept, unseen families included: its output is near the teacher's,
+    unlike that of the same student from random init."""
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "concepts-control.yaml")
+    teacher = load_teacher(config.teacher).unet.float().eval()
+    student, report = build_student(teacher, config.student)
+    assert {key for key, _ in report.skipped} == {f"up_blocks.0.resnets.0.{name}" for name in (
+        "norm1.weight", "norm1.bias", "conv1.weight", "conv_shortcut.weight")}
+    assert 0.9 * parameter_count(student) < report.copied_elements < parameter_count(teacher) / 2
+    fresh, _ = build_student(teacher, config.student.model_copy(update={"init_from_teacher": False}))
+    sample, t, context = unet_inputs(teacher)
+    with torch.no_grad():
+        eps_t = teacher(sample, t, context).sample
+        gap_copied = (student.eval()(sample, t, context).sample - eps_t).pow(2).mean()
+        gap_fresh = (fresh.eval()(sample, t, context).sample - eps_t).pow(2).mean()
+    assert gap_copied < 0.5 * gap_fresh
 
 
 # ---------------------------------------------------------------------------- feature pairs and hooks
