@@ -200,3 +200,46 @@ def test_the_tracker_check_reads_the_timestep_normalised_record_when_the_log_has
     raw = {r["name"]: r for r in checks.compute_checks(build(tmp_path / "raw"), ChecksConfig())["checks"]}[
         "rc tracker input vs eval, Spearman per region"]
     assert raw["status"] == "pass" and raw["detail"].startswith("tracker input: raw")
+
+
+def test_a_run_lacking_what_a_check_reads_makes_it_missing_not_computed_on_the_others(tmp_path):
+    """A check never passes on fewer runs than the folder holds: a regime or family without the teacher's
+    judged accuracy, one rc run without its eval.json or its log, or a none run without seen accuracy."""
+    folder = build(tmp_path / "teacher")
+    results = json.loads((folder / "results.json").read_text())
+    del results["runs"]["rc"]["1"]["family:fruit"]["teacher_accuracy"]
+    write_json(folder / "results.json", results)
+    assert statuses(checks.compute_checks(folder, ChecksConfig()))[
+        "C1 teacher accuracy, min over regimes/families/runs"] == "missing"
+
+    folder = build(tmp_path / "eval")
+    (folder / "runs" / "rc" / "seed2" / "eval" / "eval.json").unlink()
+    result = checks.compute_checks(folder, ChecksConfig())
+    assert {n: s for n, s in statuses(result).items() if s != "pass"} == {
+        n: "missing" for n in FAILS if n.startswith("C4") or "tracker" in n}
+    assert any("seed2/eval/eval.json" in r["detail"] for r in result["checks"])
+
+    folder = build(tmp_path / "log")
+    (folder / "runs" / "rc" / "seed1" / "metrics.jsonl").write_text('{"step": 100, "loss": 1.0}\n')
+    tracker = "C5 rc tracker input vs eval, Spearman per region"
+    assert failing(checks.compute_checks(folder, ChecksConfig())) == {tracker}
+
+    folder = build(tmp_path / "none")
+    results = json.loads((folder / "results.json").read_text())
+    del results["runs"]["none"]["0"]["seen"]["judge_accuracy"]
+    write_json(folder / "results.json", results)
+    assert statuses(checks.compute_checks(folder, ChecksConfig()))["C1 none seen accuracy"] == "missing"
+
+
+def test_an_undefined_seed_fails_the_check_instead_of_leaving_the_mean(tmp_path):
+    """A flat seed (every region equal) has no rank correlation: the seed agreement and the tracker check fail
+    on it, though the other seeds agree perfectly."""
+    folder = build(tmp_path)
+    eval_json = folder / "runs" / "rc" / "seed1" / "eval" / "eval.json"
+    ev = json.loads(eval_json.read_text())
+    ev["regions"]["discrepancy"] = [None if v is None else 1.0 for v in ev["regions"]["discrepancy"]]
+    write_json(eval_json, ev)
+    by_name = {f"{r['check']} {r['name']}": r for r in checks.compute_checks(folder, ChecksConfig())["checks"]}
+    for name in ("C4 rc region discrepancy Spearman between seeds", "C5 rc tracker input vs eval, Spearman per region"):
+        assert by_name[name]["status"] == "fail" and by_name[name]["value"] is None
+        assert "undefined for" in by_name[name]["detail"]

@@ -167,7 +167,7 @@ def checks_command(compare_dir, config_path):
         if not config_path.is_file():
             raise UserError(f"--config: the comparison used {config_path}, which is not here; pass --config")
     config = load_config(config_path, sets)
-    result = checks.compute_checks(compare_dir, config.experiment.checks)
+    result = checks.compute_checks(compare_dir, config.experiment.checks, config.distillation.feedback_from)
     result["config"] = {"path": str(config_path), "sets": sets}
     path = checks.write_checks(result, compare_dir)
     click.echo(report.world_checks_table(result))

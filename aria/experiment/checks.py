@@ -75,21 +75,24 @@ def per_seed(f: Folder, strategy: str, group: str, metric: str) -> dict[int, flo
     if not runs:
         raise Missing(f"no {strategy} runs")
     values = {int(s): m.get(group, {}).get(metric) for s, m in runs.items()}
-    values = {s: float(v) for s, v in values.items() if v is not None}
-    if not values:
-        raise Missing(f"{strategy}: no {group} {metric}")
-    return values
+    lacking = sorted(s for s, v in values.items() if v is None)
+    if lacking:  # never a mean over the other seeds
+        raise Missing(f"{strategy} seed {lacking[0]}: no {group} {metric}")
+    return {s: float(v) for s, v in values.items()}
 
 
 def regions(f: Folder, strategy: str, key: str = "discrepancy") -> dict[int, np.ndarray]:
-    """seed -> per-region ``regions[key]`` of the run's eval.json (NaN where unprobed)."""
+    """seed -> per-region ``regions[key]`` of the run's eval.json (NaN where unprobed), for every seed
+    of the strategy in results.json: one without it makes the check missing, not computed without it."""
+    seeds = sorted(int(s) for s in f.results.get("runs", {}).get(strategy, {}))
+    if not seeds:
+        raise Missing(f"no {strategy} runs")
     found = {}
-    for seed in f.seeds:
+    for seed in seeds:
         ev = read_json(run_paths(f.out, strategy, seed)["eval_json"])
-        if isinstance(ev, dict) and key in ev.get("regions", {}):
-            found[seed] = as_array(ev["regions"][key])
-    if not found:
-        raise Missing(f"no runs/{strategy}/seed*/eval/eval.json with regions")
+        if not (isinstance(ev, dict) and key in ev.get("regions", {})):
+            raise Missing(f"runs/{strategy}/seed{seed}/eval/eval.json has no regions {key}")
+        found[seed] = as_array(ev["regions"][key])
     return found
 
 
@@ -131,10 +134,13 @@ def mean_ratio(num: dict, den: dict) -> Stat:
     return Stat(float(np.mean(ratios)), len(ratios))
 
 
-def mean_over(values: list[float]) -> Stat:
-    """Mean of the defined values (None if none is)."""
-    ok = [v for v in values if v is not None and math.isfinite(v)]
-    return Stat(float(np.mean(ok)) if ok else None, len(ok))
+def mean_over(values: list[float | None]) -> Stat:
+    """Mean of the values; None (a fail) if any is undefined (None or NaN: a flat seed's correlation or
+    spread), since a mean over the others would pass on fewer seeds than the folder holds."""
+    undefined = sum(v is None or math.isnan(v) for v in values)
+    if undefined or not values:
+        return Stat(None, len(values), f"undefined for {undefined} of {len(values)}" if values else "no values")
+    return Stat(float(np.mean(values)), len(values))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -176,11 +182,14 @@ def row(check: str, name: str, op: str, threshold: float, compute) -> dict:
 
 def teacher_accuracy(f: Folder) -> Stat:
     """Lowest teacher judged accuracy over the regimes and families of every run."""
-    found = [(float(m["teacher_accuracy"]), g, s, seed) for s, runs in f.results.get("runs", {}).items()
-             for seed, metrics in runs.items() for g, m in metrics.items()
-             if g != "all" and m.get("teacher_accuracy") is not None]
-    if not found:
-        raise Missing("no teacher_accuracy in results.json")
+    groups = [(m.get("teacher_accuracy"), g, s, seed) for s, runs in f.results.get("runs", {}).items()
+              for seed, metrics in runs.items() for g, m in metrics.items() if g != "all"]
+    if not groups:
+        raise Missing("no runs with regime or family groups in results.json")
+    unjudged = [f"{g} ({s} seed {seed})" for v, g, s, seed in groups if v is None]
+    if unjudged:  # a regime or family without judged samples would otherwise pass unseen
+        raise Missing(f"no teacher_accuracy for {', '.join(unjudged[:3])}{', ...' if len(unjudged) > 3 else ''}")
+    found = [(float(v), g, s, seed) for v, g, s, seed in groups]
     low, g, s, seed = min(found)
     return Stat(low, len({(s, seed) for _, _, s, seed in found}), f"lowest: {g} ({s} seed {seed})")
 
@@ -227,33 +236,38 @@ def c4(f: Folder, t) -> list[dict]:
                 lambda: seed_agreement(f))]
 
 
-def tracker_agreement(f: Folder) -> Stat:
-    """Mean over rc seeds of Spearman's rho between the tracker's input and the eval per region."""
+def tracker_agreement(f: Folder, feedback_from: str | None = None) -> Stat:
+    """Mean over rc seeds of Spearman's rho between the tracker's input and the eval per region. The
+    input is what the run's ``distillation.feedback_from`` feeds the tracker (``all``: paired and switched
+    samples; ``switched``: switched only); the detail names it when known."""
     disc, rhos, keys = regions(f, "rc"), [], set()
     for seed, measured in disc.items():
         logged = tracked(f, "rc", seed)
-        if logged is not None and len(logged[0]) == len(measured):
-            rhos.append(spearman(logged[0], measured))
-            keys.add(logged[1])
-    if not rhos:
-        raise Missing("no rc metrics.jsonl with region_discrepancy next to an eval/eval.json")
+        if logged is None:
+            raise Missing(f"runs/rc/seed{seed}/metrics.jsonl has no region_discrepancy in the last half of training")
+        if len(logged[0]) != len(measured):
+            raise Missing(f"runs/rc/seed{seed}: {len(logged[0])} regions logged, {len(measured)} evaluated")
+        rhos.append(spearman(logged[0], measured))
+        keys.add(logged[1])
     stat = mean_over(rhos)
     kind = "timestep-normalised" if keys == {TRACKED_KEYS[0]} else "raw (the log has no timestep-normalised record)"
-    return Stat(stat.value, stat.n, f"tracker input: {kind}")
+    source = f", from {feedback_from} samples (distillation.feedback_from)" if feedback_from else ""
+    return Stat(stat.value, stat.n, f"tracker input: {kind}{source}" + (f"; {stat.detail}" if stat.detail else ""))
 
 
-def c5(f: Folder, t) -> list[dict]:
+def c5(f: Folder, t, feedback_from: str | None = None) -> list[dict]:
     return [row("C5", "rc tracker input vs eval, Spearman per region", ">=", t.tracker_spearman_min,
-                lambda: tracker_agreement(f)),
+                lambda: tracker_agreement(f, feedback_from)),
             row("C5", "unseen cond_discrepancy oracle/rc", "<=", t.oracle_unseen_cond_ratio_max,
                 lambda: mean_ratio(per_seed(f, "oracle", "unseen", "cond_discrepancy"),
                                    per_seed(f, "rc", "unseen", "cond_discrepancy")))]
 
 
-def compute_checks(out_dir: Path, thresholds) -> dict:
-    """Every sub-check of the compare folder ``out_dir`` against ``thresholds`` (a ``ChecksConfig``)."""
+def compute_checks(out_dir: Path, thresholds, feedback_from: str | None = None) -> dict:
+    """Every sub-check of the compare folder ``out_dir`` against ``thresholds`` (a ``ChecksConfig``);
+    ``feedback_from`` (the runs' ``distillation.feedback_from``) is named in C5's detail."""
     f = read_compare(out_dir)
-    rows = [r for check in (c1, c2, c3, c4, c5) for r in check(f, thresholds)]
+    rows = [r for check in (c1, c2, c3, c4) for r in check(f, thresholds)] + c5(f, thresholds, feedback_from)
     return {"format": FORMAT, "compare": str(out_dir), "thresholds": thresholds.model_dump(),
             "correlation": "spearman", "ratios": "mean of the per-seed ratios",
             "all_pass": all(r["status"] == "pass" for r in rows), "checks": rows}
