@@ -153,6 +153,12 @@ def test_cli_regions_build_and_world_show(bundle, cache, tmp_path, capsys):
     assert sum(int(line.split()[1]) for line in lines[header + 1:]) == 2000
     code, out, err = run_cli(["regions", "build", *sets, "--set", "regions.k=0"], capsys)
     assert code == 2 and "regions.k" in err and err.strip().count("\n") == 0
+    # --cached-only: the cached regions load; regions not in the cache are refused, not computed
+    code, out, err = run_cli(["regions", "build", "--cached-only", *sets], capsys)
+    assert code == 0 and "(cached)" in out, err
+    code, out, err = run_cli(["regions", "build", "--cached-only", *sets, "--set", "regions.k=11"], capsys)
+    assert code == 2 and "the regions are not in the cache" in err and err.strip().count("\n") == 0
+    assert not any(p.name.startswith("kmeans-k11-") for p in (cache / "regions").iterdir())
     png = tmp_path / "grid.png"
     code, out, err = run_cli(["world", "show", "--out", str(png), "--n", "8", *sets], capsys)
     assert code == 0, err

@@ -34,13 +34,15 @@ def regions():
 @CONFIG
 @SET
 @click.option("--device", default=None, help="Encoder / k-means device (default: encoder.device).")
-def regions_build(config_path, overrides, device):
+@click.option("--cached-only", is_flag=True, help="Fail (exit 2) unless the k-means regions are already in "
+              "data.cache_dir, e.g. copied from the machine whose runs they must match.")
+def regions_build(config_path, overrides, device, cached_only):
     """Prepare data and regions (cached) and print the region statistics table."""
     from aria.data.bundle import prepare_data
     from aria.data.regions import format_statistics, region_statistics
 
     config = _config(config_path, overrides)
-    bundle = prepare_data(config, device=device)
+    bundle = prepare_data(config, device=device, regions_cached_only=cached_only)
     s = bundle.stats
     click.echo(f"pool: {s['pool_size']} prompts ({s['source']}), encoder {s['encoder']}")
     click.echo(f"regions: {s['regions_method']} K={s['num_regions']} ({s['empty_regions']} empty), "

@@ -421,8 +421,10 @@ def _to_tensor_range(images: np.ndarray) -> np.ndarray:
 
 # -- regions -------------------------------------------------------------------------------------
 
-def build_regions(config, pool, encoder, device: str, stats: dict):
-    """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached."""
+def build_regions(config, pool, encoder, device: str, stats: dict, cached_only: bool = False):
+    """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached. ``cached_only``:
+    k-means regions must come from the cache (a UserError otherwise), e.g. copied from the machine that
+    made them: k-means on another machine's embeddings can move a few prompts near a boundary."""
     from aria.data.encoders import cached_pooled_embeddings
     from aria.data.regions import Regions, kmeans_regions, regions_cache_dir
 
@@ -435,6 +437,9 @@ def build_regions(config, pool, encoder, device: str, stats: dict):
                                rc.k, rc.seed, rc.iterations)
     if (folder / "regions.json").is_file():
         return Regions.load(folder), True
+    if cached_only:
+        raise UserError(f"the regions are not in the cache: no {folder}; build them (aria regions build) where "
+                        f"the runs they must match were made, and copy that folder here")
     t = time.time()
     emb = cached_pooled_embeddings(pool, encoder, config.data.cache_dir)
     stats["embed_s"] = time.time() - t
@@ -460,21 +465,22 @@ def _metadata_regions(config, pool):
 
 # -- entry point ---------------------------------------------------------------------------------
 
-def prepare_data(config, device: str | None = "cpu") -> DataBundle:
-    """Build (or load from ``data.cache_dir``) everything the engine needs; see the module doc."""
+def prepare_data(config, device: str | None = "cpu", regions_cached_only: bool = False) -> DataBundle:
+    """Build (or load from ``data.cache_dir``) everything the engine needs; see the module doc.
+    ``regions_cached_only``: the k-means regions must already be cached (``build_regions``)."""
     rank, world, barrier = _dist()
     if world > 1 and rank != 0:
         barrier()  # rank 0 builds first; we then load its files (shared FS) or build ours
     try:
         with cache_write_errors(config):
-            bundle = _prepare(config, device)
+            bundle = _prepare(config, device, regions_cached_only)
     finally:
         if world > 1 and rank == 0:
             barrier()
     return bundle
 
 
-def _prepare(config, device):
+def _prepare(config, device, regions_cached_only=False):
     from aria.data.corpus import PROMPT_REGIMES
     from aria.data.encoders import build_encoder
     from aria.devices import resolve_device
@@ -514,7 +520,7 @@ def _prepare(config, device):
         if "regime" in pool.meta_names:
             regime_of_prompt = np.asarray(pool.meta("regime"), np.int8)
     t = time.time()
-    regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats)
+    regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats, regions_cached_only)
     stats["regions_s"] = time.time() - t
     if len(regions.labels) != len(pool):
         raise UserError(f"cached regions in {config.data.cache_dir} do not match the pool; delete the cache")
