@@ -156,6 +156,7 @@ def test_cli_regions_build_and_world_show(bundle, cache, tmp_path, capsys):
     # --cached-only: the cached regions load; regions not in the cache are refused, not computed
     code, out, err = run_cli(["regions", "build", "--cached-only", *sets], capsys)
     assert code == 0 and "(cached)" in out, err
+    assert f"regions folder: {cache}/regions/kmeans-k12-s0-" in out
     code, out, err = run_cli(["regions", "build", "--cached-only", *sets, "--set", "regions.k=11"], capsys)
     assert code == 2 and "the regions are not in the cache" in err and err.strip().count("\n") == 0
     assert not any(p.name.startswith("kmeans-k11-") for p in (cache / "regions").iterdir())

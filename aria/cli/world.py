@@ -47,6 +47,8 @@ def regions_build(config_path, overrides, device, cached_only):
     click.echo(f"pool: {s['pool_size']} prompts ({s['source']}), encoder {s['encoder']}")
     click.echo(f"regions: {s['regions_method']} K={s['num_regions']} ({s['empty_regions']} empty), "
                f"paired: {s['paired_size']} images, cache {s['cache_dir']}")
+    if "regions_dir" in s:
+        click.echo(f"regions folder: {s['regions_dir']}")
     for key in ("embed_s", "regions_s", "paired_s"):
         if key in s:
             click.echo(f"  {key[:-2]}: {s[key]:.1f}s{' (cached)' if s.get(key[:-2] + '_cached') else ''}")

@@ -435,6 +435,7 @@ def build_regions(config, pool, encoder, device: str, stats: dict, cached_only: 
         raise UserError(f"regions.k={rc.k} exceeds the number of prompts ({len(pool)})")
     folder = regions_cache_dir(config.data.cache_dir, pool.content_hash, encoder.identity, "kmeans",
                                rc.k, rc.seed, rc.iterations)
+    stats["regions_dir"] = str(folder)
     if (folder / "regions.json").is_file():
         return Regions.load(folder), True
     if cached_only:
