@@ -1,5 +1,7 @@
 """prepare_data: a consistent bundle for the world (k-means and metadata regions) and for user files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,8 @@ from aria.config import load_config
 from aria.data.bundle import prepare_data
 from aria.errors import UserError
 from aria.world import regimes as R
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORLD = ["data.world.num_prompts=2000", "data.world.paired_size=3000", "regions.k=12"]
 
@@ -151,15 +155,9 @@ def test_cli_regions_build_and_world_show(bundle, cache, tmp_path, capsys):
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["region", "name"])
     assert len(lines) - header - 1 == 12 and "pool: 2000 prompts" in out
     assert sum(int(line.split()[1]) for line in lines[header + 1:]) == 2000
+    assert f"regions folder: {cache}/regions/kmeans-k12-s0-" in out  # the folder to copy to another machine
     code, out, err = run_cli(["regions", "build", *sets, "--set", "regions.k=0"], capsys)
     assert code == 2 and "regions.k" in err and err.strip().count("\n") == 0
-    # --cached-only: the cached regions load; regions not in the cache are refused, not computed
-    code, out, err = run_cli(["regions", "build", "--cached-only", *sets], capsys)
-    assert code == 0 and "(cached)" in out, err
-    assert f"regions folder: {cache}/regions/kmeans-k12-s0-" in out
-    code, out, err = run_cli(["regions", "build", "--cached-only", *sets, "--set", "regions.k=11"], capsys)
-    assert code == 2 and "the regions are not in the cache" in err and err.strip().count("\n") == 0
-    assert not any(p.name.startswith("kmeans-k11-") for p in (cache / "regions").iterdir())
     png = tmp_path / "grid.png"
     code, out, err = run_cli(["world", "show", "--out", str(png), "--n", "8", *sets], capsys)
     assert code == 0, err
@@ -190,3 +188,46 @@ def test_concepts_bundle_holds_out_whole_families(cache):
     assert np.isin(b.family_of_prompt, unseen).any()  # the pool names them: only the paired set lacks them
     assert np.array_equal(b.family_of_prompt, np.asarray(concepts.FAMILY_OF)[concepts.item_attributes(items)[0]])
     assert b.stats["regime_paired"][splits.UNSEEN] == 0 and b.stats["regime_paired"][splits.COMPOSITIONAL] == 0
+
+
+def test_regions_build_from_a_folder_made_elsewhere(bundle, cache, tmp_path, capsys):
+    """--from takes a regions folder (as another machine's cache holds it) into a fresh cache instead of
+    computing one: later runs find exactly those labels. Regions that do not fit the pool or k, or differ
+    from those the cache already holds, are refused in one line."""
+    from aria.data.regions import Regions
+
+    made = Regions(bundle.regions.labels.copy(), 12, "kmeans", bundle.regions.centroids)
+    moved = int(np.flatnonzero(made.labels == 0)[0])
+    made.labels[moved] = 1  # a prompt near a boundary, placed differently on the other machine
+    made.save(tmp_path / "elsewhere")
+    fresh = [x for item in WORLD + [f"data.cache_dir={tmp_path / 'cache'}"] for x in ("--set", item)]
+    code, out, err = run_cli(["regions", "build", *fresh, "--from", str(tmp_path / "elsewhere")], capsys)
+    assert code == 0 and f"(taken from {tmp_path / 'elsewhere'})" in out, err
+    assert not (tmp_path / "cache" / "embeddings").exists()  # nothing was encoded
+    again = prepare_data(load_config(None, WORLD + [f"data.cache_dir={tmp_path / 'cache'}"]))
+    assert np.array_equal(again.region_of_prompt, made.labels) and again.stats["regions_cached"]
+
+    shared = [x for item in WORLD + [f"data.cache_dir={cache}"] for x in ("--set", item)]
+    Regions(made.labels[:100], 12, "kmeans").save(tmp_path / "short")
+    for source, needle in ((tmp_path / "elsewhere", "the cache holds other regions of this pool"),
+                           (tmp_path / "short", "kmeans regions of 100 prompts into 12, not k-means of this pool's"),
+                           (tmp_path / "nothing", "not a regions folder")):
+        code, out, err = run_cli(["regions", "build", *shared, "--from", str(source)], capsys)
+        assert code == 2 and needle in err and err.strip().count("\n") == 0, err
+    code, out, err = run_cli(["regions", "build", *fresh, "--set", "regions.k=11", "--from",
+                              str(tmp_path / "elsewhere")], capsys)
+    assert code == 2 and "into regions.k=11" in err
+
+
+def test_the_shipped_split_regions_fit_the_concepts_experiment(tmp_path):
+    """aria/world/assets/concepts-regions-split0 (the partition the recorded split-0 runs were evaluated on) is
+    taken in by prepare_data for configs/concepts-gpu.yaml's 200,000-prompt pool, without encoding it."""
+    from aria.world import concepts
+
+    config = load_config(ROOT / "configs" / "concepts-gpu.yaml", [f"data.cache_dir={tmp_path}", "encoder.path=null"])
+    b = prepare_data(config, regions_from=ROOT / "aria" / "world" / "assets" / "concepts-regions-split0")
+    assert len(b.region_of_prompt) == config.data.concepts.num_prompts and b.regions.num_regions == config.regions.k
+    assert (b.regions.sizes > 0).all() and not (tmp_path / "embeddings").exists()
+    family = concepts.FAMILY_OF[np.asarray(b.pool.meta("concept"))]
+    purity = [np.bincount(family[b.regions.members_of(k)]).max() / b.regions.sizes[k] for k in range(64)]
+    assert np.median(purity) > 0.9  # sentence embeddings cluster by family, as the world was designed for

@@ -11,14 +11,11 @@
 # kept results out for the call and back after it (never commit while they are out).
 #   mv aria/world/assets/teacher /tmp/world1-teacher && mv docs/results /tmp/docs-results   # ... the call ...
 #   mv /tmp/world1-teacher aria/world/assets/teacher && mv /tmp/docs-results docs/results
-# The regions: k-means on another machine's GPU can move prompts near a boundary (on 2026-12-07 another H100
-# moved 2 of 200,000), and with them the probe set that every evaluation of a split must share. So the
-# regions of each split are built here, once, and carried in every call, which refuses to run without them:
-#   python tools/world_encoder.py --restore .encoder-world /tmp/enc
-#   aria regions build --config configs/concepts-gpu.yaml --set encoder.path=/tmp/enc [--set data.concepts.seed=1] \
-#       --device cpu    # about 20 minutes on 2 cores; prints "regions folder: .aria-cache/regions/kmeans-k64-s0-..."
-# (the control arm, split 0, shares the main arm's). Then a call with carry [".whl", ".encoder-world",
-# "<that regions folder>"] runs one of:
+# The regions: k-means on another machine can move prompts that lie near a boundary (on 2026-12-07 another
+# H100 moved 2 of 200,000), and with them the stratified probe set that every evaluation of a split must
+# share. So each split's regions are an asset, aria/world/assets/concepts-regions-splitN (its README says
+# how it was made), and every call takes them in first (aria regions build --from; the control arm, split 0,
+# shares the main arm's). Then a call with carry [".whl", ".encoder-world"] runs one of:
 #   bash tools/world2_call.sh stage1 SPLIT
 #       the stage-1 student of split SPLIT (0 or 1): 2,000 x 512 samples of `none` from random init,
 #       stored in fp16 with its record and evaluation (about 7 minutes on an H100). Unpack
@@ -73,10 +70,10 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 tools/world_encoder.py --restore .encoder-world /tmp/enc || exit 5
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u +%T
 
-# the split's regions, carried from here (see the head of this file), or no call
-regions_carried() {
-  python3 -m aria.cli regions build --cached-only --config "$1" --set encoder.path=/tmp/enc "${@:2}" \
-    > "$OUT/regions.log" 2>&1 || { tail -1 "$OUT/regions.log"; echo "carry the split's regions (head of $0)"; exit 7; }
+# the split's shipped regions (see the head of this file), or no call: shared SPLIT CONFIG [--set ...]
+shared_regions() {
+  python3 -m aria.cli regions build --from "aria/world/assets/concepts-regions-split$1" --config "$2" \
+    --set encoder.path=/tmp/enc "${@:3}" > "$OUT/regions.log" 2>&1 || { tail -1 "$OUT/regions.log"; exit 7; }
   grep "regions folder" "$OUT/regions.log"
 }
 
@@ -116,7 +113,7 @@ case "${1:-}" in
   stage1)
     split=$2
     name=concepts-student-split$split
-    regions_carried configs/concepts-gpu.yaml --set data.concepts.seed="$split"
+    shared_regions "$split" configs/concepts-gpu.yaml --set data.concepts.seed="$split"
     timeout -k 10 $((470 - SECONDS)) python3 -m aria.cli run --config configs/concepts-gpu.yaml --strategy none \
       --set encoder.path=/tmp/enc --set data.concepts.seed="$split" --set student.init_path=null \
       --set distillation.steps=2000 --set distillation.lr=1e-3 --set distillation.lr_final=0.05 \
@@ -136,7 +133,7 @@ case "${1:-}" in
     extra=()
     [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
     [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
-    regions_carried "$config" "${extra[@]}"
+    shared_regions "$split" "$config" "${extra[@]}"
     timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config "$config" --strategies "$strategies" \
       --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
     echo "compare rc $? $(date -u +%T)"; tail -5 "$OUT/compare.log"
@@ -148,7 +145,7 @@ case "${1:-}" in
     extra=()
     [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
     [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
-    regions_carried "$config" "${extra[@]}"
+    shared_regions "$split" "$config" "${extra[@]}"
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue
       trained_on=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['config']['data']['concepts']['seed'])" \

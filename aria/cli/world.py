@@ -34,21 +34,22 @@ def regions():
 @CONFIG
 @SET
 @click.option("--device", default=None, help="Encoder / k-means device (default: encoder.device).")
-@click.option("--cached-only", is_flag=True, help="Fail (exit 2) unless the k-means regions are already in "
-              "data.cache_dir, e.g. copied from the machine whose runs they must match.")
-def regions_build(config_path, overrides, device, cached_only):
+@click.option("--from", "source", type=click.Path(path_type=Path), default=None,
+              help="Take the k-means regions from this folder (labels.npy, regions.json, as the cache holds them) "
+                   "instead of computing them: runs on several machines then share one partition.")
+def regions_build(config_path, overrides, device, source):
     """Prepare data and regions (cached) and print the region statistics table."""
     from aria.data.bundle import prepare_data
     from aria.data.regions import format_statistics, region_statistics
 
     config = _config(config_path, overrides)
-    bundle = prepare_data(config, device=device, regions_cached_only=cached_only)
+    bundle = prepare_data(config, device=device, regions_from=source)
     s = bundle.stats
     click.echo(f"pool: {s['pool_size']} prompts ({s['source']}), encoder {s['encoder']}")
     click.echo(f"regions: {s['regions_method']} K={s['num_regions']} ({s['empty_regions']} empty), "
                f"paired: {s['paired_size']} images, cache {s['cache_dir']}")
     if "regions_dir" in s:
-        click.echo(f"regions folder: {s['regions_dir']}")
+        click.echo(f"regions folder: {s['regions_dir']}" + (f" (taken from {source})" if source else ""))
     for key in ("embed_s", "regions_s", "paired_s"):
         if key in s:
             click.echo(f"  {key[:-2]}: {s[key]:.1f}s{' (cached)' if s.get(key[:-2] + '_cached') else ''}")

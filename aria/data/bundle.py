@@ -421,10 +421,9 @@ def _to_tensor_range(images: np.ndarray) -> np.ndarray:
 
 # -- regions -------------------------------------------------------------------------------------
 
-def build_regions(config, pool, encoder, device: str, stats: dict, cached_only: bool = False):
-    """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached. ``cached_only``:
-    k-means regions must come from the cache (a UserError otherwise), e.g. copied from the machine that
-    made them: k-means on another machine's embeddings can move a few prompts near a boundary."""
+def build_regions(config, pool, encoder, device: str, stats: dict, source: Path | None = None):
+    """Regions of the pool (k-means on cached pooled embeddings, or metadata), cached. ``source``: a
+    k-means regions folder made elsewhere, taken into the cache instead (``import_regions``)."""
     from aria.data.encoders import cached_pooled_embeddings
     from aria.data.regions import Regions, kmeans_regions, regions_cache_dir
 
@@ -436,15 +435,38 @@ def build_regions(config, pool, encoder, device: str, stats: dict, cached_only: 
     folder = regions_cache_dir(config.data.cache_dir, pool.content_hash, encoder.identity, "kmeans",
                                rc.k, rc.seed, rc.iterations)
     stats["regions_dir"] = str(folder)
+    if source is not None:
+        return import_regions(Path(source), folder, len(pool), rc.k)
     if (folder / "regions.json").is_file():
         return Regions.load(folder), True
-    if cached_only:
-        raise UserError(f"the regions are not in the cache: no {folder}; build them (aria regions build) where "
-                        f"the runs they must match were made, and copy that folder here")
     t = time.time()
     emb = cached_pooled_embeddings(pool, encoder, config.data.cache_dir)
     stats["embed_s"] = time.time() - t
     regions = kmeans_regions(emb, rc.k, rc.iterations, rc.seed, device=device)
+    regions.save(folder)
+    return regions, False
+
+
+def import_regions(source: Path, folder: Path, num_prompts: int, k: int):
+    """(regions, cached) of the k-means regions folder ``source`` (as ``Regions.save`` writes it), copied into
+    the cache folder ``folder``. This is how runs on several machines share one partition: k-means on another
+    machine's embeddings can move prompts that lie near a boundary, and with them the stratified probe set.
+    Refused, in one line, if ``source`` does not fit the pool and ``regions.k`` or the cache holds others."""
+    from aria.data.regions import Regions
+
+    try:
+        regions = Regions.load(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"--from {source}: not a regions folder (labels.npy, regions.json): "
+                        f"{str(err).splitlines()[0]}") from None
+    if regions.method != "kmeans" or len(regions.labels) != num_prompts or regions.num_regions != k:
+        raise UserError(f"--from {source}: {regions.method} regions of {len(regions.labels)} prompts into "
+                        f"{regions.num_regions}, not k-means of this pool's {num_prompts} into regions.k={k}")
+    if (folder / "regions.json").is_file():
+        if not np.array_equal(Regions.load(folder).labels, regions.labels):
+            raise UserError(f"--from {source}: the cache holds other regions of this pool ({folder}); delete that "
+                            f"folder to replace them")
+        return regions, True
     regions.save(folder)
     return regions, False
 
@@ -466,22 +488,22 @@ def _metadata_regions(config, pool):
 
 # -- entry point ---------------------------------------------------------------------------------
 
-def prepare_data(config, device: str | None = "cpu", regions_cached_only: bool = False) -> DataBundle:
+def prepare_data(config, device: str | None = "cpu", regions_from: Path | None = None) -> DataBundle:
     """Build (or load from ``data.cache_dir``) everything the engine needs; see the module doc.
-    ``regions_cached_only``: the k-means regions must already be cached (``build_regions``)."""
+    ``regions_from``: a k-means regions folder made elsewhere, taken into the cache (``import_regions``)."""
     rank, world, barrier = _dist()
     if world > 1 and rank != 0:
         barrier()  # rank 0 builds first; we then load its files (shared FS) or build ours
     try:
         with cache_write_errors(config):
-            bundle = _prepare(config, device, regions_cached_only)
+            bundle = _prepare(config, device, regions_from)
     finally:
         if world > 1 and rank == 0:
             barrier()
     return bundle
 
 
-def _prepare(config, device, regions_cached_only=False):
+def _prepare(config, device, regions_from=None):
     from aria.data.corpus import PROMPT_REGIMES
     from aria.data.encoders import build_encoder
     from aria.devices import resolve_device
@@ -521,7 +543,7 @@ def _prepare(config, device, regions_cached_only=False):
         if "regime" in pool.meta_names:
             regime_of_prompt = np.asarray(pool.meta("regime"), np.int8)
     t = time.time()
-    regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats, regions_cached_only)
+    regions, stats["regions_cached"] = build_regions(config, pool, encoder, device, stats, regions_from)
     stats["regions_s"] = time.time() - t
     if len(regions.labels) != len(pool):
         raise UserError(f"cached regions in {config.data.cache_dir} do not match the pool; delete the cache")
