@@ -436,22 +436,24 @@ def build_regions(config, pool, encoder, device: str, stats: dict, source: Path 
                                rc.k, rc.seed, rc.iterations)
     stats["regions_dir"] = str(folder)
     if source is not None:
-        return import_regions(Path(source), folder, len(pool), rc.k)
+        return import_regions(Path(source), folder, pool, rc.k)
     if (folder / "regions.json").is_file():
         return Regions.load(folder), True
     t = time.time()
     emb = cached_pooled_embeddings(pool, encoder, config.data.cache_dir)
     stats["embed_s"] = time.time() - t
     regions = kmeans_regions(emb, rc.k, rc.iterations, rc.seed, device=device)
+    regions.meta["pool"] = pool.content_hash  # what import_regions checks a copy against
     regions.save(folder)
     return regions, False
 
 
-def import_regions(source: Path, folder: Path, num_prompts: int, k: int):
+def import_regions(source: Path, folder: Path, pool, k: int):
     """(regions, cached) of the k-means regions folder ``source`` (as ``Regions.save`` writes it), copied into
     the cache folder ``folder``. This is how runs on several machines share one partition: k-means on another
     machine's embeddings can move prompts that lie near a boundary, and with them the stratified probe set.
-    Refused, in one line, if ``source`` does not fit the pool and ``regions.k`` or the cache holds others."""
+    Refused, in one line, if ``source`` does not fit the pool (its recorded pool, size) and ``regions.k``, or
+    the cache holds others."""
     from aria.data.regions import Regions
 
     try:
@@ -459,9 +461,12 @@ def import_regions(source: Path, folder: Path, num_prompts: int, k: int):
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"--from {source}: not a regions folder (labels.npy, regions.json): "
                         f"{str(err).splitlines()[0]}") from None
-    if regions.method != "kmeans" or len(regions.labels) != num_prompts or regions.num_regions != k:
+    if regions.method != "kmeans" or len(regions.labels) != len(pool) or regions.num_regions != k:
         raise UserError(f"--from {source}: {regions.method} regions of {len(regions.labels)} prompts into "
-                        f"{regions.num_regions}, not k-means of this pool's {num_prompts} into regions.k={k}")
+                        f"{regions.num_regions}, not k-means of this pool's {len(pool)} into regions.k={k}")
+    if regions.meta.get("pool", pool.content_hash) != pool.content_hash:
+        raise UserError(f"--from {source}: regions of another prompt pool ({regions.meta['pool']}), not this "
+                        f"config's ({pool.content_hash}): another data seed?")
     if (folder / "regions.json").is_file():
         if not np.array_equal(Regions.load(folder).labels, regions.labels):
             raise UserError(f"--from {source}: the cache holds other regions of this pool ({folder}); delete that "
