@@ -43,10 +43,6 @@ class Folder:
     out: Path
     results: dict
 
-    @property
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.results.get("seeds", [])]
-
 
 # -- reading ---------------------------------------------------------------------------------------
 
