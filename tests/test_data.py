@@ -220,6 +220,9 @@ def test_regions_build_from_a_folder_made_elsewhere(bundle, cache, tmp_path, cap
     code, out, err = run_cli(["regions", "build", *fresh, "--set", "regions.k=11", "--from",
                               str(tmp_path / "elsewhere")], capsys)
     assert code == 2 and "into regions.k=11" in err
+    code, out, err = run_cli(["regions", "build", *fresh, "--set", "regions.method=metadata", "--from",
+                              str(tmp_path / "elsewhere")], capsys)
+    assert code == 2 and "takes k-means regions; regions.method is metadata" in err
 
 
 @pytest.mark.parametrize("split", [0, 1])

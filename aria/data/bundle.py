@@ -429,6 +429,8 @@ def build_regions(config, pool, encoder, device: str, stats: dict, source: Path 
 
     rc = config.regions
     if rc.method == "metadata":
+        if source is not None:  # never ignored silently
+            raise UserError(f"--from {source}: takes k-means regions; regions.method is metadata")
         return _metadata_regions(config, pool), False
     if rc.k > len(pool):
         raise UserError(f"regions.k={rc.k} exceeds the number of prompts ({len(pool)})")
