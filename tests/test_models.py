@@ -187,17 +187,18 @@ def test_init_path_excludes_the_teacher_copy():
         StudentConfig(variant="channels", init_path="somewhere")
 
 
-def test_the_shipped_stage1_student_starts_the_concepts_main_arm():
-    """aria/world/assets/concepts-student-split0 fits the student that configs/concepts-gpu.yaml builds from the
-    concepts teacher, and its record says what it is: no switching, split 0."""
+@pytest.mark.parametrize("split", [0, 1])
+def test_the_shipped_stage1_students_start_the_concepts_main_arm(split):
+    """aria/world/assets/concepts-student-splitN fits the student that configs/concepts-gpu.yaml builds from the
+    concepts teacher, and its record says what it is: no switching, split N."""
     assets = Path(__file__).resolve().parents[1] / "aria" / "world" / "assets"
     teacher = load_teacher(TeacherConfig(path=assets / "concepts-teacher")).unet
     config = StudentConfig(variant="channels", channel_scale=0.5, init_from_teacher=False,
-                           init_path=assets / "concepts-student-split0")
+                           init_path=assets / f"concepts-student-split{split}")
     student, report = build_student(teacher, config)
     assert report.copied_elements == parameter_count(student) == 2_428_355
-    record = json.loads((assets / "concepts-student-split0" / "aria.json").read_text())
-    assert (record["strategy"], record["config"]["data"]["concepts"]["seed"]) == ("none", 0)
+    record = json.loads((assets / f"concepts-student-split{split}" / "aria.json").read_text())
+    assert (record["strategy"], record["config"]["data"]["concepts"]["seed"]) == ("none", split)
 
 
 def test_the_control_arm_student_is_the_teacher_less_its_removed_blocks():
