@@ -91,7 +91,8 @@ class EncoderConfig(Section):
     batch_size: int = Field(512, ge=1, le=BATCH_MAX, description="prompts per encoding chunk")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="device for encoding: auto, cpu, mps, cuda or cuda:N")
-    max_length: Optional[int] = Field(None, ge=1, le=512, description="token length L of the context; None = 32 (minilm: every world prompt fits), 77 (clip)")
+    max_length: Optional[int] = Field(None, ge=1, le=512, description="token length L of the context; None = 32 "
+                                      "(minilm: every world prompt fits), 77 (clip)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="compute dtype; auto = float32 on CPU, the stored weights' dtype on GPU"
     )
@@ -149,12 +150,14 @@ class DistillConfig(Section):
     timestep_bins: int = Field(10, ge=1, le=1000, description="timestep bins of the strategy feedback (at most "
                                "one per training timestep)")
     importance_weights: bool = Field(False, description="weight switched KD losses by the strategy's weights")
-    max_nonfinite_steps: int = Field(20, ge=1, le=STEPS_MAX, description="consecutive non-finite losses before stopping")
+    max_nonfinite_steps: int = Field(20, ge=1, le=STEPS_MAX,
+                                     description="consecutive non-finite losses before stopping")
     feature_balance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the teacher feature scales")
     feedback_from: Literal["all", "switched"] = Field(
         "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do)"
     )
-    context_cache_mb: float = Field(1024, ge=0, le=1e7, description="device memory for precomputed paired-prompt contexts")
+    context_cache_mb: float = Field(1024, ge=0, le=1e7,
+                                    description="device memory for precomputed paired-prompt contexts")
     step_sync: Literal["host", "device"] = Field(
         "host", description="host: read the step's statistics before backward and skip a non-finite step there "
         "(any backend); device: skip it on the device (fused AdamW), read the statistics without stalling the "
@@ -187,8 +190,10 @@ class BackendConfig(Section):
     zero_stage: int = Field(0, ge=0, le=2, description="DeepSpeed ZeRO stage")
     compile: bool = Field(False, description="torch.compile teacher and student")
     deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
-    collective_timeout_s: int = Field(600, ge=1, le=7 * 86_400, description="timeout of collectives (dead rank detection)")
-    cpu_threads: Optional[int] = Field(None, ge=1, le=4096, description="torch CPU threads per process; None = torch's default")
+    collective_timeout_s: int = Field(600, ge=1, le=7 * 86_400,
+                                      description="timeout of collectives (dead rank detection)")
+    cpu_threads: Optional[int] = Field(None, ge=1, le=4096,
+                                       description="torch CPU threads per process; None = torch's default")
     # kernel levers (issue #20; benchmarks/engine_throughput.py --levers measures each against the same run without it)
     fp8: Literal["none", "student", "teacher", "both"] = Field(
         "none", description="fp8 matmuls in nn.Linear layers whose dimensions are multiples of 16 (torchao, CUDA "

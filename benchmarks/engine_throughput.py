@@ -779,7 +779,8 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         if "channels_last_teacher" in levers:
             unet = unet.to(memory_format=torch.channels_last)
         size = unet.config.sample_size
-        teacher = Teacher(unet=unet, vae=None, latent=False, sample_size=int(size if isinstance(size, int) else size[0]),
+        teacher = Teacher(unet=unet, vae=None, latent=False,
+                          sample_size=int(size if isinstance(size, int) else size[0]),
                           in_channels=int(unet.config.in_channels), scheduler_config=ctx.scheduler_config,
                           path=ctx.teacher_path)
         # several ranks: the strategy state's hash is compared across ranks after every step
@@ -1374,7 +1375,7 @@ def main(argv=None) -> int:
                           + (f"; to the candidate: {r['loss_max_rel_diff_vs_candidate']:.3e} (first step "
                              f"{r['loss_rel_diff_first_step_vs_candidate']:.3e})"
                              if r.get("loss_max_rel_diff_vs_candidate") is not None else ""), flush=True)
-        del student_master
+        student_master = None  # frees this variant's student before the next one is built
 
     write(complete=True)
     if rank == 0:

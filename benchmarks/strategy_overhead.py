@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bins", type=int, default=10, help="timestep bins of the feedback (engine default)")
     parser.add_argument("--warmup", type=int, default=300, help="untimed steps first (past warm starts)")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=15, help="timed blocks per strategy (in turns); the median is reported")
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="timed blocks per strategy (in turns); the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose section to replace")
     parser.add_argument("--machine", default="2-core CPU VM", help="how --write names the machine")

@@ -11,10 +11,10 @@ switched conditions are drawn. It never touches models or tensors:
   round-trips through JSON or safetensors, never pickle. Every function here is pure: a new
   state is a new dict (it may share unchanged arrays with the old one, which nobody writes).
 - all randomness comes from ``step_rng(seed, step, stream)`` (``strategies/draws.py``), a
-  generator that is a pure function of those three integers, so two processes (ranks, or a run and its resume) draw the same
-  allocation for the same step without any RNG state. Stream 0 gives a step's 2n uniforms: the
-  first n choose the regions (``draw_regions``), the next n the prompts inside them
-  (``draw_members``); stream 1 is a strategy's own sample (``dts``).
+  generator that is a pure function of those three integers, so two processes (ranks, or a run
+  and its resume) draw the same allocation for the same step without any RNG state. Stream 0
+  gives a step's 2n uniforms: the first n choose the regions (``draw_regions``), the next n the
+  prompts inside them (``draw_members``); stream 1 is a strategy's own sample (``dts``).
 - feedback arrives as per-region sums and counts, so that it can be all-reduced over ranks before
   the update; ``update`` drops non-finite, negative or absurdly large entries (and counts them in
   ``state["dropped"]``) before any strategy sees them. Feedback may arrive one step late: the

@@ -23,7 +23,8 @@ def check_allocation(allocation, num_regions: int, n: int, active: np.ndarray | 
         raise ValueError(f"probabilities have shape {p.shape} and dtype {p.dtype}, expected ({num_regions},) numbers")
     p = p.astype(np.float64)
     if not np.isfinite(p).all():
-        raise ValueError(f"probabilities are not finite ({np.count_nonzero(~np.isfinite(p))} of {p.size} are nan or inf)")
+        raise ValueError("probabilities are not finite "
+                         f"({np.count_nonzero(~np.isfinite(p))} of {p.size} are nan or inf)")
     if (p < 0).any():
         raise ValueError(f"probabilities are negative (min {p.min():.3g})")
     if abs(p.sum() - 1.0) > SUM_TOLERANCE:

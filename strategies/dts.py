@@ -21,14 +21,16 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import STREAM_STRATEGY, Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, softmax_floor, step_rng
+from .base import (STREAM_STRATEGY, Allocation, AllocationStrategy, State, StrategyConfig, draw_regions, softmax_floor,
+                   step_rng)
 from .registry import register_strategy
 from .stats import discounted_state, discounted_update
 
 
 class DtsConfig(StrategyConfig):
     gamma: float = Field(0.95, gt=0, le=1, description="discount per step (0.95: the memory of aria's alpha=0.05)")
-    noise: float = Field(1.0, gt=0, le=1e6, description="per-sample standard deviation of the discrepancy, relative to its mean")
+    noise: float = Field(1.0, gt=0, le=1e6,
+                         description="per-sample standard deviation of the discrepancy, relative to its mean")
     prior_count: float = Field(1.0, gt=0, description="n0: weight of the prior (mean = pooled mean) in samples")
     temperature: float = Field(0.5, gt=0, description="softmax temperature on the scale-free posterior sample")
     eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")

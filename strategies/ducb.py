@@ -44,7 +44,8 @@ def ucb_probabilities(sums, counts, active, exploration: float, temperature: flo
 
 class DucbConfig(StrategyConfig):
     gamma: float = Field(0.95, gt=0, le=1, description="discount per step (0.95: the memory of aria's alpha=0.05)")
-    exploration: float = Field(1.5, ge=0, le=1e6, description="c in S/N/B + c*sqrt(log n / N) (G&M: c = 2*sqrt(xi), xi > 1/2)")
+    exploration: float = Field(1.5, ge=0, le=1e6,
+                               description="c in S/N/B + c*sqrt(log n / N) (G&M: c = 2*sqrt(xi), xi > 1/2)")
     temperature: float = Field(0.5, gt=0, description="softmax temperature on the scale-free index")
     eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")
 

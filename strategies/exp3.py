@@ -32,8 +32,10 @@ from .stats import region_totals
 
 
 class Exp3Config(StrategyConfig):
-    eps: float = Field(0.2, gt=0, le=1, description="uniform floor (ODM's K*epsilon); > 0 bounds the importance weights")
-    learning_rate: float = Field(2.0, gt=0, le=1e6, description="eta: log-weights are eta x smoothed scale-free rewards")
+    eps: float = Field(0.2, gt=0, le=1,
+                       description="uniform floor (ODM's K*epsilon); > 0 bounds the importance weights")
+    learning_rate: float = Field(2.0, gt=0, le=1e6,
+                                 description="eta: log-weights are eta x smoothed scale-free rewards")
     smoothing: float = Field(0.95, ge=0, lt=1, description="ODM's alpha: EMA factor of rewards and of their scale")
 
 

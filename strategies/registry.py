@@ -57,7 +57,8 @@ def load_plugins() -> None:
             obj = ep.load()
             if isinstance(obj, type) and issubclass(obj, AllocationStrategy) and obj not in _REGISTRY.values():
                 register_strategy(ep.name)(obj)
-            elif not (isinstance(obj, type) and issubclass(obj, AllocationStrategy)) and not isinstance(obj, ModuleType):
+            elif (not (isinstance(obj, type) and issubclass(obj, AllocationStrategy))
+                  and not isinstance(obj, ModuleType)):
                 raise TypeError(f"the entry point is a {type(obj).__name__}, not a module or an AllocationStrategy")
         except (Exception, SystemExit) as err:  # the user's environment: set aside, named when it matters
             reason = " ".join(f"{type(err).__name__}: {err}".split())

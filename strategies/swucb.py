@@ -33,8 +33,10 @@ ROOT = ("window_sums", "window_counts")
 
 
 class SwucbConfig(StrategyConfig):
-    window: int = Field(40, ge=1, le=100_000, description="steps in the window (40: same mean data age as aria's alpha=0.05)")
-    exploration: float = Field(0.75, ge=0, le=1e6, description="c in S/N/B + c*sqrt(log n / N) (G&M: c = sqrt(xi), xi > 1/2)")
+    window: int = Field(40, ge=1, le=100_000,
+                        description="steps in the window (40: same mean data age as aria's alpha=0.05)")
+    exploration: float = Field(0.75, ge=0, le=1e6,
+                               description="c in S/N/B + c*sqrt(log n / N) (G&M: c = sqrt(xi), xi > 1/2)")
     temperature: float = Field(0.5, gt=0, description="softmax temperature on the scale-free index")
     eps: float = Field(0.2, ge=0, le=1, description="uniform floor mixed into the allocation")
 

@@ -85,7 +85,8 @@ def dry(config: str, *sets: str) -> list[str]:
     return run_(config, "--dry-run", *[a for s in sets for a in ("--set", s)])
 
 
-def files_run(*extra: str, prompts: str = "{bad}/prompts/three_prompts.txt", paired: str = "{shared}/paired") -> list[str]:
+def files_run(*extra: str, prompts: str = "{bad}/prompts/three_prompts.txt",
+              paired: str = "{shared}/paired") -> list[str]:
     return run_("{bad}/configs/files_source.yaml", "--set", f"data.prompts_file={prompts}",
                 "--set", f"data.paired_dir={paired}", *extra)
 
@@ -126,7 +127,8 @@ ORIGINAL = [
     Case("misspelt-top-key", run_(cfg("misspelt_top_key")), ["sed", "unknown key"]),
     Case("misspelt-nested-key", run_(cfg("misspelt_nested_key")), ["distillation.learning_rate", "unknown key"]),
     Case("misspelt-deep-key", run_(cfg("misspelt_deep_key")), ["data.world.num_prompt", "unknown key"]),
-    Case("misspelt-key-via-set", run_(str(TINY), "--set", "distillation.lrr=1e-3"), ["distillation.lrr", "unknown key"]),
+    Case("misspelt-key-via-set", run_(str(TINY), "--set", "distillation.lrr=1e-3"),
+         ["distillation.lrr", "unknown key"]),
     Case("wrong-type-int", run_(cfg("wrong_type_int")), ["distillation.steps", "'ten'"]),
     Case("wrong-type-section", run_(cfg("wrong_type_section")), ["logging"]),
     Case("wrong-type-list", run_(cfg("wrong_type_list")), ["regions.metadata_keys"]),
@@ -172,7 +174,8 @@ ORIGINAL = [
     Case("strategy-not-mapping", run_(cfg("strategy_not_mapping"), "-s", "rc"), ["strategy must be a mapping"]),
     Case("strategy-params-not-mapping", run_(cfg("strategy_params_not_mapping")), ["strategy.params.aria"]),
     # ---------------------------------------------------------------- command line
-    Case("set-without-equals", run_(str(TINY), "--set", "distillation.lr"), ["--set 'distillation.lr'", "key.path=value"]),
+    Case("set-without-equals", run_(str(TINY), "--set", "distillation.lr"),
+         ["--set 'distillation.lr'", "key.path=value"]),
     Case("set-empty-key", run_(str(TINY), "--set", "distillation..lr=1"), ["distillation..lr", "empty key"]),
     Case("set-into-value", run_(str(TINY), "--set", "distillation.lr.warm=1"), ["'lr' is not a section"]),
     Case("run-without-config", ["run", "-s", "rc"], ["--config"]),
@@ -222,7 +225,8 @@ ORIGINAL = [
          ["blank_line.txt", "line 2", "blank"]),
     Case("prompts-missing", files_run(prompts="{case}/nope.txt"), ["data.prompts_file", "nope.txt", "does not exist"]),
     Case("prompts-is-folder", files_run(prompts="{bad}/prompts"), ["data.prompts_file", "is not a file"]),
-    Case("paired-dir-missing", files_run(paired="{case}/no-paired"), ["data.paired_dir", "no-paired", "does not exist"]),
+    Case("paired-dir-missing", files_run(paired="{case}/no-paired"),
+         ["data.paired_dir", "no-paired", "does not exist"]),
     Case("paired-dir-no-captions", files_run(paired="{shared}/paired-no-captions"),
          ["data.paired_dir", "has no captions.txt"]),
     # ---------------------------------------------------------------- resume
@@ -379,7 +383,8 @@ LATER = [
     Case("theory-seed-negative", theory("seed_negative"), ["seed_negative.yaml", "seed", "greater than or equal to 0"]),
     Case("theory-seed-huge", theory("seed_huge"), ["seed_huge.yaml", "seed", "less than or equal to"]),
     Case("theory-steps-true", theory("steps_true"), ["steps_true.yaml", "every.steps", "expected an integer"]),
-    Case("theory-designs-bool", theory("designs_bool"), ["designs_bool.yaml", "sampled.designs", "expected an integer"]),
+    Case("theory-designs-bool", theory("designs_bool"),
+         ["designs_bool.yaml", "sampled.designs", "expected an integer"]),
     Case("theory-workers-fraction", theory("workers_float"), ["workers_float.yaml", "workers", "expected an integer"]),
     Case("theory-draws-huge", theory("draws_huge"), ["draws_huge.yaml", "allocation.draws", "10000"]),
     Case("theory-too-many-alphas", theory("too_many_alphas"), ["too_many_alphas.yaml", "scan.alphas", "at most 64"]),
@@ -403,7 +408,8 @@ NONFINITE = [
     Case("guidance-scale-inf", dry(T, "teacher.guidance_scale=.inf"), ["teacher.guidance_scale", "finite"]),
     Case("channel-scale-nan", dry(T, "student.channel_scale=.nan"), ["student.channel_scale", "finite"]),
     Case("w-out-minus-inf", dry(T, "distillation.w_out=-.inf"), ["distillation.w_out", "finite"]),
-    Case("context-cache-inf", dry(T, "distillation.context_cache_mb=.inf"), ["distillation.context_cache_mb", "finite"]),
+    Case("context-cache-inf", dry(T, "distillation.context_cache_mb=.inf"),
+         ["distillation.context_cache_mb", "finite"]),
     Case("ema-decay-nan", dry(T, "distillation.ema_decay=.nan"), ["distillation.ema_decay", "finite"]),
     Case("theory-scan-sigma-inf", theory("scan_sigma_infinite"), ["scan_sigma_infinite.yaml", "scan.sigma", "finite"]),
     Case("theory-sigmas-nan", theory("sigmas_nan"), ["sigmas_nan.yaml", "every.sigmas", "finite"]),
@@ -453,7 +459,8 @@ CLI = [
     Case("sample-prompt-empty", sample("--prompt", ""), ["--prompt ''", "blank"]),
     Case("sample-prompt-blank", sample("--prompt", "   "), ["--prompt '", "(number 1) is blank"]),
     Case("sample-second-prompt-blank", sample("--prompt", "a red circle", "--prompt", "\t"), ["number 2", "blank"]),
-    Case("sample-seed-negative", sample("--prompt", "a red circle", "--seed", "-1"), ["--seed", "-1 is not in the range"]),
+    Case("sample-seed-negative", sample("--prompt", "a red circle", "--seed", "-1"),
+         ["--seed", "-1 is not in the range"]),
     Case("sample-seed-huge", sample("--prompt", "a red circle", "--seed", str(2**64)), ["--seed"]),
     Case("compare-seed-negative", ["compare", "--strategies", "rc", "--seeds", "0,-1", "--config", T, "--out", "{out}"],
          ["--seeds '0,-1'", "0 to 2^63 - 1"]),
@@ -702,7 +709,8 @@ SETUPS = {
     "checkpoint": lambda case, shared: _write_checkpoint(case / "out", shared / "cache"),
     "corrupted_checkpoint": lambda case, shared: _write_checkpoint(case / "out", shared / "cache", corrupt=True),
     # killed during its first checkpoint write: checkpoints/ holds only the temporary folder
-    "unfinished_checkpoint": lambda case, shared: (case / "out" / "checkpoints" / "step-00000002.tmp").mkdir(parents=True),
+    "unfinished_checkpoint":
+        lambda case, shared: (case / "out" / "checkpoints" / "step-00000002.tmp").mkdir(parents=True),
     "tamper_state_text": _tampered(lambda folder, case: (folder / "state.json").write_text("{not json")),
     "tamper_state_list": _tampered(lambda folder, case: (folder / "state.json").write_text("[1, 2]")),
     "tamper_state_entry": _tampered(_edit_state(lambda state: state.pop("strategy"))),
@@ -806,7 +814,8 @@ def run_in_process(args: list[str], cwd: Path, timeout: float, capfd, caplog) ->
         torch.set_num_threads(torch_state[2])
     out, err = capfd.readouterr()
     err += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
-    err += "".join(f"{r.levelname}:{r.name}: {r.getMessage()}\n" for r in caplog.records if r.levelno >= logging.WARNING)
+    err += "".join(f"{r.levelname}:{r.name}: {r.getMessage()}\n"
+                   for r in caplog.records if r.levelno >= logging.WARNING)
     return code, out, err
 
 

@@ -168,7 +168,8 @@ def test_cli_exit_codes_and_checks_json(tmp_path, capsys):
     assert cli("--compare", str(bad), "--config", str(config)) == 1
     assert json.loads((bad / "checks.json").read_text())["all_pass"] is False
     # the config's thresholds decide: a lowered one passes, also through a --set recorded by compare
-    assert cli("--compare", str(bad), "--config", str(write_config(tmp_path / "low.yaml", rc_seen_cond_ratio_max=1.2))) == 0
+    assert cli("--compare", str(bad), "--config",
+               str(write_config(tmp_path / "low.yaml", rc_seen_cond_ratio_max=1.2))) == 0
     recorded = build(tmp_path / "set", **FAILS["C3 seen cond_discrepancy rc/none"],
                      command=f"aria compare --config {config} --set experiment.checks.rc_seen_cond_ratio_max=1.2")
     assert cli("--compare", str(recorded)) == 0

@@ -178,7 +178,8 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
                               summary_only=True)
     assert summary["missing"] == ["rc/seed1", "aria/seed1"] and summary["wall_time_s"] is None
     assert summary["summary"]["rc"]["all"]["discrepancy"]["n"] == 1
-    assert summary["summary"]["rc"]["all"]["discrepancy"]["mean"] == results["summary"]["rc"]["all"]["discrepancy"]["mean"]
+    assert (summary["summary"]["rc"]["all"]["discrepancy"]["mean"]
+            == results["summary"]["rc"]["all"]["discrepancy"]["mean"])
     assert "missing runs (not in the statistics): rc/seed1, aria/seed1" in (out / "results.md").read_text()
     # the results' date is the evaluation's, recorded in compare.json: a copy or a clone (new mtimes) keeps it
     for s in ("rc", "aria"):
@@ -210,7 +211,8 @@ def test_gpu_slots_spread_runs_over_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     slots = compare.GpuSlots("2 cards", 2)
     with slots.take() as a, slots.take() as b, slots.take() as c:
-        assert {a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]} == {"3", "5"} and c["CUDA_VISIBLE_DEVICES"] in "35"
+        assert ({a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]} == {"3", "5"}
+                and c["CUDA_VISIBLE_DEVICES"] in "35")
     assert set(slots.load.values()) == {0}  # released
     with compare.GpuSlots("cpu", 0).take() as env, compare.GpuSlots("1 card", 1).take() as one:
         assert env == {} and one == {}  # nothing to choose
@@ -233,7 +235,8 @@ def test_config_digest_keeps_the_experiment_runs_valid():
     # fields added after the runs count only away from the default that reproduces them
     assert digest("distillation.lr_schedule=constant", "backend.sdpa_backend=auto", "backend.fp8=none") == digest()
     assert digest("distillation.lr_schedule=cosine") != digest() != digest("backend.sdpa_backend=math")
-    assert digest("student.init_from_teacher=false", "student.init_path=stage1") != digest("student.init_from_teacher=false")
+    assert (digest("student.init_from_teacher=false", "student.init_path=stage1")
+            != digest("student.init_from_teacher=false"))
     assert set(compare.ADDED_LATER) <= {(s, k) for s, fields in load_config(config, sets).model_dump().items()
                                         if isinstance(fields, dict) for k in fields}
 
@@ -369,7 +372,8 @@ def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
     evals["aria"] = {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 1.9}, gap, seed) for seed in seeds}
     assert not {c["name"]: c for c in compare.summarise(evals, list(disc), seeds)["checks"]}[half["name"]]["pass"]
     # an oracle worse than rc sets no bar above rc: aria between rc and that oracle fails
-    worse = {**evals, "oracle": {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 2.4}, gap, seed) for seed in seeds},
+    worse = {**evals,
+             "oracle": {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 2.4}, gap, seed) for seed in seeds},
              "aria": {seed: fake_eval({"seen": 1.0, "under": 1.0, "unseen": 2.1}, gap, seed) for seed in seeds}}
     row = {c["name"]: c for c in compare.summarise(worse, list(disc), seeds)["checks"]}[half["name"]]
     assert row["mean"] == pytest.approx(0.1) and not row["pass"]  # 2.1 - min(2.0, 2.2), each seed

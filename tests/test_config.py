@@ -20,7 +20,8 @@ def test_shipped_run_configs_validate(path):
 
 def test_there_are_shipped_configs():
     names = {p.name for p in RUN_CONFIGS}
-    assert {"concepts-quick.yaml", "concepts-gpu.yaml", "shapes-quick.yaml", "shapes-gpu.yaml", "sd-bk-small.yaml"} <= names
+    assert {"concepts-quick.yaml", "concepts-gpu.yaml", "shapes-quick.yaml", "shapes-gpu.yaml",
+            "sd-bk-small.yaml"} <= names
 
 
 def write(tmp_path, data):

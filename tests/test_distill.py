@@ -113,7 +113,8 @@ class FakeRank:
 def distiller(world, backend, **cfg):
     bundle, teacher = world
     torch.manual_seed(0)
-    student, _ = build_student(teacher.unet, SimpleNamespace(variant="small", channel_scale=0.5, init_from_teacher=True))
+    student, _ = build_student(teacher.unet,
+                               SimpleNamespace(variant="small", channel_scale=0.5, init_from_teacher=True))
     config = DistillConfig(batch_size=8, timestep_bins=4, cfg_dropout=0.25, switch_schedule="constant", **cfg)
     return Distiller(teacher=teacher.unet, student=student, backend=backend, bundle=bundle,
                      scheduler=DDPMScheduler.from_config(teacher.scheduler_config),

@@ -322,7 +322,8 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, tmp_path):
 @pytest.mark.slow
 def test_deepspeed_single_process_zero2_trains_and_resumes(tmp_path):
     """No launcher: the backend fills in RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT."""
-    sections = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "distillation": {"steps": 2}, "logging": {"every": 1}}
+    sections = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "distillation": {"steps": 2},
+                "logging": {"every": 1}}
     launch(tmp_path, 1, sections)
     folder = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -66,7 +66,8 @@ def tiny_sd_folder(root):
     vocab = {t: i for i, t in enumerate([*letters, *(c + "</w>" for c in letters), "<|startoftext|>", "<|endoftext|>"])}
     (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
     (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt")).save_pretrained(root / "tokenizer")
+    CLIPTokenizer(str(root / "tokenizer" / "vocab.json"),
+                  str(root / "tokenizer" / "merges.txt")).save_pretrained(root / "tokenizer")
     eos = vocab["<|endoftext|>"]
     cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
@@ -98,6 +99,7 @@ def test_pooled_cache_reused_and_keyed_by_pool(minilm, tmp_path, monkeypatch):
     again = cached_pooled_embeddings(pool, minilm, tmp_path / "cache")
     assert len(calls) == 3 and np.array_equal(again, emb)  # second call reads the cache
     other = PromptPool.write(tmp_path / "pool2", texts[:-1])
-    assert embedding_cache_path(other, minilm, tmp_path / "cache") != embedding_cache_path(pool, minilm, tmp_path / "cache")
+    assert (embedding_cache_path(other, minilm, tmp_path / "cache")
+            != embedding_cache_path(pool, minilm, tmp_path / "cache"))
     assert cached_pooled_embeddings(other, minilm, tmp_path / "cache").shape == (13, 384) and len(calls) > 3
     assert not list((tmp_path / "cache" / "embeddings").glob("*.tmp"))

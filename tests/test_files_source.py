@@ -101,7 +101,8 @@ def test_files_run_exits_0_and_exports_a_pipeline_with_normal_modes(files_run, c
     assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (student / part).is_dir(), part
-    assert (student / "aria.json").is_file() and "StableDiffusionPipeline.from_pretrained" in (student / "README.md").read_text()
+    assert ((student / "aria.json").is_file()
+            and "StableDiffusionPipeline.from_pretrained" in (student / "README.md").read_text())
     modes = {p.relative_to(student).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [student, *student.rglob("*")]}
     assert modes["."] == 0o755 and modes["unet/diffusion_pytorch_model.safetensors"] == 0o644
     assert {m for p, m in modes.items() if (student / p).is_dir()} == {0o755}
@@ -185,7 +186,8 @@ def test_malformed_prompts_file_fails_before_training_with_one_line(tmp_path, ca
     ("p.jsonl", '{"prompt": "a cat", "group": "pets", "regime": "unseen"}\n{"prompt": " a car ", "group": 7, '
                 '"regime": "seen"}\n{"prompt": "a cat", "group": "pets", "regime": "unseen"}\n',
      (["a cat", "a car"], ["pets", "7"], [0, 1], [2, 0])),
-    ("p.csv", '\ufeffprompt,group\n"a cat, sitting",pets\na car,\n', (["a cat, sitting", "a car"], ["pets"], [0, -1], None)),
+    ("p.csv", '\ufeffprompt,group\n"a cat, sitting",pets\na car,\n',
+     (["a cat, sitting", "a car"], ["pets"], [0, -1], None)),
     ("p.csv", 'regime,prompt\nunder,a cat\nseen,"a ""quoted"" car"\n', (["a cat", 'a "quoted" car'], [], None, [1, 0])),
     ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": "a car"}\n', (["a cat", "a car"], [], None, None)),
 ])
@@ -203,7 +205,8 @@ def test_prompts_files_with_groups_and_regimes(tmp_path, name, text, expected):
 @pytest.mark.parametrize("name, text, message", [
     ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": "a car", "colour": 1}\n', "line 2: unknown key 'colour'"),
     ("p.jsonl", '{"prompt": "a cat", "regime": "seen"}\n{"prompt": "a car"}\n', "line 2 has no regime, line 1 gives"),
-    ("p.jsonl", '{"prompt": "a cat", "regime": "held out"}\n', "line 1: regime 'held out' is not one of seen, under, unseen"),
+    ("p.jsonl", '{"prompt": "a cat", "regime": "held out"}\n',
+     "line 1: regime 'held out' is not one of seen, under, unseen"),
     ("p.jsonl", '{"prompt": "a cat"\n', "line 1: invalid JSON"),
     ("p.jsonl", '["a cat"]\n', "line 1: expected an object"),
     ("p.jsonl", '{"prompt": 3}\n', "line 1: prompt must be text"),
@@ -255,7 +258,8 @@ def test_world_student_stays_a_unet_folder_that_diffusers_loads(tmp_path):
     from aria.models.export import loading_snippet
 
     unet = random_world_unet(sample_size=16)
-    card = {"teacher": "world", "variant": "small", "teacher_parameters": 1, "strategy": "rc", "steps": 1, "data": "concepts"}
+    card = {"teacher": "world", "variant": "small", "teacher_parameters": 1, "strategy": "rc", "steps": 1,
+            "data": "concepts"}
     old = os.umask(0o022)
     try:
         out = export_student(unet, tmp_path / "student", card)
@@ -264,7 +268,8 @@ def test_world_student_stays_a_unet_folder_that_diffusers_loads(tmp_path):
     assert not (out / "model_index.json").exists() and (out / "config.json").is_file()
     loaded = UNet2DConditionModel.from_pretrained(out)
     assert torch.equal(loaded.conv_in.weight, unet.conv_in.weight)
-    assert loading_snippet(out) == f"from diffusers import UNet2DConditionModel; UNet2DConditionModel.from_pretrained({str(out)!r})"
+    assert loading_snippet(out) == ("from diffusers import UNet2DConditionModel; "
+                                    f"UNet2DConditionModel.from_pretrained({str(out)!r})")
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
 
@@ -284,7 +289,8 @@ def test_pipeline_export_is_atomic_and_follows_the_teacher_index(tmp_path):
         "scheduler": ["diffusers", "PNDMScheduler"]}))
     (sd / "vae" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"variant")  # not copied
     (sd / "vae" / "diffusion_flax_model.msgpack").write_bytes(b"flax")  # not copied
-    config = load_config(None, [f"teacher.path={sd}", "teacher.subfolder=unet", "encoder.kind=clip", f"encoder.path={sd}"])
+    config = load_config(None, [f"teacher.path={sd}", "teacher.subfolder=unet", "encoder.kind=clip",
+                                f"encoder.path={sd}"])
     parts = pipeline_components(config)
     assert sorted(parts) == ["scheduler", "text_encoder", "tokenizer", "vae"]  # no safety_checker folder
     index = model_index(parts, sd)
@@ -292,7 +298,8 @@ def test_pipeline_export_is_atomic_and_follows_the_teacher_index(tmp_path):
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["_diffusers_version"] != "0.6.0"
     assert pipeline_components(load_config(None, [f"teacher.path={sd / 'unet'}"])) is None  # a plain UNet teacher
 
-    card = {"teacher": str(sd), "variant": "small", "teacher_parameters": 1, "strategy": "rc", "steps": 1, "data": "files"}
+    card = {"teacher": str(sd), "variant": "small", "teacher_parameters": 1, "strategy": "rc", "steps": 1,
+            "data": "files"}
     unet = random_world_unet(sample_size=8)
     out = export_student(unet, tmp_path / "student", card, pipeline=parts, teacher_root=sd)
     assert sorted(p.name for p in (out / "vae").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]

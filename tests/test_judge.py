@@ -65,7 +65,7 @@ def test_training_step_and_save_load(tmp_path):
     loaded = Judge.load(tmp_path)
     images = shapes.render(ALL[:8], seed=0)
     with torch.no_grad():
-        expected = [l.argmax(1).numpy() for l in net(judge_module.as_model_input(images))[1]]
+        expected = [head_logits.argmax(1).numpy() for head_logits in net(judge_module.as_model_input(images))[1]]
     predicted = loaded.predict(images)
     agree = np.mean([np.mean(predicted[a] == e) for a, e in zip(shapes.ATTRIBUTES, expected)])
     assert agree > 0.9  # fp16 storage barely changes an untrained net's decisions

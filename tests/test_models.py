@@ -235,8 +235,8 @@ def test_feature_pairs_match_on_a_forward_pass(teacher, variant):
     if variant == "tiny":  # the innermost stage has no pair; the last kept stage pairs pre-downsample outputs
         assert f"down_blocks.{n - 1}" not in teacher_names and "up_blocks.0" not in teacher_names
         assert f"down_blocks.{n - 2}" not in teacher_names
-        assert any(p.teacher_name.startswith(f"down_blocks.{n - 2}.") and p.student_name.startswith(f"down_blocks.{n - 2}.")
-                   for p in pairs)
+        assert any(p.teacher_name.startswith(f"down_blocks.{n - 2}.")
+                   and p.student_name.startswith(f"down_blocks.{n - 2}.") for p in pairs)
     sample, t, context = unet_inputs(teacher)
     with FeatureCapture(teacher, [p.teacher_name for p in pairs]) as cap_t, \
             FeatureCapture(student, [p.student_name for p in pairs]) as cap_s:
@@ -338,8 +338,9 @@ def write_tiny_sd_folder(root: Path) -> None:
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16], layers_per_block=1,
                   norm_num_groups=8, sample_size=16, down_block_types=["DownEncoderBlock2D"] * 2,
                   up_block_types=["UpDecoderBlock2D"] * 2).save_pretrained(root / "vae")
-    CLIPTextModel(CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, max_position_embeddings=16)).save_pretrained(root / "text_encoder")
+    CLIPTextModel(CLIPTextConfig(vocab_size=60, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 max_position_embeddings=16)).save_pretrained(root / "text_encoder")
     letters = "abcdefghijklmnopqrstuvwxyz "
     vocab = {c: i for i, c in enumerate(letters.strip())}
     vocab.update({c + "</w>": 26 + i for i, c in enumerate(letters.strip())})
@@ -382,7 +383,8 @@ def test_export_student_is_complete_and_replaces_atomically(tmp_path):
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temp folders left
     facts = json.loads((out / "aria.json").read_text())
-    assert facts == {**card, "student_parameters": parameter_count(student), "config": {"seed": 3, "path": str(tmp_path)}}
+    assert facts == {**card, "student_parameters": parameter_count(student),
+                     "config": {"seed": 3, "path": str(tmp_path)}}
     readme = (out / "README.md").read_text()
     assert "tiny" in readme and f"| student_parameters | {parameter_count(student):,} |" in readme
     assert "| config | see `aria.json` |" in readme and "| teacher | world |" in readme

@@ -67,7 +67,8 @@ def test_entry_point_plugin_is_listed_and_usable(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     target_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
     ).stdout.strip()
     bridge = "".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages())
     (Path(target_site) / "_aria_parent_env.pth").write_text(bridge)
@@ -76,8 +77,9 @@ def test_entry_point_plugin_is_listed_and_usable(tmp_path):
          "--no-build-isolation", "--no-index", str(source)],
         check=True, capture_output=True, text=True,
     )
-    listing = subprocess.run([python, "-m", "aria.cli", "strategies"], check=True, capture_output=True, text=True).stdout
-    line = next(l for l in listing.splitlines() if l.startswith("myplug "))
+    listing = subprocess.run([python, "-m", "aria.cli", "strategies"],
+                             check=True, capture_output=True, text=True).stdout
+    line = next(entry for entry in listing.splitlines() if entry.startswith("myplug "))
     assert "[package aria-myplug]" in line or "[package aria_myplug]" in line
     assert "eps: float = 0.5  # uniform floor of the plugin" in listing
     use = textwrap.dedent("""

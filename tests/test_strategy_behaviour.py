@@ -184,7 +184,8 @@ def aria_run(case: str, resume_at: int | None = None, via: str = "json") -> list
     records = []
     for step in range(steps):
         if step == resume_at:
-            state = state_from_json(state_to_json(state)) if via == "json" else state_from_arrays(state_to_arrays(state))
+            state = (state_from_json(state_to_json(state)) if via == "json"
+                     else state_from_arrays(state_to_arrays(state)))
             strategy = create_strategy("aria", params)
         alloc = strategy.allocate(state, step, draws)
         record = {"regions": alloc.regions, "probabilities": alloc.probabilities}

@@ -97,7 +97,8 @@ def test_state_round_trips_exactly(strategy, tmp_path):
     state = run(strategy, strategy.init(RegionInfo(SIZES), SEED), 0, 6)
     path = tmp_path / "state.safetensors"
     save_file(state_to_arrays(state), str(path))
-    copies = [state_from_json(state_to_json(state)), state_from_arrays(state_to_arrays(state)), state_from_arrays(load_file(str(path)))]
+    copies = [state_from_json(state_to_json(state)), state_from_arrays(state_to_arrays(state)),
+              state_from_arrays(load_file(str(path)))]
     for copy in copies:
         assert state_hash(copy) == state_hash(state)
         assert state_to_json(copy) == state_to_json(state)
@@ -142,7 +143,8 @@ def test_bad_feedback_is_dropped_and_counted(strategy):
 def test_extreme_but_valid_feedback_keeps_state_finite(strategy):
     state = strategy.init(RegionInfo(SIZES), SEED)
     ones = np.ones((SIZES.size, BINS))
-    for step, (sums, counts) in enumerate([(1e150 * ones, ones), (ones * 1e-300, ones), (0 * ones, ones), (1e150 * ones, 1e-3 * ones)]):
+    for step, (sums, counts) in enumerate([(1e150 * ones, ones), (ones * 1e-300, ones), (0 * ones, ones),
+                                           (1e150 * ones, 1e-3 * ones)]):
         state = strategy.update(state, Feedback(sums, counts, step))
         assert_finite_state(state)
         check_allocation(strategy, state, step, DRAWS)

@@ -59,7 +59,8 @@ def test_cpu_smoke_train_save_reload_sample(tmp_path):
                            unet_config=TINY)
     assert report["steps"] == 3 and np.isfinite(report["history"][-1]["loss"])
     assert report["unet_config"]["block_out_channels"] == TINY["block_out_channels"]
-    for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "README.md", "training.json"):
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "README.md",
+                 "training.json"):
         assert (out / name).is_file()
     assert json.loads((out / "training.json").read_text())["steps"] == 3
     from safetensors import safe_open

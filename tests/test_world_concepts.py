@@ -57,7 +57,10 @@ def test_colour_position_size_and_dark_background():
     assert np.array_equal(3 * np.abs(cy[:, None] - grid).argmin(1) + np.abs(cx[:, None] - grid).argmin(1), position)
     mean_rgb = (images * mask[..., None]).sum((1, 2)) / area[:, None]
     table = np.array(list(concepts.COLORS.values()), dtype=np.float32)
-    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
     assert (np.argmax(unit(mean_rgb) @ unit(table).T, axis=1) == color).all()
     ink = concepts.glyph_masks(ALL, seed=5).sum((1, 2)).reshape(concepts.NUM_CONCEPTS, 8, 3, 9)
     assert (ink[:, :, 0].max((1, 2)) < ink[:, :, 1].min((1, 2))).all()  # per concept, every small < every medium

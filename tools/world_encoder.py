@@ -53,7 +53,8 @@ def shrink(src: Path, dst: Path) -> None:
     weights[TABLE + ".ids"] = keep
     weights[TABLE + ".shape"] = np.array(table.shape, dtype=np.int64)
     save_file(weights, str(dst / "model.shrunk.safetensors"))
-    print(f"kept {len(keep)} of {table.shape[0]} token rows: {sum(p.stat().st_size for p in dst.rglob('*') if p.is_file()) / 1e6:.1f} MB")
+    print(f"kept {len(keep)} of {table.shape[0]} token rows: "
+          f"{sum(p.stat().st_size for p in dst.rglob('*') if p.is_file()) / 1e6:.1f} MB")
 
 
 def restore(src: Path, dst: Path) -> None:

@@ -111,7 +111,8 @@ def results_command(results_path, ablation_paths, out, check):
     except report.DocCheckError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
-    click.echo(f"{out}: {'matches' if check else 'written from'} {', '.join(map(str, [*results_path, *ablation_paths]))}")
+    click.echo(f"{out}: {'matches' if check else 'written from'} "
+               f"{', '.join(map(str, [*results_path, *ablation_paths]))}")
 
 
 SAMPLE_EXAMPLE = "aria sample --model runs/concepts-quick --prompt 'a large blue fish on the left' " \
@@ -135,7 +136,8 @@ seen in the paired data, the fruit family is unseen):
               help="Image file to write (default: the run folder's samples/<prompt>-seed<seed>.png).")
 @click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
-@click.option("--guidance", type=float, default=None, help="CFG scale, finite (default: the run's teacher.guidance_scale).")
+@click.option("--guidance", type=float, default=None,
+              help="CFG scale, finite (default: the run's teacher.guidance_scale).")
 @click.option("--device", default="auto", show_default=True)
 def sample_command(model, prompts, teacher, no_teacher, out, steps, seed, guidance, device):
     """Draw a labelled PNG grid: one row per prompt, the student's and the teacher's samples from the same noise."""

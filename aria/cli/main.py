@@ -63,7 +63,8 @@ def cli(debug: bool):
 @cli.command()
 @click.option("--strategy", "-s", default=None, help="Registered strategy (overrides the config's).")
 @click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Typed override, e.g. distillation.lr=1e-4.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Typed override, e.g. distillation.lr=1e-4.")
 @click.option("--resume", is_flag=True, help="Continue from the latest good checkpoint in output_dir.")
 @click.option("--dry-run", is_flag=True, help="Check everything that needs no training (config, paths, teacher "
               "folder layout, regions.k against the pool, memory lower bound), print the resolved config, stop.")

@@ -65,7 +65,8 @@ def teacher():
 @teacher.command("train")
 @CONFIG
 @SET
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (diffusers UNet).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder (diffusers UNet).")
 @click.option("--steps", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
@@ -75,7 +76,8 @@ def teacher():
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the judged evaluation after training.")
-@click.option("--guidance", type=FiniteFloat(min=0), default=None, help="CFG scale of the evaluation (default: teacher.guidance_scale).")
+@click.option("--guidance", type=FiniteFloat(min=0), default=None,
+              help="CFG scale of the evaluation (default: teacher.guidance_scale).")
 @click.option("--unet-config", "unet_json", default=None, metavar="JSON",
               help='Overrides of the UNet config, e.g. \'{"block_out_channels": [64, 96, 96], ...}\'.')
 @JUDGE

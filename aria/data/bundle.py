@@ -229,7 +229,8 @@ def files_pool(config, captions: list[str]):
                 raise UserError("stale")
         except UserError:
             meta = {name: np.concatenate([np.asarray(base.meta(name)),
-                                          np.full(len(extra), NO_GROUP if name == "group" else 0, base.meta(name).dtype)])
+                                          np.full(len(extra), NO_GROUP if name == "group" else 0,
+                                                  base.meta(name).dtype)])
                     for name in base.meta_names}
             pool = PromptPool.write(folder, _chain(base, extra), meta=meta, params=params)
         first.update({c: len(base) + j for j, c in enumerate(extra)})
@@ -253,7 +254,8 @@ def _captions_file(config) -> Path:
     """``data.paired_dir/captions.txt``, or a UserError naming what is missing."""
     paired_dir = Path(config.data.paired_dir)
     if not paired_dir.is_dir():
-        raise UserError(f"data.paired_dir {paired_dir} {'is not a folder' if paired_dir.exists() else 'does not exist'}")
+        raise UserError(f"data.paired_dir {paired_dir} "
+                        f"{'is not a folder' if paired_dir.exists() else 'does not exist'}")
     captions_file = paired_dir / "captions.txt"
     if not captions_file.is_file():
         raise UserError(f"data.paired_dir {paired_dir} has no captions.txt")
@@ -294,7 +296,8 @@ def check_inputs(config) -> None:
         except ValueError as err:
             raise UserError(f"data.concepts: {err}") from None
         if rc.method == "kmeans" and rc.k > c.num_prompts:
-            raise UserError(f"regions.k={rc.k} exceeds the number of prompts (data.concepts.num_prompts={c.num_prompts})")
+            raise UserError(f"regions.k={rc.k} exceeds the number of prompts "
+                            f"(data.concepts.num_prompts={c.num_prompts})")
         return
     with cache_write_errors(config):
         pool, _ = files_pool(config, paired_captions(config))

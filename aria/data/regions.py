@@ -208,7 +208,8 @@ def _lloyd_torch(x, centers, iterations, tol, sample, chunk, device):
             counts += torch.bincount(lab, minlength=k)
         nz = (counts > 0).cpu().numpy()
         new = c.cpu().numpy().copy()
-        new[nz] = (sums[torch.as_tensor(nz, device=device)] / counts[torch.as_tensor(nz, device=device), None]).float().cpu().numpy()
+        new[nz] = (sums[torch.as_tensor(nz, device=device)]
+                   / counts[torch.as_tensor(nz, device=device), None]).float().cpu().numpy()
         new = _reseed_empty(new, ~nz, sample)
         done = abs(inertia - new_inertia) <= tol * max(new_inertia, 1e-12) and nz.all()
         shift = float(((new - c.cpu().numpy()) ** 2).sum())

@@ -201,7 +201,8 @@ def c2(f: Folder, t) -> list[dict]:
     def within(metric):
         return lambda: mean_ratio(per_seed(f, "none", "unseen", metric), per_seed(f, "none", "seen", metric))
 
-    return [row("C2", "none unseen/seen cond_discrepancy", ">=", t.none_unseen_seen_cond_min, within("cond_discrepancy")),
+    return [row("C2", "none unseen/seen cond_discrepancy", ">=", t.none_unseen_seen_cond_min,
+                within("cond_discrepancy")),
             row("C2", "none unseen/seen discrepancy", ">=", t.none_unseen_seen_probe_min, within("discrepancy"))]
 
 

@@ -34,7 +34,8 @@ from aria.training.probe import (build_probe_set, condition_discrepancy, items_o
                                  sample_prompt_ids, world_of)
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; families ("family:<name>") and "all" are added
-REFERENCE_VERSION = 2  # of the teacher's cached share: 2 = probe noised by add_noise, with and without prompt in one pass
+# version of the teacher's cached share: 2 = probe noised by add_noise, with and without prompt in one pass
+REFERENCE_VERSION = 2
 
 
 # -- model passes ---------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ def teacher_reference(teacher_unet, probe, sample_noise, ctx, scheduler, args: d
     from safetensors.numpy import load_file, save_file
 
     arrays = {"noise": sample_noise, **{k: v.numpy() for k, v in ctx.items()}}
-    key = hashlib.sha256(json.dumps({**args, "version": REFERENCE_VERSION, "probe": probe.digest, "teacher": weights_digest(teacher_unet),
+    key = hashlib.sha256(json.dumps({**args, "version": REFERENCE_VERSION, "probe": probe.digest,
+                                     "teacher": weights_digest(teacher_unet),
                                      **{k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
                                         for k, v in arrays.items()}},
                                     sort_keys=True).encode()).hexdigest()[:16]
@@ -104,7 +106,8 @@ def _teacher_reference(teacher_unet, probe, ctx, sample_noise, scheduler, args: 
 
 def forwards(probe, samples: int, args: dict) -> int:
     """Images through one model in an evaluation: the probe (with and without the prompt) and the sampler."""
-    return 2 * probe.noise.shape[0] * probe.noise.shape[1] + samples * args["steps"] * (1 if args["guidance"] == 1.0 else 2)
+    return (2 * probe.noise.shape[0] * probe.noise.shape[1]
+            + samples * args["steps"] * (1 if args["guidance"] == 1.0 else 2))
 
 
 def weights_digest(module) -> str:

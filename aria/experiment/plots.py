@@ -105,7 +105,8 @@ def _groupings(data: dict | None, k: int) -> list[tuple[str, list[str], np.ndarr
     """(grouping, group names, fractions (K, G)) of the data line whose region count matches."""
     if not data or data.get("regions") != k:
         return []
-    return [(key, list(g["names"]), np.asarray(g["fractions"], dtype=float)) for key, g in data.get("groups", {}).items()]
+    return [(key, list(g["names"]), np.asarray(g["fractions"], dtype=float))
+            for key, g in data.get("groups", {}).items()]
 
 
 def _group_colors(key: str, names: list[str]) -> list:

@@ -15,8 +15,8 @@ from aria.errors import UserError
 from aria.experiment.bar import bar_checks, established_gain, headroom_metric, headroom_share
 from aria.experiment.stats import mean_ci, paired_ratios
 from aria.world.worlds import REGIME_NAMES
-REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833", "all": "#777777",
-                 None: "#bbbbbb"}
+REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "compositional": "#228833",
+                 "all": "#777777", None: "#bbbbbb"}
 METRICS = {  # name -> (label, higher is better)
     "discrepancy": ("probe discrepancy", False),
     "cond_discrepancy": ("condition-specific discrepancy", False),
@@ -239,7 +239,8 @@ def results_header(results: dict) -> list[str]:
         f"- strategies: {', '.join(results['strategies'])}; seeds: {seeds}; "
         f"{fmt(results['steps'])} distillation steps each",
         f"- probe set: {results['probe_digest']}; mean and 95% t-interval over seeds",
-        *([f"- missing runs (not in the statistics): {', '.join(results['missing'])}"] if results.get("missing") else []),
+        *([f"- missing runs (not in the statistics): {', '.join(results['missing'])}"]
+          if results.get("missing") else []),
     ]
 
 
@@ -531,7 +532,8 @@ def ablation_section(results_list: list[dict], ablations: list[dict], paths: lis
             if "aria" in reference.get("ratios", {}):
                 rows.append([title, "aria", "its own", ", ".join(str(s) for s in reference["seeds"]),
                              *[fmt_ci(reference["ratios"]["aria"][g]["discrepancy"]) for g in ABLATION_REGIMES]])
-        link = f"[{_title_against(res, reference)}]({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})"
+        link = (f"[{_title_against(res, reference)}]"
+                f"({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})")
         for row in ablation_rows(reference, res):
             rows.append([link, row["strategy"], row["rc"] if row["rc"] == "own" else f"{title}'s",
                          ", ".join(row["seeds"]), *[fmt_ci(row["cells"][g]) for g in ABLATION_REGIMES]])

@@ -44,7 +44,8 @@ def ddim_sample(unet, context: torch.Tensor, uncond: torch.Tensor, noise: torch.
     x = noise.to(p.device, torch.float32) * sched.init_noise_sigma
     ctx = torch.cat([uncond.expand_as(context), context]).to(p.device, p.dtype)
     for t in sched.timesteps:
-        e_u, e_c = unet(torch.cat([x, x]).to(p.dtype), t.to(p.device), encoder_hidden_states=ctx).sample.float().chunk(2)
+        e_u, e_c = unet(torch.cat([x, x]).to(p.dtype), t.to(p.device),
+                        encoder_hidden_states=ctx).sample.float().chunk(2)
         x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
     return x
 
@@ -58,7 +59,8 @@ def read_card(model: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         reason = " ".join(str(err).split())[:160]
         raise UserError(f"--model {model}: aria.json is not valid JSON ({type(err).__name__}: {reason})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("scheduler"), dict):
+    if (not isinstance(data, dict) or not isinstance(data.get("config"), dict)
+            or not isinstance(data.get("scheduler"), dict)):
         raise UserError(f"--model {model}: aria.json lacks the run config (exported by an older aria?)")
     return data
 
@@ -283,7 +285,8 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     noise = torch.randn((len(prompts), c.in_channels, size, size), generator=gen)
     scale = config.teacher.guidance_scale if guidance is None else guidance
     decode = _decoder(model, config, device)
-    columns = [to_uint8(decode(ddim_sample(m, context, uncond, noise, steps, scale, card["scheduler"]))) for m in models]
+    columns = [to_uint8(decode(ddim_sample(m, context, uncond, noise, steps, scale, card["scheduler"])))
+               for m in models]
     image = labelled_grid(columns, prompts, ["student", "teacher"][:len(models)])
     from PIL import Image
 
@@ -330,7 +333,8 @@ def _decoder(model: Path, config, device):
         folder = Path(config.teacher.path) / "vae"
     if not folder.is_dir():
         raise UserError(f"the student is a latent model but its teacher's VAE folder {folder} is missing")
-    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=_accelerate()).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True,
+                                        low_cpu_mem_usage=_accelerate()).to(device).eval()
 
     @torch.no_grad()
     def decode(z):

@@ -87,8 +87,10 @@ def _model_card(facts: dict, pipeline: str | None) -> str:
 
 # -- the pipeline around a student -----------------------------------------------------------------
 
-REQUIRED_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")  # what a text-to-image pipeline needs besides the UNet
-_OTHER_FRAMEWORKS = (".msgpack", ".h5", ".onnx", ".onnx_data", ".pb", ".ckpt")  # weights diffusers' torch path never reads
+# what a text-to-image pipeline needs besides the UNet
+REQUIRED_PARTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+# weights diffusers' torch path never reads
+_OTHER_FRAMEWORKS = (".msgpack", ".h5", ".onnx", ".onnx_data", ".pb", ".ckpt")
 
 
 def pipeline_components(config) -> dict[str, Path] | None:

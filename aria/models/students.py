@@ -176,7 +176,8 @@ def transfer_weights(teacher: nn.Module, student: nn.Module) -> TransferReport:
         if origin is None or origin not in source:
             report.skipped.append((key, "no teacher counterpart"))
         elif source[origin].shape != target.shape:
-            report.skipped.append((key, f"shape {tuple(target.shape)} != teacher {origin} {tuple(source[origin].shape)}"))
+            report.skipped.append((key, f"shape {tuple(target.shape)} != teacher {origin} "
+                                        f"{tuple(source[origin].shape)}"))
         else:
             target.copy_(source[origin].to(device=target.device, dtype=target.dtype))
             report.copied.append((key, origin))

@@ -66,7 +66,8 @@ def _check_model_folder(folder: Path, class_name: str) -> dict:
     if found != class_name:
         raise UserError(f"{folder} holds a {found!r} model, expected {class_name}")
     for ext, safe in ((".safetensors", True), (".bin", False)):  # plain weights before variants (fp16, ...)
-        for weights in sorted(folder.glob(f"diffusion_pytorch_model*{ext}*"), key=lambda f: (f.name.count("."), f.name)):
+        for weights in sorted(folder.glob(f"diffusion_pytorch_model*{ext}*"),
+                              key=lambda f: (f.name.count("."), f.name)):
             variant = re.fullmatch(rf"diffusion_pytorch_model(?:\.(\w+))?{re.escape(ext)}(?:\.index\.json)?",
                                    weights.name)
             if variant:  # .bin is read by diffusers with torch.load(weights_only=True): no code runs

@@ -345,7 +345,8 @@ class DistillationRun:
         s = self.strategy
         problem = " ".join(problem.split())
         return StrategyContractError(f"strategy {s.name!r} ({s.origin}) {what} at step {step + 1}: "
-                                     f"{problem if len(problem) <= 200 else problem[:200] + '...'}; the run was stopped")
+                                     f"{problem if len(problem) <= 200 else problem[:200] + '...'}; "
+                                     "the run was stopped")
 
     def _allocate(self, step: int, n: int):
         """The strategy's allocation of ``step``, checked against the contract (``check_allocation``)."""

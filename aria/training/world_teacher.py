@@ -268,10 +268,11 @@ def model_card(report: dict) -> str:
            f"fully correct; per attribute: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ev["per_attribute"].items())
            + f" ({ev['sample_steps']} DDIM steps, guidance {ev['guidance']})") if ev else "not evaluated"
     families = "".join(f"\n  - {name}: {100 * v:.1f}%" for name, v in (ev.get("by_family") or {}).items())
+    tokens = report.get("context_tokens", 32)
     return f"""# aria world teacher ({report.get('world', 'shapes')})
 
 A pixel-space `diffusers.UNet2DConditionModel` (32x32 RGB) for aria's procedural {report.get('world', 'shapes')} world,
-conditioned on all-MiniLM-L6-v2 token states ({report.get('context_tokens', 32)} tokens, 384-d; `""` is the unconditional context).
+conditioned on all-MiniLM-L6-v2 token states ({tokens} tokens, 384-d; `""` is the unconditional context).
 DDPM epsilon prediction, 1000 steps, `squaredcos_cap_v2` (see `scheduler_config.json`).
 Weights: the EMA (decay {report['ema_decay']}), stored in fp16 ({report.get('weights_mb')} MB).
 
@@ -319,7 +320,8 @@ def evaluate_teacher(unet, pool, encoder, judge=None, guidance: float = 2.0, ste
     ok = judge.correct(np.concatenate(images), combos)
     families = world.family_of(combos)
     by_family = {} if families is None else {
-        name: float(ok["all"][families == f].mean()) for f, name in enumerate(world.family_names) if (families == f).any()}
+        name: float(ok["all"][families == f].mean())
+        for f, name in enumerate(world.family_names) if (families == f).any()}
     return {"accuracy": float(ok["all"].mean()), "per_attribute": {a: float(ok[a].mean()) for a in world.attributes},
             "by_family": by_family, "prompts": int(len(ids)), "sample_steps": steps, "guidance": guidance,
             "failed_combos": [int(c) for c in combos[~ok["all"]][:50]],

@@ -84,7 +84,7 @@ class Judge:
     def predict(self, images, batch_size=1024) -> dict[str, np.ndarray]:
         """uint8 (N, 32, 32, 3) or float (N, 3, 32, 32) in [-1, 1] -> {attribute: int64 (N,)}."""
         _, logits = self._run(images, batch_size)
-        return {a: l.argmax(1) for a, l in zip(self.attributes, logits)}
+        return {a: head_logits.argmax(1) for a, head_logits in zip(self.attributes, logits)}
 
     def features(self, images, batch_size=1024) -> np.ndarray:
         """Penultimate features float32 (N, F), e.g. for a KID-style distance."""
@@ -166,7 +166,7 @@ def train(steps=1500, batch_size=128, lr=3e-3, seed=0, arch=None, log_every=100,
     for step in range(steps):
         x, targets = training_batch(world, step, batch_size, seed, gen, device)
         _, logits = net(x)
-        loss = sum(F.cross_entropy(l, t) for l, t in zip(logits, targets))
+        loss = sum(F.cross_entropy(head_logits, t) for head_logits, t in zip(logits, targets))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -86,7 +86,8 @@ def sample_ddim(unet, contexts: torch.Tensor, uncond_context: torch.Tensor, step
         if guidance == 1.0:
             eps = unet(x.to(p.dtype), t.to(p.device), encoder_hidden_states=ctx).sample.float()
         else:
-            e_u, e_c = unet(torch.cat([x, x]).to(p.dtype), t.to(p.device), encoder_hidden_states=both).sample.float().chunk(2)
+            e_u, e_c = unet(torch.cat([x, x]).to(p.dtype), t.to(p.device),
+                            encoder_hidden_states=both).sample.float().chunk(2)
             eps = e_u + guidance * (e_c - e_u)
         x = sched.step(eps, t, x).prev_sample
     return x.clamp(-1, 1)

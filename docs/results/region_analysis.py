@@ -25,7 +25,8 @@ def main(folder: Path) -> None:
     fractions, sizes = np.array(first["regime_fractions"]), np.array(first["size"], dtype=float)
     pool = (fractions * sizes[:, None]).sum(0) / sizes.sum()
     print(f"{len(sizes)} regions; pool regime shares seen/under/unseen {np.round(pool, 3).tolist()}; "
-          f"largest unseen share of a region {fractions[:, 2].max():.3f}, smallest seen share {fractions[:, 0].min():.3f}")
+          f"largest unseen share of a region {fractions[:, 2].max():.3f}, "
+          f"smallest seen share {fractions[:, 0].min():.3f}")
     for s in ("none", "rc", "aria"):
         if not (runs / s).is_dir():
             continue
@@ -41,7 +42,8 @@ def main(folder: Path) -> None:
         measured = floats(ev("aria", k)["normalised"])
         ok = ~np.isnan(est) & ~np.isnan(measured)
         share = (np.mean([r["probabilities"] for r in records], 0)[:, None] * fractions).sum(0)
-        print(f"aria seed {k}: final allocation max/min {p.max() / p.min():.2f}, effective regions {1 / (p ** 2).sum():.1f}; "
+        print(f"aria seed {k}: final allocation max/min {p.max() / p.min():.2f}, "
+              f"effective regions {1 / (p ** 2).sum():.1f}; "
               f"corr(tracked estimate, measured) {np.corrcoef(est[ok], measured[ok])[0, 1]:.2f}; "
               f"switched regime shares {np.round(share, 3).tolist()} vs rc {np.round(pool, 3).tolist()}")
 
