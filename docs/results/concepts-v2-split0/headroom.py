@@ -13,8 +13,8 @@
    the unseen families held a smaller share of the pool, the one change of the world that widens the
    oracle's lead. Labelled as a projection wherever it is quoted.
 4. Written after the other strategies ran: the same curve refitted through the experiment's own ``none``
-   runs, and both curves tested on the five strategies that were not used to fit them (aria, uniform,
-   invfreq, exp3, ducb): each one's measured unseen share and unseen D_c / rc against the curve's
+   runs, and both curves tested on the seven strategies that were not used to fit them (aria, uniform,
+   invfreq, exp3, ducb, swucb, dts): each one's measured unseen share and unseen D_c / rc against the curve's
    prediction at that share. Parts 1-3 are unchanged, so the reading written before the aria runs still
    reproduces.
 5. Where each strategy's samples went inside the regimes: the unseen share of the allocation logged at
@@ -123,7 +123,7 @@ def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pil
     print("| strategy | unseen share | unseen samples | measured | curve (pilot 3's none) | "
           "curve (experiment's none) |")
     print("|---|---|---|---|---|---|")
-    for name in ("aria", "uniform", "invfreq", "exp3", "ducb"):
+    for name in ("aria", "uniform", "invfreq", "exp3", "ducb", "swucb", "dts"):
         rows = strategy_rows(name)
         n = float(np.mean([r[2] for r in rows]))
         measured = float(np.mean([r[3] for r in rows])) / d_rc
@@ -148,7 +148,7 @@ def inside_regimes() -> None:
     print("| strategy | unseen share, first log | last log | Spearman(mean allocation, rc's region D_c) | "
           + " | ".join(f"{f}: samples, D_c" for f in unseen_families) + " |")
     print("|---|---|---|---|" + "---|" * len(unseen_families))
-    for name in ("rc", "oracle", "aria", "invfreq", "ducb", "uniform", "exp3"):
+    for name in ("rc", "oracle", "aria", "invfreq", "ducb", "uniform", "exp3", "swucb", "dts"):
         logs = [read_log(runs / name / f"seed{s}" / "metrics.jsonl") for s in SEEDS]
         mixes = [group_mix(recs) for recs in logs]
         unseen = np.mean([m[2][:, m[1].index("unseen")] for m in mixes], 0)
@@ -168,6 +168,7 @@ PAIRS = (  # (A, B, regime, metric): the comparisons the reading quotes
     ("aria", "oracle", "unseen", "judge_accuracy"), ("invfreq", "oracle", "unseen", "judge_accuracy"),
     ("aria", "ducb", "unseen", "cond_discrepancy"), ("invfreq", "oracle", "unseen", "cond_discrepancy"),
     ("invfreq", "oracle", "unseen", "discrepancy"),
+    ("aria", "swucb", "unseen", "cond_discrepancy"), ("aria", "dts", "unseen", "cond_discrepancy"),
 )
 
 
