@@ -68,3 +68,37 @@ def test_runs_of_another_split_or_a_broken_archive_are_refused_before_anything_i
     done = gather("--out", out, tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == f"no runs.tgz in {tmp_path}"
     assert not out.exists()
+
+
+def test_evaluations_made_elsewhere_replace_the_calls_own(tmp_path):
+    """--evals: DIR/<strategy>-seed<s>/ (an `aria eval --out` folder) stands in for a run's evaluation, cut or
+    not; a folder that names no run, or holds no eval.json, is refused before anything is copied."""
+    evals = tmp_path / "evals"
+    for name, run in (("swucb-seed0", "swucb/seed0"), ("dts-seed0", "dts/seed0")):
+        shutil.copytree(SPLIT0 / "runs" / run / "eval", evals / name)
+    (evals / "dts-seed0" / "eval.log").write_text("evaluated on a CPU\n")
+    out, call = tmp_path / "out", tmp_path / "call"
+    call.mkdir()
+    with tarfile.open(call / "runs.tgz", "w:gz") as tar:  # dts evaluated in the call, swucb's evaluation cut
+        tar.add(SPLIT0 / "runs" / "dts" / "seed0", arcname="runs/runs/dts/seed0")
+        for part in ("compare.json", "metrics.jsonl"):
+            tar.add(SPLIT0 / "runs" / "swucb" / "seed0" / part, arcname=f"runs/runs/swucb/seed0/{part}")
+    done = gather("--out", out, "--evals", evals, call)
+    assert done.returncode == 0, done.stderr
+    assert f"swucb/seed0: evaluation from {evals / 'swucb-seed0'}" in done.stdout
+    assert "dts/seed0: copied from" in done.stdout and "swucb/seed0: copied from" in done.stdout
+    for name, run in (("swucb-seed0", "swucb/seed0"), ("dts-seed0", "dts/seed0")):
+        assert (out / "runs" / run / "eval" / "eval.json").read_bytes() == (evals / name / "eval.json").read_bytes()
+    assert (out / "runs" / "dts" / "seed0" / "eval.log").read_text() == "evaluated on a CPU\n"
+    assert not (out / "runs" / "dts" / "seed0" / "eval" / "eval.log").exists()
+    assert set(json.loads((out / "results.json").read_text())["strategies"]) == {"swucb", "dts"}
+
+    (evals / "exp3-seed0").mkdir()
+    (evals / "exp3-seed0" / "eval.json").write_text("{}")
+    again = gather("--out", tmp_path / "out2", "--evals", evals, call)
+    assert again.returncode == 2 and again.stderr.strip() == f"--evals {evals}: exp3-seed0 is not a run in the calls"
+    shutil.rmtree(evals / "exp3-seed0")
+    (evals / "dts-seed0" / "eval.json").unlink()
+    again = gather("--out", tmp_path / "out2", "--evals", evals, call)
+    assert again.returncode == 2 and again.stderr.strip() == f"--evals {evals}: dts-seed0 has no eval.json"
+    assert not (tmp_path / "out2").exists()

@@ -29,8 +29,10 @@
 #       call that was cut. $OUT/runs.tgz holds
 #       the compare folder without checkpoints. $OUT/students.tgz.part-* hold every exported student in
 #       fp16, so that an evaluation the limit cut can be finished in the next call or here, with
-#       `aria eval --student RUN --config configs/concepts-gpu.yaml` (tens of minutes a run on 2 CPU
-#       cores: the teacher's reference samples are redrawn).
+#       `aria eval --student students/NAME --config configs/concepts-gpu.yaml --set backend.device=cpu
+#       --set encoder.path=/tmp/enc --out EVALS/NAME` (NAME: <strategy>-seed<s>; the encoder restored with
+#       `python tools/world_encoder.py --restore .encoder-world /tmp/enc`; 14-17 minutes a run on 2 CPU cores once the teacher's
+#       reference samples are cached, an hour before), then gathered with `tools/world2_gather.py --evals EVALS`.
 #       Gather the fetched calls into docs/results/<name>/ with `python tools/world2_gather.py --out
 #       docs/results/<name> [--split N] [--config C] CALL_DIR ...` (aria compare --summary-only and aria checks).
 #   bash tools/world2_call.sh evals [SPLIT [CONFIG]]

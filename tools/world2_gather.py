@@ -11,6 +11,14 @@ match.
     python tools/world2_gather.py --out docs/results/concepts-v2-split1 --split 1 CALL_DIR ...
     python tools/world2_gather.py --out docs/results/concepts-v2-control --config configs/concepts-control.yaml CALL_DIR
 
+An evaluation made elsewhere replaces a run's own with ``--evals DIR``: ``DIR/<strategy>-seed<s>/`` is an
+``aria eval --out`` folder (eval.json, eval.md, the plot, and eval.log if kept there), for instance from the
+call's fp16 students on a CPU when the call's evaluation was cut or used another probe set:
+
+    aria eval --student STUDENTS/swucb-seed0 --config configs/concepts-gpu.yaml --set encoder.path=/tmp/enc \
+        --set backend.device=cpu --out EVALS/swucb-seed0
+    python tools/world2_gather.py --out docs/results/concepts-v2-split0 --evals EVALS CALL_DIR
+
 Then regenerate docs/RESULTS.md with `aria results` (README, "GPU machine, benchmarks and results").
 """
 
@@ -65,6 +73,33 @@ def extract(calls: list[Path], into: Path) -> list[tuple[Path, Path]]:
     return runs
 
 
+def replace_evaluations(runs: list[tuple[Path, Path]], evals: Path) -> list[str]:
+    """Put ``evals/<strategy>-seed<s>/`` in place of each such run's ``eval/`` (and its eval.log), with that
+    evaluation's time as the run's ``evaluated_at``; one line per run. Every folder there must name a run."""
+    found = {f"{run.parent.name}-{run.name}": run for _, run in runs}
+    folders = sorted(p for p in evals.iterdir() if p.is_dir()) if evals.is_dir() else None
+    if not folders:
+        raise GatherError(f"--evals {evals}: no evaluation folders (<strategy>-seed<s>/eval.json) in it")
+    lines = []
+    for folder in folders:
+        run = found.get(folder.name)
+        if run is None:
+            raise GatherError(f"--evals {evals}: {folder.name} is not a run in the calls")
+        evaluation = folder / "eval.json"
+        if not evaluation.is_file():
+            raise GatherError(f"--evals {evals}: {folder.name} has no eval.json")
+        shutil.rmtree(run / "eval", ignore_errors=True)
+        (run / "eval.log").unlink(missing_ok=True)
+        shutil.copytree(folder, run / "eval", ignore=shutil.ignore_patterns("eval.log"))
+        if (folder / "eval.log").is_file():
+            shutil.copy2(folder / "eval.log", run / "eval.log")
+        record = run / "compare.json"
+        data = json.loads(record.read_text()) if record.is_file() else {}
+        record.write_text(json.dumps({**data, "evaluated_at": evaluation.stat().st_mtime}))
+        lines.append(f"{run.parent.name}/{run.name}: evaluation from {folder}")
+    return lines
+
+
 def check_config(runs: list[tuple[Path, Path]], digest: str) -> None:
     """Every run was trained with this config and these --set values (its compare.json's digest)."""
     for call, run in runs:
@@ -114,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=CONFIGS[0], choices=CONFIGS)
     parser.add_argument("--split", type=int, default=0, help="the split the runs were trained on")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--evals", type=Path, help="evaluations made elsewhere, DIR/<strategy>-seed<s>/ each, "
+                        "that replace the runs' own")
     args = parser.parse_args(argv)
     try:
         seeds = {int(s) for s in args.seeds.split(",")}
@@ -136,6 +173,9 @@ def main(argv=None) -> int:
         sets = call_sets(args.config, args.split)
         with tempfile.TemporaryDirectory() as tmp:
             runs = extract(args.calls, Path(tmp))
+            if args.evals is not None:
+                for line in replace_evaluations(runs, args.evals):
+                    print(line)
             check_config(runs, config_digest(load_config(args.config, sets)))
             for line in copy_runs(runs, args.out, seeds):
                 print(line)
