@@ -77,16 +77,20 @@ def test_evaluations_made_elsewhere_replace_the_calls_own(tmp_path):
     for name, run in (("swucb-seed0", "swucb/seed0"), ("dts-seed0", "dts/seed0")):
         shutil.copytree(SPLIT0 / "runs" / run / "eval", evals / name)
     (evals / "dts-seed0" / "eval.log").write_text("evaluated on a CPU\n")
+    cpu_eval = evals / "dts-seed0" / "eval.json"  # other bytes than the call's own evaluation, the same numbers
+    cpu_eval.write_text(json.dumps(json.loads(cpu_eval.read_text()), indent=2))
     out, call = tmp_path / "out", tmp_path / "call"
     call.mkdir()
     with tarfile.open(call / "runs.tgz", "w:gz") as tar:  # dts evaluated in the call, swucb's evaluation cut
         tar.add(SPLIT0 / "runs" / "dts" / "seed0", arcname="runs/runs/dts/seed0")
         for part in ("compare.json", "metrics.jsonl"):
             tar.add(SPLIT0 / "runs" / "swucb" / "seed0" / part, arcname=f"runs/runs/swucb/seed0/{part}")
-    done = gather("--out", out, "--evals", evals, call)
+    again = call_folder(tmp_path / "again", ["dts/seed0"])  # the same run in a second call: replaced there too
+    done = gather("--out", out, "--evals", evals, call, again)
     assert done.returncode == 0, done.stderr
     assert f"swucb/seed0: evaluation from {evals / 'swucb-seed0'}" in done.stdout
     assert "dts/seed0: copied from" in done.stdout and "swucb/seed0: copied from" in done.stdout
+    assert f"dts/seed0: already in {call}, kept" in done.stdout
     for name, run in (("swucb-seed0", "swucb/seed0"), ("dts-seed0", "dts/seed0")):
         assert (out / "runs" / run / "eval" / "eval.json").read_bytes() == (evals / name / "eval.json").read_bytes()
     assert (out / "runs" / "dts" / "seed0" / "eval.log").read_text() == "evaluated on a CPU\n"

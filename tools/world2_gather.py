@@ -76,26 +76,29 @@ def extract(calls: list[Path], into: Path) -> list[tuple[Path, Path]]:
 def replace_evaluations(runs: list[tuple[Path, Path]], evals: Path) -> list[str]:
     """Put ``evals/<strategy>-seed<s>/`` in place of each such run's ``eval/`` (and its eval.log), with that
     evaluation's time as the run's ``evaluated_at``; one line per run. Every folder there must name a run."""
-    found = {f"{run.parent.name}-{run.name}": run for _, run in runs}
+    found: dict[str, list[Path]] = {}
+    for _, run in runs:  # a run can come in several calls (one cut, one evaluated): each copy is replaced
+        found.setdefault(f"{run.parent.name}-{run.name}", []).append(run)
     folders = sorted(p for p in evals.iterdir() if p.is_dir()) if evals.is_dir() else None
     if not folders:
         raise GatherError(f"--evals {evals}: no evaluation folders (<strategy>-seed<s>/eval.json) in it")
     lines = []
     for folder in folders:
-        run = found.get(folder.name)
-        if run is None:
+        if folder.name not in found:
             raise GatherError(f"--evals {evals}: {folder.name} is not a run in the calls")
-        evaluation = folder / "eval.json"
-        if not evaluation.is_file():
+        if not (folder / "eval.json").is_file():
             raise GatherError(f"--evals {evals}: {folder.name} has no eval.json")
-        shutil.rmtree(run / "eval", ignore_errors=True)
-        (run / "eval.log").unlink(missing_ok=True)
-        shutil.copytree(folder, run / "eval", ignore=shutil.ignore_patterns("eval.log"))
-        if (folder / "eval.log").is_file():
-            shutil.copy2(folder / "eval.log", run / "eval.log")
-        record = run / "compare.json"
-        data = json.loads(record.read_text()) if record.is_file() else {}
-        record.write_text(json.dumps({**data, "evaluated_at": evaluation.stat().st_mtime}))
+    for folder in folders:
+        for run in found[folder.name]:
+            shutil.rmtree(run / "eval", ignore_errors=True)
+            (run / "eval.log").unlink(missing_ok=True)
+            shutil.copytree(folder, run / "eval", ignore=shutil.ignore_patterns("eval.log"))
+            if (folder / "eval.log").is_file():
+                shutil.copy2(folder / "eval.log", run / "eval.log")
+            record = run / "compare.json"
+            data = json.loads(record.read_text()) if record.is_file() else {}
+            record.write_text(json.dumps({**data, "evaluated_at": (folder / "eval.json").stat().st_mtime}))
+        run = found[folder.name][0]
         lines.append(f"{run.parent.name}/{run.name}: evaluation from {folder}")
     return lines
 
