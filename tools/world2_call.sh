@@ -31,8 +31,9 @@
 #       fp16, so that an evaluation the limit cut can be finished in the next call or here, with
 #       `aria eval --student students/NAME --config configs/concepts-gpu.yaml --set backend.device=cpu
 #       --set encoder.path=/tmp/enc --out EVALS/NAME` (NAME: <strategy>-seed<s>; the encoder restored with
-#       `python tools/world_encoder.py --restore .encoder-world /tmp/enc`; 14-17 minutes a run on 2 CPU cores once the teacher's
-#       reference samples are cached, an hour before), then gathered with `tools/world2_gather.py --evals EVALS`.
+#       `python tools/world_encoder.py --restore .encoder-world /tmp/enc`; 14-17 minutes a run on 2 CPU
+#       cores once the teacher's reference samples are cached, an hour before), then gathered with
+#       `tools/world2_gather.py --evals EVALS`.
 #       Gather the fetched calls into docs/results/<name>/ with `python tools/world2_gather.py --out
 #       docs/results/<name> [--split N] [--config C] CALL_DIR ...` (aria compare --summary-only and aria checks).
 #   bash tools/world2_call.sh evals [SPLIT [CONFIG]]
@@ -77,6 +78,16 @@ shared_regions() {
   python3 -m aria.cli regions build --from "aria/world/assets/concepts-regions-split$1" --config "$2" \
     --set encoder.path=/tmp/enc "${@:3}" > "$OUT/regions.log" 2>&1 || { tail -1 "$OUT/regions.log"; exit 7; }
   grep "regions folder" "$OUT/regions.log"
+}
+
+# the --set values of SPLIT's runs of CONFIG into the array `extra` (as tools/world2_gather.py's call_sets):
+# split_sets SPLIT CONFIG. Another split has its own data seed and, in the main arm, its own stage-1 student.
+split_sets() {
+  extra=()
+  [ "$1" != 0 ] && extra=(--set data.concepts.seed="$1")
+  [ "$1" != 0 ] && [ "$2" = configs/concepts-gpu.yaml ] \
+    && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$1)
+  return 0
 }
 
 # fp16 copies of UNet folders with their aria.json (the run's record), in one process: halve SRC DST [SRC DST ...]
@@ -132,9 +143,7 @@ case "${1:-}" in
     ;;
   runs)
     strategies=$2; seeds=$3; split=${4:-0}; config=${5:-configs/concepts-gpu.yaml}
-    extra=()
-    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
-    [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
+    split_sets "$split" "$config"
     shared_regions "$split" "$config" "${extra[@]}"
     timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config "$config" --strategies "$strategies" \
       --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
@@ -144,9 +153,7 @@ case "${1:-}" in
     ;;
   evals)
     split=${2:-0}; config=${3:-configs/concepts-gpu.yaml}
-    extra=()
-    [ "$split" != 0 ] && extra=(--set data.concepts.seed="$split")  # the main arm's student is the split's own
-    [ "$split" != 0 ] && [ "$config" = configs/concepts-gpu.yaml ] && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$split)
+    split_sets "$split" "$config"
     shared_regions "$split" "$config" "${extra[@]}"
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue

@@ -64,13 +64,18 @@ def extract(calls: list[Path], into: Path) -> list[tuple[Path, Path]]:
         except (tarfile.TarError, OSError) as err:
             raise GatherError(f"{call}/runs.tgz: not a readable runs archive ({type(err).__name__}: {err})") from err
         for run in sorted((into / str(i) / "runs" / "runs").glob("*/seed*")):
-            record, evaluation = run / "compare.json", run / "eval" / "eval.json"
-            if record.is_file() and evaluation.is_file():
-                data = json.loads(record.read_text())
-                if "evaluated_at" not in data:
-                    record.write_text(json.dumps({**data, "evaluated_at": evaluation.stat().st_mtime}))
+            stamp_evaluation_time(run)
             runs.append((call, run))
     return runs
+
+
+def stamp_evaluation_time(run: Path, replace: bool = False) -> None:
+    """Give the run's compare.json its eval.json's time as ``evaluated_at``, where it has none (or ``replace``)."""
+    record, evaluation = run / "compare.json", run / "eval" / "eval.json"
+    if record.is_file() and evaluation.is_file():
+        data = json.loads(record.read_text())
+        if replace or "evaluated_at" not in data:
+            record.write_text(json.dumps({**data, "evaluated_at": evaluation.stat().st_mtime}))
 
 
 def replace_evaluations(runs: list[tuple[Path, Path]], evals: Path) -> list[str]:
@@ -95,9 +100,7 @@ def replace_evaluations(runs: list[tuple[Path, Path]], evals: Path) -> list[str]
             shutil.copytree(folder, run / "eval", ignore=shutil.ignore_patterns("eval.log"))
             if (folder / "eval.log").is_file():
                 shutil.copy2(folder / "eval.log", run / "eval.log")
-            record = run / "compare.json"
-            data = json.loads(record.read_text()) if record.is_file() else {}
-            record.write_text(json.dumps({**data, "evaluated_at": (folder / "eval.json").stat().st_mtime}))
+            stamp_evaluation_time(run, replace=True)  # copytree keeps eval.json's time
         run = found[folder.name][0]
         lines.append(f"{run.parent.name}/{run.name}: evaluation from {folder}")
     return lines
