@@ -68,6 +68,11 @@ def pilot3_readings() -> tuple[float, list[float]]:
     return float(np.mean(ratios)), shares
 
 
+def ran(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` whose runs are all in ``folder``, in order."""
+    return [n for n in names if all((folder / "runs" / n / f"seed{s}" / "eval" / "eval.json").is_file() for s in SEEDS)]
+
+
 def regime_fractions(recs: list[dict]) -> np.ndarray:
     """(regions, regimes): each region's share of prompts per regime, from the run's data line."""
     regime = next(r for r in recs if r.get("event") == "data")["groups"]["regime"]
@@ -85,11 +90,11 @@ def unseen_dc(run: Path) -> float:
     return json.loads((run / "eval" / "eval.json").read_text())["metrics"]["unseen"]["cond_discrepancy"]
 
 
-def strategy_rows(name: str, show: bool = False) -> list[tuple]:
+def strategy_rows(name: str, show: bool = False, folder: Path = HERE) -> list[tuple]:
     """Per seed: (switched samples, share per regime, unseen samples, unseen D_c)."""
     rows = []
     for s in SEEDS:
-        run = HERE / "runs" / name / f"seed{s}"
+        run = folder / "runs" / name / f"seed{s}"
         by_regime = switched_by_regime(run)
         share = by_regime / by_regime.sum()
         rows.append((by_regime.sum(), share, by_regime[2], unseen_dc(run)))
@@ -109,22 +114,27 @@ def fit_curve(d_none: float, n_rc: float, d_rc: float, n_or: float, d_or: float)
     return d_rc * (n_rc + n0) ** beta, n0, beta
 
 
-def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pilot3: float) -> None:
-    """Part 4: both curves against the strategies that were not used to fit them."""
-    d_none = float(np.mean([unseen_dc(HERE / "runs" / "none" / f"seed{s}") for s in SEEDS]))
-    curves = {"pilot 3's none": fit_curve(d_none_pilot3, n_rc, d_rc, n_or, d_or),
-              "the experiment's none": fit_curve(d_none, n_rc, d_rc, n_or, d_or)}
-    print(f"\nthe experiment's none runs: unseen D_c rc/none {d_rc / d_none:.3f} (pilot 3's closing probes: "
-          f"{d_rc / d_none_pilot3:.3f})")
+def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pilot3: float | None,
+                  folder: Path = HERE) -> None:
+    """Part 4: the curves (through pilot 3's none where given, and the experiment's) against the strategies
+    that were not used to fit them, those of ``folder`` that ran."""
+    d_none = float(np.mean([unseen_dc(folder / "runs" / "none" / f"seed{s}") for s in SEEDS]))
+    curves = {"the experiment's none": fit_curve(d_none, n_rc, d_rc, n_or, d_or)}
+    if d_none_pilot3 is not None:
+        curves = {"pilot 3's none": fit_curve(d_none_pilot3, n_rc, d_rc, n_or, d_or), **curves}
+        print(f"\nthe experiment's none runs: unseen D_c rc/none {d_rc / d_none:.3f} (pilot 3's closing probes: "
+              f"{d_rc / d_none_pilot3:.3f})")
+    else:
+        print(f"\nthe experiment's none runs: unseen D_c rc/none {d_rc / d_none:.3f}")
     for label, (c, n0, beta) in curves.items():
         print(f"curve through {label}, rc, oracle: D(n) = {c:.4g} (n + {n0:,.0f})^-{beta:.3f}")
     print("\nout of sample: strategies not used to fit the curves (unseen D_c / rc: the ratio of the means over "
           "seeds, as the curve is fitted; results.json's mean of per-seed ratios differs by <= 0.0001 here)")
-    print("| strategy | unseen share | unseen samples | measured | curve (pilot 3's none) | "
-          "curve (experiment's none) |")
-    print("|---|---|---|---|---|---|")
-    for name in ("aria", "uniform", "invfreq", "exp3", "ducb", "swucb", "dts"):
-        rows = strategy_rows(name)
+    print("| strategy | unseen share | unseen samples | measured | "
+          + " | ".join(f"curve ({label.removeprefix('the ')})" for label in curves) + " |")
+    print("|---|---|---|---|" + "---|" * len(curves))
+    for name in ran(folder, ("aria", "uniform", "invfreq", "exp3", "ducb", "swucb", "dts")):
+        rows = strategy_rows(name, folder=folder)
         n = float(np.mean([r[2] for r in rows]))
         measured = float(np.mean([r[3] for r in rows])) / d_rc
         predicted = [c * (n + n0) ** -beta / d_rc for c, n0, beta in curves.values()]
@@ -132,9 +142,9 @@ def out_of_sample(n_rc: float, d_rc: float, n_or: float, d_or: float, d_none_pil
               + " | ".join(f"{v:.3f}" for v in predicted) + " |")
 
 
-def inside_regimes() -> None:
+def inside_regimes(folder: Path = HERE, split: int = 0) -> None:
     """Part 5: unseen share early and late, per unseen family, and alignment with rc's per-region D_c."""
-    runs = HERE / "runs"
+    runs = folder / "runs"
 
     @functools.cache
     def evals(name):
@@ -142,13 +152,13 @@ def inside_regimes() -> None:
 
     rc_regions = np.nanmean([np.asarray(e["regions"]["cond_discrepancy"], dtype=np.float64) for e in evals("rc")], 0)
     known = ~np.isnan(rc_regions)
-    concepts = load_config(CONFIG).data.concepts
+    concepts = load_config(CONFIG, overrides=[f"data.concepts.seed={split}"]).data.concepts
     unseen_families = [FAMILY_NAMES[f] for f in held_out_families(concepts.seed, concepts.unseen_families)]
     print("\ninside the regimes (means over seeds)")
     print("| strategy | unseen share, first log | last log | Spearman(mean allocation, rc's region D_c) | "
           + " | ".join(f"{f}: samples, D_c" for f in unseen_families) + " |")
     print("|---|---|---|---|" + "---|" * len(unseen_families))
-    for name in ("rc", "oracle", "aria", "invfreq", "ducb", "uniform", "exp3", "swucb", "dts"):
+    for name in ran(folder, ("rc", "oracle", "aria", "invfreq", "ducb", "uniform", "exp3", "swucb", "dts")):
         logs = [read_log(runs / name / f"seed{s}" / "metrics.jsonl") for s in SEEDS]
         mixes = [group_mix(recs) for recs in logs]
         unseen = np.mean([m[2][:, m[1].index("unseen")] for m in mixes], 0)
@@ -172,16 +182,18 @@ PAIRS = (  # (A, B, regime, metric): the comparisons the reading quotes
 )
 
 
-def paired_comparisons() -> None:
+def paired_comparisons(folder: Path = HERE, pairs: tuple = PAIRS) -> None:
     """Part 6: A against B per seed (ratio of discrepancies, difference of accuracies), mean and 95% CI."""
     def value(name, seed, regime, metric):
-        return json.loads((HERE / "runs" / name / f"seed{seed}" / "eval" / "eval.json").read_text())[
+        return json.loads((folder / "runs" / name / f"seed{seed}" / "eval" / "eval.json").read_text())[
             "metrics"][regime][metric]
 
     print("\npaired per seed (mean [95% CI] over seeds 0-2)")
     print("| A vs B | regime | metric | A / B or A - B |")
     print("|---|---|---|---|")
-    for a, b, regime, metric in PAIRS:
+    for a, b, regime, metric in pairs:
+        if ran(folder, (a, b)) != [a, b]:
+            continue
         pairs = [(value(a, s, regime, metric), value(b, s, regime, metric)) for s in SEEDS]
         accuracy = metric == "judge_accuracy"
         stat = mean_ci([x - y if accuracy else x / y for x, y in pairs])
