@@ -95,9 +95,9 @@ def test_eval_end_to_end_writes_json_table_and_plot(setup, capsys):
     assert {g: c["probes"] for g, c in result["counts"].items()} == {"seen": 3, "under": 3, "unseen": 3, "all": 9}
     assert {g: c["prompts"] for g, c in result["counts"].items()} == {"seen": 2, "under": 2, "unseen": 2, "all": 6}
     for g, m in result["metrics"].items():
-        assert set(m) == {"discrepancy", "cond_discrepancy", "pixel_mse", "judge_accuracy", "teacher_accuracy",
-                          "accuracy_gap", "agreement", "kid"}
-        assert m["discrepancy"] > 0 and m["pixel_mse"] > 0  # a random student differs from its teacher
+        assert set(m) == {"discrepancy", "cond_discrepancy", "guided_discrepancy", "pixel_mse", "judge_accuracy",
+                          "teacher_accuracy", "accuracy_gap", "agreement", "kid"}
+        assert m["discrepancy"] > 0 and m["guided_discrepancy"] > 0 and m["pixel_mse"] > 0  # a random student differs
         assert 0 <= m["judge_accuracy"] <= 1 and 0 <= m["agreement"] <= 1
         assert m["accuracy_gap"] == pytest.approx(m["teacher_accuracy"] - m["judge_accuracy"])
     regions = result["regions"]

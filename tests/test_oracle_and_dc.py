@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aria.strategies import RegionInfo, create_strategy
-from aria.training.probe import RegionProbe, condition_discrepancy
+from aria.training.probe import RegionProbe, condition_discrepancy, guided_discrepancy
 from conftest import make_bundle, make_teacher, tiny_config
 
 
@@ -24,6 +24,23 @@ def test_condition_discrepancy_ignores_what_the_prompt_does_not_change():
     assert np.allclose(condition_discrepancy(t_c + blind, t_u + blind, t_c, t_u), 0, atol=1e-10)
     wrong = condition_discrepancy(t_u, t_u, t_c, t_u)  # a student that ignores the prompt
     assert wrong.shape == (5, 3) and np.allclose(wrong, ((t_c - t_u).astype(np.float64) ** 2).mean(axis=(2, 3, 4)))
+
+
+def test_guided_discrepancy_is_the_error_of_the_guided_prediction():
+    s_c, s_u, t_c, t_u = eps(3), eps(4), eps(5), eps(6)
+
+    def mse(a, b):
+        return ((a.astype(np.float64) - b) ** 2).mean(axis=(2, 3, 4))
+
+    reference = mse(s_u + 1.5 * (s_c - s_u), t_u + 1.5 * (t_c - t_u))  # what a sampler at g = 1.5 predicts
+    assert np.allclose(guided_discrepancy(s_c, s_u, t_c, t_u, 1.5), reference, rtol=1e-5)
+    assert np.allclose(guided_discrepancy(s_c, s_u, t_c, t_u, 1.0), mse(s_c, t_c), rtol=1e-5)  # probe discrepancy
+    assert np.allclose(guided_discrepancy(s_c, s_u, t_c, t_u, 0.0), mse(s_u, t_u), rtol=1e-5)  # prompt-blind error
+    assert np.all(guided_discrepancy(t_c, t_u, t_c, t_u, 1.5) == 0)  # a student equal to the teacher
+    # for a large g it is g^2 D_c: the guidance direction dominates
+    g = 1e3
+    assert np.allclose(guided_discrepancy(s_c, s_u, t_c, t_u, g) / g ** 2, condition_discrepancy(s_c, s_u, t_c, t_u),
+                       rtol=1e-2)
 
 
 def test_the_oracle_allocates_in_proportion_to_the_measurement_with_the_floor():

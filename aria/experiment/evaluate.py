@@ -30,8 +30,8 @@ import torch
 from aria.errors import UserError
 from aria.files import discard, json_text
 from aria.experiment import report
-from aria.training.probe import (build_probe_set, condition_discrepancy, items_of_pool, probe_eps,
-                                 sample_prompt_ids, world_of)
+from aria.training.probe import (build_probe_set, condition_discrepancy, guided_discrepancy, items_of_pool,
+                                 probe_eps, sample_prompt_ids, world_of)
 
 GROUPS = report.REGIME_NAMES  # regime r -> name; families ("family:<name>") and "all" are added
 # version of the teacher's cached share: 2 = probe noised by add_noise, with and without prompt in one pass
@@ -310,6 +310,7 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference, progress)
             bar.close()
     disc = ((eps_s["c"] - ref["probe_eps"]) ** 2).mean(axis=(2, 3, 4))  # (N, J)
     cond = condition_discrepancy(eps_s["c"], eps_s["u"], ref["probe_eps"], ref["probe_eps_uncond"])  # (N, J)
+    guided = guided_discrepancy(eps_s["c"], eps_s["u"], ref["probe_eps"], ref["probe_eps_uncond"], args["guidance"])
     result = {
         "format": "aria-eval/1",
         "student": str(folder),
@@ -318,14 +319,16 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference, progress)
                   "timesteps": probe.timesteps.tolist(), "sample_prompts": len(ids),
                   "sample_steps": ecfg.sample_steps, "guidance_scale": args["guidance"]},
     }
-    result.update(score(bundle, judge, probe.prompt_ids, disc, cond, ids, s_px, decode(ref["samples"])))
+    per_probe = {"discrepancy": disc, "cond_discrepancy": cond, "guided_discrepancy": guided}
+    result.update(score(bundle, judge, probe.prompt_ids, per_probe, ids, s_px, decode(ref["samples"])))
     result["regions"] = region_table(bundle, probe.prompt_ids, disc, cond)
     return result
 
 
-def score(bundle, judge, probe_ids, disc, cond, sample_ids, student_px, teacher_px) -> dict:
-    """Per group (each regime, each concept family or prompts-file group, ``all``): probe discrepancy,
-    condition-specific discrepancy, pixel MSE and, in a world, judge metrics."""
+def score(bundle, judge, probe_ids, per_probe: dict, sample_ids, student_px, teacher_px) -> dict:
+    """Per group (each regime, each concept family or prompts-file group, ``all``): the mean of each
+    ``per_probe`` metric (name -> (N, J) array: probe, condition-specific and guided discrepancy), pixel
+    MSE and, in a world, judge metrics."""
     world, combos = world_of(bundle), items_of_pool(bundle)
     if combos is not None:
         s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)
@@ -342,8 +345,8 @@ def score(bundle, judge, probe_ids, disc, cond, sample_ids, student_px, teacher_
     p_groups, s_groups = groups(probe_ids), groups(sample_ids)
     out = {"metrics": {}, "counts": {}, "attributes": {}, "by_timestep": {}}
     for g, pm in p_groups.items():
-        m = {"discrepancy": float(disc[pm].mean()), "cond_discrepancy": float(cond[pm].mean())}
-        out["by_timestep"][g] = disc[pm].mean(0).tolist()
+        m = {name: float(values[pm].mean()) for name, values in per_probe.items()}
+        out["by_timestep"][g] = per_probe["discrepancy"][pm].mean(0).tolist()
         sm = s_groups.get(g, np.zeros(len(sample_ids), bool))
         if sm.any():
             m["pixel_mse"] = float(((student_px[sm] - teacher_px[sm]) ** 2).mean())

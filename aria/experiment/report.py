@@ -20,6 +20,7 @@ REGIME_COLORS = {"seen": "#4477aa", "under": "#ee7733", "unseen": "#cc3311", "co
 METRICS = {  # name -> (label, higher is better)
     "discrepancy": ("probe discrepancy", False),
     "cond_discrepancy": ("condition-specific discrepancy", False),
+    "guided_discrepancy": ("guided discrepancy", False),
     "judge_accuracy": ("judge accuracy", True),
     "teacher_accuracy": ("teacher judge accuracy", True),
     "accuracy_gap": ("accuracy gap to teacher", False),

@@ -127,6 +127,20 @@ def condition_discrepancy(student_cond, student_uncond, teacher_cond, teacher_un
     return (diff.astype(np.float64) ** 2).mean(axis=(2, 3, 4))
 
 
+def guided_discrepancy(student_cond, student_uncond, teacher_cond, teacher_uncond, guidance: float) -> np.ndarray:
+    """Per probe and timestep: mean over pixels of the squared error of the guided prediction
+    eps(0) + g (eps(c) - eps(0)) that a sampler with classifier-free guidance g uses.
+
+    g = 1 gives the probe discrepancy and g = 0 the prompt-blind error; as g grows it approaches g^2 D_c.
+    Arrays (N, J, C, H, W); returns (N, J).
+    """
+    def guided(cond, uncond):
+        return uncond.astype(np.float64) + guidance * (cond.astype(np.float64) - uncond)
+
+    diff = guided(student_cond, student_uncond) - guided(teacher_cond, teacher_uncond)
+    return (diff ** 2).mean(axis=(2, 3, 4))
+
+
 # -- the per-regime probe -------------------------------------------------------------------------
 
 @torch.no_grad()
