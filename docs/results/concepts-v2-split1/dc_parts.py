@@ -6,7 +6,8 @@ With e_c = eps_S(c) - eps_T(c) and e_0 = eps_S(empty) - eps_T(empty) on the same
   X = mean e_c e_0 (the part of the conditional error that the prompt-blind error shares);
 - G = mean (g e_c + (1 - g) e_0)^2 = g^2 P + (1 - g)^2 U + 2 g (1 - g) X is the error of the guided
   prediction eps(empty) + g (eps(c) - eps(empty)) that the evaluation's sampler uses (g = 1.5 here):
-  P at g = 1, and D_c, scaled by g^2, as g grows.
+  P at g = 1, and D_c, scaled by g^2, as g grows. `aria eval` now reports it as `guided_discrepancy`;
+  the 18 runs here were evaluated before it did.
 This recomputes them per timestep on the probe set of the split-1 evaluations (the unseen and seen probes),
 for the students a call sent back in fp16, on the CPU.
 
@@ -33,7 +34,7 @@ from diffusers import DDPMScheduler
 from aria.config import load_config
 from aria.experiment.evaluate import load_components, load_student
 from aria.experiment.stats import mean_ci, paired_ratios
-from aria.training.probe import build_probe_set, condition_discrepancy, probe_eps
+from aria.training.probe import build_probe_set, condition_discrepancy, guided_discrepancy, probe_eps
 from aria.world.worlds import REGIME_NAMES
 
 HERE = Path(__file__).resolve().parent
@@ -47,14 +48,13 @@ OUT = HERE / "dc_parts.json"  # what the last run measured; `--tables` prints it
 
 
 def parts(student: dict, teacher: dict, guidance: float) -> dict:
-    """Per probe and timestep (N, J): P, U, X, D_c and G, the error of the guided prediction
-    eps(empty) + g (eps(c) - eps(empty)) that the sampler uses: mean (g e_c + (1 - g) e_0)^2."""
+    """Per probe and timestep (N, J): P, U, X, D_c and G (`aria eval`'s guided discrepancy)."""
     e_c = (student["c"] - teacher["c"]).astype(np.float64)
     e_0 = (student["u"] - teacher["u"]).astype(np.float64)
     axes = (2, 3, 4)
     return {"P": (e_c ** 2).mean(axes), "U": (e_0 ** 2).mean(axes), "X": (e_c * e_0).mean(axes),
             "D_c": condition_discrepancy(student["c"], student["u"], teacher["c"], teacher["u"]),
-            "G": ((guidance * e_c + (1 - guidance) * e_0) ** 2).mean(axes)}
+            "G": guided_discrepancy(student["c"], student["u"], teacher["c"], teacher["u"], guidance)}
 
 
 def main(students: Path, names: list[str]) -> None:
