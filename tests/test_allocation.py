@@ -77,3 +77,20 @@ def test_group_mix_is_each_logged_allocation_spread_over_the_regimes():
         assert row == pytest.approx(want)
     assert group_mix(records(), grouping="family") is None
     assert group_mix([{k: v for k, v in r.items() if k != "probabilities"} for r in records()]) is None
+
+
+def test_switched_mix_plot_shows_every_line_whole(tmp_path, monkeypatch):
+    """Panels share the y axis: the limit must hold the highest share of any panel (a limit set on the first
+    panel before the others were drawn once cut the unseen panel's lines off at the seen panel's top)."""
+    from aria.experiment import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, layout=True: figures.append(fig) or path)
+    steps = np.array([50, 100, 150])
+    regimes = ["seen", "under", "unseen", "compositional"]
+    low = np.tile([0.45, 0.15, 0.35, 0.05], (3, 1))
+    high = np.tile([0.10, 0.10, 0.78, 0.02], (3, 1))  # most of it in the third panel
+    report.plot_switched_mix({"rc": (steps, regimes, low), "invfreq": (steps, regimes, high)}, tmp_path / "m.png")
+    for ax in figures[0].axes:
+        bottom, top = ax.get_ylim()
+        assert bottom == 0 and top >= 0.78

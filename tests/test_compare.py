@@ -1,5 +1,6 @@
 """aria compare statistics, the results document and its --check, and compare end to end."""
 
+import datetime as _dt
 import json
 import os
 import subprocess
@@ -186,6 +187,16 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         os.utime(out / "runs" / s / "seed0" / "eval" / "eval.json", (0, 0))
     assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
                            summary_only=True)["date"] == results["date"]
+    # a run without a record of its time (evaluated before compare kept one) does not bring in its clone's mtime
+    record = out / "runs" / "rc" / "seed0" / "compare.json"
+    kept = record.read_text()
+    record.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "evaluated_at"}))
+    os.utime(out / "runs" / "rc" / "seed0" / "eval" / "eval.json", (4102444800, 4102444800))  # 2100
+    aria_time = json.loads((out / "runs" / "aria" / "seed0" / "compare.json").read_text())["evaluated_at"]
+    assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
+                           summary_only=True)["date"] == _dt.datetime.fromtimestamp(
+                               aria_time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record.write_text(kept)
     # the same folder with another config is refused before any work
     with pytest.raises(UserError, match="trained with another config"):
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])

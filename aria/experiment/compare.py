@@ -260,7 +260,7 @@ class _Found:
     evals: dict  # evals[strategy][seed]: eval JSON dict, None where missing
     wall: float  # training + evaluation seconds of the runs, summed
     cards: set  # where the runs trained
-    finished: float  # when the last evaluation was made (compare.json's evaluated_at, else eval.json's mtime)
+    finished: float  # when the last evaluation was made: compare.json's evaluated_at, else eval.json's mtime
     probe_digest: str
     logs: dict  # logs[(strategy, seed)]: the evaluated run's metrics.jsonl records ([] where unreadable)
     switched: dict  # switched[strategy][seed]: allocation.switched_by_group of the run (strategies that switch)
@@ -353,7 +353,7 @@ def _run_jobs(plan: _Plan) -> None:
 
 def _collect_runs(plan: _Plan) -> _Found:
     """Read every run's eval JSON and compare.json record; the evaluations must share one probe set."""
-    evals, wall, cards, finished = {}, 0.0, set(), 0.0
+    evals, wall, cards, recorded, modified = {}, 0.0, set(), [], []
     for s in plan.strategies:
         evals[s] = {}
         for seed in plan.seeds:
@@ -364,7 +364,10 @@ def _collect_runs(plan: _Plan) -> _Found:
             evals[s][seed] = json.loads(p["eval_json"].read_text())
             record = json.loads(p["record"].read_text()) if p["record"].exists() else None
             # when it was evaluated: recorded by compare (a copy or a clone keeps it), else the file's mtime
-            finished = max(finished, (record or {}).get("evaluated_at") or p["eval_json"].stat().st_mtime)
+            if (record or {}).get("evaluated_at"):
+                recorded.append(record["evaluated_at"])
+            else:
+                modified.append(p["eval_json"].stat().st_mtime)
             if record is not None:
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
                 cards.add(record.get("card") or plan.card)
@@ -374,6 +377,9 @@ def _collect_runs(plan: _Plan) -> _Found:
                         "delete the stale eval/ folders")
     logs = {(s, seed): read_log(run_paths(plan.out, s, seed)["run"] / "metrics.jsonl") or []
             for s in plan.strategies for seed in plan.seeds if evals[s][seed] is not None}
+    # a clone gives every file a new mtime, so an mtime counts only where no run recorded its time (runs
+    # evaluated before compare recorded it are the older ones)
+    finished = max(recorded or modified or [0.0])
     return _Found(evals, wall, cards, finished, digests.pop(), logs, _switched(logs))
 
 

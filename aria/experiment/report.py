@@ -309,8 +309,9 @@ def plot_switched_mix(mixes: dict, path: Path) -> Path:
         for i, (strategy, (steps, _, shares)) in enumerate(mixes.items()):
             ax.plot(steps, shares[:, r], color=colors(i % 10), label=strategy)
         ax.set_title(name, fontsize=10, color=REGIME_COLORS.get(name, "black"))
-        ax.set_ylim(bottom=0)
         ax.set_xlabel("step")
+    # once every panel is drawn: a limit set earlier stops the shared axis from growing to later panels' lines
+    axes[0][0].set_ylim(bottom=0)
     axes[0][0].set_ylabel("share of switched prompts")
     axes[0][-1].legend(frameon=False, fontsize=8)
     return _save(fig, path)
