@@ -91,6 +91,6 @@ def test_switched_mix_plot_shows_every_line_whole(tmp_path, monkeypatch):
     low = np.tile([0.45, 0.15, 0.35, 0.05], (3, 1))
     high = np.tile([0.10, 0.10, 0.78, 0.02], (3, 1))  # most of it in the third panel
     report.plot_switched_mix({"rc": (steps, regimes, low), "invfreq": (steps, regimes, high)}, tmp_path / "m.png")
-    for ax in figures[0].axes:
-        bottom, top = ax.get_ylim()
-        assert bottom == 0 and top >= 0.78
+    tops = [ax.get_ylim() for ax in figures[0].axes]
+    report._plt().close(figures[0])
+    assert all(bottom == 0 and top >= 0.78 for bottom, top in tops)

@@ -187,16 +187,28 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         os.utime(out / "runs" / s / "seed0" / "eval" / "eval.json", (0, 0))
     assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
                            summary_only=True)["date"] == results["date"]
-    # a run without a record of its time (evaluated before compare kept one) does not bring in its clone's mtime
-    record = out / "runs" / "rc" / "seed0" / "compare.json"
-    kept = record.read_text()
-    record.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "evaluated_at"}))
-    os.utime(out / "runs" / "rc" / "seed0" / "eval" / "eval.json", (4102444800, 4102444800))  # 2100
-    aria_time = json.loads((out / "runs" / "aria" / "seed0" / "compare.json").read_text())["evaluated_at"]
-    assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
-                           summary_only=True)["date"] == _dt.datetime.fromtimestamp(
-                               aria_time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    record.write_text(kept)
+    # a run without a record of its time (evaluated before compare kept one) does not bring in its clone's
+    # mtime; where no run has a record, the newest mtime is all there is
+    records = {s: out / "runs" / s / "seed0" / "compare.json" for s in ("rc", "aria")}
+    kept = {s: r.read_text() for s, r in records.items()}
+    aria_time = json.loads(kept["aria"])["evaluated_at"]
+
+    def summary_date():
+        return compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
+                               summary_only=True)["date"]
+
+    def unrecord(s):
+        records[s].write_text(json.dumps({k: v for k, v in json.loads(kept[s]).items() if k != "evaluated_at"}))
+
+    try:
+        os.utime(out / "runs" / "rc" / "seed0" / "eval" / "eval.json", (4102444800, 4102444800))  # 2100
+        unrecord("rc")
+        assert summary_date() == _dt.datetime.fromtimestamp(aria_time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        unrecord("aria")
+        assert summary_date() == "2100-01-01 00:00 UTC"
+    finally:
+        for s, r in records.items():
+            r.write_text(kept[s])
     # the same folder with another config is refused before any work
     with pytest.raises(UserError, match="trained with another config"):
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, [*sets, "distillation.steps=4"])
@@ -368,6 +380,24 @@ def test_results_doc_puts_the_pre_registered_checks_first_and_the_oracle_headroo
     (path.parent / "checks.json").write_text("{not json")
     with pytest.raises(UserError, match="checks.json: not valid JSON"):
         compare.results_doc(path, doc)
+
+
+def test_a_metric_some_runs_lack_is_left_out_whatever_the_strategy_order():
+    """Runs evaluated before a metric existed beside runs that report it (split 1's first 18 runs and the
+    rest): the summary keeps the metrics every run has, not the first run's."""
+    seeds = [0, 1]
+    gap = {"seen": 0.0, "unseen": 0.1}
+    old = {s: fake_eval({"seen": 1.0, "unseen": 1.0}, gap, s) for s in seeds}
+    new = {s: fake_eval({"seen": 1.0, "unseen": 0.9}, gap, s) for s in seeds}
+    for e in new.values():
+        for m in e["metrics"].values():
+            m["guided_discrepancy"] = 2.0
+    for order in (["rc", "aria"], ["aria", "rc"]):
+        evals = {"rc": old, "aria": new} if order[0] == "rc" else {"aria": new, "rc": old}
+        res = compare.summarise(evals, order, seeds)
+        assert "guided_discrepancy" not in res["metrics"] and "discrepancy" in res["metrics"]
+    both = compare.summarise({"rc": new, "aria": new}, ["rc", "aria"], seeds)
+    assert "guided_discrepancy" in both["metrics"]
 
 
 def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():

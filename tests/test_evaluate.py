@@ -105,6 +105,31 @@ def test_eval_end_to_end_writes_json_table_and_plot(setup, capsys):
     assert "| seen |" in (out / "eval.md").read_text() and "| seen |" in capsys.readouterr().out
 
 
+def test_guided_discrepancy_gets_the_arrays_of_d_c_and_the_samplers_guidance(setup, monkeypatch):
+    """The wiring in evaluate: the guided discrepancy is computed from the same four eps arrays as D_c (whose
+    values the CPU/GPU comparisons check), at the teacher's guidance scale, and reported per group."""
+    from aria.training import probe
+
+    calls = {}
+
+    def spy(name, real):
+        def wrapped(*args):
+            calls[name] = args
+            return real(*args)
+        return wrapped
+
+    monkeypatch.setattr(evaluate, "condition_discrepancy", spy("cond", probe.condition_discrepancy))
+    monkeypatch.setattr(evaluate, "guided_discrepancy", spy("guided", probe.guided_discrepancy))
+    config = setup["config"]
+    result = evaluate.evaluate(config, setup["tmp"] / "run", bundle=setup["bundle"],
+                               reference=setup["tmp"] / "reference")
+    *arrays, guidance = calls["guided"]
+    assert all(a is b for a, b in zip(arrays, calls["cond"], strict=True))
+    assert guidance == config.teacher.guidance_scale
+    expected = probe.guided_discrepancy(*arrays, guidance).mean()
+    assert result["metrics"]["all"]["guided_discrepancy"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_probe_set_is_fixed_by_eval_seed_and_world_only(setup):
     from aria.config import load_config
     from aria.data.bundle import prepare_data

@@ -47,7 +47,7 @@ def test_gathered_runs_summarise_as_the_committed_results(tmp_path):
     mine, committed = (json.loads((d / "results.json").read_text()) for d in (out, SPLIT0))
     assert mine["command"] == committed["command"].replace("docs/results/concepts-v2-split0", str(out))
     assert mine["card"].startswith("NVIDIA H100 80GB HBM3 x1")
-    # the date: the last eval.json's mtime where a run has no evaluated_at, which a clone resets; the card: of
+    # the date: the calls' runs are stamped with their archived eval.json's mtime, made here; the card: of
     # runs without a record of theirs, the machine that summarises
     for key in ("command", "plots", "date", "card"):
         mine.pop(key), committed.pop(key)

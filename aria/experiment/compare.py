@@ -44,9 +44,11 @@ TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
 
 def summarise(evals: dict, strategies: list[str], seeds: list[int]) -> dict:
     """summary, ratios and checks from ``evals[strategy][seed]`` (eval JSON dicts; None = missing run)."""
-    first = next(e for by_seed in evals.values() for e in by_seed.values() if e is not None)["metrics"]
-    groups = list(first)
-    metrics = [m for m in report.METRICS if m in first[groups[0]]]
+    runs = [e["metrics"] for by_seed in evals.values() for e in by_seed.values() if e is not None]
+    groups = list(runs[0])
+    # the metrics every run reports: a folder mixing evaluations from before and after a metric was added
+    # leaves it out, whatever the order of its strategies
+    metrics = [m for m in report.METRICS if all(m in run[groups[0]] for run in runs)]
 
     def per_seed(s, g, m):
         return [None if evals[s][seed] is None else evals[s][seed]["metrics"].get(g, {}).get(m) for seed in seeds]
@@ -363,7 +365,9 @@ def _collect_runs(plan: _Plan) -> _Found:
                 continue
             evals[s][seed] = json.loads(p["eval_json"].read_text())
             record = json.loads(p["record"].read_text()) if p["record"].exists() else None
-            # when it was evaluated: recorded by compare (a copy or a clone keeps it), else the file's mtime
+            # when it was evaluated: recorded by compare (a copy or a clone keeps it); eval.json's mtime is
+            # used only where no run of the folder recorded a time (tools/world2_gather.py stamps runs
+            # evaluated by hand, from their archived mtime)
             if (record or {}).get("evaluated_at"):
                 recorded.append(record["evaluated_at"])
             else:

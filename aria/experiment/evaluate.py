@@ -327,8 +327,8 @@ def _evaluate(config, student_path, teacher, bundle, judge, reference, progress)
 
 def score(bundle, judge, probe_ids, per_probe: dict, sample_ids, student_px, teacher_px) -> dict:
     """Per group (each regime, each concept family or prompts-file group, ``all``): the mean of each
-    ``per_probe`` metric (name -> (N, J) array: probe, condition-specific and guided discrepancy), pixel
-    MSE and, in a world, judge metrics."""
+    ``per_probe`` metric (name -> (N, J) array: probe, condition-specific and guided discrepancy; the
+    probe discrepancy, ``discrepancy``, also per timestep), pixel MSE and, in a world, judge metrics."""
     world, combos = world_of(bundle), items_of_pool(bundle)
     if combos is not None:
         s_read, t_read = judge_readings(judge, student_px), judge_readings(judge, teacher_px)

@@ -132,13 +132,11 @@ def guided_discrepancy(student_cond, student_uncond, teacher_cond, teacher_uncon
     eps(0) + g (eps(c) - eps(0)) that a sampler with classifier-free guidance g uses.
 
     g = 1 gives the probe discrepancy and g = 0 the prompt-blind error; as g grows it approaches g^2 D_c.
-    Arrays (N, J, C, H, W); returns (N, J).
+    Arrays (N, J, C, H, W); returns (N, J). At g = 1 it repeats the probe discrepancy (no shipped world
+    config samples without guidance).
     """
-    def guided(cond, uncond):
-        return uncond.astype(np.float64) + guidance * (cond.astype(np.float64) - uncond)
-
-    diff = guided(student_cond, student_uncond) - guided(teacher_cond, teacher_uncond)
-    return (diff ** 2).mean(axis=(2, 3, 4))
+    diff = guidance * (student_cond - teacher_cond) + (1 - guidance) * (student_uncond - teacher_uncond)
+    return (diff.astype(np.float64) ** 2).mean(axis=(2, 3, 4))
 
 
 # -- the per-regime probe -------------------------------------------------------------------------

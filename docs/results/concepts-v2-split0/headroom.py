@@ -194,9 +194,9 @@ def paired_comparisons(folder: Path = HERE, pairs: tuple = PAIRS) -> None:
     for a, b, regime, metric in pairs:
         if ran(folder, (a, b)) != [a, b]:
             continue
-        pairs = [(value(a, s, regime, metric), value(b, s, regime, metric)) for s in SEEDS]
+        values = [(value(a, s, regime, metric), value(b, s, regime, metric)) for s in SEEDS]
         accuracy = metric == "judge_accuracy"
-        stat = mean_ci([x - y if accuracy else x / y for x, y in pairs])
+        stat = mean_ci([x - y if accuracy else x / y for x, y in values])
         form = "+.3f" if accuracy else ".3f"
         print(f"| {a} vs {b} | {regime} | {metric} | {'A - B' if accuracy else 'A / B'} {stat['mean']:{form}} "
               f"[{stat['low']:{form}}, {stat['high']:{form}}] |")

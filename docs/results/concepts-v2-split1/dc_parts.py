@@ -18,7 +18,7 @@ STUDENTS_DIR holds ``<strategy>-seed<s>/`` student folders (a `tools/world2_call
 ``students.tgz``, unpacked). Needs the encoder at /tmp/enc (`python tools/world_encoder.py --restore
 .encoder-world /tmp/enc`) and split 1's regions in the cache (`aria regions build --from
 aria/world/assets/concepts-regions-split1 --config configs/concepts-gpu.yaml` with the --set values of
-SETS). Writes dc_parts.json (per student, regime, part: the mean per timestep) and prints, per regime, each
+SETS). Replaces dc_parts.json (per student, regime, part: the mean per timestep) and prints, per regime, each
 strategy's parts against rc's, and the largest gap of P and D_c to the GPU evaluations (eval.json).
 """
 
@@ -44,7 +44,8 @@ SETS = ["encoder.path=/tmp/enc", "backend.device=cpu", "data.concepts.seed=1",
 DIGEST = "db667d119d986367"  # the split-1 evaluations' probe set
 REGIMES = ("unseen", "seen")
 PARTS = ("P", "U", "X", "D_c", "G")
-OUT = HERE / "dc_parts.json"  # what the last run measured; `--tables` prints it again
+OUT = HERE / "dc_parts.json"  # what the last run measured (G by the formula before guided_discrepancy existed,
+# equal to it within 1e-8); `--tables` prints it again
 
 
 def parts(student: dict, teacher: dict, guidance: float) -> dict:
@@ -133,4 +134,7 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     folder = Path(sys.argv[1])
-    main(folder, sys.argv[2:] or sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    chosen = sys.argv[2:] or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not any(name.startswith("rc-seed") for name in chosen):
+        sys.exit("name rc's students too: the tables are ratios to rc (and dc_parts.json is replaced)")
+    main(folder, chosen)
