@@ -69,6 +69,7 @@ def main(students: Path, names: list[str]) -> None:
     regime = np.asarray(bundle.regime_of_prompt)[probe.prompt_ids]
     keep = np.isin(regime, [REGIME_NAMES.index(r) for r in REGIMES])
     sub = replace(probe, prompt_ids=probe.prompt_ids[keep], x0=probe.x0[keep], noise=probe.noise[keep])
+    masks = {r: regime[keep] == REGIME_NAMES.index(r) for r in REGIMES}  # over the kept probes
     enc = bundle.encoder
     ctx = {"c": torch.from_numpy(enc.encode_tokens(bundle.pool.texts(sub.prompt_ids))),
            "u": torch.from_numpy(enc.encode_tokens([""]))}
@@ -80,13 +81,12 @@ def main(students: Path, names: list[str]) -> None:
         unet, _ = load_student(students / name, "cpu")
         with torch.no_grad():
             p = parts(probe_eps(unet.float(), sub, ctx, sched, batch), ref, config.teacher.guidance_scale)
-        regime_of = regime[keep]
-        rows[name] = {r: {part: v[regime_of == REGIME_NAMES.index(r)].mean(0).tolist() for part, v in p.items()}
-                      for r in REGIMES}
+        rows[name] = {r: {part: v[mask].mean(0).tolist() for part, v in p.items()} for r, mask in masks.items()}
         print(f"{name}: done", file=sys.stderr, flush=True)
-    OUT.write_text(json.dumps({"probe": DIGEST, "timesteps": sub.timesteps.tolist(),
-                               "guidance_scale": config.teacher.guidance_scale, "students": rows}, indent=1))
-    tables(json.loads(OUT.read_text()))
+    record = {"probe": DIGEST, "timesteps": sub.timesteps.tolist(),
+              "guidance_scale": config.teacher.guidance_scale, "students": rows}
+    OUT.write_text(json.dumps(record, indent=1))
+    tables(record)
 
 
 def tables(record: dict) -> None:
