@@ -182,19 +182,21 @@ PAIRS = (  # (A, B, regime, metric): the comparisons the reading quotes
 )
 
 
+def eval_metric(folder: Path, name: str, seed: int, regime: str, metric: str) -> float:
+    """One metric of one run's evaluation, in one regime."""
+    return json.loads((folder / "runs" / name / f"seed{seed}" / "eval" / "eval.json").read_text())[
+        "metrics"][regime][metric]
+
+
 def paired_comparisons(folder: Path = HERE, pairs: tuple = PAIRS) -> None:
     """Part 6: A against B per seed (ratio of discrepancies, difference of accuracies), mean and 95% CI."""
-    def value(name, seed, regime, metric):
-        return json.loads((folder / "runs" / name / f"seed{seed}" / "eval" / "eval.json").read_text())[
-            "metrics"][regime][metric]
-
     print("\npaired per seed (mean [95% CI] over seeds 0-2)")
     print("| A vs B | regime | metric | A / B or A - B |")
     print("|---|---|---|---|")
     for a, b, regime, metric in pairs:
         if ran(folder, (a, b)) != [a, b]:
             continue
-        values = [(value(a, s, regime, metric), value(b, s, regime, metric)) for s in SEEDS]
+        values = [(eval_metric(folder, a, s, regime, metric), eval_metric(folder, b, s, regime, metric)) for s in SEEDS]
         accuracy = metric == "judge_accuracy"
         stat = mean_ci([x - y if accuracy else x / y for x, y in values])
         form = "+.3f" if accuracy else ".3f"

@@ -18,8 +18,9 @@ STUDENTS_DIR holds ``<strategy>-seed<s>/`` student folders (a `tools/world2_call
 ``students.tgz``, unpacked). Needs the encoder at /tmp/enc (`python tools/world_encoder.py --restore
 .encoder-world /tmp/enc`) and split 1's regions in the cache (`aria regions build --from
 aria/world/assets/concepts-regions-split1 --config configs/concepts-gpu.yaml` with the --set values of
-SETS). Replaces dc_parts.json (per student, regime, part: the mean per timestep) and prints, per regime, each
-strategy's parts against rc's, and the largest gap of P and D_c to the GPU evaluations (eval.json).
+SETS). Adds the named students to dc_parts.json (per student, regime, part: the mean per timestep), replacing
+any of the same name, and prints, per regime, each strategy's parts against rc's, and the largest gap of P and
+D_c to the GPU evaluations (eval.json).
 """
 
 import json
@@ -58,6 +59,15 @@ def parts(student: dict, teacher: dict, guidance: float) -> dict:
             "G": guided_discrepancy(student["c"], student["u"], teacher["c"], teacher["u"], guidance)}
 
 
+def kept_students(header: dict) -> dict:
+    """The students dc_parts.json holds, if it was measured on the same probes, timesteps and guidance."""
+    if not OUT.exists():
+        return {}
+    kept = json.loads(OUT.read_text())
+    same = all(kept.get(key) == value for key, value in header.items() if key != "students")
+    return kept["students"] if same else {}
+
+
 def main(students: Path, names: list[str]) -> None:
     config = load_config(ROOT / "configs" / "concepts-gpu.yaml", overrides=SETS)
     teacher, bundle, _ = load_components(config, judge=object())  # no judge: no samples are drawn
@@ -76,6 +86,9 @@ def main(students: Path, names: list[str]) -> None:
     batch = config.eval.batch_size
     with torch.no_grad():
         ref = probe_eps(teacher.unet, sub, ctx, sched, batch)
+    header = {"probe": DIGEST, "timesteps": sub.timesteps.tolist(), "guidance_scale": config.teacher.guidance_scale}
+    if not any(name.startswith("rc-seed") for name in [*names, *kept_students(header)]):
+        sys.exit("no rc student: the tables are ratios to rc; name rc's students too")
     rows = {}
     for name in names:
         unet, _ = load_student(students / name, "cpu")
@@ -83,9 +96,10 @@ def main(students: Path, names: list[str]) -> None:
             p = parts(probe_eps(unet.float(), sub, ctx, sched, batch), ref, config.teacher.guidance_scale)
         rows[name] = {r: {part: v[mask].mean(0).tolist() for part, v in p.items()} for r, mask in masks.items()}
         print(f"{name}: done", file=sys.stderr, flush=True)
-    record = {"probe": DIGEST, "timesteps": sub.timesteps.tolist(),
-              "guidance_scale": config.teacher.guidance_scale, "students": rows}
-    OUT.write_text(json.dumps(record, indent=1))
+    record = {**header, "students": {**kept_students(header), **rows}}
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(OUT)
     tables(record)
 
 
@@ -135,6 +149,4 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     folder = Path(sys.argv[1])
     chosen = sys.argv[2:] or sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not any(name.startswith("rc-seed") for name in chosen):
-        sys.exit("name rc's students too: the tables are ratios to rc (and dc_parts.json is replaced)")
     main(folder, chosen)

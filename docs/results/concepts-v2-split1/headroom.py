@@ -8,7 +8,8 @@ own shipped regions, and no pilot. So the learning curve goes through split 1's 
 3. inside the regimes: unseen share early and late, per unseen family, alignment with rc's region D_c;
 4. the paired comparisons the reading quotes (those whose strategies have run);
 5. both splits side by side: the unseen share of rc (the pool's), the oracle's and invfreq's, and unseen
-   D_c / rc, because invfreq, level with the oracle on split 0, is worse than rc here.
+   D_c / rc, because invfreq, level with the oracle on split 0, is worse than rc here;
+6. aria against the discrepancy bandits and the oracle on unseen, paired per (split, seed) over both splits.
 
 The functions are split 0's (docs/results/concepts-v2-split0/headroom.py), given this folder and split.
 Run from the repository root: python docs/results/concepts-v2-split1/headroom.py
@@ -18,6 +19,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+
+from aria.experiment.stats import mean_ci
 
 HERE = Path(__file__).resolve().parent
 SPLIT0 = HERE.parent / "concepts-v2-split0"
@@ -34,6 +37,11 @@ PAIRS = (  # (A, B, regime, metric): the comparisons the reading quotes
     ("aria", "uniform", "unseen", "cond_discrepancy"),
     ("aria", "ducb", "unseen", "cond_discrepancy"), ("aria", "swucb", "unseen", "cond_discrepancy"),
     ("aria", "dts", "unseen", "cond_discrepancy"),
+    ("aria", "ducb", "unseen", "discrepancy"), ("aria", "swucb", "unseen", "discrepancy"),
+    ("aria", "dts", "unseen", "discrepancy"),
+    ("aria", "ducb", "unseen", "judge_accuracy"), ("aria", "swucb", "unseen", "judge_accuracy"),
+    ("aria", "dts", "unseen", "judge_accuracy"),
+    ("aria", "dts", "under", "cond_discrepancy"), ("aria", "dts", "under", "discrepancy"),
 )
 
 
@@ -53,6 +61,22 @@ def both_splits() -> None:
         print(f"| {split} | {p_rc:.3f} | {p_or:.3f} | {d_or / d_rc:.3f} | {p_if:.3f} | {d_if / d_rc:.3f} |")
 
 
+def pooled_pairs() -> None:
+    """Part 6: aria / B on unseen D_c and probe discrepancy, one ratio per split and seed (6), mean and 95% CI."""
+    print("\nboth splits, paired per split and seed (mean [95% CI] over 6 pairs)")
+    print("| A vs B | unseen cond_discrepancy A / B | unseen discrepancy A / B |")
+    print("|---|---|---|")
+    for other in ("ducb", "swucb", "dts", "oracle"):
+        cells = []
+        for metric in ("cond_discrepancy", "discrepancy"):
+            ratios = [split0.eval_metric(folder, "aria", s, "unseen", metric)
+                      / split0.eval_metric(folder, other, s, "unseen", metric)
+                      for folder in (SPLIT0, HERE) for s in split0.SEEDS]
+            stat = mean_ci(ratios)
+            cells.append(f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]")
+        print(f"| aria vs {other} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> None:
     print("| run | switched samples | share: seen | under | unseen | compositional | unseen samples | unseen D_c |")
     print("|---|---|---|---|---|---|---|---|")
@@ -66,6 +90,7 @@ def main() -> None:
     split0.inside_regimes(folder=HERE, split=1)
     split0.paired_comparisons(folder=HERE, pairs=PAIRS)
     both_splits()
+    pooled_pairs()
 
 
 if __name__ == "__main__":
