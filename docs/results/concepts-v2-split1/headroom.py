@@ -42,6 +42,7 @@ PAIRS = (  # (A, B, regime, metric): the comparisons the reading quotes
     ("aria", "ducb", "unseen", "judge_accuracy"), ("aria", "swucb", "unseen", "judge_accuracy"),
     ("aria", "dts", "unseen", "judge_accuracy"),
     ("aria", "dts", "under", "cond_discrepancy"), ("aria", "dts", "under", "discrepancy"),
+    ("aria", "swucb", "under", "cond_discrepancy"), ("aria", "ducb", "under", "cond_discrepancy"),
 )
 
 
