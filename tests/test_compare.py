@@ -302,6 +302,26 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
     doc.write_text(doc.read_text().replace("| 0.7 [0.7, 0.7] |", "| 0.6 [0.6, 0.6] |"))
     with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
         compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])
+    # the document names its sources, ablations included: `aria results --check` alone finds them
+    assert report.document_sources(doc.read_text(), doc) == ([doc.parent / "../head/results.json"],
+                                                              [doc.parent / "../eps/results.json",
+                                                               doc.parent / "../sched/results.json"])
+    run = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", "--out", str(doc), *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("--check").returncode == 1  # still the hand-edited cell
+    assert run().returncode == 0 and run("--check").returncode == 0  # regenerated from the named sources
+    assert "| 0.7 [0.7, 0.7] |" in doc.read_text()
+    (tmp_path / "other.md").write_text("# not generated\n")
+    out = run("--check", "--out", str(tmp_path / "other.md"))
+    assert out.returncode == 2 and "names no results JSON" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_shipped_results_document_is_what_its_results_generate():
+    """docs/RESULTS.md, as committed, is generated from the results it names (only the reading is edited)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "aria.cli", "results", "--check"], cwd=root,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_ablations_pair_with_the_results_of_their_own_config_and_sections_are_titled_by_it(tmp_path):

@@ -95,17 +95,25 @@ def parse_seeds(text: str) -> list[int]:
 
 
 @click.command("results")
-@click.option("--results", "results_path", type=click.Path(path_type=Path), required=True, multiple=True,
-              help="A compare results.json; repeat for more (the headline first, then e.g. a second split).")
+@click.option("--results", "results_path", type=click.Path(path_type=Path), multiple=True,
+              help="A compare results.json; repeat for more (the headline first, then e.g. a second split). "
+                   "Default: the results and ablations that --out names on its second line.")
 @click.option("--ablation", "ablation_paths", type=click.Path(path_type=Path), multiple=True,
               help="An ablation's results.json (same config but its --set values); repeat for more. Summarised "
                    "in one table against rc (its own, or the headline's when it did not run rc).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
 @click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
 def results_command(results_path, ablation_paths, out, check):
-    """Generate docs/RESULTS.md from a results JSON (keeping the reading section)."""
+    """Generate docs/RESULTS.md from a results JSON (keeping the reading section). Without --results, from
+    the JSONs the existing document names: `aria results --check` verifies the shipped docs/RESULTS.md."""
     from aria.experiment import compare, report
 
+    if not results_path:
+        if ablation_paths:
+            raise UserError("--ablation needs --results (the experiment the ablations extend)")
+        if not out.is_file():
+            raise UserError(f"--out {out} does not exist: give --results")
+        results_path, ablation_paths = report.document_sources(out.read_text(), out)
     try:
         compare.results_doc(results_path, out, check, ablation_paths)
     except report.DocCheckError as err:
