@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
     (["runs", "rc", "0"], "0 runs: 1 to 6 fit one call"),
     (["runs", "rc", "1", "0", "./configs/concepts-gpu.yaml"], "CONFIG is configs/concepts-gpu.yaml or"),
     (["evals", "1", "configs/shapes-gpu.yaml"], "CONFIG is configs/concepts-gpu.yaml or"),
+    (["runs", "rc", "1", "1", "configs/concepts-gpu.yaml", "backend.fp8"], "a --set value is KEY=VALUE"),
+    (["runs", "rc", "1", "1", "configs/concepts-gpu.yaml", "backend.fp8=both", "x;y=1"], "KEY=VALUE, e.g."),
+    (["evals", "1", "configs/concepts-gpu.yaml", "Backend.fp8=both"], "a --set value is KEY=VALUE"),
 ])
 def test_bad_arguments_are_refused_in_one_line_before_any_install(tmp_path, args, reason):
     out = subprocess.run(["bash", str(ROOT / "tools" / "world2_call.sh"), *args], cwd=ROOT, capture_output=True,

@@ -20,9 +20,11 @@
 #       the stage-1 student of split SPLIT (0 or 1): 2,000 x 512 samples of `none` from random init,
 #       stored in fp16 with its record and evaluation (about 7 minutes on an H100). Unpack
 #       $OUT/stage1-splitSPLIT.tgz into aria/world/assets/.
-#   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT [CONFIG]]
+#   bash tools/world2_call.sh runs STRATEGIES SEEDS [SPLIT [CONFIG [KEY=VALUE ...]]]
 #       `aria compare` of those runs of CONFIG (default configs/concepts-gpu.yaml; the control arm is
-#       configs/concepts-control.yaml, split 0), all at once on the GPU, stopped in
+#       configs/concepts-control.yaml, split 0), with any further KEY=VALUE as `--set` values (an ablation,
+#       e.g. backend.fp8=both: carry .whl-ao too, the torchao wheel, which is then installed; gather with the
+#       same `--set` values), all at once on the GPU, stopped in
 #       time to pack. Six runs fit: on 2026-12-06 a call on a fresh machine took 514 s and calls on the
 #       still-warm machine 430-438 s (the compile cache in .aria-cache/inductor is kept). An earlier fresh
 #       call with the oracle (whose evaluations are longer) was cut during evaluation: run `evals` after a
@@ -36,23 +38,26 @@
 #       `tools/world2_gather.py --evals EVALS`.
 #       Gather the fetched calls into docs/results/<name>/ with `python tools/world2_gather.py --out
 #       docs/results/<name> [--split N] [--config C] CALL_DIR ...` (aria compare --summary-only and aria checks).
-#   bash tools/world2_call.sh evals [SPLIT [CONFIG]]
+#   bash tools/world2_call.sh evals [SPLIT [CONFIG [KEY=VALUE ...]]]
 #       on the machine still warm from a `runs` call whose limit cut the evaluations (/tmp/runs is kept
 #       while the machine is held): evaluates every trained run that has no evaluation yet, all at once
 #       (about 40 s for three), and packs as `runs` does.
 set -uo pipefail
-usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT [CONFIG]] | evals [SPLIT [CONFIG]]${1:+ ($1)}"; exit 2; }
+usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT [CONFIG [KEY=VALUE ...]]] | evals [SPLIT [CONFIG [KEY=VALUE ...]]]${1:+ ($1)}"; exit 2; }
 # the arguments are checked before the call spends anything on installing
 split_ok() { [[ "$1" =~ ^(0|[1-9][0-9]*)$ ]] || usage "SPLIT is a number without leading zeros: $1"; }
 # the main arm (each split's stage-1 student) or the control arm (a student copied from the teacher)
 config_ok() { [[ "$1" == configs/concepts-gpu.yaml || "$1" == configs/concepts-control.yaml ]] \
   || usage "CONFIG is configs/concepts-gpu.yaml or configs/concepts-control.yaml: $1"; }
+# further --set values, each KEY=VALUE (a dotted config key); the config checks the value itself
+sets_ok() { for kv in "$@"; do [[ "$kv" =~ ^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*=[^[:space:]]+$ ]] \
+  || usage "a --set value is KEY=VALUE, e.g. backend.fp8=both: $kv"; done; }
 case "${1:-}" in
   stage1) split_ok "${2:-}" ;;
   runs)
     [[ "${2:-}" =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || usage "STRATEGIES is a comma-separated list of names: ${2:-}"
     [[ "${3:-}" =~ ^[0-9]+(,[0-9]+)*$ ]] || usage "SEEDS is a count or a comma-separated list: ${3:-}"
-    split_ok "${4:-0}"; config_ok "${5:-configs/concepts-gpu.yaml}"
+    split_ok "${4:-0}"; config_ok "${5:-configs/concepts-gpu.yaml}"; sets_ok "${@:6}"
     IFS=, read -ra strategy_list <<<"$2"; IFS=, read -ra seed_list <<<"$3"
     [ "$(printf '%s\n' "${strategy_list[@]}" | sort -u | wc -l)" -eq "${#strategy_list[@]}" ] \
       || usage "STRATEGIES names one twice: $2"
@@ -61,12 +66,13 @@ case "${1:-}" in
     seeds_n=${#seed_list[@]}; [ "$seeds_n" -eq 1 ] && seeds_n=$((10#${seed_list[0]}))  # one number is a count
     n=$(( ${#strategy_list[@]} * seeds_n ))
     [ "$n" -ge 1 ] && [ "$n" -le 6 ] || usage "$n runs: 1 to 6 fit one call (training and evaluation)" ;;
-  evals) split_ok "${2:-0}"; config_ok "${3:-configs/concepts-gpu.yaml}" ;;
+  evals) split_ok "${2:-0}"; config_ok "${3:-configs/concepts-gpu.yaml}"; sets_ok "${@:4}" ;;
   *) usage ;;
 esac
 OUT=${OUT:-/tmp/world2-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  $(ls .whl-ao/*.whl 2>/dev/null) \
   && export PYTHONPATH=/tmp/site || { echo "the wheels in .whl do not install"; exit 3; }
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || { echo "aria does not install"; exit 4; }
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -81,12 +87,14 @@ shared_regions() {
 }
 
 # the --set values of SPLIT's runs of CONFIG into the array `extra` (as tools/world2_gather.py's call_sets):
-# split_sets SPLIT CONFIG. Another split has its own data seed and, in the main arm, its own stage-1 student.
+# split_sets SPLIT CONFIG [KEY=VALUE ...]. Another split has its own data seed and, in the main arm, its own
+# stage-1 student; the call's own KEY=VALUE values come last.
 split_sets() {
   extra=()
   [ "$1" != 0 ] && extra=(--set data.concepts.seed="$1")
   [ "$1" != 0 ] && [ "$2" = configs/concepts-gpu.yaml ] \
     && extra+=(--set student.init_path=aria/world/assets/concepts-student-split$1)
+  for kv in "${@:3}"; do extra+=(--set "$kv"); done
   return 0
 }
 
@@ -143,7 +151,7 @@ case "${1:-}" in
     ;;
   runs)
     strategies=$2; seeds=$3; split=${4:-0}; config=${5:-configs/concepts-gpu.yaml}
-    split_sets "$split" "$config"
+    split_sets "$split" "$config" "${@:6}"
     shared_regions "$split" "$config" "${extra[@]}"
     timeout -k 10 $((500 - SECONDS)) python3 -m aria.cli compare --config "$config" --strategies "$strategies" \
       --seeds "$seeds" --parallel "$n" --set encoder.path=/tmp/enc "${extra[@]}" --out /tmp/runs > "$OUT/compare.log" 2>&1
@@ -153,7 +161,7 @@ case "${1:-}" in
     ;;
   evals)
     split=${2:-0}; config=${3:-configs/concepts-gpu.yaml}
-    split_sets "$split" "$config"
+    split_sets "$split" "$config" "${@:4}"
     shared_regions "$split" "$config" "${extra[@]}"
     for run in /tmp/runs/runs/*/seed*; do
       [ -f "$run/student/aria.json" ] && [ ! -f "$run/eval/eval.json" ] || continue

@@ -10,6 +10,10 @@ match.
     python tools/world2_gather.py --out docs/results/concepts-v2-split0 /work/.device/1 /work/.device/2
     python tools/world2_gather.py --out docs/results/concepts-v2-split1 --split 1 CALL_DIR ...
     python tools/world2_gather.py --out docs/results/concepts-v2-control --config configs/concepts-control.yaml CALL_DIR
+    python tools/world2_gather.py --out docs/results/concepts-v2-split1-fp8 --split 1 --set backend.fp8=both CALL_DIR
+
+``--set KEY=VALUE`` (repeatable) names a call's own further values (`world2_call.sh runs ... CONFIG KEY=VALUE`),
+which come after the split's.
 
 An evaluation made elsewhere replaces a run's own with ``--evals DIR``: ``DIR/<strategy>-seed<s>/`` is an
 ``aria eval --out`` folder (eval.json, eval.md, the plot, and eval.log if kept there), for instance from the
@@ -37,14 +41,14 @@ CONFIGS = ("configs/concepts-gpu.yaml", "configs/concepts-control.yaml")
 ORDER = ("none", "rc", "oracle", "aria", "uniform", "invfreq", "exp3", "ducb", "swucb", "dts")  # the tables' order
 
 
-def call_sets(config: str, split: int) -> list[str]:
-    """The --set values of tools/world2_call.sh's runs of ``config`` on ``split``."""
+def call_sets(config: str, split: int, own: list[str] = ()) -> list[str]:
+    """The --set values of tools/world2_call.sh's runs of ``config`` on ``split``, then the call's ``own``."""
     sets = ["encoder.path=/tmp/enc"]
     if split != 0:
         sets.append(f"data.concepts.seed={split}")
         if config == CONFIGS[0]:
             sets.append(f"student.init_path=aria/world/assets/concepts-student-split{split}")
-    return sets
+    return sets + list(own)
 
 
 class GatherError(Exception):
@@ -157,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--evals", type=Path, help="evaluations made elsewhere, DIR/<strategy>-seed<s>/ each, "
                         "that replace the runs' own")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further --set value of the calls (world2_call.sh's KEY=VALUE arguments); repeatable")
     args = parser.parse_args(argv)
     try:
         seeds = {int(s) for s in args.seeds.split(",")}
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
         from aria.config import load_config
         from aria.experiment.compare import config_digest
 
-        sets = call_sets(args.config, args.split)
+        sets = call_sets(args.config, args.split, args.sets)
         with tempfile.TemporaryDirectory() as tmp:
             runs = extract(args.calls, Path(tmp))
             if args.evals is not None:
