@@ -3,6 +3,7 @@
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -303,17 +304,29 @@ def test_ablations_are_tabled_against_their_own_rc_or_the_headlines(tmp_path):
     with pytest.raises(report.DocCheckError, match="does not come from the results JSON"):
         compare.results_doc([paths[0]], doc, check=True, ablation_paths=paths[1:])
     # the document names its sources, ablations included: `aria results --check` alone finds them
-    assert report.document_sources(doc.read_text(), doc) == ([doc.parent / "../head/results.json"],
-                                                              [doc.parent / "../eps/results.json",
-                                                               doc.parent / "../sched/results.json"])
+    assert report.document_sources(doc.read_text(), doc) == ([paths[0]], paths[1:])
     run = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", "--out", str(doc), *a],  # noqa: E731
                                     capture_output=True, text=True)
     assert run("--check").returncode == 1  # still the hand-edited cell
     assert run().returncode == 0 and run("--check").returncode == 0  # regenerated from the named sources
     assert "| 0.7 [0.7, 0.7] |" in doc.read_text()
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "aria.cli", "results", *a],  # noqa: E731
+                                    capture_output=True, text=True)
     (tmp_path / "other.md").write_text("# not generated\n")
-    out = run("--check", "--out", str(tmp_path / "other.md"))
-    assert out.returncode == 2 and "names no results JSON" in out.stderr and out.stderr.count("\n") == 1
+    for args, says in ((("--check", "--out", str(tmp_path / "other.md")), "names no results JSON"),
+                       (("--ablation", str(paths[1]), "--out", str(doc)), "--ablation needs --results"),
+                       (("--out", str(tmp_path / "none.md")), "does not exist: give --results")):
+        out = cli(*args)
+        assert out.returncode == 2 and says in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    shutil.move(tmp_path / "sched", tmp_path / "moved")  # a source the line names is gone
+    out = run("--check")
+    assert out.returncode == 2 and "sched/results.json on its source line, which does not exist" in out.stderr
+    odd = tmp_path / "a, b" / "results.json"  # a path the source line could not carry back
+    odd.parent.mkdir()
+    shutil.copy(paths[0], odd)
+    out = cli("--results", str(odd), "--out", str(tmp_path / "odd.md"))
+    assert out.returncode == 2 and "cannot be named in the document's source line" in out.stderr
+    assert not (tmp_path / "odd.md").exists()
 
 
 def test_shipped_results_document_is_what_its_results_generate():

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["train"], ""),
     (["stage1"], "SPLIT is a number"),
     (["stage1", "01"], "SPLIT is a number without leading zeros: 01"),
+    (["stage1", "1", "backend.fp8=both"], "stage1 takes SPLIT only: backend.fp8=both"),
     (["runs", "rc,Aria", "3"], "STRATEGIES is a comma-separated list of names"),
     (["runs", "rc,aria", "0,x"], "SEEDS is a count or a comma-separated list"),
     (["runs", "rc,rc", "1"], "STRATEGIES names one twice: rc,rc"),

@@ -24,7 +24,7 @@
 #       `aria compare` of those runs of CONFIG (default configs/concepts-gpu.yaml; the control arm is
 #       configs/concepts-control.yaml, split 0), with any further KEY=VALUE as `--set` values (an ablation,
 #       e.g. backend.fp8=both: carry .whl-ao too, the torchao wheel, which is then installed; gather with the
-#       same `--set` values), all at once on the GPU, stopped in
+#       same `--set` values; KEY=VALUE needs SPLIT and CONFIG before it), all at once on the GPU, stopped in
 #       time to pack. Six runs fit: on 2026-12-06 a call on a fresh machine took 514 s and calls on the
 #       still-warm machine 430-438 s (the compile cache in .aria-cache/inductor is kept). An earlier fresh
 #       call with the oracle (whose evaluations are longer) was cut during evaluation: run `evals` after a
@@ -37,11 +37,13 @@
 #       cores once the teacher's reference samples are cached, an hour before), then gathered with
 #       `tools/world2_gather.py --evals EVALS`.
 #       Gather the fetched calls into docs/results/<name>/ with `python tools/world2_gather.py --out
-#       docs/results/<name> [--split N] [--config C] CALL_DIR ...` (aria compare --summary-only and aria checks).
+#       docs/results/<name> [--split N] [--config C] [--set KEY=VALUE ...] CALL_DIR ...` (aria compare
+#       --summary-only and aria checks).
 #   bash tools/world2_call.sh evals [SPLIT [CONFIG [KEY=VALUE ...]]]
 #       on the machine still warm from a `runs` call whose limit cut the evaluations (/tmp/runs is kept
 #       while the machine is held): evaluates every trained run that has no evaluation yet, all at once
-#       (about 40 s for three), and packs as `runs` does.
+#       (about 40 s for three), and packs as `runs` does. Give it the `runs` call's KEY=VALUE values: they
+#       are the evaluation's --set values too, and nothing here compares them with the runs' own.
 set -uo pipefail
 usage() { echo "usage: bash tools/world2_call.sh stage1 SPLIT | runs STRATEGIES SEEDS [SPLIT [CONFIG [KEY=VALUE ...]]] | evals [SPLIT [CONFIG [KEY=VALUE ...]]]${1:+ ($1)}"; exit 2; }
 # the arguments are checked before the call spends anything on installing
@@ -53,7 +55,7 @@ config_ok() { [[ "$1" == configs/concepts-gpu.yaml || "$1" == configs/concepts-c
 sets_ok() { for kv in "$@"; do [[ "$kv" =~ ^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)*=[^[:space:]]+$ ]] \
   || usage "a --set value is KEY=VALUE, e.g. backend.fp8=both: $kv"; done; }
 case "${1:-}" in
-  stage1) split_ok "${2:-}" ;;
+  stage1) split_ok "${2:-}"; [ $# -le 2 ] || usage "stage1 takes SPLIT only: ${*:3}" ;;
   runs)
     [[ "${2:-}" =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || usage "STRATEGIES is a comma-separated list of names: ${2:-}"
     [[ "${3:-}" =~ ^[0-9]+(,[0-9]+)*$ ]] || usage "SEEDS is a count or a comma-separated list: ${3:-}"
@@ -71,9 +73,9 @@ case "${1:-}" in
 esac
 OUT=${OUT:-/tmp/world2-out}
 mkdir -p "$OUT"
+shopt -s nullglob; torchao_wheels=(.whl-ao/*.whl); shopt -u nullglob  # carried for backend.fp8 only
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  $(ls .whl-ao/*.whl 2>/dev/null) \
-  && export PYTHONPATH=/tmp/site || { echo "the wheels in .whl do not install"; exit 3; }
+  "${torchao_wheels[@]}" && export PYTHONPATH=/tmp/site || { echo "the wheels in .whl (and .whl-ao) do not install"; exit 3; }
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || { echo "aria does not install"; exit 4; }
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 tools/world_encoder.py --restore .encoder-world /tmp/enc || exit 5

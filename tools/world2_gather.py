@@ -119,7 +119,7 @@ def check_config(runs: list[tuple[Path, Path]], digest: str) -> None:
         recorded = json.loads(record.read_text()).get("config") if record.is_file() else None
         if recorded != digest:
             raise GatherError(f"{call}: {run.parent.name}/{run.name} was trained with another config (digest "
-                              f"{recorded}, these settings {digest}); check --config and --split")
+                              f"{recorded}, these settings {digest}); check --config, --split and --set")
 
 
 def copy_runs(runs: list[tuple[Path, Path]], out: Path, seeds: set[int]) -> list[str]:

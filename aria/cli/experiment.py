@@ -100,7 +100,7 @@ def parse_seeds(text: str) -> list[int]:
                    "Default: the results and ablations that --out names on its second line.")
 @click.option("--ablation", "ablation_paths", type=click.Path(path_type=Path), multiple=True,
               help="An ablation's results.json (same config but its --set values); repeat for more. Summarised "
-                   "in one table against rc (its own, or the headline's when it did not run rc).")
+                   "in one table against rc (its own, or the headline's when it did not run rc). Needs --results.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True)
 @click.option("--check", is_flag=True, help="Fail (exit 1) if the document differs from what the JSON generates.")
 def results_command(results_path, ablation_paths, out, check):
@@ -114,6 +114,9 @@ def results_command(results_path, ablation_paths, out, check):
         if not out.is_file():
             raise UserError(f"--out {out} does not exist: give --results")
         results_path, ablation_paths = report.document_sources(out.read_text(), out)
+        gone = [str(p) for p in [*results_path, *ablation_paths] if not p.is_file()]
+        if gone:
+            raise UserError(f"{out} names {', '.join(gone)} on its source line, which does not exist; give --results")
     try:
         compare.results_doc(results_path, out, check, ablation_paths)
     except report.DocCheckError as err:

@@ -59,13 +59,22 @@ def parts(student: dict, teacher: dict, guidance: float) -> dict:
             "G": guided_discrepancy(student["c"], student["u"], teacher["c"], teacher["u"], guidance)}
 
 
+def recorded() -> dict:
+    """dc_parts.json as the last run wrote it, or an empty record."""
+    return json.loads(OUT.read_text()) if OUT.exists() else {"students": {}}
+
+
 def kept_students(header: dict) -> dict:
-    """The students dc_parts.json holds, if it was measured on the same probes, timesteps and guidance."""
-    if not OUT.exists():
+    """The students dc_parts.json holds, if it was measured on the same probes, timesteps and guidance
+    (else none, with a warning: the new record replaces it)."""
+    kept = recorded()
+    if not kept["students"]:
         return {}
-    kept = json.loads(OUT.read_text())
-    same = all(kept.get(key) == value for key, value in header.items() if key != "students")
-    return kept["students"] if same else {}
+    if any(kept.get(key) != value for key, value in header.items()):
+        print(f"{OUT.name} was measured on other probes, timesteps or guidance: its students are dropped",
+              file=sys.stderr)
+        return {}
+    return kept["students"]
 
 
 def main(students: Path, names: list[str]) -> None:
@@ -148,5 +157,9 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     folder = Path(sys.argv[1])
+    if not folder.is_dir():
+        sys.exit(f"{folder}: not a folder of <strategy>-seed<s>/ students")
     chosen = sys.argv[2:] or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not any(name.startswith("rc-seed") for name in [*chosen, *recorded()["students"]]):
+        sys.exit("no rc student: the tables are ratios to rc; name rc's students too")  # before minutes of probing
     main(folder, chosen)
