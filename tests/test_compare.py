@@ -337,6 +337,33 @@ def test_shipped_results_document_is_what_its_results_generate():
     assert out.returncode == 0, out.stderr
 
 
+def test_an_ablation_is_set_against_the_same_strategy_and_never_across_probe_sets(tmp_path):
+    """The second ablation table: each strategy over itself in the reference, paired by seed. A setting that
+    changes the regions changes the region-stratified probe prompts: no ratio to the reference then."""
+    regimes = ("seen", "under", "unseen")
+    head = results_with_runs({"rc": dict.fromkeys(regimes, 2.0), "aria": dict.fromkeys(regimes, 1.8)}, [0, 1, 2],
+                             "aria compare --seeds 3")
+    sched = results_with_runs({"rc": dict.fromkeys(regimes, 4.0), "aria": dict.fromkeys(regimes, 3.6)}, [0, 1],
+                              "aria compare --seeds 2 --set distillation.switch_schedule=sigmoid")
+    k16 = results_with_runs({"aria": dict.fromkeys(regimes, 1.0)}, [0, 1, 2],
+                            "aria compare --seeds 3 --set regions.k=16")
+    k16["probe_digest"] = "other"
+    rows = {r["strategy"]: r for r in report.setting_rows(head, sched)}
+    assert list(rows) == ["rc", "aria"] and rows["rc"]["seeds"] == ["0", "1"]
+    assert rows["rc"]["cells"]["seen"]["mean"] == pytest.approx(2.0, rel=1e-2)  # 4.0 over 2.0, per seed
+    assert rows["aria"]["cells"]["unseen"]["mean"] == pytest.approx(2.0, rel=1e-2)  # 3.6 over 1.8
+    assert report.ablation_rows(head, k16)[0]["cells"] == dict.fromkeys(regimes)  # reference rc, other probes
+    assert report.setting_rows(head, k16)[0]["cells"] == dict.fromkeys(regimes)
+    paths = []
+    for name, res in (("head", head), ("sched", sched), ("k16", k16)):
+        paths.append(tmp_path / name / "results.json")
+        write_json(paths[-1], res)
+    text = compare.results_doc([paths[0]], tmp_path / "docs" / "RESULTS.md", ablation_paths=paths[1:])
+    k16_rows = [line for line in text.splitlines() if line.startswith("| [with `regions.k=16`]")]
+    assert len(k16_rows) == 2 and all(line.count(report.OTHER_PROBES) == 3 for line in k16_rows)
+    assert "| seen / the same in it |" in text
+
+
 def test_ablations_pair_with_the_results_of_their_own_config_and_sections_are_titled_by_it(tmp_path):
     """A headline of one config (world v2) before the results of another (world v1) and its ablation: the
     ablation is divided by its own config's rc and titled against it; an ablation of a config that no

@@ -543,17 +543,52 @@ def ablation_rows(reference: dict, ablation: dict, metric: str = "discrepancy") 
             continue
         runs = ablation["runs"][strategy]
         seeds = sorted(runs, key=int)
+        comparable = own or same_probes(ablation, reference)
         value = lambda r, seed, g: (r.get(seed) or {}).get(g, {}).get(metric)  # noqa: E731
         cells = {g: mean_ci(paired_ratios([value(runs, s, g) for s in seeds], [value(rc_runs, s, g) for s in seeds]))
-                 for g in ABLATION_REGIMES}
+                 if comparable else None for g in ABLATION_REGIMES}
         rows.append({"strategy": strategy, "rc": "own" if own else "reference", "seeds": seeds, "cells": cells})
     return rows
 
 
+def same_probes(results: dict, other: dict) -> bool:
+    """Both were evaluated on one probe set. The probes are stratified by region, so a setting that changes
+    the regions (``regions.k``, ``regions.method``) changes the probe prompts, and a per-regime ratio across
+    two probe sets mixes the setting's effect with the change of prompts: no ratio is given then."""
+    return results.get("probe_digest") == other.get("probe_digest")
+
+
+OTHER_PROBES = "n/a: other probe set"
+
+
+def _cell(stat: dict | None) -> str:
+    return OTHER_PROBES if stat is None else fmt_ci(stat)
+
+
+def setting_rows(reference: dict, ablation: dict, metric: str = "discrepancy") -> list[dict]:
+    """Per strategy that both ran, rc included: its ``metric`` under the ablation's settings over the same
+    strategy in the reference, paired by seed, per regime (what the setting itself costs or gains: for
+    a numerics lever such as backend.fp8, its price)."""
+    rows = []
+    for strategy in ablation["strategies"]:
+        runs, base = ablation["runs"].get(strategy), reference["runs"].get(strategy)
+        if not runs or not base:
+            continue
+        seeds = sorted(set(runs) & set(base), key=int)
+        if not seeds:
+            continue
+        value = lambda r, seed, g: (r.get(seed) or {}).get(g, {}).get(metric)  # noqa: E731
+        cells = {g: mean_ci(paired_ratios([value(runs, s, g) for s in seeds], [value(base, s, g) for s in seeds]))
+                 if same_probes(ablation, reference) else None for g in ABLATION_REGIMES}
+        rows.append({"strategy": strategy, "seeds": seeds, "cells": cells})
+    return rows
+
+
 def ablation_section(results_list: list[dict], ablations: list[dict], paths: list[Path], here: Path) -> list[str]:
-    """The ablations in one table: probe discrepancy of each ablated strategy over rc's, paired by seed,
-    each after the row of its reference (the first results of the same config)."""
-    rows, shown = [], []
+    """The ablations in two tables: probe discrepancy of each ablated strategy over rc's, paired by seed,
+    each after the row of its reference (the first results of the same config); then each strategy over
+    itself in the reference (``setting_rows``)."""
+    rows, shown, against_reference = [], [], []
     for res, path in zip(ablations, paths):
         reference = reference_for(res, results_list)
         if reference is None:
@@ -569,13 +604,25 @@ def ablation_section(results_list: list[dict], ablations: list[dict], paths: lis
                 f"({os.path.relpath(Path(path).resolve().parent / 'results.md', here)})")
         for row in ablation_rows(reference, res):
             rows.append([link, row["strategy"], row["rc"] if row["rc"] == "own" else f"{title}'s",
-                         ", ".join(row["seeds"]), *[fmt_ci(row["cells"][g]) for g in ABLATION_REGIMES]])
-    return ["## Ablations", "",
-            "Probe discrepancy of the ablated strategy over `rc`'s, per regime: mean of the per-seed ratios "
-            "with a 95% t-interval (one seed: the ratio alone). `rc` is the ablation's own when the setting "
-            "changes rc too, else that of the experiment it extends (same config, its --set values and more; "
-            "named in the rc column), same seeds. Each ablation's own tables are linked.", "",
-            table(["ablation", "strategy", "rc", "seeds", *[f"{g} / rc" for g in ABLATION_REGIMES]], rows), ""]
+                         ", ".join(row["seeds"]), *[_cell(row["cells"][g]) for g in ABLATION_REGIMES]])
+        for row in setting_rows(reference, res):
+            against_reference.append([link, row["strategy"], title, ", ".join(row["seeds"]),
+                                      *[_cell(row["cells"][g]) for g in ABLATION_REGIMES]])
+    out = ["## Ablations", "",
+           "Probe discrepancy of the ablated strategy over `rc`'s, per regime: mean of the per-seed ratios "
+           "with a 95% t-interval (one seed: the ratio alone). `rc` is the ablation's own when the setting "
+           "changes rc too, else that of the experiment it extends (same config, its --set values and more; "
+           "named in the rc column), same seeds. Each ablation's own tables are linked. A ratio across two "
+           f"probe sets (a setting that changes the regions changes the region-stratified probe prompts) is "
+           f"not given: \"{OTHER_PROBES}\".", "",
+           table(["ablation", "strategy", "rc", "seeds", *[f"{g} / rc" for g in ABLATION_REGIMES]], rows), ""]
+    if against_reference:
+        out += ["What each setting does to the strategies it ran: probe discrepancy of a strategy under the "
+                "ablation's settings over the same strategy in the experiment it extends, per regime, paired "
+                "by seed (the seeds both ran).", "",
+                table(["ablation", "strategy", "against", "seeds",
+                       *[f"{g} / the same in it" for g in ABLATION_REGIMES]], against_reference), ""]
+    return out
 
 
 def check_document(expected: str, actual: str, doc_path: Path) -> None:
