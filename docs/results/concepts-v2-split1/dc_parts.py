@@ -96,7 +96,8 @@ def main(students: Path, names: list[str]) -> None:
     with torch.no_grad():
         ref = probe_eps(teacher.unet, sub, ctx, sched, batch)
     header = {"probe": DIGEST, "timesteps": sub.timesteps.tolist(), "guidance_scale": config.teacher.guidance_scale}
-    if not any(name.startswith("rc-seed") for name in [*names, *kept_students(header)]):
+    kept = kept_students(header)
+    if not any(name.startswith("rc-seed") for name in [*names, *kept]):
         sys.exit("no rc student: the tables are ratios to rc; name rc's students too")
     rows = {}
     for name in names:
@@ -105,7 +106,7 @@ def main(students: Path, names: list[str]) -> None:
             p = parts(probe_eps(unet.float(), sub, ctx, sched, batch), ref, config.teacher.guidance_scale)
         rows[name] = {r: {part: v[mask].mean(0).tolist() for part, v in p.items()} for r, mask in masks.items()}
         print(f"{name}: done", file=sys.stderr, flush=True)
-    record = {**header, "students": {**kept_students(header), **rows}}
+    record = {**header, "students": {**kept, **rows}}
     tmp = OUT.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(OUT)
