@@ -15,12 +15,21 @@
 # after PATH_TIMEOUT_S (a SIGALRM, which a path blocked in compiled code does not always see: on 2026-12-06 an
 # fp8 path compiled past it) or else by `timeout`. Levers that do not fit are listed as "not started";
 # run them in a later call with LEVERS=... On the machine still warm the compile caches in .aria-cache/inductor
-# help, and keeping the JSON outside the call's $OUT reuses the earlier call's baseline and candidate too:
+# stay, and keeping the JSON outside the call's $OUT reuses the earlier call's baseline and candidate too:
 #   OUT=/tmp/levers LEVERS=... bash benchmarks/levers.sh; cp /tmp/levers/* "$OUT"/
-# On a fresh machine the reference paths take about 210 s (the candidate compiles for about 130 s) and each
-# compiled lever about as long as the candidate, so one 10-minute call holds two levers. Groups, one call each
-# (benchmarks/RESULTS.md): LEVERS=fp8_student,fp8_both | fp8_teacher,sdpa_cudnn,sdpa_flash |
-# channels_last,sdpa_efficient | reduce_overhead | max_autotune.
+# On a fresh machine the reference paths take about 210 s (the candidate compiles for 128-140 s). A compiled
+# lever gives new graphs: most compile about as long as the candidate, but fp8 took longer than 157 s (H100,
+# 2026-12-06) and 168 s (H200, 2026-12-07) and finished neither time. So the fp8 levers go first and one at a
+# time, until a carried cache holds their graphs. Groups, one call each (benchmarks/RESULTS.md):
+# LEVERS=fp8_both | fp8_student | fp8_teacher,sdpa_cudnn,sdpa_flash | channels_last,sdpa_efficient |
+# reduce_overhead | max_autotune.
+# The compiler's caches travel between calls (benchmarks/inductor_cache.sh): the script ends by packing
+# TORCHINDUCTOR_CACHE_DIR into $OUT/inductor-cache.tgz.00, .01, ... (parts of 15 MiB) and starts by unpacking
+# .levers-cache/inductor-cache.tgz.NN where a call carried them (.levers-cache/ is ignored by git):
+#   mkdir -p .levers-cache && cp FILES_AT/inductor-cache.tgz.* .levers-cache/   # then carry .levers-cache
+# The reference paths then compile in seconds, and a lever whose compilation a limit cut keeps the graphs it
+# finished. $OUT/cache.txt says what was unpacked and saved: a warm-up measured with a carried cache is not a
+# cold compilation's.
 set -uo pipefail
 OUT=${OUT:-/tmp/levers-out}
 mkdir -p "$OUT"
@@ -29,8 +38,11 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # picks already, and is then skipped at once), channels_last, CUDA graphs, and max-autotune last (minutes).
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
-PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-240}
+PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
 date -u
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.aria-cache/inductor}
+bash benchmarks/inductor_cache.sh restore "$TORCHINDUCTOR_CACHE_DIR" .levers-cache/inductor-cache.tgz \
+  | tee "$OUT/cache.txt"
 
 python3 -c "import aria.strategies" 2>/dev/null || \
   python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || \
@@ -106,4 +118,6 @@ grep -E "^device:|^== |^   [a-z]|^candidate\+" "$OUT/levers.log" | cut -c1-400
 echo
 [ -f "$OUT/levers.json" ] && python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); \
 from engine_throughput import table; print(table(json.load(open(sys.argv[1]))['results']))" "$OUT/levers.json"
+# the compiler's caches for the next call (a call brings back 8 files of 16 MiB at most)
+bash benchmarks/inductor_cache.sh save "$TORCHINDUCTOR_CACHE_DIR" "$OUT/inductor-cache.tgz" | tee -a "$OUT/cache.txt"
 ls -la "$OUT"

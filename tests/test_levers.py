@@ -309,3 +309,32 @@ def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(tmp_pat
     (tmp_path / "list.json").write_text("[1, 2]")
     other = run("--levers", "channels_last", "--reuse", str(tmp_path / "list.json"), "--out", str(tmp_path / "y.json"))
     assert other.returncode != 0 and "not a JSON written by this benchmark" in other.stderr.strip().splitlines()[-1]
+
+
+def test_inductor_cache_travels_in_parts_and_comes_back_whole(tmp_path):
+    """benchmarks/inductor_cache.sh: save packs a cache folder into numbered parts of PART_SIZE, restore unpacks
+    them (in order) into another folder, file for file; no parts is a cold start, not an error."""
+    script = REPO / "benchmarks" / "inductor_cache.sh"
+    cache = tmp_path / "cache"
+    rng = torch.Generator().manual_seed(0)
+    files = {"fxgraph/ab/entry": 3000, "triton/0/k1/kernel.cubin": 5000, "aotautograd/x": 10}
+    for name, size in files.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(bytes(torch.randint(0, 256, (size,), generator=rng, dtype=torch.uint8).tolist()))
+
+    def sh(*args, **env):
+        return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60)
+
+    (tmp_path / "out").mkdir()
+    saved = sh("save", cache, tmp_path / "out" / "c.tgz", PART_SIZE="2K")
+    parts = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert saved.returncode == 0 and "saved 3 files" in saved.stdout and len(parts) > 2
+    assert parts == [f"c.tgz.{i:02d}" for i in range(len(parts))]
+    restored = sh("restore", tmp_path / "again", tmp_path / "out" / "c.tgz")
+    assert restored.returncode == 0 and f"unpacked {len(parts)} part(s)" in restored.stdout
+    for name in files:
+        assert (tmp_path / "again" / name).read_bytes() == (cache / name).read_bytes()
+    cold = sh("restore", tmp_path / "empty", tmp_path / "none" / "c.tgz")
+    assert cold.returncode == 0 and "compiling cold" in cold.stdout
+    assert sh("pack", cache, tmp_path / "x").returncode == 2

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The compiler's on-disk caches (TORCHINDUCTOR_CACHE_DIR: inductor's FX graphs, AOTAutograd entries, Triton
+# kernels) packed for the next GPU call and unpacked from the last one, so that a path compiled in an earlier
+# call compiles in seconds. Inductor keys its entries by card, torch version and graph: a cache from another
+# card or torch is a miss and costs nothing.
+#   bash benchmarks/inductor_cache.sh save CACHE_DIR PREFIX      # PREFIX.00, PREFIX.01, ... (parts of PART_SIZE)
+#   bash benchmarks/inductor_cache.sh restore CACHE_DIR PREFIX   # unpacks PREFIX.* (in order) into CACHE_DIR
+# Parts are 15 MiB by default (PART_SIZE, split's units): a call brings back files of 16 MiB at most.
+# Each prints one line saying what it did; restore without parts is not an error (a cold compilation).
+set -uo pipefail
+action=${1:-}; dir=${2:-}; prefix=${3:-}
+if [ -z "$dir" ] || [ -z "$prefix" ] || { [ "$action" != save ] && [ "$action" != restore ]; }; then
+  echo "usage: inductor_cache.sh save|restore CACHE_DIR PREFIX" >&2; exit 2
+fi
+count() { find "$dir" -type f | wc -l; }
+if [ "$action" = restore ]; then
+  mkdir -p "$dir"
+  shopt -s nullglob
+  parts=("$prefix".[0-9][0-9])  # split's two-digit suffixes: the glob's order is the parts' order
+  shopt -u nullglob
+  if [ "${#parts[@]}" -eq 0 ]; then
+    echo "inductor cache: none at $prefix.NN; compiling cold"; exit 0
+  fi
+  if cat "${parts[@]}" | tar -xzf - -C "$dir"; then
+    echo "inductor cache: unpacked ${#parts[@]} part(s) of $prefix; $dir holds $(count) files"
+  else
+    echo "inductor cache: $prefix.NN did not unpack; compiling cold"
+  fi
+  exit 0
+fi
+[ -d "$dir" ] || { echo "inductor cache: $dir does not exist; nothing saved"; exit 0; }
+rm -f "$prefix".[0-9][0-9]
+packed=$(mktemp)
+if ! tar -czf "$packed" -C "$dir" .; then
+  rm -f "$packed"; echo "inductor cache: packing $dir failed; nothing saved"; exit 1
+fi
+if ! split -b "${PART_SIZE:-15M}" -d -a 2 "$packed" "$prefix."; then
+  rm -f "$packed" "$prefix".[0-9][0-9]; echo "inductor cache: splitting failed; nothing saved"; exit 1
+fi
+echo "inductor cache: saved $(count) files, $(( $(stat -c %s "$packed") / 1048576 )) MiB packed, in" \
+  "$(ls -1 "$prefix".[0-9][0-9] | wc -l) part(s) of $prefix"
+rm -f "$packed"
