@@ -37,6 +37,6 @@ fi
 if ! split -b "${PART_SIZE:-15M}" -d -a 2 "$packed" "$prefix."; then
   rm -f "$packed" "$prefix".[0-9][0-9]; echo "inductor cache: splitting failed; nothing saved"; exit 1
 fi
-echo "inductor cache: saved $(count) files, $(( $(stat -c %s "$packed") / 1048576 )) MiB packed, in" \
+echo "inductor cache: saved $(count) files, $(du -h "$packed" | cut -f1) packed, in" \
   "$(ls -1 "$prefix".[0-9][0-9] | wc -l) part(s) of $prefix"
 rm -f "$packed"
