@@ -4,9 +4,10 @@
 # call compiles in seconds. Inductor keys its entries by card, torch version and graph: a cache from another
 # card or torch is a miss and costs nothing.
 #   bash benchmarks/inductor_cache.sh save CACHE_DIR PREFIX      # PREFIX.00, PREFIX.01, ... (parts of PART_SIZE)
-#   bash benchmarks/inductor_cache.sh restore CACHE_DIR PREFIX   # unpacks PREFIX.* (in order) into CACHE_DIR
+#   bash benchmarks/inductor_cache.sh restore CACHE_DIR PREFIX   # unpacks PREFIX.NN (in order) into CACHE_DIR
 # Parts are 15 MiB by default (PART_SIZE, split's units): a call brings back files of 16 MiB at most.
-# Each prints one line saying what it did; restore without parts is not an error (a cold compilation).
+# Each prints one line saying what it did; restore without parts is not an error (a cold compilation), and
+# parts that do not unpack whole (one left behind) change nothing in CACHE_DIR.
 set -uo pipefail
 action=${1:-}; dir=${2:-}; prefix=${3:-}
 if [ -z "$dir" ] || [ -z "$prefix" ] || { [ "$action" != save ] && [ "$action" != restore ]; }; then
@@ -21,11 +22,13 @@ if [ "$action" = restore ]; then
   if [ "${#parts[@]}" -eq 0 ]; then
     echo "inductor cache: none at $prefix.NN; compiling cold"; exit 0
   fi
-  if cat "${parts[@]}" | tar -xzf - -C "$dir"; then
+  unpacked=$(mktemp -d)  # all or nothing: a truncated entry in the cache could break a compilation
+  if cat "${parts[@]}" | tar -xzf - -C "$unpacked" && cp -a "$unpacked"/. "$dir"/; then
     echo "inductor cache: unpacked ${#parts[@]} part(s) of $prefix; $dir holds $(count) files"
   else
-    echo "inductor cache: $prefix.NN did not unpack; compiling cold"
+    echo "inductor cache: the ${#parts[@]} part(s) of $prefix did not unpack whole; compiling cold"
   fi
+  rm -rf "$unpacked"
   exit 0
 fi
 [ -d "$dir" ] || { echo "inductor cache: $dir does not exist; nothing saved"; exit 0; }

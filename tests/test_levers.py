@@ -313,7 +313,8 @@ def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(tmp_pat
 
 def test_inductor_cache_travels_in_parts_and_comes_back_whole(tmp_path):
     """benchmarks/inductor_cache.sh: save packs a cache folder into numbered parts of PART_SIZE, restore unpacks
-    them (in order) into another folder, file for file; no parts is a cold start, not an error."""
+    them (in order) into another folder, file for file; a missing part unpacks nothing; no parts is a cold
+    start, not an error."""
     script = REPO / "benchmarks" / "inductor_cache.sh"
     cache = tmp_path / "cache"
     rng = torch.Generator().manual_seed(0)
@@ -335,6 +336,10 @@ def test_inductor_cache_travels_in_parts_and_comes_back_whole(tmp_path):
     assert restored.returncode == 0 and f"unpacked {len(parts)} part(s)" in restored.stdout
     for name in files:
         assert (tmp_path / "again" / name).read_bytes() == (cache / name).read_bytes()
+    (tmp_path / "out" / parts[-1]).unlink()  # a part left behind: nothing unpacked
+    partial = sh("restore", tmp_path / "partial", tmp_path / "out" / "c.tgz")
+    assert partial.returncode == 0 and "did not unpack whole" in partial.stdout
+    assert not any(p.is_file() for p in (tmp_path / "partial").rglob("*"))
     cold = sh("restore", tmp_path / "empty", tmp_path / "none" / "c.tgz")
     assert cold.returncode == 0 and "compiling cold" in cold.stdout
     assert sh("pack", cache, tmp_path / "x").returncode == 2
