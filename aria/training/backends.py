@@ -203,6 +203,22 @@ def fp8_inference(teacher: torch.nn.Module) -> dict:
     return counts
 
 
+def fp8_lines(levers: dict) -> list[str]:
+    """What ``prepare_models`` made fp8, one line per model, for the run's setup log."""
+    lines = []
+    for model, how in (("student", "training"), ("teacher", "inference")):
+        counts = levers.get(f"fp8_{model}")
+        if counts is None:
+            continue
+        line = f"fp8 {how}: {counts['converted']} of the {model}'s {counts['linears']} nn.Linear layers"
+        skipped = counts["skipped"]
+        if skipped:
+            shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+            line += f" (kept in bf16, sizes not multiples of 16: {shown})"
+        lines.append(line)
+    return lines
+
+
 _SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 
 

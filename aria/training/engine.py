@@ -167,6 +167,7 @@ class DistillationRun:
         channels_last, SDPA kernel), compile, the backend's wrap, EMA, the distiller; returns the student's
         transfer report."""
         from aria.models import build_student, feature_pairs
+        from aria.training.backends import fp8_lines
         from aria.training.distill import Distiller, WeightEMA
         from diffusers import DDPMScheduler
 
@@ -176,7 +177,9 @@ class DistillationRun:
         student, report = build_student(self.teacher.unet, c.student)
         self.pairs = feature_pairs(self.teacher.unet, student)
         self.scheduler = DDPMScheduler.from_config(self.teacher.scheduler_config)
-        b.prepare_models(self.teacher.unet, student)  # after the student copied the teacher, before compiling
+        levers = b.prepare_models(self.teacher.unet, student)  # after the student copied the teacher, before compiling
+        for line in fp8_lines(levers):
+            self._stage(line)
         if c.backend.compile:  # compiled at the first step (the summary's "first step" row); the compiler's
             # caches go beside the data cache, so that a resumed or repeated run reuses them
             if _inductor_cache_unset():
