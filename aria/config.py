@@ -201,6 +201,11 @@ class BackendConfig(Section):
         "(convert_to_float8_training, tensorwise scaling), teacher = fp8 inference (dynamic fp8 activations and "
         "weights, per-tensor scales); the teacher is fp8 wherever the run uses it (steps, probes, the final "
         "measurement). Changes the numerics: opt-in")
+    fp8_emulate: bool = Field(
+        False, description="backend.fp8's numerics without fp8 tensor cores, on any device (torchao's emulated fp8: "
+        "the same per-tensor dynamic scales and fp8 rounding, matmuls in the run's precision; the teacher's "
+        "forward is its fp8 training forward, numerically its fp8 inference). Slower than without fp8: for "
+        "measuring fp8's price in discrepancy on a CPU or an older GPU, and for testing fp8 runs there")
     channels_last: bool = Field(False, description="teacher and student in channels_last memory format (meant "
                                 "with compile; torch backend only)")
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
@@ -219,9 +224,11 @@ class BackendConfig(Section):
         if self.channels_last and self.kind == "deepspeed":
             raise ValueError("backend.channels_last needs backend.kind 'torch' (DeepSpeed's initialize cannot "
                              "broadcast channels_last parameters)")
-        if self.fp8 != "none" and self.device == "cpu":
+        if self.fp8_emulate and self.fp8 == "none":
+            raise ValueError("backend.fp8_emulate emulates backend.fp8: set backend.fp8 to student, teacher or both")
+        if self.fp8 != "none" and self.device == "cpu" and not self.fp8_emulate:
             raise ValueError(f"backend.fp8 {self.fp8!r} needs a CUDA GPU of compute capability >= 8.9 "
-                             f"(backend.device is cpu)")
+                             f"(backend.device is cpu; backend.fp8_emulate: true emulates it)")
         return self
 
 

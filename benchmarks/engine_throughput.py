@@ -892,7 +892,10 @@ class Budget:
 
 @contextlib.contextmanager
 def time_limit(limit: tuple[float, str] | None):
-    """Raise ``PathTimeout`` in the main thread after ``limit`` seconds (SIGALRM; none where unavailable)."""
+    """Raise ``PathTimeout`` in the main thread after ``limit`` seconds (SIGALRM; none where unavailable).
+    Two seconds before, every thread's stack goes to stderr (faulthandler): a compilation that does not see the
+    signal, or that ``timeout`` ends, still says where it was (tracing, lowering or waiting for Triton)."""
+    import faulthandler
     import signal
     import threading
 
@@ -906,9 +909,11 @@ def time_limit(limit: tuple[float, str] | None):
 
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(max(1.0, seconds - 2))
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -47,6 +47,7 @@ def aria_main(args, capsys):
     (["backend.channels_last=1"], "expected true or false"),
     (["backend.channels_last=true", "backend.kind=deepspeed"], "backend.channels_last needs backend.kind 'torch'"),
     (["backend.fp8=student", "backend.device=cpu"], "needs a CUDA GPU of compute capability >= 8.9"),
+    (["backend.fp8_emulate=true"], "emulates backend.fp8: set backend.fp8 to student, teacher or both"),
 ])
 def test_bad_lever_values_are_one_line(tmp_path, capsys, sets, needle):
     args = ["run", "--config", str(TINY), "--dry-run", "--set", f"output_dir={tmp_path / 'out'}"]
@@ -218,7 +219,7 @@ def test_channels_last_and_math_attention_train_the_losses_of_the_default(tmp_pa
     levers, facts = _losses(tmp_path / "levers", seen, channels_last="true", sdpa_backend="math")
     assert not plain_facts["student_channels_last"] and not plain_facts["teacher_channels_last"]
     assert facts["student_channels_last"] and facts["teacher_channels_last"]
-    assert facts["levers"] == {"channels_last": True, "sdpa_backend": "math", "fp8": "none"}
+    assert facts["levers"] == {"channels_last": True, "sdpa_backend": "math", "fp8": "none", "fp8_emulate": False}
     assert all(plain_seen) and len(seen) == len(plain_seen) > 0
     assert not any(seen)  # every attention call of both models in the steps ran with the fused kernels off
     assert len(plain) == len(levers) == 3
@@ -378,6 +379,43 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
     steps = [r for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
     student = UNet2DConditionModel.from_pretrained(result["student"])  # the export loads as a plain UNet
+    sample = torch.randn(1, student.config.in_channels, 16, 16)
+    context = torch.randn(1, 4, student.config.cross_attention_dim)
+    assert torch.isfinite(student(sample, 10, context).sample).all()
+
+
+def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_the_numerics(tmp_path, capsys):
+    """backend.fp8_emulate on the CPU: the fp8 paths of a run (conversion, steps, checkpoint, resume, export) with
+    torchao's emulated fp8. Two steps and a resume give the records of four steps in one go; the exported
+    student loads as a plain UNet; the losses differ from the run without fp8 by fp8's rounding, not more."""
+    pytest.importorskip("torchao.float8")
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+
+    from aria.training.engine import run_distillation
+
+    fp8 = {"device": "cpu", "fp8": "both", "fp8_emulate": "true"}
+    keys = ("step", "loss", "probabilities", "estimates")
+
+    def records(folder, backend, plan):
+        for steps, resume in plan:
+            config = tiny_config(folder, backend=backend, distillation={"steps": steps},
+                                 logging={"every": 1, "progress": "true"})
+            result = run_distillation(config, resume=resume, bundle=make_bundle(), teacher=make_teacher())
+        rows = [{k: r.get(k) for k in keys} for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r]
+        return rows, result
+
+    resumed, result = records(tmp_path / "resumed", fp8, ((2, False), (4, True)))
+    out = capsys.readouterr().out
+    assert "fp8 training (emulated): " in out and "fp8 inference (emulated): " in out
+    straight, _ = records(tmp_path / "straight", fp8, ((4, False),))
+    assert resumed == straight and [r["step"] for r in resumed] == [1, 2, 3, 4]
+    plain, _ = records(tmp_path / "plain", {"device": "cpu"}, ((4, False),))
+    fp8_loss, bf_loss = np.array([r["loss"] for r in resumed]), np.array([r["loss"] for r in plain])
+    assert np.all(np.isfinite(fp8_loss)) and not np.array_equal(fp8_loss, bf_loss)  # fp8 was applied
+    assert np.allclose(fp8_loss, bf_loss, rtol=0.1)  # e4m3 keeps 3 mantissa bits: a few % per matmul
+    student = UNet2DConditionModel.from_pretrained(result["student"])
+    assert not any("Float8" in type(m).__name__ for m in student.modules())
     sample = torch.randn(1, student.config.in_channels, 16, 16)
     context = torch.randn(1, 4, student.config.cross_attention_dim)
     assert torch.isfinite(student(sample, 10, context).sample).all()

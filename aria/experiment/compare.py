@@ -98,6 +98,7 @@ ADDED_LATER = {
     ("distillation", "lr_schedule"): "constant",
     ("distillation", "lr_final"): 0.0,
     ("backend", "fp8"): "none",
+    ("backend", "fp8_emulate"): False,
     ("backend", "channels_last"): False,
     ("backend", "compile_mode"): "default",
     ("backend", "sdpa_backend"): "auto",

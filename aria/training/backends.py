@@ -145,16 +145,18 @@ def set_deterministic(enabled: bool) -> None:
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer
 
 
-def check_fp8(mode: str, device: torch.device) -> None:
-    """``backend.fp8`` can run here: a CUDA device of compute capability >= 8.9 and torchao's fp8 APIs
-    importable. A UserError (one line) otherwise; nothing is changed."""
+def check_fp8(mode: str, device: torch.device, emulate: bool = False) -> None:
+    """``backend.fp8`` can run here: a CUDA device of compute capability >= 8.9 (any device with ``emulate``)
+    and torchao's fp8 APIs importable. A UserError (one line) otherwise; nothing is changed."""
     if mode == "none":
         return
-    if device.type != "cuda":
+    if emulate:
+        mode = "student"  # the emulated teacher uses the training API too (fp8_inference)
+    elif device.type != "cuda":
         raise UserError(f"backend.fp8 {mode!r} needs a CUDA GPU of compute capability >= 8.9 (the run's device "
                         f"is {device.type}); set backend.fp8: none")
-    capability = tuple(torch.cuda.get_device_capability(device))
-    if capability < FP8_MIN_CAPABILITY:
+    capability = None if emulate else tuple(torch.cuda.get_device_capability(device))
+    if capability is not None and capability < FP8_MIN_CAPABILITY:
         raise UserError(f"backend.fp8 {mode!r} needs compute capability >= 8.9 (fp8 tensor cores: Ada, Hopper or "
                         f"newer); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
     try:
@@ -179,23 +181,30 @@ def _linear_counts(model: torch.nn.Module) -> dict:
     return {"linears": len(linears), "converted": len(linears) - len(skipped), "skipped": skipped}
 
 
-def fp8_training(student: torch.nn.Module) -> dict:
+def fp8_training(student: torch.nn.Module, emulate: bool = False) -> dict:
     """The student's nn.Linear layers (dimensions multiples of 16) become torchao ``Float8Linear``s with
     tensorwise dynamic scaling: fp8 matmuls forward and backward, weights and optimizer state unchanged
-    (same parameters, same state_dict keys). Returns the counts (converted, skipped by name)."""
+    (same parameters, same state_dict keys). ``emulate``: the same casts and scales, matmuls in the input's
+    precision (no fp8 tensor cores needed). Returns the counts (converted, skipped by name)."""
+    import dataclasses
+
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     counts = _linear_counts(student)
-    convert_to_float8_training(student, module_filter_fn=fp8_compatible,
-                               config=Float8LinearConfig.from_recipe_name("tensorwise"))
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name("tensorwise"), emulate=emulate)
+    convert_to_float8_training(student, module_filter_fn=fp8_compatible, config=config)
     return counts
 
 
-def fp8_inference(teacher: torch.nn.Module) -> dict:
+def fp8_inference(teacher: torch.nn.Module, emulate: bool = False) -> dict:
     """The teacher's nn.Linear weights (dimensions multiples of 16) become fp8 with a per-tensor scale, and
     their activations are quantised to fp8 dynamically at every call (torchao
     ``Float8DynamicActivationFloat8WeightConfig``). torchao's recommended inductor settings are not applied
-    (``set_inductor_config=False``: they would change how everything else compiles too)."""
+    (``set_inductor_config=False``: they would change how everything else compiles too). ``emulate``: the
+    teacher's Linear layers become emulated ``Float8Linear``s (``fp8_training``), whose forward rounds the
+    activation and the weight to fp8 with the same per-tensor dynamic scales."""
+    if emulate:
+        return fp8_training(teacher, emulate=True)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
 
     counts = _linear_counts(teacher)
@@ -210,7 +219,8 @@ def fp8_lines(levers: dict) -> list[str]:
         counts = levers.get(f"fp8_{model}")
         if counts is None:
             continue
-        line = f"fp8 {how}: {counts['converted']} of the {model}'s {counts['linears']} nn.Linear layers"
+        emulated = " (emulated)" if levers.get("fp8_emulate") else ""
+        line = f"fp8 {how}{emulated}: {counts['converted']} of the {model}'s {counts['linears']} nn.Linear layers"
         skipped = counts["skipped"]
         if skipped:
             shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
@@ -275,7 +285,7 @@ class _Base:
             )
         set_deterministic(backend_config.deterministic)
         use_cpu_threads(backend_config.cpu_threads)
-        check_fp8(backend_config.fp8, self.device)  # before any heavy work
+        check_fp8(backend_config.fp8, self.device, backend_config.fp8_emulate)  # before any heavy work
         if backend_config.sdpa_backend not in ("auto", "math"):
             import inspect
 
@@ -299,11 +309,12 @@ class _Base:
         if c.channels_last:
             teacher.to(memory_format=torch.channels_last)
             student.to(memory_format=torch.channels_last)
-        levers: dict = {"channels_last": bool(c.channels_last), "sdpa_backend": c.sdpa_backend, "fp8": c.fp8}
+        levers: dict = {"channels_last": bool(c.channels_last), "sdpa_backend": c.sdpa_backend, "fp8": c.fp8,
+                        "fp8_emulate": c.fp8_emulate}
         if c.fp8 in ("student", "both"):
-            levers["fp8_student"] = fp8_training(student)
+            levers["fp8_student"] = fp8_training(student, c.fp8_emulate)
         if c.fp8 in ("teacher", "both"):
-            levers["fp8_teacher"] = fp8_inference(teacher)
+            levers["fp8_teacher"] = fp8_inference(teacher, c.fp8_emulate)
         for model in (teacher, student):
             use_sdpa_backend(model, c.sdpa_backend)
         self.levers = levers
