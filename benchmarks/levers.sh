@@ -17,19 +17,21 @@
 # run them in a later call with LEVERS=... On the machine still warm the compile caches in .aria-cache/inductor
 # stay, and keeping the JSON outside the call's $OUT reuses the earlier call's baseline and candidate too:
 #   OUT=/tmp/levers LEVERS=... bash benchmarks/levers.sh; cp /tmp/levers/* "$OUT"/
-# On a fresh machine the reference paths take about 210 s (the candidate compiles for 128-140 s). A compiled
-# lever gives new graphs: most compile about as long as the candidate, but fp8 took longer than 157 s (H100,
-# 2026-12-06) and 168 s (H200, 2026-12-07) and finished neither time. So the fp8 levers go first and one at a
-# time, until a carried cache holds their graphs. Groups, one call each (benchmarks/RESULTS.md):
+# On a fresh machine the reference paths take about 210 s (the candidate compiles for 128-166 s). A compiled
+# lever gives new graphs: fp8_both compiled in 228 s (H100, 2026-12-07, after two cut attempts of 157 s and
+# 168 s), channels_last in 154 s; a lever whose graphs are all in the cache (fp8_student after fp8_both: the
+# fp8 student and the bf16 teacher) in 53 s. Groups, one call each on a fresh machine (benchmarks/RESULTS.md):
 # LEVERS=fp8_both | fp8_student | fp8_teacher,sdpa_cudnn,sdpa_flash | channels_last,sdpa_efficient |
-# reduce_overhead | max_autotune.
-# The compiler's caches travel between calls (benchmarks/inductor_cache.sh): the script ends by packing
+# reduce_overhead | max_autotune. CANDIDATE_ONLY=1 leaves the baseline paths out (about 70 s).
+# The compiler's caches: on the machine still warm they stay in .aria-cache/inductor (the candidate's warm-up
+# fell from 166 s to 19 s in the next call). Between fresh machines they travel only when small
+# (benchmarks/inductor_cache.sh: packed above MAX_MB, 40 MiB, they are not saved): the script ends by packing
 # TORCHINDUCTOR_CACHE_DIR into $OUT/inductor-cache.tgz.00, .01, ... (parts of 15 MiB) and starts by unpacking
 # .levers-cache/inductor-cache.tgz.NN where a call carried them (.levers-cache/ is ignored by git):
 #   mkdir -p .levers-cache && cp FILES_AT/inductor-cache.tgz.* .levers-cache/   # then carry .levers-cache
-# The reference paths then compile in seconds, and a lever whose compilation a limit cut keeps the graphs it
-# finished. $OUT/cache.txt says what was unpacked and saved: a warm-up measured with a carried cache is not a
-# cold compilation's.
+# The lever benchmark's cache packed to 94 MiB after two paths and 141 MiB after five (2026-12-07): too large.
+# $OUT/cache.txt says what was unpacked and saved: a warm-up measured with a carried cache is not a cold
+# compilation's.
 set -uo pipefail
 OUT=${OUT:-/tmp/levers-out}
 mkdir -p "$OUT"
@@ -39,6 +41,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
+# CANDIDATE_ONLY=1: no baseline paths (about 70 s saved for a lever's compilation; FLOPs and % of peak are then
+# not counted: take them from a JSON of the same settings)
+references=--bf16-reference
+[ "${CANDIDATE_ONLY:-0}" = 1 ] && references=--candidate-only
 date -u
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.aria-cache/inductor}
 bash benchmarks/inductor_cache.sh restore "$TORCHINDUCTOR_CACHE_DIR" .levers-cache/inductor-cache.tgz \
@@ -108,7 +114,7 @@ for lever in ${LEVERS//,/ }; do
   fi
   # the benchmark's own budget ends 20 s before `timeout` (its clock starts after its imports)
   timeout -k 15 "$limit" python3 benchmarks/engine_throughput.py --device cuda --batch 64 --students small \
-      --steps 6 --warmup 3 --bf16-reference --pool 10000000 --regions 4096 --levers "$lever" \
+      --steps 6 --warmup 3 $references --pool 10000000 --regions 4096 --levers "$lever" \
       --time-budget "$((limit - 20))" --min-path-s 45 --path-timeout "$PATH_TIMEOUT_S" "${reuse[@]}" \
       --out "$OUT/levers.json" >> "$OUT/levers.log" 2>&1
   echo "candidate+$lever: engine_throughput rc $? at $(date -u +%T)" | tee -a "$OUT/levers.log"

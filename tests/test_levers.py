@@ -344,6 +344,9 @@ def test_inductor_cache_travels_in_parts_and_comes_back_whole(tmp_path):
     cold = sh("restore", tmp_path / "empty", tmp_path / "none" / "c.tgz")
     assert cold.returncode == 0 and "compiling cold" in cold.stdout
     assert sh("pack", cache, tmp_path / "x").returncode == 2
+    (tmp_path / "big").mkdir()  # above MAX_MB: nothing in the call's output, one line saying why
+    big = sh("save", cache, tmp_path / "big" / "c.tgz", MAX_MB="0")
+    assert big.returncode == 0 and "above MAX_MB=0" in big.stdout and not any((tmp_path / "big").iterdir())
 
 
 def test_fp8_lines_say_what_was_converted_and_what_was_kept():

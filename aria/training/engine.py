@@ -148,9 +148,9 @@ class DistillationRun:
         from aria.models import load_teacher
 
         c, b = self.config, self.backend
+        dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
         if self.teacher is None:
             self._stage(f"teacher: loading {c.teacher.path or 'the shipped world teacher'}")
-            dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
             self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
         if self.bundle is None:  # rank 0 fills the caches first, the others then read them
             from aria.data.bundle import prepare_data
@@ -159,7 +159,10 @@ class DistillationRun:
                         f"embeddings and {c.regions.k if c.regions.method == 'kmeans' else 'metadata'} regions "
                         f"(built once, then read from {c.data.cache_dir})")
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
-        self.teacher.unet.to(b.device).eval().requires_grad_(False)
+        # a teacher handed in gets the dtype a loaded one has (fp8 inference, for one, needs its bf16 biases)
+        self.teacher.unet.to(b.device, dtype).eval().requires_grad_(False)
+        if self.teacher.vae is not None:
+            self.teacher.vae.to(b.device, dtype)
         self._check_inputs()
 
     def _setup_models(self):
