@@ -46,3 +46,23 @@ def test_dry_run_prints_resolved_config(tmp_path):
 def test_unknown_option_exit_2():
     out = aria("run", "--no-such-flag")
     assert out.returncode == 2 and "no-such-flag" in out.stderr
+
+
+def test_diffusers_notices_that_say_nothing_about_a_run_are_dropped_and_only_they(caplog):
+    """The CLI drops diffusers' accelerate notice and its torchao-import notice (where torchao is installed for
+    backend.fp8) by logger and message start: they would print on every model load or import and break the
+    one-line errors. Other messages of the same loggers still pass."""
+    import logging
+
+    from aria.cli.main import _IRRELEVANT_NOTICES, quiet_diffusers_notices
+
+    quiet_diffusers_notices()
+    quiet_diffusers_notices()  # once per logger however often it is called
+    for name, start in _IRRELEVANT_NOTICES.items():
+        logger = logging.getLogger(name)
+        assert sum(type(f).__name__ == "_DropNotice" for f in logger.filters) == 1
+        with caplog.at_level(logging.WARNING, logger=name):
+            caplog.clear()
+            logger.warning(start + " and the rest of the notice")
+            logger.warning("a checkpoint is missing keys")
+        assert [r.getMessage() for r in caplog.records] == ["a checkpoint is missing keys"]

@@ -388,7 +388,9 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
 
 
 def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_the_numerics(tmp_path, capsys):
-    """backend.fp8_emulate on the CPU: the fp8 paths of a run (conversion, steps, checkpoint, resume, export) with
+    """backend.fp8_emulate on the CPU, where torchao imports (pip install -e ".[fp8]": the dev VM, the GPU
+    machine; the test extra leaves it out, since importing diffusers then imports torchao, whose build for another
+    torch logs at every start): the fp8 paths of a run (conversion, steps, checkpoint, resume, export) with
     torchao's emulated fp8. Two steps and a resume give the records of four steps in one go; the exported
     student loads as a plain UNet; the losses differ from the run without fp8 by fp8's rounding, not more."""
     pytest.importorskip("torchao.float8")

@@ -165,29 +165,43 @@ def exit_for_user_error(err: UserError) -> NoReturn:
     sys.exit(2)
 
 
-class _DropAccelerateNotice(logging.Filter):
-    """Drops diffusers' notice that ``accelerate`` is missing, and only it. accelerate is optional:
-    without it diffusers loads models with ``low_cpu_mem_usage=False`` by itself and the weights are
-    the same, but it logs five lines about it on every model load (eval, sample, teacher), which
-    drown the command's output and break its one-line errors. Every other diffusers message stays."""
+# diffusers notices that say nothing about an aria run, dropped by logger and the start of the message; every
+# other diffusers message stays. Each would print on every model load (or import) and break the one-line errors.
+_IRRELEVANT_NOTICES = {
+    # accelerate is optional: without it diffusers loads models with low_cpu_mem_usage=False by itself, with the
+    # same weights (five lines on every load: eval, sample, teacher)
+    "diffusers.models.modeling_utils": "Cannot initialize model with low cpu memory usage because `accelerate`",
+    "diffusers.pipelines.pipeline_utils": "Cannot initialize model with low cpu memory usage because `accelerate`",
+    # where torchao is installed (backend.fp8) diffusers imports it at once and misses Tensor classes that
+    # torchao 0.18 moved; aria loads no torchao-serialised checkpoint
+    "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects",
+}
+
+
+class _DropNotice(logging.Filter):
+    """Drops the records whose message starts with ``start``, and only them."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Cannot initialize model with low cpu memory usage because `accelerate`")
+        return not str(record.msg).startswith(self.start)
 
 
-def quiet_accelerate_notice() -> None:
-    """Install ``_DropAccelerateNotice`` on the diffusers loggers that emit it (by name: diffusers,
+def quiet_diffusers_notices() -> None:
+    """Install a ``_DropNotice`` on each diffusers logger of ``_IRRELEVANT_NOTICES`` (by name: diffusers,
     imported later, picks up these same logger objects)."""
-    for name in ("diffusers.models.modeling_utils", "diffusers.pipelines.pipeline_utils"):
+    for name, start in _IRRELEVANT_NOTICES.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAccelerateNotice) for f in logger.filters):
-            logger.addFilter(_DropAccelerateNotice())
+        if not any(isinstance(f, _DropNotice) for f in logger.filters):
+            logger.addFilter(_DropNotice(start))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit status 2 for user mistakes, unless --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet_accelerate_notice()
+    quiet_diffusers_notices()
     debug = "--debug" in argv or os.environ.get("ARIA_DEBUG") == "1"
     try:
         result = cli.main(args=argv, prog_name="aria", standalone_mode=False)
