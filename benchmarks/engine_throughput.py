@@ -83,7 +83,7 @@ REPO = Path(__file__).resolve().parents[1]
 SD_UNET = REPO / "configs" / "unets" / "sd-v1-4-unet.json"
 TINY_UNET = REPO / "configs" / "unets" / "tiny-sd.json"
 PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
-LEVERS = ("compile", "fused_adamw", "teacher_bf16", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
+LEVERS = ("compile", "fused_adamw", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
           "torch_backend", "host_sync", "late_feedback",
           # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend; issue #20)
           "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "reduce_overhead",
@@ -695,7 +695,6 @@ def _sdpa_already(choice: str, facts: dict) -> bool:
 def lever_is_noop(lever: str, facts: dict) -> str | None:
     """Why a lever would change nothing in the candidate (None: it changes something)."""
     checks = {"compile": facts.get("compiled"), "fused_adamw": facts.get("fused_adamw"),
-              "teacher_bf16": facts.get("teacher_dtype") == str(torch.bfloat16),
               "channels_last": facts.get("channels_last") and facts.get("teacher_channels_last"),
               "zero0": facts.get("zero_stage") == 0,
               "channels_last_teacher": facts.get("teacher_channels_last"),
@@ -730,8 +729,6 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         backend["kind"] = "torch"
     if "zero0" in levers:
         backend["zero_stage"] = 0
-    if "teacher_bf16" in levers:
-        teacher_dtype = torch.bfloat16
     if "fused_adamw" in levers:
         patches.append(fused_adamw)
     if "flash_sdpa" in levers:
