@@ -159,10 +159,12 @@ class DistillationRun:
                         f"embeddings and {c.regions.k if c.regions.method == 'kmeans' else 'metadata'} regions "
                         f"(built once, then read from {c.data.cache_dir})")
             self.bundle = prepare_data(c, device=str(b.device) if c.encoder.device == "auto" else c.encoder.device)
-        # a teacher handed in gets the dtype a loaded one has (fp8 inference, for one, needs its bf16 biases)
-        self.teacher.unet.to(b.device, dtype).eval().requires_grad_(False)
-        if self.teacher.vae is not None:
-            self.teacher.vae.to(b.device, dtype)
+        # a teacher handed in gets the dtype a loaded one has (fp8 inference, for one, needs its bf16 biases); only
+        # where it differs: diffusers' to(dtype) logs a notice at every call
+        for model in (self.teacher.unet, self.teacher.vae):
+            if model is not None and model.dtype != dtype:
+                model.to(dtype=dtype)
+        self.teacher.unet.to(b.device).eval().requires_grad_(False)
         self._check_inputs()
 
     def _setup_models(self):
