@@ -360,6 +360,17 @@ def test_fp8_lines_say_what_was_converted_and_what_was_kept():
                      "16: a, b, c and 2 more)"]
 
 
+def assert_plain_unet(folder):
+    """The exported student of an fp8 run loads as a plain diffusers UNet (no fp8 module left) and runs."""
+    from diffusers import UNet2DConditionModel
+
+    student = UNet2DConditionModel.from_pretrained(folder)
+    assert not any("Float8" in type(m).__name__ for m in student.modules())
+    sample = torch.randn(1, student.config.in_channels, 16, 16)
+    context = torch.randn(1, 4, student.config.cross_attention_dim)
+    assert torch.isfinite(student(sample, 10, context).sample).all()
+
+
 @pytest.mark.gpu
 def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys):
     """On a GPU with fp8 tensor cores and torchao (the GPU machine): backend.fp8=both says what it converted,
@@ -368,7 +379,6 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("backend.fp8 needs compute capability >= 8.9")
     import numpy as np
-    from diffusers import UNet2DConditionModel
 
     from aria.training.engine import run_distillation
 
@@ -381,10 +391,7 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
     assert "fp8 training: " in out and "fp8 inference: " in out
     steps = [r for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
-    student = UNet2DConditionModel.from_pretrained(result["student"])  # the export loads as a plain UNet
-    sample = torch.randn(1, student.config.in_channels, 16, 16)
-    context = torch.randn(1, 4, student.config.cross_attention_dim)
-    assert torch.isfinite(student(sample, 10, context).sample).all()
+    assert_plain_unet(result["student"])
 
 
 def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_the_numerics(tmp_path, capsys):
@@ -395,7 +402,6 @@ def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_th
     student loads as a plain UNet; the losses differ from the run without fp8 by fp8's rounding, not more."""
     pytest.importorskip("torchao.float8")
     import numpy as np
-    from diffusers import UNet2DConditionModel
 
     from aria.training.engine import run_distillation
 
@@ -419,8 +425,4 @@ def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_th
     fp8_loss, bf_loss = np.array([r["loss"] for r in resumed]), np.array([r["loss"] for r in plain])
     assert np.all(np.isfinite(fp8_loss)) and not np.array_equal(fp8_loss, bf_loss)  # fp8 was applied
     assert np.allclose(fp8_loss, bf_loss, rtol=0.1)  # e4m3 keeps 3 mantissa bits: a few % per matmul
-    student = UNet2DConditionModel.from_pretrained(result["student"])
-    assert not any("Float8" in type(m).__name__ for m in student.modules())
-    sample = torch.randn(1, student.config.in_channels, 16, 16)
-    context = torch.randn(1, 4, student.config.cross_attention_dim)
-    assert torch.isfinite(student(sample, 10, context).sample).all()
+    assert_plain_unet(result["student"])

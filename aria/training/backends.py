@@ -150,19 +150,18 @@ def check_fp8(mode: str, device: torch.device, emulate: bool = False) -> None:
     and torchao's fp8 APIs importable. A UserError (one line) otherwise; nothing is changed."""
     if mode == "none":
         return
-    if emulate:
-        mode = "student"  # the emulated teacher uses the training API too (fp8_inference)
-    elif device.type != "cuda":
-        raise UserError(f"backend.fp8 {mode!r} needs a CUDA GPU of compute capability >= 8.9 (the run's device "
-                        f"is {device.type}); set backend.fp8: none")
-    capability = None if emulate else tuple(torch.cuda.get_device_capability(device))
-    if capability is not None and capability < FP8_MIN_CAPABILITY:
-        raise UserError(f"backend.fp8 {mode!r} needs compute capability >= 8.9 (fp8 tensor cores: Ada, Hopper or "
-                        f"newer); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
-    try:
-        if mode in ("student", "both"):
+    if not emulate:
+        if device.type != "cuda":
+            raise UserError(f"backend.fp8 {mode!r} needs a CUDA GPU of compute capability >= 8.9 (the run's device "
+                            f"is {device.type}); set backend.fp8: none")
+        capability = tuple(torch.cuda.get_device_capability(device))
+        if capability < FP8_MIN_CAPABILITY:
+            raise UserError(f"backend.fp8 {mode!r} needs compute capability >= 8.9 (fp8 tensor cores: Ada, Hopper "
+                            f"or newer); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+    try:  # emulated, the teacher goes through the training API too (fp8_inference)
+        if emulate or mode in ("student", "both"):
             from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
-        if mode in ("teacher", "both"):
+        if not emulate and mode in ("teacher", "both"):
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_  # noqa: F401
     except Exception as err:  # noqa: BLE001 - ImportError, or a torchao built for another torch
         reason = " ".join(str(err).split()) or type(err).__name__
