@@ -97,6 +97,21 @@ def test_fp8_names_the_old_gpu_and_the_missing_torchao(monkeypatch):
     assert "\n" not in str(err)
 
 
+def test_an_fp8_student_needs_a_batch_per_gpu_of_multiples_of_16(monkeypatch):
+    """torch._scaled_mm contracts the weight gradient over the batch: the time embedding's M is the batch."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for mode in ("student", "both"):
+        with pytest.raises(UserError, match=rf"backend.fp8 '{mode}' .* multiple of 16; it is 8$"):
+            check_fp8(mode, cuda, rank_batch=8)
+    for name in ("torchao.float8", "torchao.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # the batch check, where it applies, comes before the imports
+    with pytest.raises(UserError, match="needs torchao's fp8 APIs"):
+        check_fp8("teacher", cuda, rank_batch=8)  # fp8 inference: any batch
+    with pytest.raises(UserError, match="needs torchao's fp8 APIs"):
+        check_fp8("student", torch.device("cpu"), emulate=True, rank_batch=8)  # emulated: no fp8 matmul
+
+
 def test_fp8_takes_linear_layers_of_multiples_of_16():
     assert fp8_compatible(torch.nn.Linear(32, 48)) and not fp8_compatible(torch.nn.Linear(32, 40))
     assert not fp8_compatible(torch.nn.Linear(20, 32)) and not fp8_compatible(torch.nn.Conv2d(32, 32, 1))
@@ -384,7 +399,7 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
 
     backend = {"device": "cuda", "precision": "bf16", "fp8": "both"}
     for steps, resume in ((2, False), (4, True)):
-        config = tiny_config(tmp_path, backend=backend, distillation={"steps": steps},
+        config = tiny_config(tmp_path, backend=backend, distillation={"steps": steps, "batch_size": 16},
                              logging={"every": 1, "progress": "true"})
         result = run_distillation(config, resume=resume, bundle=make_bundle(), teacher=make_teacher())
     out = capsys.readouterr().out
@@ -392,6 +407,26 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
     steps = [r for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
     assert_plain_unet(result["student"])
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graphs_give_the_losses_of_the_compiled_run(tmp_path):
+    """compile_mode reduce-overhead (CUDA graph trees): the teacher's outputs outlive the student's graph run
+    (2026-12-07 on the H100 they were overwritten by it), and every step gives the plain compiled run's loss."""
+    import numpy as np
+
+    from aria.training.engine import run_distillation
+
+    losses = {}
+    for mode in ("default", "reduce-overhead"):
+        config = tiny_config(tmp_path / mode, backend={"device": "cuda", "precision": "bf16", "compile": "true",
+                                                       "compile_mode": mode},
+                             distillation={"steps": 4}, logging={"every": 1}, data={"cache_dir": tmp_path / "cache"})
+        result = run_distillation(config, bundle=make_bundle(), teacher=make_teacher())
+        losses[mode] = [r["loss"] for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r]
+        assert np.isfinite(result["regimes"]["all"]["discrepancy"])
+    assert len(losses["default"]) == 4 and np.isfinite(losses["default"]).all()
+    assert losses["reduce-overhead"] == pytest.approx(losses["default"], rel=1e-3)  # same kernels, replayed
 
 
 def test_emulated_fp8_run_resumes_exactly_exports_a_plain_student_and_changes_the_numerics(tmp_path, capsys):

@@ -145,9 +145,10 @@ def set_deterministic(enabled: bool) -> None:
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer
 
 
-def check_fp8(mode: str, device: torch.device, emulate: bool = False) -> None:
-    """``backend.fp8`` can run here: a CUDA device of compute capability >= 8.9 (any device with ``emulate``)
-    and torchao's fp8 APIs importable. A UserError (one line) otherwise; nothing is changed."""
+def check_fp8(mode: str, device: torch.device, emulate: bool = False, rank_batch: int | None = None) -> None:
+    """``backend.fp8`` can run here: a CUDA device of compute capability >= 8.9 (any device with ``emulate``),
+    torchao's fp8 APIs importable and, for an fp8 student, a batch per GPU (``rank_batch``; None: not checked)
+    that is a multiple of 16. A UserError (one line) otherwise; nothing is changed."""
     if mode == "none":
         return
     if not emulate:
@@ -158,6 +159,11 @@ def check_fp8(mode: str, device: torch.device, emulate: bool = False) -> None:
         if capability < FP8_MIN_CAPABILITY:
             raise UserError(f"backend.fp8 {mode!r} needs compute capability >= 8.9 (fp8 tensor cores: Ada, Hopper "
                             f"or newer); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+        if mode in ("student", "both") and rank_batch is not None and rank_batch % 16:
+            # the weight gradient's fp8 matmul contracts over the batch (the time embedding's Linear layers)
+            raise UserError(f"backend.fp8 {mode!r} trains the student's Linear layers in fp8, which needs a batch "
+                            f"per GPU (distillation.batch_size / WORLD_SIZE) that is a multiple of 16; it is "
+                            f"{rank_batch}")
     try:  # emulated, the teacher goes through the training API too (fp8_inference)
         if emulate or mode in ("student", "both"):
             from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
@@ -284,7 +290,8 @@ class _Base:
             )
         set_deterministic(backend_config.deterministic)
         use_cpu_threads(backend_config.cpu_threads)
-        check_fp8(backend_config.fp8, self.device, backend_config.fp8_emulate)  # before any heavy work
+        check_fp8(backend_config.fp8, self.device, backend_config.fp8_emulate,  # before any heavy work
+                  rank_batch=distill_config.batch_size // self.world_size)
         if backend_config.sdpa_backend not in ("auto", "math"):
             import inspect
 

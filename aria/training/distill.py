@@ -299,15 +299,17 @@ class Distiller:
 
         with torch.inference_mode(), b.autocast():
             dtype = self.teacher.dtype
-            eps_t = self.teacher(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
-            feats_t = [self.cap_t.outputs[p.teacher_name].float() for p in self.pairs]
+            # fp32 copies now: with CUDA graphs the student's run may reuse the memory of the teacher's outputs
+            eps_t = self.teacher(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.to(
+                torch.float32, copy=True)
+            feats_t = [self.cap_t.outputs[p.teacher_name].to(torch.float32, copy=True) for p in self.pairs]
         with b.student_autocast():
             dtype = b.input_dtype
             eps_s = self.student(x_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
         feats_s = [self.cap_s.outputs[p.student_name].float() for p in self.pairs]
         self.cap_t.outputs.clear(), self.cap_s.outputs.clear()  # the graph keeps what backward needs
 
-        eps_s, eps_t = eps_s.float(), eps_t.float()
+        eps_s = eps_s.float()
         per_sample = lambda d: d.pow(2).flatten(1).mean(1)  # noqa: E731
         task = per_sample(eps_s - noise)
         out = per_sample(eps_s - eps_t)  # eps_t is an inference tensor: subtract first, never save it
