@@ -131,3 +131,34 @@ def test_cpu_threads_refuses_bad_arguments(args):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_threads.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--repeats is at least 1" in proc.stderr
+
+
+def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels(tmp_path):
+    """benchmarks/attention_kernels.py on the CPU with the tiny UNet: one row per attention shape of student
+    (training) and teacher (inference), whose calls add up to the models' Attention modules (each runs once a
+    forward); a kernel the CPU lacks (efficient) is reported with torch's reason and gets no step total."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    from aria.models import unet_from_config_file
+    from aria.models.students import student_unet_config
+
+    out = tmp_path / "attention.json"
+    unet = REPO / "configs" / "unets" / "tiny-sd.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), "--device", "cpu",
+                           "--unet", str(unet), "--batch", "2", "--kernels", "auto,efficient", "--warmup", "0",
+                           "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    teacher = unet_from_config_file(unet)
+    student = UNet2DConditionModel.from_config(student_unet_config(teacher.config, "small"))
+    for model, pass_, unet_module in (("student", "training", student), ("teacher", "inference", teacher)):
+        rows = [r for r in report["rows"] if r["model"] == model]
+        assert rows and all(r["pass"] == pass_ for r in rows)
+        assert sum(r["calls"] for r in rows) == sum(isinstance(m, Attention) for m in unet_module.modules())
+    assert all(_finite(r["ms"]["auto"]) and isinstance(r["ms"]["efficient"], str) for r in report["rows"])
+    assert _finite(report["step_ms"]["auto"]) and report["step_ms"]["efficient"] is None
+    assert "| **one step** |" in proc.stdout
+    assert subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), "--kernels", "fast"],
+                          capture_output=True, text=True).returncode == 2
