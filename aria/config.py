@@ -202,7 +202,8 @@ class BackendConfig(Section):
         "weights, per-tensor scales); the teacher is fp8 wherever the run uses it (steps, probes, the final "
         "measurement). Changes the numerics: opt-in. On an H100 (BK-SDM-Small, batch 64, 2026-12-07) slower than "
         "the compiled bf16 step: student 0.94x, both 0.89x, with 15% less peak memory; its price in discrepancy "
-        "(emulated, CPU-sized): docs/results/concepts-fp8-price")
+        "(emulated, CPU-sized): docs/results/concepts-fp8-price. An fp8 student needs a batch per GPU that is a "
+        "multiple of 16")
     fp8_emulate: bool = Field(
         False, description="backend.fp8's numerics without fp8 tensor cores, on any device (torchao's emulated fp8: "
         "the same per-tensor dynamic scales and fp8 rounding, matmuls in the run's precision; the teacher's "
@@ -212,8 +213,8 @@ class BackendConfig(Section):
                                 "with compile; torch backend only)")
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
         "default", description="torch.compile mode of teacher and student (needs compile: true): max-autotune* "
-        "autotune matmul and convolution kernels at the first step (minutes), reduce-overhead and max-autotune "
-        "replay CUDA graphs")
+        "autotune matmul and convolution kernels at the first step (on an H100, 2026-12-07, the teacher's forward "
+        "alone compiled for more than 7 minutes), reduce-overhead and max-autotune replay CUDA graphs")
     sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
         "auto", description="scaled-dot-product attention kernel of teacher and student: auto = torch's choice; "
         "flash / efficient / cudnn = that kernel first, torch's others where it does not take a shape; math = "

@@ -37,7 +37,12 @@ OUT=${OUT:-/tmp/levers-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # fp8 first (the main lever), then the attention kernels (one of cudnn / flash is usually what torch
-# picks already, and is then skipped at once), channels_last, CUDA graphs, and max-autotune last (minutes).
+# picks already, and is then skipped at once), channels_last, CUDA graphs, and max-autotune last.
+# Measured so far (benchmarks/RESULTS.md, H100): fp8_student 0.94x the candidate, fp8_both 0.89x, channels_last
+# 0.97x; sdpa_cudnn is torch's own pick. Left, with what one call of them cost on 2026-12-07: reduce_overhead (it
+# broke the step then; fixed since), sdpa_efficient (past 122 s of compilation), sdpa_flash (not started;
+# benchmarks/attention_kernels.py times both kernels without compiling, in under a minute), max_autotune (the
+# teacher's forward alone compiled past 412 s: more than one call even on a warm machine).
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
