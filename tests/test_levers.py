@@ -409,6 +409,56 @@ def test_gpu_fp8_run_trains_resumes_and_exports_a_plain_student(tmp_path, capsys
     assert_plain_unet(result["student"])
 
 
+def test_the_step_reads_the_teacher_s_outputs_before_the_student_runs(tmp_path):
+    """CUDA graph trees may give the memory of one graph's outputs to the next graph's run: on the H100
+    (2026-12-07) the student's graph overwrote the teacher's prediction before the step read it. Here, on the
+    CPU, the teacher returns its prediction and its blocks' hidden states in buffers that the student's forward
+    fills with NaN, as such a run would: the step's losses must be those of a plain teacher."""
+    import numpy as np
+
+    def losses(graph_like: bool):
+        config = tiny_config(tmp_path / str(graph_like), distillation={"steps": 3}, logging={"every": 1})
+        teacher = make_teacher()
+        buffers: dict[tuple, torch.Tensor] = {}  # one per (module, shape), as a graph per input shape
+
+        def into_buffer(module, output):
+            if (id(module), output.shape) not in buffers:
+                with torch.inference_mode(False):  # a plain tensor, which the student's run may overwrite
+                    buffers[id(module), output.shape] = torch.empty_like(output)
+            return buffers[id(module), output.shape].copy_(output)
+
+        def overwrite(*_):  # what a graph replayed for the student may do to the teacher's outputs
+            for buffer in buffers.values():
+                buffer.fill_(float("nan"))
+
+        def reused(module, _inputs, output):  # the output handed on in the module's buffer
+            if isinstance(output, torch.Tensor):
+                return into_buffer(module, output)
+            if isinstance(output, tuple):
+                return (into_buffer(module, output[0]), *output[1:])
+            output.sample = into_buffer(module, output.sample)
+            return output
+
+        if graph_like:
+            unet = teacher.unet
+            for module in (*unet.down_blocks, unet.mid_block, *unet.up_blocks, unet):
+                module.register_forward_hook(reused)
+        run = DistillationRun(config, bundle=make_bundle(), teacher=teacher)
+        run.setup()
+        if graph_like:
+            run.student.register_forward_pre_hook(overwrite)
+        run.train()
+        run.close(True)
+        modules = len({module for module, _ in buffers})
+        return [r["loss"] for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r], modules
+
+    (plain, _), (reused_memory, modules) = losses(False), losses(True)
+    unet = make_teacher().unet
+    assert modules == len(unet.down_blocks) + 1 + len(unet.up_blocks) + 1  # every block and the prediction
+    assert len(plain) == 3 and np.isfinite(plain).all()
+    assert reused_memory == plain
+
+
 @pytest.mark.gpu
 def test_gpu_cuda_graphs_give_the_losses_of_the_compiled_run(tmp_path):
     """compile_mode reduce-overhead (CUDA graph trees): the teacher's outputs outlive the student's graph run
