@@ -444,11 +444,15 @@ def test_the_step_reads_the_teacher_s_outputs_before_the_student_runs(tmp_path):
             for module in (*unet.down_blocks, unet.mid_block, *unet.up_blocks, unet):
                 module.register_forward_hook(reused)
         run = DistillationRun(config, bundle=make_bundle(), teacher=teacher)
-        run.setup()
-        if graph_like:
-            run.student.register_forward_pre_hook(overwrite)
-        run.train()
-        run.close(True)
+        try:
+            run.setup()
+            if graph_like:
+                run.student.register_forward_pre_hook(overwrite)
+            run.train()
+        finally:
+            if getattr(run, "logger", None) is not None:
+                run.logger.close()
+            run.close(False)
         modules = len({module for module, _ in buffers})
         return [r["loss"] for r in read_jsonl(config.output_dir / "metrics.jsonl") if "loss" in r], modules
 
