@@ -132,8 +132,10 @@ def measure(args) -> dict:
     rows = []
     for role, calls in roles.items():
         for shape, count in sorted(calls.items(), key=lambda kv: -kv[0][1]):
+            heads, q_len, kv_len, dim = shape  # model FLOPs: QK^T and PV forward, twice that backward
+            flops = 4 * args.batch * heads * q_len * kv_len * dim * (3 if role == "training" else 1)
             row = {"model": "student" if role == "training" else "teacher", "pass": role,
-                   "shape": "h{} q{} kv{} d{}".format(*shape), "calls": count, "ms": {}}
+                   "shape": "h{} q{} kv{} d{}".format(*shape), "calls": count, "flops": flops, "ms": {}}
             for kernel in args.kernels:
                 row["ms"][kernel] = time_kernel(kernel, shape, args.batch, role == "training", device, dtype,
                                                 args.warmup, args.repeats)
@@ -155,18 +157,21 @@ def measure(args) -> dict:
 
 
 def table(report: dict) -> str:
-    """Markdown: per shape the ms of each kernel, then one step's attention time per kernel and its ratio to auto."""
+    """Markdown: per shape the ms of each kernel and the model TFLOP/s of the fastest, then one step's attention
+    time per kernel and its ratio to auto."""
     kernels = list(report["step_ms"])
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
-    lines = ["| model | pass | shape | calls | " + " | ".join(f"{k} ms" for k in kernels) + " |",
-             "|---" * (4 + len(kernels)) + "|"]
+    lines = ["| model | pass | shape | calls | " + " | ".join(f"{k} ms" for k in kernels) + " | best TFLOP/s |",
+             "|---" * (5 + len(kernels)) + "|"]
     for row in report["rows"]:
+        best = min((v for v in row["ms"].values() if isinstance(v, float)), default=None)
         lines.append(f"| {row['model']} | {row['pass']} | {row['shape']} | {row['calls']} | "
-                     + " | ".join(fmt(row["ms"][k]) for k in kernels) + " |")
+                     + " | ".join(fmt(row["ms"][k]) for k in kernels)
+                     + (f" | {row['flops'] / best / 1e9:.3g} |" if best else " | n/a |"))
     auto = report["step_ms"].get("auto")
     lines.append("| **one step** | | | | " + " | ".join(
         fmt(v) + (f" ({v / auto:.2f}x auto)" if isinstance(v, float) and auto else "")
-        for v in report["step_ms"].values()) + " |")
+        for v in report["step_ms"].values()) + " | |")
     lines.append(f"\nbest kernel per shape: {report['step_ms_best_per_shape']:.3f} ms a step"
                  + (f" ({report['step_ms_best_per_shape'] / auto:.2f}x auto)" if auto else ""))
     return "\n".join(lines)
