@@ -21,7 +21,8 @@ one process:
   kernel levers (issue #20) set its config switches: ``fp8_student`` / ``fp8_teacher`` / ``fp8_both``
   (``backend.fp8``, torchao), ``channels_last`` (teacher and student), ``reduce_overhead`` (CUDA graphs),
   ``max_autotune`` (``max-autotune-no-cudagraphs``, convolutions left to cuDNN to bound the compilation;
-  ``max_autotune_convs`` autotunes them too), ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` /
+  ``max_autotune_convs`` autotunes them too; ``autotune_matmuls``, the default mode with only the matmuls
+  autotuned, which leaves the fused kernels untuned), ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` /
   ``sdpa_math`` (``backend.sdpa_backend``). Each lever row also gives its loss difference to the candidate
   (same weights, batches and noise: at the first step, the forward's numerics), and its facts what was
   applied (fp8 layers converted, the attention kernel torch picks per shape, graphs compiled, graph breaks,
@@ -86,7 +87,8 @@ PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
 LEVERS = ("compile", "fused_adamw", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
           "torch_backend", "host_sync", "late_feedback",
           # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend; issue #20)
-          "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "reduce_overhead",
+          "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "autotune_matmuls",
+          "reduce_overhead",
           "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
 FP8_LEVERS = {"fp8_student": "student", "fp8_teacher": "teacher", "fp8_both": "both"}
 COMPILE_MODE_LEVERS = {"max_autotune": "max-autotune-no-cudagraphs", "max_autotune_convs": "max-autotune-no-cudagraphs",
@@ -566,6 +568,17 @@ def convs_not_autotuned():
 
 
 @contextlib.contextmanager
+def matmuls_autotuned():
+    """``autotune_matmuls``: inductor's matmul templates benchmarked against cuBLAS at compilation
+    (``max_autotune_gemm``), convolutions left to cuDNN and the fused kernels to their default configs: the part
+    of max-autotune that touches the step's matmuls (18% of it), without tuning every fused kernel."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(max_autotune_gemm=True, max_autotune_conv_backends="ATEN"):
+        yield
+
+
+@contextlib.contextmanager
 def no_aot_autograd_cache():
     """AOTAutograd's on-disk cache off for a path whose attention kernel differs from an earlier path's: its key
     is the traced graph, and an SDPA choice made outside the graph (``flash_sdpa``'s global flag) is not in it,
@@ -739,6 +752,11 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
     modes = {COMPILE_MODE_LEVERS[x] for x in levers if x in COMPILE_MODE_LEVERS}
     if len(modes) > 1:
         raise ValueError(f"levers {lever!r} ask for several compile modes ({', '.join(sorted(modes))})")
+    if "autotune_matmuls" in levers:  # a patch of the default mode
+        if modes:
+            raise ValueError(f"levers {lever!r}: autotune_matmuls patches the default compile mode, not another")
+        backend["compile"] = True
+        patches.append(matmuls_autotuned)
     if modes:
         backend.update(compile=True, compile_mode=modes.pop())
         if "max_autotune" in levers and "max_autotune_convs" not in levers:
@@ -796,6 +814,8 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
             result.facts["aot_autograd_cache"] = no_aot_autograd_cache not in patches
             if "max_autotune" in levers and "max_autotune_convs" not in levers:
                 result.facts["inductor_patches"] = {"max_autotune_conv_backends": "ATEN"}
+            if "autotune_matmuls" in levers:
+                result.facts["inductor_patches"] = {"max_autotune_gemm": True, "max_autotune_conv_backends": "ATEN"}
             clock = Clock(dev, profiler_for(ctx, result.path, total_steps))
             plan = run.distiller.plan
 
