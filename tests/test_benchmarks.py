@@ -162,3 +162,21 @@ def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels
     assert "| **one step** |" in proc.stdout
     assert subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), "--kernels", "fast"],
                           capture_output=True, text=True).returncode == 2
+
+
+def test_autotune_matmuls_patches_the_matmuls_only_while_its_path_runs():
+    """engine_throughput's autotune_matmuls lever: inductor autotunes matmul templates (not the fused kernels,
+    not the convolutions) inside the path, and the settings are back after it."""
+    import torch._inductor.config as inductor_config
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import engine_throughput
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    before = (inductor_config.max_autotune_gemm, inductor_config.max_autotune_conv_backends)
+    with engine_throughput.matmuls_autotuned():
+        assert inductor_config.max_autotune_gemm and inductor_config.max_autotune_conv_backends == "ATEN"
+        assert not inductor_config.max_autotune and not inductor_config.max_autotune_pointwise
+    assert (inductor_config.max_autotune_gemm, inductor_config.max_autotune_conv_backends) == before
+    assert "autotune_matmuls" in engine_throughput.LEVERS
