@@ -199,6 +199,12 @@ def main(argv=None) -> int:
         parser.error(f"--kernels: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(KERNELS)}")
     if not args.unet.is_file():
         parser.error(f"--unet: {args.unet} is not a file")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here (--device cpu runs the smoke check)")
     report = measure(args)
     print(table(report))
     if args.json:

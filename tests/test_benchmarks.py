@@ -160,8 +160,11 @@ def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels
     assert all(_finite(r["ms"]["auto"]) and isinstance(r["ms"]["efficient"], str) for r in report["rows"])
     assert _finite(report["step_ms"]["auto"]) and report["step_ms"]["efficient"] is None
     assert "| **one step** |" in proc.stdout
-    assert subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), "--kernels", "fast"],
-                          capture_output=True, text=True).returncode == 2
+    for bad, says in ((["--kernels", "fast"], "--kernels: unknown fast"), (["--device", "gpu"], "--device"),
+                      (["--unet", str(tmp_path)], "is not a file")):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), *bad],
+                              capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 2 and says in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
 def test_autotune_matmuls_patches_the_matmuls_only_while_its_path_runs():
