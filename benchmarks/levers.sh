@@ -41,10 +41,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # Measured so far (benchmarks/RESULTS.md, H100): fp8_student 0.94x the candidate, fp8_both 0.89x, channels_last
 # 0.97x; sdpa_cudnn is torch's own pick. Left, with what one call of them cost on 2026-12-07: reduce_overhead (it
 # broke the step then; fixed since), sdpa_efficient (past 122 s of compilation), sdpa_flash (not started;
-# benchmarks/attention_kernels.py times both kernels without compiling, in under a minute), max_autotune (the
-# teacher's forward alone compiled past 412 s: more than one call even on a warm machine). autotune_matmuls
-# (the default mode with only the matmuls autotuned against cuBLAS) is max-autotune's part that touches the
-# matmuls, in one call.
+# benchmarks/attention_kernels.py times both kernels without compiling), max_autotune (the teacher's forward
+# alone compiled past 412 s: more than one call even on a warm machine). autotune_matmuls (the default mode with
+# only the matmuls autotuned against cuBLAS) is the part of max-autotune that touches the matmuls, and may fit a
+# call (not yet run on a GPU).
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,autotune_matmuls,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
