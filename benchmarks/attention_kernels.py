@@ -34,28 +34,48 @@ REPO = Path(__file__).resolve().parents[1]
 KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 
 
-def attention_calls(unet, sample_size: int, context_length: int, training: bool, device, dtype) -> dict:
-    """{(heads, q length, kv length, head dim): calls} of one forward of ``unet`` at batch 1."""
+def attention_key(q, k) -> tuple[int, int, int, int]:
+    """(heads, query length, key length, head dim) of an SDPA call on (batch, heads, length, dim) tensors."""
+    return q.shape[1], q.shape[2], k.shape[2], q.shape[3]
+
+
+def shape_name(key) -> str:
+    return "h{} q{} kv{} d{}".format(*key)
+
+
+@contextlib.contextmanager
+def sdpa_spy(on_call):
+    """Inside, every ``F.scaled_dot_product_attention`` call is first shown to ``on_call(q, k, v, *args,
+    **kwargs)``, then runs as it would."""
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        on_call(q, k, v, *args, **kwargs)
+        return original(q, k, v, *args, **kwargs)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def attention_calls(unet, sample_size: int, context_length: int, device, dtype) -> dict:
+    """{attention_key: calls} of one forward of ``unet`` at batch 1."""
     cfg = unet.config
     cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
     x = torch.zeros(1, int(cfg.in_channels), sample_size, sample_size, device=device, dtype=dtype)
     t = torch.full((1,), 500, device=device, dtype=torch.long)
     context = torch.zeros(1, context_length, int(cross), device=device, dtype=dtype)
     calls: dict[tuple[int, int, int, int], int] = {}
-    original = F.scaled_dot_product_attention
 
-    def spy(q, k, v, *args, **kwargs):
-        key = (q.shape[1], q.shape[2], k.shape[2], q.shape[3])
+    def count(q, k, *_args, **_kwargs):
+        key = attention_key(q, k)
         calls[key] = calls.get(key, 0) + 1
-        return original(q, k, v, *args, **kwargs)
 
-    F.scaled_dot_product_attention = spy
-    try:
-        with torch.no_grad():
-            unet(x, t, encoder_hidden_states=context)
-    finally:
-        F.scaled_dot_product_attention = original
-    return {"training" if training else "inference": calls}
+    with sdpa_spy(count), torch.no_grad():
+        unet(x, t, encoder_hidden_states=context)
+    return calls
 
 
 def _timer(device):
@@ -126,8 +146,8 @@ def measure(args) -> dict:
 
     student = UNet2DConditionModel.from_config(student_unet_config(teacher.config, args.student)).to(device, dtype)
     size = args.sample_size or int(teacher.config.sample_size)
-    roles = {**attention_calls(student, size, args.context_length, True, device, dtype),
-             **attention_calls(teacher, size, args.context_length, False, device, dtype)}
+    roles = {"training": attention_calls(student, size, args.context_length, device, dtype),
+             "inference": attention_calls(teacher, size, args.context_length, device, dtype)}
     del teacher, student
     rows = []
     for role, calls in roles.items():
@@ -135,7 +155,7 @@ def measure(args) -> dict:
             heads, q_len, kv_len, dim = shape  # model FLOPs: QK^T and PV forward, twice that backward
             flops = 4 * args.batch * heads * q_len * kv_len * dim * (3 if role == "training" else 1)
             row = {"model": "student" if role == "training" else "teacher", "pass": role,
-                   "shape": "h{} q{} kv{} d{}".format(*shape), "calls": count, "flops": flops, "ms": {}}
+                   "shape": shape_name(shape), "calls": count, "flops": flops, "ms": {}}
             for kernel in args.kernels:
                 row["ms"][kernel] = time_kernel(kernel, shape, args.batch, role == "training", device, dtype,
                                                 args.warmup, args.repeats)

@@ -79,6 +79,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from attention_kernels import attention_key, sdpa_spy, shape_name  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 SD_UNET = REPO / "configs" / "unets" / "sd-v1-4-unet.json"
@@ -612,7 +613,6 @@ def sdpa_choices(run) -> dict:
     gradients, as in training) and teacher (inference), under the run's settings (``backend.sdpa_backend``
     included): {model: {"h<heads> q<len> kv<len> d<head dim>": kernel}}. Batch 1, so the choice of the
     kernel, not its speed; the compiled graphs take the same choice at the first step."""
-    import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
 
     names = {int(v): k for k, v in SDPBackend.__members__.items()}
@@ -626,33 +626,27 @@ def sdpa_choices(run) -> dict:
     t = torch.full((1,), 500, device=dev, dtype=torch.long)
     context = torch.zeros(1, length, int(cross), device=dev)
     found: dict[str, dict[str, str]] = {}
-    original = F.scaled_dot_product_attention
 
-    def spy(store):
-        def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-            key = f"h{q.shape[1]} q{q.shape[2]} kv{k.shape[2]} d{q.shape[3]}"
+    def choice_into(store):
+        def record(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_kwargs):
             try:
                 choice = names.get(int(torch._fused_sdp_choice(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)),
                                    "?")
             except Exception as err:  # noqa: BLE001 - what torch says instead
                 choice = f"error: {type(err).__name__}"
-            store.setdefault(key, choice)
-            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                            **kwargs)
-        return sdpa
+            store.setdefault(shape_name(attention_key(q, k)), choice)
+        return record
 
     student, teacher = run.student, unet
     try:
-        F.scaled_dot_product_attention = spy(found.setdefault("student", {}))
-        with b.student_autocast():
+        with sdpa_spy(choice_into(found.setdefault("student", {}))), b.student_autocast():
             dtype = b.input_dtype
             student.forward(x.to(dtype), t, encoder_hidden_states=context.to(dtype))  # eager: not the compiled call
-        F.scaled_dot_product_attention = spy(found.setdefault("teacher", {}))
-        with torch.inference_mode(), contextlib.nullcontext() if b.compute_dtype == torch.float32 else \
+        with sdpa_spy(choice_into(found.setdefault("teacher", {}))), torch.inference_mode(), \
+                contextlib.nullcontext() if b.compute_dtype == torch.float32 else \
                 torch.autocast(dev.type, dtype=b.compute_dtype):
             teacher.forward(x.to(teacher.dtype), t, encoder_hidden_states=context.to(teacher.dtype))
     finally:
-        F.scaled_dot_product_attention = original
         run.distiller.cap_s.outputs.clear(), run.distiller.cap_t.outputs.clear()
     return found
 
