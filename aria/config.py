@@ -190,6 +190,9 @@ class BackendConfig(Section):
     zero_stage: int = Field(0, ge=0, le=2, description="DeepSpeed ZeRO stage")
     compile: bool = Field(False, description="torch.compile teacher and student")
     deterministic: bool = Field(True, description="deterministic algorithms (CPU resume equality)")
+    cudnn_benchmark: bool = Field(False, description="cuDNN times its convolution algorithms at each new shape and "
+                                  "keeps the fastest (torch.backends.cudnn.benchmark; needs deterministic: false, "
+                                  "since the pick can differ between runs)")
     collective_timeout_s: int = Field(600, ge=1, le=7 * 86_400,
                                       description="timeout of collectives (dead rank detection)")
     cpu_threads: Optional[int] = Field(None, ge=1, le=4096,
@@ -222,6 +225,9 @@ class BackendConfig(Section):
 
     @model_validator(mode="after")
     def _levers(self):
+        if self.cudnn_benchmark and self.deterministic:
+            raise ValueError("backend.cudnn_benchmark picks convolution algorithms by timing them, which can differ "
+                             "between runs: set backend.deterministic: false")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"backend.compile_mode {self.compile_mode!r} needs backend.compile: true")
         if self.channels_last and self.kind == "deepspeed":

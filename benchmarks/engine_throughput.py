@@ -19,7 +19,8 @@ one process:
 - ``candidate+<lever>``: the candidate with one lever applied (``--levers``; ``a+b`` applies both); a
   lever that the candidate already has (e.g. fused AdamW on CUDA) is recorded as skipped. The backend's
   kernel levers (issue #20) set its config switches: ``fp8_student`` / ``fp8_teacher`` / ``fp8_both``
-  (``backend.fp8``, torchao), ``channels_last`` (teacher and student), ``reduce_overhead`` (CUDA graphs),
+  (``backend.fp8``, torchao), ``channels_last`` (teacher and student), ``cudnn_benchmark`` (cuDNN times its
+  convolution algorithms at each shape, ``backend.cudnn_benchmark``), ``reduce_overhead`` (CUDA graphs),
   ``max_autotune`` (``max-autotune-no-cudagraphs``, convolutions left to cuDNN to bound the compilation;
   ``max_autotune_convs`` autotunes them too; ``autotune_matmuls``, the default mode with only the matmuls
   autotuned, which leaves the fused kernels untuned), ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` /
@@ -89,7 +90,7 @@ LEVERS = ("compile", "fused_adamw", "channels_last", "channels_last_teacher", "z
           "torch_backend", "host_sync", "late_feedback",
           # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend; issue #20)
           "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "autotune_matmuls",
-          "reduce_overhead",
+          "reduce_overhead", "cudnn_benchmark",
           "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
 FP8_LEVERS = {"fp8_student": "student", "fp8_teacher": "teacher", "fp8_both": "both"}
 COMPILE_MODE_LEVERS = {"max_autotune": "max-autotune-no-cudagraphs", "max_autotune_convs": "max-autotune-no-cudagraphs",
@@ -674,6 +675,7 @@ def candidate_facts(run) -> dict:
         "channels_last": _channels_last(conv),
         "teacher_channels_last": _channels_last(run.teacher.unet.conv_in.weight),
         "deterministic": bool(run.config.backend.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_sdpa": bool(torch.backends.cuda.cudnn_sdp_enabled()),
         "step_sync": run.config.distillation.step_sync,
         "feedback_delay": run.config.distillation.feedback_delay,
@@ -706,7 +708,8 @@ def lever_is_noop(lever: str, facts: dict) -> str | None:
               "zero0": facts.get("zero_stage") == 0,
               "channels_last_teacher": facts.get("teacher_channels_last"),
               "flash_sdpa": facts.get("cudnn_sdpa") is False, "torch_backend": facts.get("backend") == "torch",
-              "host_sync": facts.get("step_sync") == "host", "late_feedback": facts.get("feedback_delay") == 1}
+              "host_sync": facts.get("step_sync") == "host", "late_feedback": facts.get("feedback_delay") == 1,
+              "cudnn_benchmark": facts.get("cudnn_benchmark")}
     checks.update({name: facts.get("fp8") == mode for name, mode in FP8_LEVERS.items()})
     checks.update({name: facts.get("compiled") and facts.get("compile_mode") == mode
                    for name, mode in COMPILE_MODE_LEVERS.items()})
@@ -768,6 +771,8 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
         distill.update(step_sync="device", feedback_delay=1)
     if "channels_last" in levers:  # the backend's switch (teacher and student); RunConfig refuses it with DeepSpeed
         backend["channels_last"] = True
+    if "cudnn_benchmark" in levers:  # cuDNN times its convolution algorithms (RunConfig: not with deterministic)
+        backend.update(cudnn_benchmark=True, deterministic=False)
     result = PathResult("candidate" if lever is None else f"candidate+{lever}", lever)
     with tempfile.TemporaryDirectory(prefix="aria-bench-") as out, contextlib.ExitStack() as stack:
         for p in patches:

@@ -44,8 +44,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # benchmarks/attention_kernels.py times both kernels without compiling), max_autotune (the teacher's forward
 # alone compiled past 412 s: more than one call even on a warm machine). autotune_matmuls (the default mode with
 # only the matmuls autotuned against cuBLAS) is the part of max-autotune that touches the matmuls, and may fit a
-# call (not yet run on a GPU).
-LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,channels_last,sdpa_efficient,reduce_overhead,autotune_matmuls,max_autotune}
+# call (not yet run on a GPU). cudnn_benchmark (cuDNN times its convolution algorithms; the compiled graphs are the
+# candidate's, so it costs no compilation) was added on 2026-12-07.
+LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,cudnn_benchmark,channels_last,sdpa_efficient,reduce_overhead,autotune_matmuls,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
 # CANDIDATE_ONLY=1: no baseline paths (about 70 s saved for a lever's compilation; FLOPs and % of peak are then

@@ -48,6 +48,7 @@ def aria_main(args, capsys):
     (["backend.channels_last=true", "backend.kind=deepspeed"], "backend.channels_last needs backend.kind 'torch'"),
     (["backend.fp8=student", "backend.device=cpu"], "needs a CUDA GPU of compute capability >= 8.9"),
     (["backend.fp8_emulate=true"], "emulates backend.fp8: set backend.fp8 to student, teacher or both"),
+    (["backend.cudnn_benchmark=true"], "can differ between runs: set backend.deterministic: false"),
 ])
 def test_bad_lever_values_are_one_line(tmp_path, capsys, sets, needle):
     args = ["run", "--config", str(TINY), "--dry-run", "--set", f"output_dir={tmp_path / 'out'}"]
@@ -212,7 +213,7 @@ def _losses(tmp_path, seen=None, **backend):
     ok = False
     try:
         run.setup()
-        facts = {"levers": dict(run.backend.levers),
+        facts = {"levers": dict(run.backend.levers), "cudnn_benchmark": torch.backends.cudnn.benchmark,
                  "student_channels_last": run.student.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
                  "teacher_channels_last": run.teacher.unet.conv_in.weight.is_contiguous(
                      memory_format=torch.channels_last)}
@@ -239,6 +240,18 @@ def test_channels_last_and_math_attention_train_the_losses_of_the_default(tmp_pa
     assert not any(seen)  # every attention call of both models in the steps ran with the fused kernels off
     assert len(plain) == len(levers) == 3
     assert levers == pytest.approx(plain, rel=1e-4)  # same weights, batches and noise; other kernels
+
+
+def test_cudnn_benchmark_is_on_only_in_a_run_that_asks_for_it(tmp_path):
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True  # left on by earlier code: a run that does not ask turns it off
+        plain, plain_facts = _losses(tmp_path / "plain", deterministic="false")
+        tuned, facts = _losses(tmp_path / "tuned", deterministic="false", cudnn_benchmark="true")
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert not plain_facts["cudnn_benchmark"] and facts["cudnn_benchmark"]
+    assert len(tuned) == len(plain) == 3
 
 
 def test_the_compile_mode_reaches_module_compile(tmp_path, monkeypatch):

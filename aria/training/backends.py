@@ -132,11 +132,12 @@ def distill_lr_factor(distill):
     return lr_factor(distill.warmup_steps, distill.lr_schedule, distill.steps, distill.lr_final)
 
 
-def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (needed for exact resume); cuBLAS needs its workspace setting."""
+def set_deterministic(enabled: bool, cudnn_benchmark: bool = False) -> None:
+    """Deterministic kernels (needed for exact resume; cuBLAS needs its workspace setting), or, with
+    ``cudnn_benchmark``, convolution algorithms that cuDNN times at each new shape (process-wide flags)."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not enabled
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
@@ -288,7 +289,7 @@ class _Base:
             raise UserError(
                 f"distillation.batch_size {distill_config.batch_size} is not divisible by WORLD_SIZE {self.world_size}"
             )
-        set_deterministic(backend_config.deterministic)
+        set_deterministic(backend_config.deterministic, backend_config.cudnn_benchmark)
         use_cpu_threads(backend_config.cpu_threads)
         check_fp8(backend_config.fp8, self.device, backend_config.fp8_emulate,  # before any heavy work
                   rank_batch=distill_config.batch_size // self.world_size)
