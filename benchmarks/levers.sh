@@ -38,14 +38,13 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # fp8 first (the main lever), then the attention kernels (one of cudnn / flash is usually what torch
 # picks already, and is then skipped at once), channels_last, CUDA graphs, and max-autotune last.
-# Measured so far (benchmarks/RESULTS.md, H100): fp8_student 0.94x the candidate, fp8_both 0.89x, channels_last
-# 0.97x; sdpa_cudnn is torch's own pick. Left, with what one call of them cost on 2026-12-07: reduce_overhead (it
-# broke the step then; fixed since), sdpa_efficient (past 122 s of compilation), sdpa_flash (not started;
-# benchmarks/attention_kernels.py times both kernels without compiling), max_autotune (the teacher's forward
-# alone compiled past 412 s: more than one call even on a warm machine). autotune_matmuls (the default mode with
-# only the matmuls autotuned against cuBLAS) is the part of max-autotune that touches the matmuls, and may fit a
-# call (not yet run on a GPU). cudnn_benchmark (cuDNN times its convolution algorithms; the compiled graphs are the
-# candidate's, so it costs no compilation) was added on 2026-12-07.
+# Measured (benchmarks/RESULTS.md, "The lever table", H100, x the candidate): fp8_student 0.94, fp8_both 0.89,
+# channels_last 0.97, reduce_overhead 1.00 (132 s of recompilation), cudnn_benchmark 1.00 (the candidate's graphs:
+# no compilation); sdpa_cudnn is torch's own pick, and sdpa_flash / sdpa_efficient were decided without compiling
+# (benchmarks/attention_kernels.py: attention 1.71x / 3.48x slower). Not measured: max_autotune (the teacher's
+# forward alone compiled past 412 s; its autotuning results stay in .aria-cache/inductor on a warm machine, so a
+# second call right after the first may finish it) and autotune_matmuls (the part of max-autotune that touches the
+# matmuls; may fit a call).
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,cudnn_benchmark,channels_last,sdpa_efficient,reduce_overhead,autotune_matmuls,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}
