@@ -102,6 +102,7 @@ ADDED_LATER = {
     ("backend", "channels_last"): False,
     ("backend", "compile_mode"): "default",
     ("backend", "sdpa_backend"): "auto",
+    ("backend", "cudnn_benchmark"): False,
     ("student", "init_path"): None,
 }
 
