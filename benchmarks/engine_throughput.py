@@ -88,7 +88,7 @@ TINY_UNET = REPO / "configs" / "unets" / "tiny-sd.json"
 PRODUCTION = REPO / "configs" / "sd-bk-small.yaml"
 LEVERS = ("compile", "fused_adamw", "channels_last", "channels_last_teacher", "zero0", "flash_sdpa",
           "torch_backend", "host_sync", "late_feedback",
-          # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend; issue #20)
+          # the backend's kernel levers (backend.fp8 / compile_mode / sdpa_backend / cudnn_benchmark; issue #20)
           "fp8_student", "fp8_teacher", "fp8_both", "max_autotune", "max_autotune_convs", "autotune_matmuls",
           "reduce_overhead", "cudnn_benchmark",
           "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
