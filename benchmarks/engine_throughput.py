@@ -555,6 +555,10 @@ def flash_sdpa():
         torch.backends.cuda.enable_cudnn_sdp(before)
 
 
+CONVS_TO_CUDNN = {"max_autotune_conv_backends": "ATEN"}  # inductor settings of the two patches below
+MATMULS_AUTOTUNED = {"max_autotune_gemm": True, **CONVS_TO_CUDNN}
+
+
 @contextlib.contextmanager
 def convs_not_autotuned():
     """``max_autotune``'s cap on compilation time: convolutions stay with cuDNN (inductor's
@@ -565,7 +569,7 @@ def convs_not_autotuned():
     if not hasattr(inductor_config, "max_autotune_conv_backends"):
         yield
         return
-    with inductor_config.patch(max_autotune_conv_backends="ATEN"):
+    with inductor_config.patch(CONVS_TO_CUDNN):
         yield
 
 
@@ -576,7 +580,7 @@ def matmuls_autotuned():
     of max-autotune that touches the step's matmuls (18% of it), without tuning every fused kernel."""
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(max_autotune_gemm=True, max_autotune_conv_backends="ATEN"):
+    with inductor_config.patch(MATMULS_AUTOTUNED):
         yield
 
 
@@ -812,9 +816,9 @@ def candidate_run(ctx, teacher_master, student_variant: str, batch: int, total_s
                 result.facts["sdpa_choice"] = {"error": one_line(err)}
             result.facts["aot_autograd_cache"] = no_aot_autograd_cache not in patches
             if "max_autotune" in levers and "max_autotune_convs" not in levers:
-                result.facts["inductor_patches"] = {"max_autotune_conv_backends": "ATEN"}
+                result.facts["inductor_patches"] = dict(CONVS_TO_CUDNN)
             if "autotune_matmuls" in levers:
-                result.facts["inductor_patches"] = {"max_autotune_gemm": True, "max_autotune_conv_backends": "ATEN"}
+                result.facts["inductor_patches"] = dict(MATMULS_AUTOTUNED)
             clock = Clock(dev, profiler_for(ctx, result.path, total_steps))
             plan = run.distiller.plan
 
