@@ -154,7 +154,8 @@ class DistillConfig(Section):
                                      description="consecutive non-finite losses before stopping")
     feature_balance_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay of the teacher feature scales")
     feedback_from: Literal["all", "switched"] = Field(
-        "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do)"
+        "all", description="samples whose discrepancy feeds the strategy (CFG-dropped ones never do; a strategy "
+        "that learns only from its own draws, exp3, gets switched samples whatever this says)"
     )
     context_cache_mb: float = Field(1024, ge=0, le=1e7,
                                     description="device memory for precomputed paired-prompt contexts")

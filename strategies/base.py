@@ -160,7 +160,7 @@ def mix_floor(q: np.ndarray, floor: float, active: np.ndarray) -> np.ndarray:
     total = q.sum()
     if not 0 < total < np.inf:  # NaN fails too
         q, total = active.astype(np.float64), np.count_nonzero(active)
-    p = q * ((1.0 - floor) / total)
+    p = q / total * (1.0 - floor)  # q / total <= 1: a subnormal total does not overflow, as (1 - floor) / total would
     p[active] += floor / np.count_nonzero(active)
     return p
 
@@ -187,6 +187,9 @@ class AllocationStrategy(ABC):
     origin: ClassVar[str] = "built-in"
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     switches: ClassVar[bool] = True  # False: never switch conditions (the ``none`` strategy)
+    # "switched": only the samples drawn from the strategy's own allocation may feed it (an estimator weighted
+    # by its own draw probabilities, ``exp3``), whatever ``distillation.feedback_from`` says; None: that setting
+    learns_from: ClassVar[str | None] = None
 
     def __init__(self, config: StrategyConfig | dict | None = None, **params: Any):
         if config is None or isinstance(config, dict):

@@ -9,7 +9,12 @@ Regions are arms; the reward of a step is the discrepancy of the samples drawn f
 with n the number of samples in the step and p_k the probability of region k (recomputed from
 the state the feedback is applied to; with feedback one step late this is the next step's
 probability, which differs by one small update). ``r_k`` is 0 for unobserved regions and its
-expectation is the mean discrepancy of region k over ``scale``, whatever the allocation.
+expectation is the mean discrepancy of region k over ``scale``, whatever the allocation, provided
+every sample of the feedback was drawn from p: EXP3 learns from switched samples only
+(``learns_from``), whatever ``distillation.feedback_from`` says. Paired samples fall in their
+captions' regions, not in p's: fed with them, r_k's expectation is mu_k (f + (1 - f) pi_k / p_k)
+(f the switched fraction, pi_k the region's share of paired captions), which inflates the regions
+of the paired data and starves those without any (before 2026-12-07 it was fed so).
 
 Scale-free rewards: ``scale`` is a running mean of the observed per-sample discrepancy with the
 same smoothing ``a``, so ``eta`` does not depend on the units of the discrepancy. Deviation from
@@ -45,6 +50,7 @@ class Exp3(AllocationStrategy):
 
     description = "EXP3 / Online Data Mixing: importance-weighted rewards, softmax with a uniform floor"
     Config = Exp3Config
+    learns_from = "switched"  # importance weights 1 / p_k hold only for samples drawn from p
 
     def init_state(self, regions) -> State:
         return {"reward_estimate": np.zeros(regions.num_regions), "reward_scale": 0.0}

@@ -36,6 +36,8 @@ def register_strategy(name: str):
             raise ValueError(f"invalid strategy name {name!r}")
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is already registered (by {_REGISTRY[name].origin})")
+        if cls.learns_from not in (None, "switched"):
+            raise ValueError(f"strategy {name!r}: learns_from must be None or 'switched', not {cls.learns_from!r}")
         cls.name = name
         cls.origin = _loading_origin or ("built-in" if cls.__module__.startswith("aria.strategies") else cls.__module__)
         _REGISTRY[name] = cls

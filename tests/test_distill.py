@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 from aria.config import DistillConfig
 from aria.training.distill import ContextCache, Distiller, WeightEMA, plan_with, switch_probability
 from aria.models import build_student, feature_pairs
-from aria.strategies import create_strategy
+from aria.strategies import Feedback, RegionInfo, create_strategy
 
 torch.set_num_threads(1)
 
@@ -67,6 +67,49 @@ def test_none_never_switches_and_feedback_from_switched(world):
     assert not p.switched.any() and p.probabilities is None
     q = plan(bundle, feedback_from="switched")
     assert (q.regions[~q.switched] == -1).all() and (q.regions[q.switched & ~q.dropped] >= 0).all()
+
+
+def test_exp3_learns_from_its_own_draws_only_whatever_feedback_from_says(world):
+    """EXP3 weights a region's reward by 1 / p_k, which holds only for samples drawn from p: the plan feeds it
+    switched samples even with ``feedback_from: all``, and other strategies what the setting says."""
+    bundle, _ = world
+    e = plan(bundle, "exp3")
+    assert e.switched.any() and (~e.switched & ~e.dropped).any()
+    assert (e.regions[~e.switched] == -1).all() and (e.regions[e.switched & ~e.dropped] >= 0).all()
+    a = plan(bundle, "rc")
+    assert (a.regions[~a.switched & ~a.dropped] >= 0).all()
+
+
+def test_exp3_fed_by_the_plan_does_not_starve_regions_without_paired_data():
+    """Every region equally hard, paired captions in half of the regions: EXP3 fed as the engine feeds it
+    (``plan_with``, ``feedback_from: all``) keeps every region near uniform. Fed with the paired samples too,
+    its importance weights inflate the paired regions and the others sink to the floor."""
+    k, batch = 8, 64
+    paired_regions = np.array([0, 0, 0, 0, 1, 1, 2, 3])  # paired captions in regions 0-3 only
+    offsets = np.arange(0, 10 * k + 1, 10)
+    bundle = SimpleNamespace(paired_prompt_ids=paired_regions * 10, region_offsets=offsets,
+                             region_members=np.arange(10 * k), region_of_prompt=np.repeat(np.arange(k), 10))
+    config = DistillConfig(batch_size=batch, cfg_dropout=0.1)
+    noise = np.random.default_rng(0)
+
+    def allocation_after(own_draws_only: bool):
+        s = create_strategy("exp3")
+        if not own_draws_only:
+            s.learns_from = None  # as before 2026-12-07: fed what feedback_from says
+        state, seen = s.init(RegionInfo(np.full(k, 10)), 0), []
+        for step in range(1500):
+            p = plan_with(s, state, step, seed=0, batch_size=batch, num_timesteps=1000, config=config, bundle=bundle)
+            valid = p.regions >= 0
+            values = noise.gamma(4.0, 0.25, batch)  # the same mean discrepancy in every region
+            state = s.update(state, Feedback.from_samples(p.regions[valid], values[valid], k, step=step))
+            seen.append(s.probabilities(state))
+        return np.mean(seen[500:], axis=0)  # the allocation's mean after the first 500 steps
+
+    engine = allocation_after(own_draws_only=True)
+    biased = allocation_after(own_draws_only=False)
+    unpaired = slice(4, None)
+    assert 0.8 / k < engine[unpaired].mean() < 1.2 / k and engine.min() > 0.5 / k, engine
+    assert biased[unpaired].mean() < 0.6 / k, biased
 
 
 def test_importance_weights_apply_to_switched_samples_only(world):

@@ -47,6 +47,23 @@ def test_every_strategy_trains_and_exports(tmp_path, name):
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in make_teacher().unet.parameters())
 
 
+@pytest.mark.parametrize("name, fed", [("exp3", "switched"), ("aria", "all")])
+def test_the_run_feeds_exp3_its_own_draws_only(tmp_path, capsys, name, fed):
+    """The engine's distiller plans with the samples the strategy may learn from (``feedback_config``), and says
+    so where that is not ``distillation.feedback_from``."""
+    from aria.training.engine import DistillationRun
+
+    config = tiny_config(tmp_path, strategy={"name": name}, logging={"progress": True})
+    run = DistillationRun(config, bundle=make_bundle(), teacher=make_teacher())
+    try:
+        run.setup()
+        assert config.distillation.feedback_from == "all" and run.distiller.config.feedback_from == fed
+    finally:
+        run.logger.close()
+        run.close(False)
+    assert ("exp3 learns from switched samples only" in capsys.readouterr().out) == (name == "exp3")
+
+
 def test_resume_continues_exactly(tmp_path):
     """4 steps, then resume to 6 == 6 steps uninterrupted: losses, allocations and weights, bit for bit."""
     sections = dict(strategy={"name": "aria"}, distillation={"steps": 6, "ema_decay": 0.9}, logging={"every": 1})

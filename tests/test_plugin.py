@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aria.strategies import AllocationStrategy, get_strategy, register_strategy
+from aria.strategies import AllocationStrategy, get_strategy, list_strategies, register_strategy
 from aria.strategies.registry import describe_parameters
 
 PYPROJECT = """\
@@ -100,6 +100,18 @@ def test_duplicate_registration_raises():
         with pytest.raises(ValueError, match="already registered"):
             register_strategy(name)(Impostor)
         assert get_strategy(name) is not Impostor
+
+
+def test_a_strategy_that_learns_from_unknown_samples_is_refused():
+    class Paired(AllocationStrategy):
+        learns_from = "paired"
+
+        def probabilities(self, state):
+            raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="learns_from must be None or 'switched'"):
+        register_strategy("paired-only")(Paired)
+    assert "paired-only" not in list_strategies()
 
 
 def test_parameters_are_described_readably():

@@ -144,7 +144,7 @@ def test_extreme_but_valid_feedback_keeps_state_finite(strategy):
     state = strategy.init(RegionInfo(SIZES), SEED)
     ones = np.ones((SIZES.size, BINS))
     for step, (sums, counts) in enumerate([(1e150 * ones, ones), (ones * 1e-300, ones), (0 * ones, ones),
-                                           (1e150 * ones, 1e-3 * ones)]):
+                                           (1e150 * ones, 1e-3 * ones), (ones * 5e-324, ones)]):
         state = strategy.update(state, Feedback(sums, counts, step))
         assert_finite_state(state)
         check_allocation(strategy, state, step, DRAWS)
@@ -152,6 +152,16 @@ def test_extreme_but_valid_feedback_keeps_state_finite(strategy):
     state = strategy.update(state, Feedback(1e300 * ones, ones, 9))  # beyond FEEDBACK_LIMIT: dropped
     assert state["dropped"] == ones.size
     assert_finite_state(state)
+
+
+def test_mix_floor_keeps_proportions_of_subnormal_weights():
+    """A positive total far below 1 (subnormal) is still a distribution to follow, not an overflow."""
+    from aria.strategies.base import mix_floor
+
+    active = np.array([True, True, True, False])
+    with np.errstate(all="raise"):
+        p = mix_floor(np.array([1e-309, 0.0, 2e-309, 5.0]), 0.25, active)
+    np.testing.assert_allclose(p, [0.75 / 3 + 0.25 / 3, 0.25 / 3, 1.5 / 3 + 0.25 / 3, 0.0])
 
 
 @st.composite

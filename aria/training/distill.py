@@ -126,9 +126,19 @@ def plan_step(draft: StepDraft, allocation, *, seed, config, bundle) -> StepPlan
                     probabilities)
 
 
+def feedback_config(config, strategy):
+    """``config`` (the distillation section) with the samples that feed ``strategy``: one that learns only
+    from its own draws (``learns_from = "switched"``, e.g. ``exp3``'s importance weights) gets switched
+    samples whatever ``feedback_from`` says; other strategies get what it says."""
+    if getattr(strategy, "learns_from", None) == "switched" and config.feedback_from != "switched":
+        return config.model_copy(update={"feedback_from": "switched"})
+    return config
+
+
 def plan_with(strategy, state, step, **kwargs) -> StepPlan:
     """``draft_step`` then ``plan_step`` with ``strategy``'s allocation (the training loop does the same
     in its own lines; tests and benchmarks plan with this)."""
+    kwargs["config"] = feedback_config(kwargs["config"], strategy)
     draft = draft_step(step, switches=strategy.switches, **kwargs)
     allocation = strategy.allocate(state, step, draft.num_switched) if draft.num_switched else None
     return plan_step(draft, allocation, seed=kwargs["seed"], config=kwargs["config"], bundle=kwargs["bundle"])

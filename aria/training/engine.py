@@ -173,7 +173,8 @@ class DistillationRun:
         transfer report."""
         from aria.models import build_student, feature_pairs
         from aria.training.backends import fp8_lines
-        from aria.training.distill import Distiller, WeightEMA
+        from aria.strategies import get_strategy
+        from aria.training.distill import Distiller, WeightEMA, feedback_config
         from diffusers import DDPMScheduler
 
         c, b = self.config, self.backend
@@ -194,8 +195,13 @@ class DistillationRun:
         self.model = b.setup(student.train())
         self.student = b.unwrap()
         self.ema = WeightEMA(self.student, c.distillation.ema_decay) if c.distillation.ema_decay else None
+        distill = feedback_config(c.distillation, get_strategy(c.strategy.name))
+        if distill.feedback_from != c.distillation.feedback_from:
+            self._stage(f"feedback: {c.strategy.name} learns from switched samples only (its estimator is weighted "
+                        f"by its own draw probabilities), not from distillation.feedback_from "
+                        f"{c.distillation.feedback_from!r}")
         self.distiller = Distiller(teacher=self.teacher.unet, student=self.model, backend=b, bundle=self.bundle,
-                                   scheduler=self.scheduler, pairs=self.pairs, config=c.distillation, seed=c.seed,
+                                   scheduler=self.scheduler, pairs=self.pairs, config=distill, seed=c.seed,
                                    vae=self.teacher.vae)
         return report
 
