@@ -48,7 +48,8 @@ def test_shipped_config_is_the_default_preset():
 @pytest.mark.parametrize("data,needle", [
     ({"every": {"alpha": [0.1]}}, "every.alpha: unknown key"),
     ({"scan": {"alphas": [0.1, 0.2, 0.3, 0.4, 1.5]}}, "alphas"),
-    ({"sampled": {"designs": [[16, 0.3, 1]], "burn_in": 10}}, "warm start"),
+    ({"sampled": {"designs": [[16, 0.3, 1]], "burn_in": 10}}, "warm-up"),
+    ({"sampled": {"designs": [[16, 1.0, 1]], "burn_in": 32, "steps": 60, "delays": [0, 1]}}, "warm-up"),
     ({"outside": {"heavy_df": [3.0]}}, "heavy_df"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, data, needle):
@@ -74,6 +75,11 @@ def test_tiny_sweep_passes_and_writes_json_and_figures(tmp_path, capsys):
     assert all(sc["within_factor_2"] for sc in doc["scan"])
     assert {r["kind"] for r in doc["rows"]} == {"every", "scan", "sampled", "outside"}
     assert any(r["delay"] == 1 for r in doc["rows"] if r["in_assumption"])
+    sampled = [r for r in doc["rows"] if r["kind"] == "sampled"]
+    assert sampled and all(r["warmup"] > 0 for r in sampled)
+    alloc = {a["strategy"]: a for a in doc["allocation"]}
+    assert alloc["oracle"]["measurements"] == 60 and alloc["oracle"]["eps"] == alloc["aria"]["eps"] == 0.2
+    assert alloc["oracle"]["final_max"] != alloc["uniform"]["final_max"]  # no longer uniform in disguise
     for name in ("alpha.png", "trajectories.png", "allocation.png"):
         assert (out_dir / name).stat().st_size > 10_000
     assert "within the bound (100.0%)" in out.out and "median measured/bound" in out.out

@@ -4,14 +4,17 @@ from collections import deque
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom
 
-from aria.strategies import Feedback, RegionInfo
+from aria.errors import UserError
+from aria.strategies import Feedback, RegionInfo, list_strategies
 from aria.theory import bounds as Bd
 from aria.theory.config import load_config
 from aria.theory.simulate import Stream, aria, run_allocation, run_every_step, run_sampled
-from aria.theory.sweep import Row, allocation_setup, judge, strategies_to_compare
+from aria.theory.sweep import Row, allocation_params, allocation_setup, allocation_summary, judge, strategies_to_compare
 
 FEW = settings(max_examples=6, deadline=None, derandomize=True)
 
@@ -71,7 +74,9 @@ def measured(kind, s, alpha, delay, burn, eps=1.0, draws=1):
     else:
         mse = run_sampled(alpha, eps, draws, delay, s, burn)["mse"]
         p = Bd.update_probability(eps, s.regions, draws)
-        bound = Bd.window_bound(alpha, s.sigma, s.delta, p, delay, burn, s.steps, (delay + 1) * s.regions)
+        t0 = Bd.warmup_steps(s.regions, eps, draws, delay, Bd.warmup_eta(0.999, s.seeds))
+        assert burn >= t0 + delay, (burn, t0)  # as the config validator demands
+        bound = Bd.window_bound(alpha, s.sigma, s.delta, p, delay, burn, s.steps, t0)
     row = Row(kind, s.process, s.noise, alpha, s.sigma, s.delta, delay, s.regions, s.seeds, eps, draws, p)
     return judge(row, mse, bound, 0.999, cells=kind == "every")
 
@@ -124,3 +129,89 @@ def test_aria_lowers_the_worst_region_more_than_uniform_on_the_coupled_process()
     worst = {n: run_allocation(n, p, **common)["final"].max(1).mean()
              for n, p in [("aria", {"alpha": 0.1, "eps": 0.2, "timestep_norm": False}), ("uniform", {})]}
     assert worst["aria"] < worst["uniform"] - 0.05
+
+
+# -- warm-up: every region observed by t0 (theory/README.md, "warm-up") ---------------------------
+
+def unvisited_after(steps, regions, eps, draws, delay, seeds):
+    """Seeds of the real aria (warm start, feedback ``delay`` steps late) with a region unobserved after ``steps``."""
+    strategy = aria(0.1, eps)
+    late = 0
+    for seed in range(seeds):
+        state = strategy.init(RegionInfo(np.ones(regions, dtype=np.int64)), seed)
+        hist = deque([state], maxlen=delay + 1)
+        for t in range(steps):
+            r = strategy.allocate(hist[0], t, draws).regions
+            state = strategy.update(state, Feedback.from_samples(r, np.ones(r.size), regions, step=t))
+            hist.append(state)
+        late += bool((np.asarray(state["visits"]) == 0).any())
+    return late
+
+
+@pytest.mark.parametrize("regions,eps,draws,delay,seeds", [
+    (8, 1.0, 2, 0, 1000),   # eps = 1: warm start does nothing, the floor argument
+    (16, 1.0, 1, 1, 300),   # the reviewer's design, with a delay
+    (4, 0.5, 1, 1, 1000),   # the warm-start argument in blocks of D + 1 steps
+    (16, 0.3, 4, 1, 400),
+])
+def test_warmup_steps_hold_for_the_real_strategy(regions, eps, draws, delay, seeds):
+    eta = 0.1  # large, so that a direct simulation can see the probability it bounds
+    t0 = Bd.warmup_steps(regions, eps, draws, delay, eta)
+    late = unvisited_after(t0, regions, eps, draws, delay, seeds)
+    assert binom.sf(late - 1, seeds, eta) > 1e-3, (t0, late / seeds)  # late / seeds <= eta within sampling error
+    if eps == 1.0:  # the old t0 = (D + 1) K: most seeds still miss a region
+        assert unvisited_after((delay + 1) * regions, regions, eps, draws, delay, 200) > 100
+
+
+def test_warmup_steps_take_the_better_of_the_two_arguments():
+    floor = lambda k, eps, b, eta: int(np.ceil(np.log(k / eta) / (-b * np.log1p(-eps / k))))  # noqa: E731
+    assert Bd.warmup_steps(16, 1.0, 1, 0, 1e-5) == floor(16, 1.0, 1, 1e-5)  # warm start adds nothing at eps = 1
+    assert Bd.warmup_steps(16, 1.0, 1, 3, 1e-5) == floor(16, 1.0, 1, 1e-5)  # the floor argument ignores the delay
+    t0 = Bd.warmup_steps(16, 0.3, 4, 1, 1e-5)
+    assert t0 < floor(16, 0.3, 4, 1e-5) and t0 % 2 == 0 and t0 >= 2 * 16  # whole blocks of D + 1 steps, >= K
+    assert Bd.warmup_steps(1, 0.5, 1, 2, 1e-5) == 1
+    assert Bd.warmup_steps(8, 1.0, 2, 0, 1e-3) < Bd.warmup_steps(8, 1.0, 2, 0, 1e-6)
+
+
+REVIEWED = {"sampled": {"designs": [[16, 1.0, 1]], "burn_in": 32, "steps": 60, "delays": [0, 1]}}
+
+
+def test_reviewers_warm_start_config_is_rejected(tmp_path):
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(REVIEWED))
+    for quick in (False, True):
+        with pytest.raises(UserError, match=r"sampled.burn_in 32 is shorter than the warm-up of design \[16, 1, 1\]"):
+            load_config(path, quick=quick)
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_reviewers_design_is_within_the_bound_from_the_burn_in_the_validator_asks(delay):
+    seeds = 40
+    t0 = Bd.warmup_steps(16, 1.0, 1, delay, Bd.warmup_eta(0.999, seeds))
+    s = Stream("linear", "gaussian", 0.2, 0.002, regions=16, seeds=seeds, steps=t0 + delay + 60, seed=0)
+    row = measured("sampled", s, 0.1, delay, t0 + delay, eps=1.0, draws=1)
+    assert row.within, row
+
+
+# -- the allocation check: a real oracle, one floor for all ----------------------------------------
+
+def test_the_oracle_observes_the_true_discrepancy_and_every_floor_is_the_configured_one():
+    cfg = load_config(None, quick=True)
+    cfg = cfg.model_copy(update={"allocation": cfg.allocation.model_copy(update={"eps": 0.35})})
+    names = strategies_to_compare(cfg)
+    for name in names:
+        params = allocation_params(name, cfg)
+        has_floor = "eps" in list_strategies()[name].Config.model_fields
+        assert params.get("eps") == (0.35 if has_floor else None), (name, params)
+    assert {"aria", "oracle", "dts", "ducb", "swucb", "invfreq"} <= set(names)
+    setup = allocation_setup(cfg)
+    common = dict(sizes=setup["sizes"], start=setup["start"], floor=setup["floor"], delta=0.01, sigma=0.1,
+                  noise_law="uniform", draws=4, steps=50, seeds=2)
+    res = run_allocation("oracle", allocation_params("oracle", cfg), trace=True, **common)
+    assert res["measurements"] == 50  # measured at every step, before allocating it
+    start = setup["start"]  # the true discrepancy at step 0
+    assert np.allclose(res["probabilities"][0], 0.65 * start / start.sum() + 0.35 / start.size)
+    uniform = run_allocation("uniform", {}, **common)
+    assert res["final"].max(1).mean() < uniform["final"].max(1).mean()
+    rows = allocation_summary({"oracle": {**res, "params": allocation_params("oracle", cfg)}})
+    assert rows[0]["eps"] == 0.35 and rows[0]["measurements"] == 50

@@ -13,12 +13,56 @@ With p = 1 the drift part is exactly delta (1 - a) / a + D delta in the stationa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy.special import bdtr
 
 
 def update_probability(eps: float, regions: int, draws: int) -> float:
     """p_min: a floor eps over K regions with B draws updates each region w.p. >= 1 - (1 - eps/K)^B."""
     return float(1.0 - (1.0 - eps / regions) ** draws)
+
+
+def warmup_eta(confidence: float, seeds: int) -> float:
+    """eta = (1 - confidence) / (10 seeds): a configuration's seeds all see every region by t0 except w.p. <= a
+    tenth of the check's error level, so the check errs w.p. <= 1.1 (1 - confidence) (theory/README.md)."""
+    return (1.0 - confidence) / (10.0 * seeds)
+
+
+def warmup_steps(regions: int, eps: float, draws: int, delay: int = 0, eta: float = 1e-6) -> int:
+    """t0: aria (floor ``eps``, warm start) has observed every one of K regions in steps [0, t0), except w.p. <= eta.
+
+    The smaller of two guarantees (derivation: theory/README.md, "warm-up"); ``delay`` D: the
+    allocation at step t reads the state after step t-1-D.
+
+    - floor: any state gives every region probability >= eps/K per draw, so
+      P(some region unobserved after n steps) <= K (1 - eps/K)^(n B).
+    - warm start: in blocks of D+1 steps, the first block always finds a region (step 0 draws
+      uniformly from all-unvisited), and each later block finds one except w.p. <= f =
+      (eps (1 - 1/K))^B whatever the past; K - 1 successes among J - 1 blocks are missed w.p.
+      <= P(Binomial(J - 1, 1 - f) <= K - 2).
+    """
+    k, b, d = int(regions), int(draws), int(delay)
+    if not (k >= 1 and b >= 1 and d >= 0 and 0 <= eps <= 1 and 0 < eta < 1):
+        raise ValueError("warmup_steps needs K >= 1, B >= 1, delay >= 0, 0 <= eps <= 1, 0 < eta < 1")
+    if k == 1:
+        return 1  # step 0 draws the only region
+    floor = eps / k
+    t_floor = math.ceil(math.log(k / eta) / (-b * math.log1p(-floor))) if floor > 0 else math.inf
+    fail = (eps * (1.0 - 1.0 / k)) ** b
+    missed = lambda j: bdtr(k - 2, j - 1, 1.0 - fail)  # noqa: E731 - P(Binomial(J - 1, 1 - f) <= K - 2), falls in J
+    lo, hi = k - 1, int(min(t_floor, 10**9) // (d + 1)) + 1  # J blocks in all: missed(lo) > eta unless lo >= K
+    t_warm = math.inf
+    if hi >= k and missed(hi) <= eta:
+        while hi - lo > 1:  # the smallest J >= K with missed(J) <= eta
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if missed(mid) <= eta else (mid, hi)
+        t_warm = hi * (d + 1)
+    t0 = min(t_floor, t_warm)
+    if not math.isfinite(t0):
+        raise ValueError(f"no warm-up guarantee for K={k}, eps={eps:g}, B={b}, delay={d}")
+    return int(t0)
 
 
 def noise_term(alpha, sigma):

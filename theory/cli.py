@@ -89,11 +89,13 @@ def _sweep_and_write(cfg, out: Path, t0: float) -> None:
                f"violations")
     click.echo("allocation on the coupled process (mean over seeds):")
     for a in result["allocation"]:
+        floor = f"eps={a['eps']:g}" if a["eps"] is not None else "no floor"
         if "error" in a:
-            click.echo(f"  {a['strategy']:<10} failed: {a['error']}")
+            click.echo(f"  {a['strategy']:<10} {floor:<9} failed: {a['error']}")
         else:
-            click.echo(f"  {a['strategy']:<10} final max {a['final_max']:.3f}  final mean {a['final_mean']:.3f}"
-                       f"  time-averaged max {a['mean_worst']:.3f}")
+            probed = f"  (true discrepancy observed {a['measurements']}x)" if a["measurements"] else ""
+            click.echo(f"  {a['strategy']:<10} {floor:<9} final max {a['final_max']:.3f}  final mean "
+                       f"{a['final_mean']:.3f}  time-averaged max {a['mean_worst']:.3f}{probed}")
     from . import plots
 
     ev = cfg.every

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from aria.config import Seed, read_yaml
 from aria.errors import StrictModel, UserError, format_validation_error
 
+from .bounds import warmup_eta, warmup_steps
 from .processes import Drift, Noise
 
 Alpha = Field(gt=0, le=1)
@@ -131,11 +132,16 @@ class TheoryConfig(_Section):
         late = max(self.every.delays + self.scan.delays + self.outside.delays)
         if self.every.burn_in < late:
             raise ValueError("every.burn_in must be at least the largest delay")
-        for k, eps, b in self.sampled.designs:
-            if k < 1 or not 0 < eps <= 1 or b < 1:
-                raise ValueError("sampled.designs are (K >= 1, 0 < eps <= 1, B >= 1)")
-            if self.sampled.burn_in < (max(self.sampled.delays) + 1) * k:
-                raise ValueError("sampled.burn_in must cover the warm start: (max delay + 1) * K steps")
+        sa = self.sampled
+        if any(k < 1 or not 0 < eps <= 1 or b < 1 for k, eps, b in sa.designs):
+            raise ValueError("sampled.designs are (K >= 1, 0 < eps <= 1, B >= 1)")
+        eta = warmup_eta(self.confidence, sa.seeds)
+        need, k, eps, b, delay = max((warmup_steps(k, eps, b, delay, eta) + delay, k, eps, b, delay)
+                                     for k, eps, b in sa.designs for delay in set(sa.delays))
+        if sa.burn_in < need:
+            raise ValueError(f"sampled.burn_in {sa.burn_in} is shorter than the warm-up of design [{k}, {eps:g}, {b}] "
+                             f"at delay {delay}: t0 + delay = {need} steps (every region observed by t0 except with "
+                             f"probability {eta:.2g}; theory/README.md, warm-up)")
         if any(not 0 < df <= 2 for df in self.outside.heavy_df):
             raise ValueError("outside.heavy_df must lie in (0, 2]")
         return self

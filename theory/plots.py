@@ -77,7 +77,8 @@ def plot_allocation(allocation: list[dict], path: Path) -> Path:
         top.legend(fontsize=6, ncol=4, loc="upper right")
     for a in allocation:
         if "worst_curve" in a:
-            bottom.plot(a["worst_curve"], lw=1.2, label=a["strategy"])
+            floor = f"eps={a['eps']:g}" if a.get("eps") is not None else "no floor"
+            bottom.plot(a["worst_curve"], lw=1.2, label=f"{a['strategy']} ({floor})")
     bottom.set(title="max over regions of the true discrepancy (mean over seeds)", xlabel="step",
                ylabel="max discrepancy")
     bottom.legend(fontsize=7)

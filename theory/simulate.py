@@ -5,7 +5,9 @@
 - ``run_sampled``: a region is observed only when the allocation draws it. Each seed allocates
   with the real ``allocate`` on its own slice of the state; one ``update`` serves all seeds
   (aria's update is per region, so this equals one instance per seed; a test checks it).
-- ``run_allocation``: any registered strategy on the coupled process, one instance per seed.
+- ``run_allocation``: any registered strategy on the coupled process, one instance per seed. A
+  probing strategy (``probe_every``, the oracle) gets ``observe`` with the true discrepancy at
+  every step divisible by ``probe_every``, before it allocates that step, as the engine does.
 
 Feedback may be applied ``delay`` steps late: allocation at step t reads the state after step
 t-1-delay, and the error at step t is m_{t-delay} - d_t (the estimate the next allocation uses).
@@ -165,8 +167,14 @@ def run_sampled(alpha: float, eps: float, draws: int, delay: int, stream: Stream
 def run_allocation(name: str, params: dict, sizes: np.ndarray, start: np.ndarray, floor: np.ndarray,
                    delta: float, sigma: float, noise_law: str, draws: int, steps: int, seeds: int,
                    seed: int = 0, trace: bool = False, df: float = 3.0):
-    """Any registered strategy on the coupled process; final and time-averaged discrepancy per seed."""
+    """Any registered strategy on the coupled process; final and time-averaged discrepancy per seed.
+
+    A strategy with ``probe_every`` (the oracle) observes the true discrepancy ``proc.d`` (noise-free,
+    unshifted: it lies in [floor, cap], > 0) at every step divisible by it, before allocating.
+    """
     strategy = create_strategy(name, params)
+    probe = int(getattr(strategy, "probe_every", None) or 0)
+    measurements = 0
     k = len(sizes)
     proc = P.Coupled(np.tile(start, (seeds, 1)), np.tile(floor, (seeds, 1)), delta, draws)
     rng = np.random.default_rng([seed, zlib.crc32(b"allocation")])  # same noise for every strategy
@@ -179,6 +187,9 @@ def run_allocation(name: str, params: dict, sizes: np.ndarray, start: np.ndarray
     for t in range(steps):
         counts[:] = 0.0
         for i in range(seeds):
+            if probe and t % probe == 0:
+                states[i] = strategy.observe(states[i], proc.d[i].copy())
+                measurements += i == 0
             alloc = strategy.allocate(states[i], t, draws)
             check_allocation(alloc, k, draws)  # a strategy that breaks the contract is reported as failed
             if trace and i == 0:
@@ -189,4 +200,4 @@ def run_allocation(name: str, params: dict, sizes: np.ndarray, start: np.ndarray
             states[i] = strategy.update(states[i], fb)
         worst[t] = proc.d.max(1)
         proc.step(counts)
-    return {"final": proc.d.copy(), "worst": worst, "probabilities": probs}
+    return {"final": proc.d.copy(), "worst": worst, "probabilities": probs, "measurements": measurements}

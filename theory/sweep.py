@@ -55,6 +55,7 @@ class Row:
     strict: bool = True
     robust_lcl: float = 0.0
     dropped: int = 0
+    warmup: int = 0  # t0: every region observed by then (sampled runs), see bounds.warmup_steps
     bound_theory_md: float | None = None
     region_rmse: list = field(default_factory=list)
 
@@ -110,9 +111,9 @@ def _sampled_task(index, alpha, eps, draws, delay, stream, burn, trace):
 
 def _allocation_task(name, kwargs):
     try:
-        return name, run_allocation(name, **kwargs)
+        return name, {**run_allocation(name, **kwargs), "params": kwargs["params"]}
     except Exception as err:  # a strategy under construction elsewhere must not hide the others
-        return name, {"error": f"{type(err).__name__}: {err}"}
+        return name, {"error": f"{type(err).__name__}: {err}", "params": kwargs["params"]}
 
 
 def allocation_setup(cfg: TheoryConfig) -> dict:
@@ -127,6 +128,21 @@ def allocation_setup(cfg: TheoryConfig) -> dict:
 
 def strategies_to_compare(cfg: TheoryConfig) -> list[str]:
     return [n for n in list_strategies() if n not in cfg.allocation.exclude]
+
+
+def allocation_params(name: str, cfg: TheoryConfig) -> dict:
+    """A compared strategy's parameters: ``allocation.eps`` for every strategy with an ``eps`` floor
+    (the same floor for all; strategies without one run as they are), aria's alpha without timestep
+    normalisation, and ``every = 1`` for a probing strategy (the oracle): the simulation measures the
+    true discrepancy for free, so the oracle sees it at every step, the best case it stands for."""
+    al, cls = cfg.allocation, list_strategies()[name]
+    fields = cls.Config.model_fields
+    params: dict = {"eps": al.eps} if "eps" in fields else {}
+    if name == "aria":
+        params.update(alpha=al.alpha, timestep_norm=False)
+    if hasattr(cls, "probe_every") and "every" in fields:
+        params["every"] = 1
+    return params
 
 
 def _pool(workers: int):
@@ -178,10 +194,9 @@ def _jobs(cfg: TheoryConfig, plan, trace_alpha, sampled) -> list[tuple[float, ob
                      (i, a, eps, b, delay, stream, cfg.sampled.burn_in, i == traced)))
     setup = allocation_setup(cfg)
     for name in strategies_to_compare(cfg):
-        params = {"alpha": al.alpha, "eps": al.eps, "timestep_norm": False} if name == "aria" else {}
-        kwargs = dict(params=params, sizes=setup["sizes"], start=setup["start"], floor=setup["floor"],
-                      delta=al.delta, sigma=al.sigma, noise_law=al.noise, draws=al.draws, steps=al.steps,
-                      seeds=al.seeds, seed=cfg.seed, trace=name == "aria", df=cfg.student_df)
+        kwargs = dict(params=allocation_params(name, cfg), sizes=setup["sizes"], start=setup["start"],
+                      floor=setup["floor"], delta=al.delta, sigma=al.sigma, noise_law=al.noise, draws=al.draws,
+                      steps=al.steps, seeds=al.seeds, seed=cfg.seed, trace=name == "aria", df=cfg.student_df)
         jobs.append((al.seeds * al.steps * 160, _allocation_task, (name, kwargs)))
     return sorted(jobs, key=lambda j: -j[0])
 
@@ -214,13 +229,15 @@ def run_sweep(cfg: TheoryConfig) -> dict:
                 row = Row(kind, s.process, noise, a, s.sigma, s.delta, delay, s.regions, s.seeds,
                           in_assumption=kind != "outside", dropped=res["dropped"])
                 rows.append(judge(row, res["mse"][delay], bound, cfg.confidence, cells=True))
+    eta = Bd.warmup_eta(cfg.confidence, sa.seeds)
     for i, (a, eps, b, delay, s) in enumerate(sampled):
         res = out[_sampled_task][i]
         p = Bd.update_probability(eps, s.regions, b)
-        bound = Bd.window_bound(a, s.sigma, s.delta, p, delay, sa.burn_in, sa.steps, (delay + 1) * s.regions)
+        t0 = Bd.warmup_steps(s.regions, eps, b, delay, eta)
+        bound = Bd.window_bound(a, s.sigma, s.delta, p, delay, sa.burn_in, sa.steps, t0)
         loose = float(Bd.noise_term(a, s.sigma) + Bd.theory_md_drift(a, s.delta, p) + delay * s.delta)
         row = Row("sampled", s.process, s.noise, a, s.sigma, s.delta, delay, s.regions, s.seeds, eps, b, p,
-                  dropped=res["dropped"], bound_theory_md=loose)
+                  dropped=res["dropped"], warmup=t0, bound_theory_md=loose)
         rows.append(judge(row, res["mse"], bound, cfg.confidence))
         if "trace" in res:
             traces["sampled"] = {**res["trace"], "alpha": a, "process": s.process, "noise": s.noise,
@@ -252,13 +269,15 @@ def scan_summary(rows: list[Row], cfg: TheoryConfig) -> list[dict]:
 
 
 def allocation_summary(results: dict) -> list[dict]:
+    """Per strategy: its floor (``eps``, None where it has none), probe measurements (the oracle), results."""
     out = []
     for name, res in sorted(results.items()):
+        head = {"strategy": name, "eps": res["params"].get("eps")}
         if "error" in res:
-            out.append({"strategy": name, "error": res["error"]})
+            out.append({**head, "error": res["error"]})
             continue
         final = res["final"]
-        out.append({"strategy": name, "final_max": float(final.max(1).mean()),
+        out.append({**head, "measurements": res["measurements"], "final_max": float(final.max(1).mean()),
                     "final_max_sd": float(final.max(1).std()), "final_mean": float(final.mean()),
                     "mean_worst": float(res["worst"].mean()), "worst_curve": res["worst"].mean(1),
                     "probabilities": res["probabilities"]})
