@@ -178,6 +178,31 @@ def test_rank_slices_add_up_to_the_global_batch(world):
     np.testing.assert_allclose(halves[k + nb:].numpy(), whole[k + nb:].numpy(), rtol=1e-5)  # per-sample D
 
 
+def test_latent_draws_of_rank_slices_add_up_to_the_global_batch(world):
+    """A latent teacher's posterior draws are a function of (seed, step) for the global batch, sliced per rank:
+    the same latents with one rank or two."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4).eval()
+    s = create_strategy("rc")
+    state = s.init(world[0].region_info, 0)
+    full, _ = distiller(world, FakeRank())
+    p = plan_of(full, 3, s, state)
+    latents = []
+    for rank, size in ((0, 1), (0, 2), (1, 2)):
+        d, _ = distiller(world, FakeRank(rank, size))
+        d.vae = vae
+        latents.append(d._x0(p, p.part(rank, size)))
+    whole, halves = latents[0], torch.cat(latents[1:])
+    assert whole.shape[0] == p.size and whole.shape[1] == 4
+    torch.testing.assert_close(halves, whole, rtol=1e-5, atol=1e-6)
+    again, _ = distiller(world, FakeRank())
+    again.vae = vae
+    assert not torch.equal(again._x0(plan_of(again, 4, s, state), p.part(0, 1)), whole)  # another step, other draws
+
+
 def test_feedback_counts_every_conditioned_sample_per_region_and_bin(world):
     s = create_strategy("rc")
     d, _ = distiller(world, FakeRank())

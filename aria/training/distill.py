@@ -284,11 +284,14 @@ class Distiller:
         x0 = to_device(images, self.device)
         if self.vae is None:
             return x0
-        gen = torch.Generator(device=self.device)  # posterior draws of latent teachers (per rank)
-        gen.manual_seed(int(data_rng(self.seed, plan.step, STREAM_LATENT).integers(2**62)) + part.start)
         with torch.inference_mode(), self.backend.autocast():
-            latents = self.vae.encode(x0.to(self.vae.dtype)).latent_dist.sample(generator=gen)
-        return latents.float() * self.scaling
+            posterior = self.vae.encode(x0.to(self.vae.dtype)).latent_dist
+        # the posterior's draw (mean + std * noise) with the noise of the *global* batch from a (seed, step)
+        # generator, sliced as ``_noise`` is: the same latents whatever the rank count
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(data_rng(self.seed, plan.step, STREAM_LATENT).integers(2**62)))
+        noise = torch.randn((plan.size, *posterior.mean.shape[1:]), generator=gen, device=self.device)[part]
+        return (posterior.mean.float() + posterior.std.float() * noise) * self.scaling
 
     # -- the forward ------------------------------------------------------------------------
     def forward(self, plan: StepPlan) -> Forward:
