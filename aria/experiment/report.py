@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -398,6 +399,13 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
     world_checks = list(world_checks) if world_checks is not None else [None] * len(results_list)
     here = Path(doc_path).resolve().parent
     srcs = relative(paths, here)
+    if many:
+        seen_paths = set()
+        for path in paths:
+            if Path(path).resolve() in seen_paths:
+                raise UserError(f"--results {path} is given twice: its runs would be pooled with themselves as "
+                                "further samples; name each results JSON once")
+            seen_paths.add(Path(path).resolve())
     out = ["# aria: results", "", source_line(srcs, relative(ablation_paths, here)), ""]
     if many:
         out += ["## Reading", "", READING_OPEN, reading_section(existing), READING_CLOSE, ""]
@@ -413,7 +421,7 @@ def results_document(results: dict | list[dict], results_path: Path | list[Path]
             out += [*results_header(res), "", "## Reading", "", READING_OPEN, reading_section(existing),
                     READING_CLOSE, "", results_tables(res, checked), "## Plots", "", *links, ""]
     if many:
-        out += pooled_sections(results_list)
+        out += pooled_sections(results_list, srcs)
     if ablations:
         out += ablation_section(results_list, list(ablations), list(ablation_paths), here)
     return "\n".join(out)
@@ -424,22 +432,59 @@ POOLED_METHOD = ("each check over the per-seed values of every file together, pa
                  "for these files, with the files as further seeds (it says nothing of a split not run)")
 
 
-def pooled_sections(results_list: list[dict]) -> list[str]:
+def pooled_sections(results_list: list[dict], names: list[str] | None = None) -> list[str]:
     """For results files that differ only in their split (``SPLIT_SETTINGS``: the same config and every other
     --set value) and ran aria and rc, two or more of them: the bar per file and pooled over their runs, and
-    each strategy's share of the oracle's unseen headroom per file and pooled (markdown lines)."""
+    each strategy's share of the oracle's unseen headroom per file and pooled (markdown lines).
+
+    Only distinct samples are pooled: a file that repeats a (split, seed) of an earlier file of its group
+    (a re-run with the same settings and seeds, or a copy) is left out, with a line saying so in the
+    document and on stderr. ``names``: how those lines name the files (default: their titles)."""
     def key(r):
         return _config(r), frozenset(v for v in _sets(r) if v.split("=", 1)[0] not in SPLIT_SETTINGS)
 
+    names = list(names) if names is not None else [
+        experiment_title(r, results_list, i) for i, r in enumerate(results_list)]
     out = []
     for k in dict.fromkeys(key(r) for r in results_list):
         group = [r for r in results_list if key(r) == k and {"aria", "rc"} <= set(r.get("runs", {}))]
+        if len(group) < 2:
+            continue
+        group, notes = distinct_samples(group, [names[_index(r, results_list)] for r in group])
+        for note in notes:
+            print(f"aria results: {note}", file=sys.stderr)
         if len(group) >= 2:
-            out += _pooled_section(group, results_list)
+            out += _pooled_section(group, results_list, notes)
+        else:
+            out += [f"## Across the splits of `{_config(group[0])}`: nothing pooled", "", *notes, ""]
     return out
 
 
-def _pooled_section(group: list[dict], results_list: list[dict]) -> list[str]:
+def _split(results: dict) -> frozenset:
+    """The split a results file ran on: its ``SPLIT_SETTINGS`` --set values (none: the config's own split)."""
+    return frozenset(v for v in _sets(results) if v.split("=", 1)[0] in SPLIT_SETTINGS)
+
+
+def distinct_samples(group: list[dict], names: list[str]) -> tuple[list[dict], list[str]]:
+    """The files of ``group`` that are distinct samples, in order: each file that shares a (split, seed)
+    with a file kept before it is left out (its runs repeat those runs, not further seeds); and one line
+    per file left out, naming it and the file it repeats."""
+    kept, notes = [], []
+    for r, name in zip(group, names):
+        seeds = [str(s) for s in r["seeds"]]
+        for other, other_name in kept:
+            shared = [s for s in seeds if s in {str(x) for x in other["seeds"]}]
+            if _split(other) == _split(r) and shared:
+                split = ", ".join(f"`{v}`" for v in sorted(_split(r))) or "the config's own"
+                notes.append(f"Not pooled: `{name}` ran the same split ({split}) and seed{'s' * (len(shared) > 1)} "
+                             f"{', '.join(shared)} as `{other_name}`, so its runs are not further samples.")
+                break
+        else:
+            kept.append((r, name))
+    return [r for r, _ in kept], notes
+
+
+def _pooled_section(group: list[dict], results_list: list[dict], notes: list[str] = ()) -> list[str]:
     strategies = [s for s in group[0]["strategies"] if all(s in r["runs"] for r in group)]
     groups = [g for g in group[0]["groups"] if all(g in r["groups"] for r in group)]
     metrics = [m for m in group[0]["metrics"] if all(m in r["metrics"] for r in group)]
@@ -454,6 +499,7 @@ def _pooled_section(group: list[dict], results_list: list[dict]) -> list[str]:
                      "pass" if check["pass"] else "fail", fmt(check["ci_clear"])])
     out = [f"## Across the splits of `{_config(group[0])}`: {', '.join(titles)}", "",
            f"The bar in each results file (its mean) and pooled: {POOLED_METHOD}; n is the pairs pooled.", "",
+           *((*notes, "") if notes else ()),
            table(["check (aria vs rc)", *titles, "pooled [95% CI]", "n", "bar", "verdict (pooled mean)",
                   "CI clears bar"], rows), ""]
     metric = headroom_metric(metrics)
