@@ -9,20 +9,22 @@ import pytest
 import torch
 
 from aria.training import checkpoint as ckpt
-from aria.config import RunConfig, config_to_dict
+from aria.config import DistillConfig, RunConfig, config_to_dict
 from aria.errors import UserError
 
 
 class OneRank:
-    """The TorchBackend's save/load on one process, with a real optimizer."""
+    """The TorchBackend's save/load on one process, with a real optimizer (of ``distill``'s settings)."""
 
     is_main, rank, world_size = True, 0, 1
 
-    def __init__(self, model):
-        from aria.training.backends import lr_factor
+    def __init__(self, model, distill=None):
+        from aria.training.backends import distill_lr_factor
 
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(3))
+        self.distill = distill or DistillConfig(lr=0.1, weight_decay=0.01, warmup_steps=3)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.distill.lr,
+                                           weight_decay=self.distill.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, distill_lr_factor(self.distill))
         self.device = torch.device("cpu")
 
     def barrier(self):
@@ -33,10 +35,10 @@ class OneRank:
 
         return TorchBackend.save(self, folder)
 
-    def load(self, folder):
+    def load(self, folder, step=None):
         from aria.training.backends import TorchBackend
 
-        return TorchBackend.load(self, folder)
+        return TorchBackend.load(self, folder) if step is None else TorchBackend.load(self, folder, step)
 
 
 def trained(seed=0):
@@ -71,6 +73,38 @@ def test_save_verify_load_roundtrip(tmp_path):
     s1, s2 = backend.optimizer.state_dict()["state"][0], other.optimizer.state_dict()["state"][0]
     torch.testing.assert_close(s1["exp_avg"], s2["exp_avg"])
     assert ckpt.read_state(folder) == ({"step": 7}, {"seed": 0})
+
+
+def test_load_applies_this_runs_lr_weight_decay_and_schedule(tmp_path):
+    """A resume's load restores the saved optimizer and LR schedule, then this run's distillation.lr (the
+    schedule's base LR), weight_decay and schedule apply from the checkpoint's step on; unchanged settings give
+    the saved state back bit for bit."""
+    from aria.training.backends import lr_factor
+
+    model, backend = trained()  # lr 0.1, weight_decay 0.01, warmup 3: one step done
+    folder = save(tmp_path, 1, model, backend)
+    same = OneRank(torch.nn.Linear(3, 2))
+    same.load(folder)
+    assert same.optimizer.state_dict()["param_groups"] == backend.optimizer.state_dict()["param_groups"]
+    assert same.scheduler.state_dict() == backend.scheduler.state_dict()
+
+    changed = OneRank(torch.nn.Linear(3, 2), DistillConfig(lr=0.01, weight_decay=0.2, warmup_steps=4,
+                                                           lr_schedule="cosine", lr_final=0.5, steps=6))
+    changed.load(folder)
+    factor = lr_factor(4, "cosine", 6, 0.5)
+    group = changed.optimizer.param_groups[0]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (0.01 * factor(1), 0.01, 0.2)
+    assert changed.scheduler.base_lrs == [0.01] and changed.scheduler.get_last_lr() == [0.01 * factor(1)]
+    for step in (2, 3, 4, 5):  # the new schedule continues from the checkpoint's step
+        changed.optimizer.step()
+        changed.scheduler.step()
+        assert changed.optimizer.param_groups[0]["lr"] == 0.01 * factor(step)
+    s1, s2 = backend.optimizer.state_dict()["state"][0], changed.optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(s1["exp_avg"], s2["exp_avg"])  # the moments are the checkpoint's
+
+    behind = OneRank(torch.nn.Linear(3, 2))
+    behind.load(folder, step=3)  # the schedule stands at the checkpoint's step (a function of the step index)
+    assert behind.scheduler.last_epoch == 3 and behind.optimizer.param_groups[0]["lr"] == 0.1 * lr_factor(3)(3)
 
 
 def test_damaged_latest_falls_back_to_the_previous(tmp_path):
@@ -120,6 +154,10 @@ def test_resume_refuses_a_changed_field(field, value):
 def test_resume_allows_harmless_changes_and_compares_resolved_strategy_params():
     ckpt.check_resume_config(config_dict(), config_dict(distillation__steps=99, distillation__lr=1.0,
                                                         logging__every=3), {"eps": 0.2}, {"eps": 0.2})
+    # the optimizer's and the LR schedule's settings, and the EMA, are applied from the resumed step on
+    ckpt.check_resume_config(config_dict(), config_dict(distillation__weight_decay=0.1, distillation__warmup_steps=9,
+                                                        distillation__lr_schedule="cosine", distillation__lr_final=0.2,
+                                                        distillation__ema_decay=0.99), {}, {})
     with pytest.raises(UserError, match="strategy.params.aria.eps is 0.2 in the checkpoint but 0.3"):
         ckpt.check_resume_config(config_dict(), config_dict(), {"eps": 0.2}, {"eps": 0.3})
 

@@ -84,6 +84,104 @@ def test_resume_continues_exactly(tmp_path):
     assert sa["strategy"] == sb["strategy"] and sa["distiller"] == sb["distiller"]
 
 
+def test_resume_applies_a_changed_lr_weight_decay_and_schedule(tmp_path, capsys):
+    """--resume with another distillation.lr, weight_decay and LR schedule: the optimizer and the schedule
+    continue from the checkpoint's step with the new values (the saved ones are not kept), and the run says so."""
+    from aria.training.backends import lr_factor
+
+    run(tmp_path, distillation={"steps": 2, "warmup_steps": 4}, logging={"every": 1})
+    changed = {"steps": 5, "lr": 1e-5, "weight_decay": 0.5, "warmup_steps": 3, "lr_schedule": "cosine",
+               "lr_final": 0.1}
+    capsys.readouterr()
+    config, _, records = run(tmp_path, resume=True, distillation=changed, logging={"every": 1})
+    out = capsys.readouterr().out
+    assert "resume: distillation.lr 0.001 -> 1e-05, distillation.weight_decay 0.0 -> 0.5, " in out
+    assert "distillation.lr_schedule 'constant' -> 'cosine'" in out and "applied from step 3 on" in out
+    new = lr_factor(3, "cosine", 5, 0.1)
+    assert [r["lr"] for r in records if "loss" in r] == [1e-3 * lr_factor(4)(s) for s in (0, 1)] + \
+        [1e-5 * new(s) for s in (2, 3, 4)]
+    training = torch.load(ckpt.latest_good(config.output_dir / "checkpoints") / "training.pt", weights_only=True)
+    group = training["optimizer"]["param_groups"][0]
+    assert (group["initial_lr"], group["weight_decay"]) == (1e-5, 0.5)
+    assert training["scheduler"]["base_lrs"] == [1e-5] and training["scheduler"]["last_epoch"] == 5
+
+
+DS_WORKER = """
+import json, pathlib, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+import conftest
+from aria.training.engine import DistillationRun
+
+config = conftest.tiny_config(pathlib.Path({tmp!r}), **json.loads({sections!r}))
+bundle = conftest.make_bundle()
+bundle.paired_images[5] = float("nan")  # with strategy aria, steps 1 to 3 are skipped
+run = DistillationRun(config, resume={resume}, bundle=bundle, teacher=conftest.make_teacher())
+try:
+    run.setup()
+    groups = [{{k: g[k] for k in ("lr", "initial_lr", "weight_decay")}}
+              for g in run.backend.engine.lr_scheduler.optimizer.param_groups]
+    run.train()
+    run.finish()
+finally:
+    run.close()
+pathlib.Path({tmp!r}, "groups.json").write_text(json.dumps(groups))
+"""
+
+
+def deepspeed_run(tmp_path, sections: dict, resume=False) -> list[dict]:
+    """One DeepSpeed process without a launcher (as tests/test_distributed.py runs it); returns the
+    optimizer's param groups (lr, initial_lr, weight_decay) after setup, checkpoint restored."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "ds_worker.py"
+    script.write_text(DS_WORKER.format(tests=str(tests), tmp=str(tmp_path), sections=json.dumps(sections),
+                                       resume=resume))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "groups.json").read_text())
+
+
+@pytest.mark.slow
+def test_deepspeed_skips_advance_the_schedule_and_resume_applies_lr_and_weight_decay(tmp_path):
+    """DeepSpeed (ZeRO-2, one CPU process; host sync only): a step skipped on the host advances the LR
+    schedule as with the torch backend, and --resume gives the engine's optimizer and schedule the changed
+    distillation.lr and weight_decay."""
+    from aria.training.backends import lr_factor
+
+    base = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "strategy": {"name": "aria"},
+            "logging": {"every": 1, "checkpoint_every": 2}}
+    deepspeed_run(tmp_path, {**base, "distillation": {"steps": 2, "warmup_steps": 4}})
+    groups = deepspeed_run(tmp_path, {**base, "distillation": {"steps": 4, "warmup_steps": 4, "lr": 1e-5,
+                                                               "weight_decay": 0.5}}, resume=True)
+    factor = lr_factor(4)
+    assert groups and all(g == {"lr": 1e-5 * factor(2), "initial_lr": 1e-5, "weight_decay": 0.5} for g in groups)
+    steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["nonfinite"] for r in steps] == [True, True, True, False]
+    assert [r["lr"] for r in steps] == [1e-3 * factor(0), 1e-3 * factor(1), 1e-5 * factor(2), 1e-5 * factor(3)]
+
+
+def test_ema_turned_on_at_resume_starts_from_the_restored_weights(tmp_path):
+    """distillation.ema_decay set at a resume from a checkpoint without EMA: the EMA starts from the restored
+    student, not from the untrained one the run built before restoring."""
+    config, _, _ = run(tmp_path, distillation={"steps": 4})
+    run(tmp_path, resume=True, distillation={"steps": 5, "ema_decay": 0.5})
+    new, old = ckpt.list_checkpoints(config.output_dir / "checkpoints")[:2]
+    s4, s5, ema = ckpt.load_weights(old), ckpt.load_weights(new), ckpt.load_weights(new, "ema")
+    assert not (old / "ema.safetensors").exists() and set(ema) == set(s5)
+    assert any(not torch.equal(s4[k], s5[k]) for k in s4)
+    for k in s4:  # one EMA step of decay 0.5 from the step-4 weights
+        torch.testing.assert_close(ema[k], torch.lerp(s4[k].float(), s5[k].float(), 0.5), rtol=0, atol=1e-6)
+
+
 def test_resume_guards(tmp_path, capsys):
     """--resume continues from the newest checkpoint that verifies (a damaged latest is reported and an
     older one used); without one, none or only damaged ones, it is a UserError naming the folder and what
@@ -157,20 +255,46 @@ def checkpoint_of(config):
 
 def test_device_sync_computes_what_host_sync_does(tmp_path):
     """step_sync device (skips on the device, reads the statistics after the backward is queued) gives
-    the host path's records, weights, EMA and strategy state bit for bit, non-finite steps included."""
+    the host path's records, LR, weights, EMA and strategy state bit for bit, non-finite steps included:
+    in both modes a skipped step advances the LR schedule (step s runs at lr x factor(s), warmup included)."""
+    from aria.training.backends import lr_factor
+
     bundle = make_bundle()
     bundle.paired_images[5] = np.nan  # some steps are skipped
-    keys = ("loss", "task", "out", "feat", "probabilities", "estimates", "nonfinite", "grad_norm")
+    keys = ("loss", "task", "out", "feat", "probabilities", "estimates", "nonfinite", "grad_norm", "lr")
     runs = {}
     for mode in ("host", "device"):
         config, _, records = run(tmp_path / mode, bundle=bundle, strategy={"name": "aria"}, logging={"every": 1},
-                                 distillation={"steps": 6, "ema_decay": 0.9, **SYNC_MODES[mode]})
+                                 distillation={"steps": 6, "warmup_steps": 5, "ema_decay": 0.9, **SYNC_MODES[mode]})
         runs[mode] = ([{k: r.get(k) for k in keys} for r in records if "loss" in r], *checkpoint_of(config))
     (host_records, host_state, host_weights), (dev_records, dev_state, dev_weights) = runs["host"], runs["device"]
     assert host_records == dev_records and any(r["nonfinite"] for r in host_records)
+    assert host_records[0]["nonfinite"]  # the first step is skipped: the schedule advances all the same
+    assert [r["lr"] for r in host_records] == [1e-3 * lr_factor(5)(s) for s in range(6)]
     assert host_state["strategy"] == dev_state["strategy"] and host_state["distiller"] == dev_state["distiller"]
     for name in ("student", "ema"):
         assert all(torch.equal(host_weights[name][k], dev_weights[name][k]) for k in host_weights[name])
+
+
+@pytest.mark.parametrize("mode", ["host", "device"])
+def test_resume_continues_exactly_through_skipped_steps_and_warmup(tmp_path, mode):
+    """Non-finite steps (the LR schedule advances at each) during a warmup: 4 steps then a resume to 6 give
+    the uninterrupted run's records, LR, weights and EMA bit for bit."""
+    bundle = make_bundle()
+    bundle.paired_images[5] = np.nan  # steps 1 to 3 are skipped
+    sections = dict(strategy={"name": "aria"}, logging={"every": 1, "checkpoint_every": 4})
+    late = {"warmup_steps": 6, "ema_decay": 0.9, **SYNC_MODES[mode]}
+    a_cfg, _, a = run(tmp_path / "a", bundle=bundle, distillation={"steps": 6, **late}, **sections)
+    run(tmp_path / "b", bundle=bundle, distillation={"steps": 4, **late}, **sections)
+    b_cfg, _, b = run(tmp_path / "b", resume=True, bundle=bundle, distillation={"steps": 6, **late}, **sections)
+    keys = ("loss", "nonfinite", "probabilities", "estimates", "grad_norm", "lr")
+    a_steps, b_steps = [r for r in a if "loss" in r], [r for r in b if "loss" in r]
+    assert any(r["nonfinite"] for r in a_steps) and [r["step"] for r in b_steps] == list(range(1, 7))
+    assert [{k: r.get(k) for k in keys} for r in a_steps] == [{k: r.get(k) for k in keys} for r in b_steps]
+    (sa, wa), (sb, wb) = checkpoint_of(a_cfg), checkpoint_of(b_cfg)
+    assert sa["strategy"] == sb["strategy"]
+    for name in ("student", "ema"):
+        assert all(torch.equal(wa[name][k], wb[name][k]) for k in wa[name])
 
 
 def test_feedback_one_step_late_plans_with_the_state_of_two_steps_before(tmp_path):

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import types
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -48,13 +49,15 @@ class Backend(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
     # step returns the gradient norm, read by the caller only when logged
     def step(self, skip: torch.Tensor | None = None) -> torch.Tensor | float | None: ...
+    # a step skipped on the host: weights and moments unchanged, the LR schedule advances
+    def skip(self) -> None: ...
     def zero_grad(self) -> None: ...
     def all_reduce(self, tensor: torch.Tensor, what: str = "all_reduce") -> torch.Tensor: ...
     def same_on_all_ranks(self, value: int) -> bool: ...
     def barrier(self) -> None: ...
     def unwrap(self) -> torch.nn.Module: ...
     def save(self, folder: Path) -> list[str]: ...
-    def load(self, folder: Path) -> None: ...
+    def load(self, folder: Path, step: int | None = None) -> None: ...
     def lr(self) -> float: ...
     def close(self) -> None: ...
 
@@ -130,6 +133,43 @@ def lr_factor(warmup_steps: int, schedule: str = "constant", total_steps: int = 
 def distill_lr_factor(distill):
     """``lr_factor`` of a ``DistillConfig`` (both backends)."""
     return lr_factor(distill.warmup_steps, distill.lr_schedule, distill.steps, distill.lr_final)
+
+
+# The LR schedule is a function of the step index: step s (from 0) runs at distillation.lr x factor(s), whether
+# earlier steps were skipped (non-finite) or not, in every step_sync mode and backend. A skipped step therefore
+# advances the schedule too (``step_sync: device`` cannot know on the host in time that it skips).
+
+
+def advance_schedule(scheduler) -> None:
+    """One step of ``scheduler`` for a step whose optimizer update was skipped (torch's warning about a
+    schedule stepped before the optimizer, where the run's first step is skipped, is expected here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        scheduler.step()
+
+
+def resume_schedule(scheduler, distill, step: int | None = None) -> None:
+    """After a resume loaded the optimizer's and the LR schedule's saved states (which hold the saved lr,
+    weight_decay and base LR): this run's ``distillation.lr`` becomes the schedule's base LR and its
+    ``weight_decay`` the optimizer's, the schedule stands at ``step`` (the checkpoint's; None: as loaded),
+    and the param groups' current LR is recomputed for it with this run's schedule (the LambdaLR's factor
+    is built from this run's warmup_steps, lr_schedule, lr_final and steps: its saved state holds no
+    function). Unchanged settings give back the loaded values bit for bit."""
+    groups = scheduler.optimizer.param_groups
+    base = float(distill.lr)
+    if step is not None:
+        scheduler.last_epoch = int(step)
+    scheduler.base_lrs = [base] * len(groups)
+    for group, factor in zip(groups, scheduler.lr_lambdas):
+        lr = base * factor(scheduler.last_epoch)  # what LambdaLR.get_lr computes
+        group["initial_lr"] = base
+        group["weight_decay"] = float(distill.weight_decay)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups]
 
 
 def set_deterministic(enabled: bool, cudnn_benchmark: bool = False) -> None:
@@ -459,7 +499,7 @@ class TorchBackend(_Base):
     def step(self, skip=None):
         """Clip, step the optimizer and the LR schedule; returns the gradient norm (a device tensor).
         ``skip``: a device bool; where True the fused AdamW leaves weights and moments unchanged
-        (the LR schedule still advances)."""
+        (the LR schedule still advances, as after ``skip``)."""
         norm = None
         if self.distill.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.distill.grad_clip)
@@ -467,6 +507,10 @@ class TorchBackend(_Base):
         self.optimizer.step()
         self.scheduler.step()
         return norm
+
+    def skip(self):
+        """A step skipped on the host (non-finite): no optimizer update, the LR schedule advances."""
+        advance_schedule(self.scheduler)
 
     def zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
@@ -485,10 +529,13 @@ class TorchBackend(_Base):
                 torch.save(state, f)
         return ["training.pt"]
 
-    def load(self, folder: Path) -> None:
+    def load(self, folder: Path, step: int | None = None) -> None:
+        """The saved optimizer and LR schedule states, then this run's lr, weight_decay and schedule from
+        ``step`` on (``resume_schedule``)."""
         state = torch.load(Path(folder) / "training.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        resume_schedule(self.scheduler, self.distill, step)
 
 
 def _free_port() -> int:
@@ -567,7 +614,13 @@ class DeepSpeedBackend(_Base):
         if skip is not None:  # RunConfig rejects step_sync 'device' with DeepSpeed
             raise ValueError("DeepSpeedBackend cannot skip a step on the device")
         self.engine.step()  # clips, steps the optimizer and the LR schedule, zeroes the gradients
+        if not self.engine.was_step_applied():  # the engine skipped the update (overflow) and its LR step
+            advance_schedule(self.engine.lr_scheduler)
         return self.engine.get_global_grad_norm()  # a device tensor under bf16: read it only when logged
+
+    def skip(self):
+        """A step skipped on the host (non-finite): no engine step, the LR schedule advances."""
+        advance_schedule(self.engine.lr_scheduler)
 
     def zero_grad(self):
         self.engine.zero_grad()
@@ -584,10 +637,13 @@ class DeepSpeedBackend(_Base):
         self.barrier()
         return sorted(str(p.relative_to(folder)) for p in (Path(folder) / "deepspeed").rglob("*") if p.is_file())
 
-    def load(self, folder: Path) -> None:
+    def load(self, folder: Path, step: int | None = None) -> None:
+        """The engine's checkpoint (weights, optimizer, LR schedule), then this run's lr, weight_decay and
+        schedule from ``step`` on (``resume_schedule``, on the optimizer the schedule drives)."""
         path, _ = self.engine.load_checkpoint(str(Path(folder) / "deepspeed"), tag="state")
         if path is None:
             raise UserError(f"checkpoint {folder}: DeepSpeed state could not be loaded")
+        resume_schedule(self.engine.lr_scheduler, self.distill, step)
 
 
 BACKENDS = {"torch": TorchBackend, "deepspeed": DeepSpeedBackend}

@@ -37,7 +37,10 @@ PREFIX = "step-"
 MANIFEST = "manifest.json"
 FORMAT = 1
 
-# config fields that must not change on resume (dotted prefixes); everything else may
+# config fields that must not change on resume (dotted prefixes); everything else may, and applies from the
+# resumed step on: distillation.lr / weight_decay replace the optimizer's and the LR schedule's saved values, and
+# warmup_steps / lr_schedule / lr_final / steps reshape the schedule, a function of the step index
+# (backends.resume_schedule); ema_decay turned on starts the EMA from the restored weights
 RESUME_FIELDS = ("seed", "data", "encoder.kind", "encoder.path", "encoder.max_length", "regions", "teacher.path",
                  "teacher.subfolder", "student", "strategy.name", "distillation.batch_size",
                  "distillation.timestep_bins", "backend.kind")

@@ -308,16 +308,38 @@ class DistillationRun:
         with _checkpoint_part(folder, "student.safetensors"):
             self.student.load_state_dict(ckpt.load_weights(folder, "student"))
         with _checkpoint_part(folder, "the optimizer state (training.pt)"):
-            b.load(folder)
+            b.load(folder, step=int(state["step"]))  # then this config's lr, weight_decay and LR schedule
         if self.ema is not None and (folder / "ema.safetensors").is_file():
             with _checkpoint_part(folder, "ema.safetensors"):
                 shadow = {k: v.to(b.device) for k, v in ckpt.load_weights(folder, "ema").items()}
                 if {k: v.shape for k, v in shadow.items()} != {k: v.shape for k, v in self.ema.shadow.items()}:
                     raise ValueError("its tensors differ from the student's")
                 self.ema.shadow = shadow
+        elif self.ema is not None:  # ema_decay turned on at this resume: the EMA starts from the restored weights
+            from aria.training.distill import WeightEMA
+
+            self.ema = WeightEMA(self.student, self.ema.decay)
         self.start_step = self.last_saved = int(state["step"])
         if self.main:
             print(f"resuming from {folder} (step {self.start_step})", flush=True)
+            changed = self._resume_changes(saved_config)
+            if changed:
+                print(f"resume: {changed}; applied from step {self.start_step + 1} on", flush=True)
+
+    def _resume_changes(self, saved_config: dict) -> str:
+        """The optimizer and EMA settings (``distillation.*``) this resume changes, as 'name old -> new' (empty
+        if none). They apply from the resumed step on (the LR schedule is a function of the step index; an EMA
+        turned on starts from the restored weights)."""
+        saved = saved_config.get("distillation")
+        saved = saved if isinstance(saved, dict) else {}
+        d = self.config.distillation
+        names = ["lr", "weight_decay", "warmup_steps", "lr_schedule", "lr_final"]
+        if d.lr_schedule == "cosine":
+            names.append("steps")  # the cosine ends at the last step
+        if self.ema is not None:
+            names.append("ema_decay")
+        return ", ".join(f"distillation.{n} {saved.get(n)!r} -> {getattr(d, n)!r}" for n in names
+                         if n in saved and saved[n] != getattr(d, n))
 
     def _checked_strategy_state(self, text: str, step: int):
         """The strategy state of a checkpoint, checked against a fresh one of this run: same region
@@ -411,10 +433,12 @@ class DistillationRun:
         if on_device or red.finite:  # host sync: reading ``finite`` waits for the forward and the all-reduce
             b.backward(d.loss(out, red))
             skip = ~red.device_finite if on_device else None
-            launched.norm = b.step(skip=skip)
+            launched.norm = b.step(skip=skip)  # a step skipped on the device advances the LR schedule too
             b.zero_grad()
             if self.ema is not None:
                 self.ema.update(self.student, gate=red.device_finite if on_device else None)
+        else:  # skipped on the host: the LR schedule still advances (a function of the step index, every mode)
+            b.skip()
         return launched
 
     def _complete(self, done: _Launched) -> None:
@@ -475,7 +499,8 @@ class DistillationRun:
         self.logger.close()
         raise TrainingStopped(f"stopped at step {step}: {n} consecutive non-finite losses "
                               f"(distillation.max_nonfinite_steps); the last good state is in "
-                              f"{self.ckpt_root / f'{ckpt.PREFIX}{step:08d}'} (try a lower distillation.lr)")
+                              f"{self.ckpt_root / f'{ckpt.PREFIX}{step:08d}'} "
+                              f"(try --resume with a lower distillation.lr)")
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, step: int) -> Path:
