@@ -1,10 +1,12 @@
-"""Files every stage writes or checks: JSON of plain data, atomic writes, leftovers, checksums."""
+"""Files every stage writes or checks: JSON of plain data, atomic writes, leftovers, checksums, and the
+output paths a command is given (``check_output_folder``, ``check_output_file``: checked before long work)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +37,39 @@ def json_text(data, indent: int | None = 1) -> str:
     return json.dumps(to_jsonable(data), indent=indent, allow_nan=False)
 
 
-def write_json(path: Path, data) -> None:
-    """Atomic JSON write: a temporary file renamed into place, removed if the write fails."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomic text write: a temporary file beside ``path`` renamed into place, removed if the write fails
+    (a killed or failed write leaves the previous file, or none, never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(json_text(data))
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         discard(tmp)
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic JSON write (``write_text_atomic``)."""
+    write_text_atomic(path, json_text(data))
+
+
+def read_json(path: Path, label: str | None = None, hint: str = "") -> dict:
+    """The JSON object in ``path``, or a one-line UserError naming ``label`` (default: the path) when the
+    file is unreadable, not JSON (e.g. truncated by an interrupted copy) or not an object."""
+    from aria.errors import UserError
+
+    label = str(path) if label is None else label
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise UserError(f"{label}: not valid JSON ({' '.join(str(err).split())[:160]}){hint}") from None
+    except OSError as err:
+        raise UserError(f"{label}: cannot be read ({err.strerror or err}){hint}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{label}: holds a JSON {type(data).__name__}, not an object{hint}")
+    return data
 
 
 def read_tagged_json(path: Path, fmt: str, label: str, what: str, hint: str = "") -> dict:
@@ -58,6 +83,39 @@ def read_tagged_json(path: Path, fmt: str, label: str, what: str, hint: str = ""
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise UserError(f"{label}: not {what}{hint}")
     return data
+
+
+def check_output_folder(path: Path, what: str) -> Path:
+    """``path`` is, or can be created as, a writable folder (``aria.errors.folder_problem``), else a one-line
+    UserError ``<what> <path>: <problem>``; nothing is created. Called before long work, so that a bad output
+    path fails at once instead of after it."""
+    from aria.errors import UserError, folder_problem
+
+    problem = folder_problem(path)
+    if problem:
+        raise UserError(f"{what} {path}: {problem}")
+    return Path(path)
+
+
+def check_output_file(path: Path, what: str, suffixes=None, kind: str = "file", example: str = "out.png",
+                      advice: str | None = None) -> Path:
+    """``path`` can be written as a file: not a folder; with ``suffixes`` (lower case, with the dot), its
+    suffix is one of them (else "unknown <kind> type", with ``advice`` or the list); its folder is, or can
+    be made, a writable folder (``aria.errors.folder_problem``). Else a one-line UserError naming ``what``
+    and ``path``. Nothing is created."""
+    from aria.errors import UserError, folder_problem
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder (give a {kind} file name, e.g. {example})")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        advice = advice or "use " + ", ".join(sorted(suffixes))
+        raise UserError(f"{what} {path}: unknown {kind} type {path.suffix or '(no extension)'!r} ({advice})")
+    parent = path.expanduser().parent
+    problem = folder_problem(parent)
+    if problem:
+        raise UserError(f"{what} {path}: its folder {parent} {problem}")
+    return path
 
 
 def discard(*paths: Path) -> None:

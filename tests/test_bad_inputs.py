@@ -111,6 +111,8 @@ def eval_(*sets: str) -> list[str]:
 
 
 TINY_RUN = ("--set", "data.world.num_prompts=2000")
+# a case that names backend.device cuda (its only CUDA name) holds only where no CUDA device is visible
+NO_CUDA = pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="a CUDA device is visible here")
 T = str(TINY)
 # an alias bomb on the command line: 5 levels of 9 aliases, 9^6 = 531,441 values once expanded
 SET_BOMB = ("seed=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
@@ -200,7 +202,7 @@ ORIGINAL = [
     Case("output-dir-under-file", run_(str(TINY), *TINY_RUN, "--set", "output_dir={file}/sub"),
          ["output_dir", "is a file"]),
     Case("output-dir-is-file", run_(str(TINY), *TINY_RUN, "--set", "output_dir={file}"),
-         ["output_dir", "cannot be a folder"]),
+         ["output_dir", "a-file: is a file, not a folder"]),
     Case("cache-dir-under-file", files_run("--set", "data.cache_dir={file}/cache"),
          ["data.cache_dir", "Not a directory"]),
     Case("disk-full-cache", files_run("--set", "data.cache_dir={case}/cache",
@@ -476,6 +478,59 @@ CLI = [
     Case("theory-utf16", theory(cfg("utf16")), ["utf16.yaml", "not valid UTF-8"]),
     Case("theory-nul-character", theory(cfg("nul_character")), ["nul_character.yaml", "unacceptable character"]),
     Case("theory-config-is-folder", theory("{bad}/theory"), ["theory", "is not a file"]),
+    # ---------------------------------------------------------------- output paths, checked before any work
+    Case("compare-out-is-file", ["compare", "--strategies", "rc", "--seeds", "1", "--config", T, "--out", "{file}"],
+         ["--out", "a-file: is a file, not a folder"]),
+    Case("compare-out-under-file", ["compare", "--strategies", "rc", "--seeds", "1", "--config", T,
+                                    "--out", "{file}/cmp"], ["--out", "cmp: cannot be created", "a-file is a file"]),
+    Case("results-out-is-folder", ["results", "--results", "{case}/results.json", "--out", "{case}"],
+         ["--out", "is a folder", "docs/RESULTS.md"]),
+    Case("results-out-under-file", ["results", "--results", "{case}/results.json", "--out", "{file}/R.md"],
+         ["--out", "R.md", "a-file is a file"]),
+    Case("world-show-out-not-an-image", ["world", "show", "--config", T, "--set", "data.cache_dir={cache}",
+                                         "--out", "{case}/w.txt"], ["--out", "w.txt", "unknown image type '.txt'"]),
+    Case("world-show-out-under-file", ["world", "show", "--config", T, "--set", "data.cache_dir={cache}",
+                                       "--out", "{file}/w.png"], ["--out", "w.png", "a-file is a file"]),
+    Case("world-show-files-source", ["world", "show", "--config", "{bad}/configs/files_source.yaml",
+                                     "--set", "data.prompts_file={bad}/prompts/three_prompts.txt",
+                                     "--set", "data.paired_dir={shared}/paired", "--out", "{case}/w.png"],
+         ["data.source 'files'", "embedded world"]),
+    Case("teacher-train-out-is-file", ["teacher", "train", "--config", T, "--out", "{file}"],
+         ["--out", "a-file: is a file, not a folder"]),
+    Case("teacher-train-out-under-file", ["teacher", "train", "--config", T, "--out", "{file}/teacher"],
+         ["--out", "teacher: cannot be created", "a-file is a file"]),
+    # ---------------------------------------------------------------- devices this machine lacks (cuda:63: none has it)
+    Case("run-encoder-device-absent-dry", dry(T, "encoder.device=cuda:63"),
+         ["encoder.device cuda:63", "no such CUDA device"]),
+    Case("run-encoder-device-absent", run_(T, *TINY_RUN, "--set", "encoder.device=cuda:63"),
+         ["encoder.device cuda:63", "no such CUDA device"]),
+    Case("run-backend-device-absent-dry", dry(T, "backend.device=cuda"), ["backend.device cuda", "no such CUDA device"],
+         marks=[NO_CUDA]),
+    Case("run-backend-device-absent", run_(T, *TINY_RUN, "--set", "backend.device=cuda"),
+         ["backend.device cuda", "no such CUDA device"], marks=[NO_CUDA]),
+    Case("eval-backend-device-absent", eval_("backend.device=cuda"), ["backend.device cuda", "no such CUDA device"],
+         marks=[NO_CUDA]),
+    Case("eval-encoder-device-absent", eval_("encoder.device=cuda:63"), ["encoder.device cuda:63", "no such CUDA"]),
+    Case("regions-device-unknown", ["regions", "build", "--config", T, "--set", "data.cache_dir={cache}",
+                                    "--device", "gpu"], ["--device 'gpu'", "expected auto, cpu, mps, cuda or cuda:N"]),
+    Case("regions-device-absent", ["regions", "build", "--config", T, "--set", "data.cache_dir={cache}",
+                                   "--device", "cuda:63"], ["--device cuda:63", "no such CUDA device"]),
+    Case("regions-encoder-device-absent", ["regions", "build", "--config", T, "--set", "data.cache_dir={cache}",
+                                           "--set", "encoder.device=cuda:63"],
+         ["encoder.device cuda:63", "no such CUDA"]),
+    Case("teacher-train-device-unknown", ["teacher", "train", "--config", T, "--out", "{out}", "--device", "gpu"],
+         ["--device 'gpu'"]),
+    Case("teacher-train-device-absent", ["teacher", "train", "--config", T, "--out", "{out}", "--device", "cuda:63"],
+         ["--device cuda:63", "no such CUDA device"]),
+    Case("compare-device-absent", ["compare", "--strategies", "rc", "--seeds", "1", "--config", T, "--out", "{out}",
+                                   "--set", "encoder.device=cuda:63"], ["encoder.device cuda:63", "no such CUDA"]),
+    # ---------------------------------------------------------------- a compare folder copied or written in part
+    Case("compare-eval-json-truncated", ["compare", "--strategies", "rc", "--seeds", "1", "--config", T,
+                                         "--out", "{case}/cmp", "--summary-only"],
+         ["runs/rc/seed0/eval/eval.json: not valid JSON", "delete its eval/ folder"], setup="truncated_eval"),
+    Case("compare-record-truncated", ["compare", "--strategies", "rc", "--seeds", "1", "--config", T,
+                                      "--out", "{case}/cmp", "--summary-only"],
+         ["runs/rc/seed0/compare.json: not valid JSON"], setup="truncated_record"),
 ]
 for _c in CLI:
     _c.kind = "cli"
@@ -700,6 +755,11 @@ def _student_card(change):
     return setup
 
 
+def _write_cut(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _with_seed(card: dict, seed) -> str:
     card["config"]["seed"] = seed
     return json.dumps(card)
@@ -723,6 +783,11 @@ SETUPS = {
     "student_card_text": _student_card(lambda card: "{'not': json"),
     "student_card_config": _student_card(lambda card: _with_seed(card, -1)),
     "student_card_list": _student_card(lambda card: "[]"),
+    # a compare folder whose run holds half a file (a copy, or a write, cut short)
+    "truncated_eval": lambda case, shared: _write_cut(case / "cmp" / "runs" / "rc" / "seed0" / "eval" / "eval.json",
+                                                      '{"format": "aria-eval/1", "metrics": {"all": {"discr'),
+    "truncated_record": lambda case, shared: _write_cut(case / "cmp" / "runs" / "rc" / "seed0" / "compare.json",
+                                                        '{"config": "0123456789abcdef", "assets": {"teacher'),
 }
 
 

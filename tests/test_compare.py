@@ -222,6 +222,78 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc"], [0], out, 1, sets)
 
 
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
+
+
+def _cut_writes(monkeypatch):
+    """Every ``Path.write_text`` from now on writes half its text, then fails (a kill or a full disk)."""
+    real = Path.write_text
+
+    def cut(self, text, *args, **kwargs):
+        real(self, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", cut)
+
+
+def test_a_write_cut_short_leaves_the_run_record_whole(tmp_path, monkeypatch):
+    """compare.json is written to a temporary file renamed into place: a write that dies half way leaves the
+    previous record (and no leftover), never the truncated file a --summary-only would choke on."""
+    out = tmp_path / "cmp"
+    p = compare.run_paths(out, "rc", 0)
+    p["run"].mkdir(parents=True)
+    before = {"config": "0123456789abcdef", "assets": {}, "train_s": 1.5, "eval_s": 0.5, "card": "cpu"}
+    p["record"].write_text(json.dumps(before))
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("no run must start"))
+    _cut_writes(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        compare._job(out, TINY, [], "rc", 0, {}, {"config": "0123456789abcdef", "assets": {}},
+                     compare.GpuSlots("cpu", 0))
+    monkeypatch.undo()
+    assert json.loads(p["record"].read_text()) == before
+    assert [f.name for f in p["run"].iterdir()] == ["compare.json"]
+
+
+def test_results_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The results document (and results.md) are renamed into place: a write cut short keeps the previous one."""
+    path = tmp_path / "results.json"
+    write_json(path, synthetic_results())
+    doc = tmp_path / "RESULTS.md"
+    compare.results_doc(path, doc)
+    kept = doc.read_text()
+    _cut_writes(monkeypatch)
+    with pytest.raises(OSError):
+        compare.results_doc(path, doc)
+    monkeypatch.undo()
+    assert doc.read_text() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "results.json"]
+
+
+@pytest.mark.parametrize("name, needle", [("eval/eval.json", "delete its eval/ folder"),
+                                          ("compare.json", "delete that run folder")])
+def test_a_truncated_run_file_is_one_line_naming_it(tmp_path, name, needle):
+    """--summary-only over a folder copied in part: half an eval.json or compare.json is a UserError naming the
+    file and what to do, not a JSONDecodeError."""
+    out = tmp_path / "cmp"
+    run = compare.run_paths(out, "rc", 0)["run"]
+    (run / "eval").mkdir(parents=True)
+    if name == "compare.json":
+        (run / "eval" / "eval.json").write_text(json.dumps({"format": "aria-eval/1"}))
+    (run / name).write_text('{"format": "aria-eval/1", "metrics": {"all": {"discrep')
+    with pytest.raises(UserError, match=f"{name}: not valid JSON") as err:
+        compare.compare(TINY, ["rc"], [0], out, 1, [], summary_only=True)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_out_fails_before_any_work(tmp_path, monkeypatch):
+    """--out a file, or under one: one line before the configs are loaded or the data prepared."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(compare, "_device_card", lambda: pytest.fail("got past the --out check"))
+    for out, problem in ((tmp_path / "file", "is a file, not a folder"),
+                         (tmp_path / "file" / "cmp", "cannot be created")):
+        with pytest.raises(UserError, match=f"--out {out}: {problem}"):
+            compare.compare(TINY, ["rc"], [0], out, 1, [])
+
+
 def test_seeds_take_a_count_or_a_list():
     from aria.cli.experiment import parse_seeds
 

@@ -92,7 +92,7 @@ def test_sample_uses_the_runs_teacher_threads_and_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     run = write_run(tmp_path, tmp_path / "teacher", cpu_threads=1)
     out = sample.sample_grid(run, ["p1", "p2"], steps=2, device="cpu", encoder=FakeEncoder())
-    assert out.parent == run / "samples" and out.name == "p1+1-seed0.png" and out.is_file()
+    assert out.parent == run / "samples" and re.fullmatch(r"p1\+1-seed0-[0-9a-f]{8}\.png", out.name) and out.is_file()
     assert threads == [1]
     image = np.asarray(Image.open(out))
     cell = 128  # 16 px x 8
@@ -104,6 +104,35 @@ def test_sample_uses_the_runs_teacher_threads_and_folder(tmp_path, monkeypatch):
     alone = sample.sample_grid(run / "student", ["p1"], tmp_path / "alone.png", steps=2, device="cpu",
                                encoder=FakeEncoder(), with_teacher=False)
     assert np.asarray(Image.open(alone)).shape[1] == sample.cell_origin(0, 1, cell)[1]  # one column
+
+
+def test_the_default_name_differs_for_every_setting_that_changes_the_picture(tmp_path):
+    """Two grids land on one default file only when they draw the same picture: another second prompt,
+    --steps, --guidance, --teacher (or none), --seed or device is another name; the same inputs the same."""
+    run = write_run(tmp_path, tmp_path / "teacher")
+    base = {"steps": 25, "guidance": 2.0, "device": "cpu", "teacher": str(tmp_path / "teacher")}
+    name = lambda prompts=("p1", "p2"), seed=0, **change: sample.default_out(  # noqa: E731
+        run, list(prompts), seed, {**base, **change})
+    others = [name(("p1", "p3")), name(steps=10), name(guidance=4.0), name(teacher=str(tmp_path / "other")),
+              name(teacher=None), name(seed=1), name(device="cuda"), name(("p1",))]
+    assert name() == name() and name().parent == run / "samples" and name().name.startswith("p1+1-seed0-")
+    assert len({name(), *others}) == len(others) + 1
+
+
+def test_sample_grids_of_other_settings_never_overwrite_each_other(tmp_path):
+    """Default names: a second prompt or --steps of their own gives a file of their own (the first grid is
+    kept, byte for byte); the same call again writes the same file; --out names the file written."""
+    run = write_run(tmp_path, tmp_path / "teacher")
+    grid = lambda prompts, **kw: sample.sample_grid(run, prompts, device="cpu", encoder=FakeEncoder(),  # noqa: E731
+                                                     **{"steps": 1, **kw})
+    first = grid(["p1", "p2"])
+    kept = first.read_bytes()
+    second, more_steps = grid(["p1", "p3"]), grid(["p1", "p2"], steps=2)
+    assert len({first, second, more_steps}) == 3 and first.read_bytes() == kept
+    assert grid(["p1", "p2"]) == first
+    assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(p.name for p in (first, second, more_steps))
+    chosen = grid(["p1", "p2"], out=tmp_path / "mine.png")
+    assert chosen == tmp_path / "mine.png" and chosen.is_file()
 
 
 def test_a_missing_recorded_teacher_names_both_ways_out(tmp_path):

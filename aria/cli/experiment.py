@@ -10,7 +10,9 @@ import click
 
 from aria.cli.options import SEED
 from aria.config import SEED_MAX
-from aria.errors import UserError, folder_problem
+from aria.devices import check_config_devices
+from aria.errors import UserError
+from aria.files import check_output_file, check_output_folder
 
 
 @click.command("eval")
@@ -38,9 +40,9 @@ def eval_command(student, teacher_path, config_path, overrides, out, reference):
     if out is None:
         out = (folder.parent if folder == Path(student) else Path(student)) / "eval"
     for path, what in ((out, what), (reference, "--reference")):
-        problem = None if path is None else folder_problem(path)
-        if problem:  # before the evaluation, not after it
-            raise UserError(f"{what} {path}: {problem}")
+        if path is not None:  # before the evaluation, not after it
+            check_output_folder(path, what)
+    check_config_devices(config)  # backend.device runs the models, encoder.device encodes the prompts
     result = evaluate.evaluate(config, student, reference=reference)
     paths = evaluate.write_eval(result, out)
     click.echo(report.eval_table(result))
@@ -108,6 +110,10 @@ def results_command(results_path, ablation_paths, out, check):
     the JSONs the existing document names: `aria results --check` verifies the shipped docs/RESULTS.md."""
     from aria.experiment import compare, report
 
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder (give the document's file name, e.g. docs/RESULTS.md)")
+    if not check:  # before any results file is read
+        check_output_file(out, "--out", kind="document", example="docs/RESULTS.md")
     if not results_path:
         if ablation_paths:
             raise UserError("--ablation needs --results (the experiment the ablations extend)")
@@ -144,7 +150,9 @@ seen in the paired data, the fruit family is unseen):
                    "recorded in aria.json).")
 @click.option("--no-teacher", is_flag=True, help="The student's column alone.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Image file to write (default: the run folder's samples/<prompt>-seed<seed>.png).")
+              help="Image file to write, replacing a file of that name (default: the run folder's "
+                   "samples/<first prompt>[+N]-seed<seed>-<digest>.png, the digest of every prompt and setting "
+                   "that changes the picture, so another grid never overwrites it).")
 @click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--guidance", type=float, default=None,

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from aria.cli.options import SEED, FiniteFloat
-
+from aria.devices import check_config_devices, check_device
 from aria.errors import UserError
+from aria.files import check_output_file, check_output_folder
 
 CONFIG = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
                       help="Run config YAML (defaults when omitted).")
@@ -43,6 +44,10 @@ def regions_build(config_path, overrides, device, source):
     from aria.data.regions import format_statistics, region_statistics
 
     config = _config(config_path, overrides)
+    if device is None:
+        check_config_devices(config, backend=False)  # the encoder's device encodes and clusters
+    else:
+        check_device(device, "--device")
     bundle = prepare_data(config, device=device, regions_from=source)
     s = bundle.stats
     click.echo(f"pool: {s['pool_size']} prompts ({s['source']}), encoder {s['encoder']}")
@@ -87,8 +92,10 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
     from aria.training.world_teacher import train_teacher
 
     config = _config(config_path, overrides)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"--out {out_dir} is not empty")
+    check_device(device, "--device")
+    check_output_folder(out_dir, "--out")  # before training, not at the save after it
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir}: is not empty (give a new folder)")
     unet_config = None
     if unet_json:
         try:
@@ -137,7 +144,7 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
 
     config = _config(config_path, overrides)
     tconf = config.teacher.model_copy(update={"path": teacher_dir}) if teacher_dir else config.teacher
-    device = resolve_device(device)
+    device = resolve_device(check_device(device, "--device"))
     t = load_teacher(tconf, device=device, dtype=torch.float32)
     if t.latent or t.sample_size != 32 or t.in_channels != 3:
         raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
@@ -164,31 +171,59 @@ def world():
 @world.command("show")
 @CONFIG
 @SET
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Image file to write (.png, or another type matplotlib writes: .jpg, .pdf, .svg, ...).")
 @click.option("--n", "count", type=click.IntRange(1, 256), default=24, show_default=True, help="Images in the grid.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def world_show(config_path, overrides, out_path, count, seed):
-    """Write a grid of renders of random pool prompts, each captioned with its prompt and regime."""
+    """Write a grid of renders of random prompts of the configured world (data.source: shapes or concepts),
+    each captioned with its prompt and regime."""
     import numpy as np
 
-    from aria.data.bundle import world_pool
-    from aria.world import regimes, shapes
+    from aria.data.bundle import embedded_world_pool
     from aria.world.teacher import pool_texts
+    from aria.world.worlds import world_of_pool
 
     config = _config(config_path, overrides)
-    pool = world_pool(config)
+    if config.data.source not in ("shapes", "concepts"):
+        raise UserError(f"data.source {config.data.source!r}: aria world show draws an embedded world "
+                        f"(data.source shapes or concepts), not user files")
+    check_output_file(out_path, "--out", grid_suffixes(), kind="image", example="grid.png")  # before the pool
+    pool = embedded_world_pool(config)
+    world = world_of_pool(pool)
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(len(pool), size=min(count, len(pool)), replace=False))
-    combos = np.asarray(pool.meta("combo"))[ids]
-    images = shapes.render(combos, seed)
-    regime = regimes.split_regimes(config.data.world)[combos]
-    labels = [f"{t}\n[{('seen', 'under', 'unseen')[r]}]" for t, r in zip(pool_texts(pool, ids), regime)]
+    items = np.asarray(pool.meta(world.meta_key))[ids]
+    images = world.render(items, seed)
+    regime = world_regimes(config)[items]
+    names = world.regime_names
+    labels = [f"{t}\n[{names[r]}]" for t, r in zip(pool_texts(pool, ids), regime)]
     save_grid(images, labels, out_path)
-    click.echo(f"wrote {out_path} ({len(ids)} renders)")
+    click.echo(f"wrote {out_path} ({len(ids)} renders of the {world.name} world)")
+
+
+def world_regimes(config):
+    """The regime of every item of ``config``'s embedded world (as ``prepare_data`` splits it)."""
+    if config.data.source == "concepts":
+        from aria.data.bundle import concepts_regimes
+
+        return concepts_regimes(config)
+    from aria.world import regimes
+
+    return regimes.split_regimes(config.data.world)
+
+
+def grid_suffixes() -> set[str]:
+    """The file suffixes matplotlib's Agg canvas writes (.png, .jpg, .pdf, .svg, ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return {f".{ext}" for ext in FigureCanvasAgg.get_supported_filetypes()}
 
 
 def save_grid(images, labels, path: Path, cols: int = 6):
-    """A matplotlib grid of uint8 images with wrapped captions."""
+    """A matplotlib grid of uint8 images with wrapped captions, written to a temporary file beside ``path``
+    and renamed into place (a failed write leaves no partial image; one line names it)."""
+    import os
     import textwrap
 
     import matplotlib
@@ -196,6 +231,9 @@ def save_grid(images, labels, path: Path, cols: int = 6):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from aria.files import discard
+
+    path = Path(path)
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.ravel():
@@ -204,6 +242,13 @@ def save_grid(images, labels, path: Path, cols: int = 6):
         ax.imshow(img, interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(label, 24)), fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=100, format=path.suffix[1:].lower() or "png")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"--out {path}: cannot write the grid ({err.strerror or err})") from err
+    finally:
+        plt.close(fig)
+        discard(tmp)

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from aria.devices import resolve_device
+from aria.devices import check_device, resolve_device
 from aria.errors import UserError
 from aria.files import folder_weights_digest
 
@@ -207,8 +207,10 @@ class CLIPTextEncoder(TextEncoder):
 
 
 def build_encoder(encoder_config, device: str | None = None) -> TextEncoder:
-    """The encoder an ``EncoderConfig`` names; ``device`` overrides ``encoder_config.device``."""
+    """The encoder an ``EncoderConfig`` names; ``device`` overrides ``encoder_config.device``. A device this
+    machine lacks is a one-line UserError (``aria.devices.check_device``), not torch's error at the load."""
     device = resolve_device(device if device is not None else encoder_config.device)
+    check_device(str(device), "encoder.device" if device == encoder_config.device else "encoder device")
     dtype = getattr(encoder_config, "dtype", "auto")
     max_length = getattr(encoder_config, "max_length", None)
     if encoder_config.kind == "clip":

@@ -35,9 +35,13 @@ from aria.experiment.allocation import group_mix, switched_by_group
 from aria.experiment.bar import bar_checks
 from aria.experiment.plots import history
 from aria.experiment.stats import mean_ci, paired_ratios
-from aria.files import read_tagged_json, write_json
+from aria.devices import check_config_devices
+from aria.files import check_output_folder, read_json, read_tagged_json, write_json, write_text_atomic
 from aria.training.metrics import read_log
 
+# what to do about a run whose compare.json or eval.json is unreadable (a copy or a write cut short)
+BROKEN_RECORD = "; copy that run again, or delete that run folder (trained again)"
+BROKEN_EVAL = "; copy that run again, or delete its eval/ folder (evaluated again)"
 RATIO_METHOD = "mean of the paired per-seed ratios strategy/rc, with a 95% t-interval over seeds"
 TEACHER_ONLY = ("teacher_accuracy",)  # the same for every student: no ratio
 
@@ -157,9 +161,9 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
 
     p = run_paths(out, strategy, seed)
     p["run"].mkdir(parents=True, exist_ok=True)
-    before = json.loads(p["record"].read_text()) if p["record"].is_file() else {}  # kept if only evaluated now
+    before = read_json(p["record"], hint=BROKEN_RECORD) if p["record"].is_file() else {}  # kept if only evaluated now
     before.pop("evaluated_at", None)  # set again when this evaluation succeeds
-    p["record"].write_text(json.dumps({**before, **stamp}))
+    write_json(p["record"], {**before, **stamp})
     times = {**stamp, "train_s": before.get("train_s", 0.0), "eval_s": 0.0, "card": before.get("card", gpus.card)}
     if find_student(p["run"], required=False) is None:
         resume = ["--resume"] if ckpt.list_checkpoints(p["run"] / "checkpoints") else []  # not an unfinished write
@@ -179,7 +183,7 @@ def _job(out: Path, config_path: Path, overrides: list[str], strategy: str, seed
     if rc != 0:
         raise RunFailed(f"{strategy}/seed{seed}: aria eval exited {rc} ({last_line(log)}); see {log}")
     times["eval_s"], times["evaluated_at"] = time.perf_counter() - t0, time.time()  # epoch s: the results' date
-    p["record"].write_text(json.dumps(times))
+    write_json(p["record"], times)
     return times
 
 
@@ -277,8 +281,11 @@ def _plan_jobs(config_path: Path, strategies: list[str], seeds: list[int], out: 
     from aria.config import load_config
 
     started = time.perf_counter()
+    check_output_folder(out, "--out")  # before any config, data or run work
     _check_names(strategies)
     configs = {s: load_config(config_path, overrides, strategy=s) for s in strategies}  # validates every name
+    if not summary_only:  # every run would fail on a device this machine lacks: say so once, now
+        check_config_devices(configs[strategies[0]])
     card, num_gpus = _device_card()
     parallel = _parallelism(parallel, num_gpus, len(strategies) * len(seeds))
     env = dict(os.environ)
@@ -319,7 +326,7 @@ def _check_digests(out: Path, strategies: list[str], seeds: list[int], digest: s
             record = run_paths(out, s, seed)["record"]
             if not record.is_file():
                 continue
-            recorded = json.loads(record.read_text())
+            recorded = read_json(record, hint=BROKEN_RECORD)
             if recorded.get("config") != digest:
                 raise UserError(f"{record.parent}: trained with another config than {config_path} and these --set "
                                 "values; choose another --out or delete that run")
@@ -365,8 +372,8 @@ def _collect_runs(plan: _Plan) -> _Found:
             if not p["eval_json"].exists():  # summary_only: listed in "missing"
                 evals[s][seed] = None
                 continue
-            evals[s][seed] = json.loads(p["eval_json"].read_text())
-            record = json.loads(p["record"].read_text()) if p["record"].exists() else None
+            evals[s][seed] = read_json(p["eval_json"], hint=BROKEN_EVAL)
+            record = read_json(p["record"], hint=BROKEN_RECORD) if p["record"].exists() else None
             # when it was evaluated: recorded by compare (a copy or a clone keeps it); eval.json's mtime is
             # used only where no run of the folder recorded a time (tools/world2_gather.py stamps runs
             # evaluated by hand, from their archived mtime)
@@ -422,8 +429,8 @@ def _assemble_results(plan: _Plan, found: _Found, command: str) -> dict:
     }
     results["plots"] = make_plots(results, evals, found.logs, out)
     write_json(Path(out) / "results.json", results)
-    (Path(out) / "results.md").write_text(
-        "# aria compare\n\n" + "\n".join(report.results_header(results)) + "\n\n" + report.results_tables(results))
+    write_text_atomic(Path(out) / "results.md", "# aria compare\n\n" + "\n".join(report.results_header(results))
+                      + "\n\n" + report.results_tables(results))
     return results
 
 
@@ -497,6 +504,5 @@ def results_doc(results_path: Path | list[Path], out: Path, check: bool = False,
             raise report.DocCheckError(f"--out {out} does not exist (nothing to check)")
         report.check_document(text, existing, out)
         return text
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text)
+    write_text_atomic(Path(out), text)  # a killed write leaves the previous document, never half of one
     return text

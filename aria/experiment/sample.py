@@ -7,8 +7,9 @@ encoder, scheduler, guidance scale and ``backend.cpu_threads`` come from the run
 ``aria.json`` (written by the engine at export); latent models are decoded with the VAE of the
 Stable Diffusion folder. Sampling is diffusers' ``DDIMScheduler`` loop (``set_timesteps``/``step``)
 with classifier-free guidance. Small images are enlarged (nearest neighbour) to at least
-``MIN_CELL`` pixels. The grid goes to ``<run folder>/samples/`` unless ``--out`` names a file, and
-is written to a temporary file renamed into place.
+``MIN_CELL`` pixels. The grid goes to ``<run folder>/samples/`` under a name that a digest of every
+prompt and setting makes its own (``default_out``), or to the file ``--out`` names (replacing one there),
+and is written to a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aria.errors import UserError, folder_problem, format_validation_error
+from aria.devices import check_device
+from aria.errors import UserError, format_validation_error
+from aria.files import check_output_file
 
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")  # as encoder.device
 MIN_CELL = 128  # pixels: a 32x32 world image is drawn 4x
 PAD = 4
 LABEL_WIDTH = 260  # the prompt column
@@ -93,19 +95,7 @@ def check_options(prompts: list[str], steps: int, seed: int, guidance: float | N
         raise UserError(f"--seed {seed}: expected 0 to 2^63 - 1")
     if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 1e3):
         raise UserError(f"--guidance {guidance}: expected a finite scale from 0 to 1000")
-    if not DEVICE.match(device):
-        raise UserError(f"--device {device!r}: expected auto, cpu, mps, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        index = int(device.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    elif device == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise UserError("--device mps: MPS is not available here")
+    check_device(device, "--device")
 
 
 def load_unet(folder: Path, what: str, device):
@@ -226,11 +216,17 @@ def run_folder(model: Path) -> Path:
     return model if (model / "student" / "aria.json").is_file() else model.parent
 
 
-def default_out(model: Path, prompts: list[str], seed: int) -> Path:
-    """``<run folder>/samples/<first prompt>[+N]-seed<seed>.png``."""
+def default_out(model: Path, prompts: list[str], seed: int, settings: dict | None = None) -> Path:
+    """``<run folder>/samples/<first prompt>[+N]-seed<seed>-<digest>.png``: the digest (8 hex) covers every
+    prompt, the seed and ``settings`` (what else changes the picture: steps, guidance, teacher, device), so a
+    grid of other prompts or settings never lands on an earlier one; the same inputs give the same name."""
+    import hashlib
+
     slug = re.sub(r"[^A-Za-z0-9]+", "-", prompts[0]).strip("-").lower()[:48].rstrip("-") or "prompt"
     more = f"+{len(prompts) - 1}" if len(prompts) > 1 else ""
-    return run_folder(model) / "samples" / f"{slug}{more}-seed{seed}.png"
+    key = json.dumps({"prompts": list(prompts), "seed": seed, **(settings or {})}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return run_folder(model) / "samples" / f"{slug}{more}-seed{seed}-{digest}.png"
 
 
 def run_teacher(model: Path, card: dict, config) -> Path:
@@ -259,9 +255,9 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     check_options(prompts, steps, seed, guidance, device)
     if teacher is not None and not with_teacher:
         raise UserError("--teacher and --no-teacher cannot be combined")
-    if out is None:
-        out = default_out(model, prompts, seed)
-    out, image_format = check_out(out)  # before any model is loaded or sampled
+    if out is not None:
+        out, image_format = check_out(out)  # before any model is loaded or sampled
+    given = Path(model)
     if not (Path(model) / "aria.json").is_file() and (Path(model) / "student" / "aria.json").is_file():
         model = Path(model) / "student"  # a run's output_dir
     card = read_card(model)
@@ -269,6 +265,11 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     if with_teacher and teacher is None:
         teacher = run_teacher(model, card, config)
     device = resolve_device(device)
+    scale = config.teacher.guidance_scale if guidance is None else guidance
+    if out is None:  # named by everything that changes the picture (the model by its run folder)
+        settings = {"steps": steps, "guidance": float(scale), "device": device.partition(":")[0],
+                    "teacher": None if teacher is None else str(Path(teacher).expanduser().resolve())}
+        out, image_format = check_out(default_out(given, prompts, seed, settings))
     use_cpu_threads(config.backend.cpu_threads)  # the run's setting
     student = load_unet(model, "--model", device)
     models = [student] + ([load_unet(teacher, "--teacher", device)] if teacher is not None else [])
@@ -283,7 +284,6 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(prompts), c.in_channels, size, size), generator=gen)
-    scale = config.teacher.guidance_scale if guidance is None else guidance
     decode = _decoder(model, config, device)
     columns = [to_uint8(decode(ddim_sample(m, context, uncond, noise, steps, scale, card["scheduler"])))
                for m in models]
@@ -306,19 +306,14 @@ def sample_grid(model: Path, prompts: list[str], out: Path | None = None, teache
 
 
 def check_out(out: Path) -> tuple[Path, str]:
-    """(``out``, its image format): an image file name whose folder is, or can be made, writable."""
+    """(``out``, its image format): an image file name whose folder is, or can be made, writable
+    (``aria.files.check_output_file``)."""
     from PIL import Image
 
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder (give an image file name, e.g. grid.png)")
-    image_format = Image.registered_extensions().get(out.suffix.lower())
-    if image_format is None or image_format not in Image.SAVE:
-        raise UserError(f"--out {out}: unknown image type {out.suffix or '(no extension)'!r} (use .png)")
-    problem = folder_problem(out.parent)
-    if problem:
-        raise UserError(f"--out {out}: its folder {out.parent} {problem}")
-    return out, image_format
+    suffixes = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    check_output_file(out, "--out", suffixes, kind="image", example="grid.png", advice="use .png")
+    return out, Image.registered_extensions()[out.suffix.lower()]
 
 
 def _decoder(model: Path, config, device):

@@ -6,23 +6,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aria.devices import check_config_devices
 from aria.errors import UserError
+from aria.files import check_output_folder
 
 PLACEHOLDER = "/path/to/"  # the shipped configs' stand-in for a user's folder (configs/sd-bk-small.yaml)
 GIB = 2**30
 
 
 def check_output_dir(path: Path, field: str = "output_dir") -> None:
-    """``path`` is, or can be created as, a writable folder (nothing is created)."""
-    path = Path(path).expanduser()
-    probe = path
-    while not probe.exists() and probe.parent != probe:  # exists() is False under a regular file
-        probe = probe.parent
-    if not probe.is_dir():
-        where = "" if probe == path else f" ({probe} is a file)"
-        raise UserError(f"{field} {path} cannot be a folder{where}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{field} {path} is not writable ({probe} is read-only)")
+    """``path`` is, or can be created as, a writable folder (nothing is created; ``aria.files.check_output_folder``,
+    the check every command's output folder gets)."""
+    check_output_folder(Path(path).expanduser(), field)
 
 
 def _path_problem(path: Path, kind: str) -> str | None:
@@ -93,7 +88,8 @@ def check_teacher_layout(teacher_config) -> None:
 
 def check_run(config, resume: bool, data: bool = True, teacher: bool = True, dry_run: bool = False) -> dict:
     """The checks of a run that need no models or data work, made first by ``DistillationRun.setup``:
-    paths (``check_paths``: output_dir, data files, cache, encoder and teacher folders), data inputs
+    paths (``check_paths``: output_dir, data files, cache, encoder and teacher folders), the devices
+    (``aria.devices.check_config_devices``: a CUDA device this machine lacks is named), data inputs
     (regions.k against the pool size; the pool cache is filled for the rest of setup to reuse),
     teacher folder, student variant against the teacher, checkpoints against ``resume``, and a
     resume against the newest checkpoint's config. A check that needs the loaded data or models
@@ -104,6 +100,7 @@ def check_run(config, resume: bool, data: bool = True, teacher: bool = True, dry
     from aria.data import bundle
 
     check_paths(config, data=data, teacher=teacher)
+    check_config_devices(config)  # encoder.device, backend.device: here, before any data or model work
     if data and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 fills the caches (see aria.data.bundle)
         bundle.check_inputs(config)
     from aria.training import checkpoint as ckpt

@@ -98,9 +98,15 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
 
     ``config`` is a RunConfig (its data.world, data.cache_dir and encoder sections are used).
     Stops after ``steps`` or ``time_limit_s`` seconds of training, whichever comes first. The judged
-    evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``).
+    evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``). ``out_dir`` and
+    ``device`` are checked before any work; the teacher is saved atomically (``save_teacher``).
     """
+    from aria.devices import check_device
+    from aria.files import check_output_folder
+
     log = log or (lambda msg: None)
+    check_output_folder(out_dir, "teacher folder")  # before training: a bad folder never costs the teacher
+    check_device(device, "device")
     run = _setup(config, device, seed, steps, batch_size, lr, compile, workers, context_budget_bytes, unet_config, log)
     done, history, wall = _train_loop(run, steps, lr, warmup, ema_decay, time_limit_s, log)
     report = _report(run, done, history, wall, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
@@ -247,18 +253,44 @@ def _judged_evaluation(run: _Run, judge_path: Path | None, guidance: float, step
 
 
 def save_teacher(unet, out_dir: Path, report: dict) -> dict:
-    """fp16 safetensors UNet + scheduler_config.json + training.json + README.md model card."""
-    out_dir = Path(out_dir)
+    """fp16 safetensors UNet + scheduler_config.json + training.json + README.md model card, written in a
+    sibling temporary folder renamed into ``out_dir`` (as ``aria.models.export.export_student`` writes the
+    student): an interrupted or failed save leaves no half-written teacher, and a previous folder there is
+    replaced only once the new one is complete. A failed write is a one-line UserError naming ``out_dir``."""
+    import shutil
+    import uuid
+
     from diffusers import UNet2DConditionModel
 
-    half = UNet2DConditionModel.from_config(unet.config)
-    half.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
-    half.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
-    make_scheduler().save_pretrained(out_dir)
-    weights = out_dir / "diffusion_pytorch_model.safetensors"
-    report = {**report, "weights_mb": round(weights.stat().st_size / 1e6, 2)}
-    (out_dir / "training.json").write_text(json.dumps(report, indent=1, default=str))
-    (out_dir / "README.md").write_text(model_card(report))
+    from aria.errors import UserError
+
+    out_dir = Path(out_dir)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = out_dir.parent / f".{out_dir.name}.tmp-{tag}", out_dir.parent / f".{out_dir.name}.old-{tag}"
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        half = UNet2DConditionModel.from_config(unet.config)
+        half.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
+        half.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        make_scheduler().save_pretrained(tmp)
+        weights = tmp / "diffusion_pytorch_model.safetensors"
+        report = {**report, "weights_mb": round(weights.stat().st_size / 1e6, 2)}
+        (tmp / "training.json").write_text(json.dumps(report, indent=1, default=str))
+        (tmp / "README.md").write_text(model_card(report))
+        if out_dir.exists():
+            out_dir.replace(old)
+        try:
+            tmp.replace(out_dir)
+        except OSError:
+            if old.exists() and not out_dir.exists():
+                old.replace(out_dir)  # put the previous folder back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        raise UserError(f"teacher folder {out_dir}: cannot be written ({err.strerror or err})") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
