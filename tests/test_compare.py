@@ -198,8 +198,8 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         return compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
                                summary_only=True)["date"]
 
-    def unrecord(s):
-        records[s].write_text(json.dumps({k: v for k, v in json.loads(kept[s]).items() if k != "evaluated_at"}))
+    def unrecord(s, key="evaluated_at"):
+        records[s].write_text(json.dumps({k: v for k, v in json.loads(records[s].read_text()).items() if k != key}))
 
     try:
         os.utime(out / "runs" / "rc" / "seed0" / "eval" / "eval.json", (4102444800, 4102444800))  # 2100
@@ -207,6 +207,15 @@ def test_compare_end_to_end_writes_every_promised_file(tmp_path, tmp_path_factor
         assert summary_date() == _dt.datetime.fromtimestamp(aria_time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         unrecord("aria")
         assert summary_date() == "2100-01-01 00:00 UTC"
+        # the card is where the runs trained, as recorded: a run without a record of it is not the summariser's
+        trained_on = json.loads(kept["rc"])["card"]
+        unrecord("rc", "card")
+        card = compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
+                               summary_only=True)["card"]
+        assert card == " + ".join(sorted([trained_on, compare.NO_CARD]))
+        records["rc"].unlink()
+        assert compare.compare(ROOT / "configs" / "tiny-test.yaml", ["rc", "aria"], [0], out, 1, sets,
+                               summary_only=True)["card"] == card
     finally:
         for s, r in records.items():
             r.write_text(kept[s])

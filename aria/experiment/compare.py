@@ -362,6 +362,9 @@ def _run_jobs(plan: _Plan) -> None:
         raise UserError(f"{len(errors)} run(s) failed: " + " | ".join(errors))
 
 
+NO_CARD = "card not recorded"
+
+
 def _collect_runs(plan: _Plan) -> _Found:
     """Read every run's eval JSON and compare.json record; the evaluations must share one probe set."""
     evals, wall, cards, recorded, modified = {}, 0.0, set(), [], []
@@ -383,7 +386,9 @@ def _collect_runs(plan: _Plan) -> _Found:
                 modified.append(p["eval_json"].stat().st_mtime)
             if record is not None:
                 wall += record.get("train_s", 0.0) + record.get("eval_s", 0.0)
-                cards.add(record.get("card") or plan.card)
+            # where it trained: its record's card (compare writes it); a run without one (copied or evaluated by
+            # hand) did not necessarily train on the machine that summarises it
+            cards.add((record or {}).get("card") or (NO_CARD if plan.summary_only else plan.card))
     digests = {e["probe"]["digest"] for by_seed in evals.values() for e in by_seed.values() if e is not None}
     if len(digests) != 1:
         raise UserError(f"{plan.out}: evaluations used different probe sets ({', '.join(sorted(digests))}); "
