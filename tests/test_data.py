@@ -188,6 +188,13 @@ def test_concepts_bundle_holds_out_whole_families(cache):
     assert np.isin(b.family_of_prompt, unseen).any()  # the pool names them: only the paired set lacks them
     assert np.array_equal(b.family_of_prompt, np.asarray(concepts.FAMILY_OF)[concepts.item_attributes(items)[0]])
     assert b.stats["regime_paired"][splits.UNSEEN] == 0 and b.stats["regime_paired"][splits.COMPOSITIONAL] == 0
+    # a pool of fewer prompts than items: the paired set keeps its size on the items the pool names, and every
+    # underrepresented concept its images (before, 8,000 shrank to a few hundred and some had none)
+    assert len(b.paired_prompt_ids) == 8000
+    under = np.flatnonzero(splits.concept_regimes(b.regimes) == splits.UNDER)
+    paired_concepts = np.bincount(concepts.item_attributes(b.paired_combos)[0], minlength=concepts.NUM_CONCEPTS)
+    assert (paired_concepts[under] == 4).all()
+    assert (np.bincount(concepts.item_attributes(items)[0], minlength=concepts.NUM_CONCEPTS) > 0).all()
 
 
 def test_regions_build_from_a_folder_made_elsewhere(bundle, cache, tmp_path, capsys):

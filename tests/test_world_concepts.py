@@ -121,6 +121,37 @@ def test_caption_frequencies_zipf_tail():
     assert few.sum() == 5000 and few.max() <= 2 * (few > 0).sum()
 
 
+@pytest.mark.parametrize("num_prompts", [1000, 2000, 5000])
+def test_a_pool_of_fewer_prompts_than_items_keeps_every_concepts_share(num_prompts):
+    """Below one prompt per item, every concept still gets its share of the pool (within one prompt), on
+    distinct items first: no concept vanishes from a small pool."""
+    counts = captions.prompt_counts(num_prompts, skew=1.0, seed=0).reshape(concepts.NUM_CONCEPTS, -1)
+    share = num_prompts * captions.concept_frequencies(1.0, 0)
+    assert counts.sum() == num_prompts and np.abs(counts.sum(1) - share).max() < 1
+    spread = counts.max(1) - counts.min(1)
+    assert (spread <= 1).all() and ((counts > 0).sum(1) == np.minimum(counts.sum(1), counts.shape[1])).all()
+
+
+def test_paired_items_come_from_the_items_the_pool_names():
+    """A small pool names only some items: the paired set keeps its size on those, every underrepresented
+    concept keeps under_images images, and a concept the pool names too few items of is a clear error."""
+    regimes = splits.split_items(0)
+    freq = captions.concept_frequencies(1.0, 0)
+    named = captions.prompt_counts(2000, 1.0, 0) > 0
+    paired = splits.paired_items(regimes, 8000, 4, freq, seed=0, named=named)
+    assert paired.size == 8000 and named[paired].all()
+    under = np.flatnonzero(splits.concept_regimes(regimes) == splits.UNDER)
+    per_concept = np.bincount(paired // concepts.ITEMS_PER_CONCEPT, minlength=concepts.NUM_CONCEPTS)
+    assert (per_concept[under] == 4).all()
+    assert np.array_equal(splits.paired_items(regimes, 8000, 4, freq, seed=0),
+                          splits.paired_items(regimes, 8000, 4, freq, seed=0, named=np.ones(concepts.NUM_ITEMS, bool)))
+    few = named.copy()
+    few[under[0] * concepts.ITEMS_PER_CONCEPT:(under[0] + 1) * concepts.ITEMS_PER_CONCEPT] = False
+    name = concepts.CONCEPTS[under[0]]
+    with pytest.raises(ValueError, match=f"names 0 items of the underrepresented concept '{name}'"):
+        splits.paired_items(regimes, 8000, 4, freq, seed=0, named=few)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 5])
 def test_split_regimes(seed):
     regimes = splits.split_items(seed)

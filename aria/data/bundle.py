@@ -161,20 +161,25 @@ def _open_matching(path: Path, params: dict):
     return pool if pool.params == params else None
 
 
-def concepts_paired(config, pool, regimes: np.ndarray):
-    """(uint8 images (M, 32, 32, 3), prompt ids (M,), items (M,), cached) of world v2's paired set."""
+def concepts_paired_items(config, regimes: np.ndarray) -> np.ndarray:
+    """The items of world v2's paired images (``splits.paired_items``), among the items its pool names (a pool
+    of fewer prompts than items names only some: ``captions.prompt_counts``); a one-line UserError where the
+    sizes do not fit."""
     from aria.world import captions, splits
 
     c = config.data.concepts
+    try:
+        named = captions.prompt_counts(c.num_prompts, c.skew, c.seed) > 0
+        return splits.paired_items(regimes, c.paired_size, c.under_images,
+                                   captions.concept_frequencies(c.skew, c.seed), c.seed, named=named)
+    except ValueError as err:
+        raise UserError(f"data.concepts: {err}") from None
 
-    def paired_items():
-        try:
-            return splits.paired_items(regimes, c.paired_size, c.under_images,
-                                       captions.concept_frequencies(c.skew, c.seed), c.seed)
-        except ValueError as err:
-            raise UserError(f"data.concepts: {err}") from None
 
-    return _paired_set(config, pool, "concepts", "concepts", c, paired_items)
+def concepts_paired(config, pool, regimes: np.ndarray):
+    """(uint8 images (M, 32, 32, 3), prompt ids (M,), items (M,), cached) of world v2's paired set."""
+    return _paired_set(config, pool, "concepts", "concepts", config.data.concepts,
+                       lambda: concepts_paired_items(config, regimes))
 
 
 def concepts_regimes(config) -> np.ndarray:
@@ -287,14 +292,8 @@ def check_inputs(config) -> None:
                             f"(data.world.num_prompts={config.data.world.num_prompts})")
         return
     if config.data.source == "concepts":
-        from aria.world import captions, splits
-
         c = config.data.concepts
-        try:  # split and paired-set sizes (milliseconds)
-            splits.paired_items(concepts_regimes(config), c.paired_size, c.under_images,
-                                captions.concept_frequencies(c.skew, c.seed), c.seed)
-        except ValueError as err:
-            raise UserError(f"data.concepts: {err}") from None
+        concepts_paired_items(config, concepts_regimes(config))  # split and paired-set sizes (milliseconds)
         if rc.method == "kmeans" and rc.k > c.num_prompts:
             raise UserError(f"regions.k={rc.k} exceeds the number of prompts "
                             f"(data.concepts.num_prompts={c.num_prompts})")

@@ -24,7 +24,7 @@ from .phrases import COLOR_WORDS as V1_COLOR_WORDS
 from .phrases import SIZE_WORDS, Phrasebook, zipf_frequencies
 from .phrases import TEMPLATES as V1_TEMPLATES
 
-GENERATOR_VERSION = 1  # bump when the captions of a (num_prompts, skew, seed) change: cached pools are rebuilt
+GENERATOR_VERSION = 2  # bump when the captions of a (num_prompts, skew, seed) change: cached pools are rebuilt
 _FREQ_STREAM, _TIE_STREAM, _PHRASE_STREAM = 31, 32, 33
 
 CONCEPT_WORDS = {
@@ -89,13 +89,24 @@ def _allocate(total: int, weight: np.ndarray, floor: np.ndarray, cap: np.ndarray
 
 
 def prompt_counts(num_prompts: int, skew: float, seed: int) -> np.ndarray:
-    """Prompts per item: one each (when ``num_prompts`` allows), the rest by concept frequency."""
+    """Prompts per item: one each (when ``num_prompts`` allows), the rest by concept frequency.
+
+    A pool of fewer prompts than items is allocated per concept first (largest remainder over the concept
+    frequencies), then over random distinct items of each concept: every concept keeps its share. (Before
+    version 2 it was allocated per item, where every item's share is below one: the largest remainders went
+    to the frequent concepts' items, and a pool of 2,000 prompts named 9 of the 64 concepts.)"""
     cap = phrasing_capacity() // 2
     if not 0 < num_prompts <= cap.sum():
         raise ValueError(f"num_prompts={num_prompts} is outside [1, {cap.sum()}] (distinct phrasings)")
-    weight = np.repeat(concept_frequencies(skew, seed) / ITEMS_PER_CONCEPT, ITEMS_PER_CONCEPT)
-    floor = np.full(NUM_ITEMS, 1 if num_prompts >= NUM_ITEMS else 0)
-    return _allocate(num_prompts, weight, floor, cap, np.random.default_rng([seed, _TIE_STREAM]))
+    freq = concept_frequencies(skew, seed)
+    rng = np.random.default_rng([seed, _TIE_STREAM])
+    if num_prompts >= NUM_ITEMS:
+        weight = np.repeat(freq / ITEMS_PER_CONCEPT, ITEMS_PER_CONCEPT)
+        return _allocate(num_prompts, weight, np.ones(NUM_ITEMS, np.int64), cap, rng)
+    item_cap = cap.reshape(NUM_CONCEPTS, ITEMS_PER_CONCEPT)
+    per_concept = _allocate(num_prompts, freq, np.zeros(NUM_CONCEPTS, np.int64), item_cap.sum(1), rng)
+    return np.concatenate([_allocate(n, np.ones(ITEMS_PER_CONCEPT), np.zeros(ITEMS_PER_CONCEPT, np.int64), c, rng)
+                           for n, c in zip(per_concept, item_cap)])
 
 
 def generate_captions(num_prompts: int, skew: float, seed: int) -> tuple[list[str], np.ndarray]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .concepts import (
-    COLORS, FAMILY_DIFFICULTY, FAMILY_NAMES, FAMILY_OF, HARD, ITEMS_PER_CONCEPT, NUM_CONCEPTS, NUM_ITEMS, POSITIONS,
-    SIZES, item_attributes,
+    COLORS, CONCEPTS, FAMILY_DIFFICULTY, FAMILY_NAMES, FAMILY_OF, HARD, ITEMS_PER_CONCEPT, NUM_CONCEPTS, NUM_ITEMS,
+    POSITIONS, SIZES, item_attributes,
 )
 
 SEEN, UNDER, UNSEEN, COMPOSITIONAL = 0, 1, 2, 3
@@ -100,31 +100,42 @@ def concept_regimes(regimes: np.ndarray) -> np.ndarray:
     return np.where(per == COMPOSITIONAL, SEEN, per).max(axis=1).astype(np.int8)
 
 
-def paired_items(regimes, paired_size: int, under_images: int, frequencies, seed: int) -> np.ndarray:
+def paired_items(regimes, paired_size: int, under_images: int, frequencies, seed: int,
+                 named: np.ndarray | None = None) -> np.ndarray:
     """int64 item of every paired image (sorted), ``paired_size`` in all.
 
     Each underrepresented concept gets exactly ``under_images`` images on distinct random items;
     every seen item gets one, and the rest go to seen items by concept frequency (``frequencies``:
     per concept, e.g. ``captions.concept_frequencies``, or per item), evenly within a concept.
-    Unseen and compositional items get none.
+    Unseen and compositional items get none. ``named`` (bool per item; None: all): the items the prompt
+    pool has a caption for, the only ones a paired image can be captioned with; a pool of fewer prompts
+    than items names only some, and the rules above then apply to those (an underrepresented concept with
+    fewer than ``under_images`` named items is an error).
     """
     regimes = np.asarray(regimes)
     if regimes.shape != (NUM_ITEMS,):
         raise ValueError(f"regimes must have one entry per item ({NUM_ITEMS})")
+    named = np.ones(NUM_ITEMS, dtype=bool) if named is None else np.asarray(named, dtype=bool)
+    if named.shape != (NUM_ITEMS,):
+        raise ValueError(f"named must have one entry per item ({NUM_ITEMS})")
     frequencies = np.asarray(frequencies, dtype=np.float64)
     if frequencies.shape not in ((NUM_CONCEPTS,), (NUM_ITEMS,)) or (frequencies < 0).any():
         raise ValueError(f"frequencies must be non-negative, one per concept ({NUM_CONCEPTS}) or item ({NUM_ITEMS})")
     if not 0 < under_images <= ITEMS_PER_CONCEPT:
         raise ValueError(f"under_images={under_images} is outside [1, {ITEMS_PER_CONCEPT}]")
     rng = np.random.default_rng([seed, _PAIRED_STREAM])
-    seen = regimes == SEEN
+    seen = (regimes == SEEN) & named
     counts = seen.astype(np.int64)
     for concept in np.flatnonzero(concept_regimes(regimes) == UNDER):
-        counts[concept * ITEMS_PER_CONCEPT + rng.choice(ITEMS_PER_CONCEPT, under_images, replace=False)] = 1
+        items = concept * ITEMS_PER_CONCEPT + np.flatnonzero(named.reshape(NUM_CONCEPTS, ITEMS_PER_CONCEPT)[concept])
+        if items.size < under_images:
+            raise ValueError(f"the prompt pool names {items.size} items of the underrepresented concept "
+                             f"{CONCEPTS[concept]!r}, fewer than under_images={under_images}: raise num_prompts")
+        counts[items[rng.choice(items.size, under_images, replace=False)]] = 1
     extra = paired_size - counts.sum()
     if extra < 0:
-        raise ValueError(f"paired_size={paired_size} is below {counts.sum()} (one image per seen item and "
-                         f"{under_images} per underrepresented concept)")
+        raise ValueError(f"paired_size={paired_size} is below {counts.sum()} (one image per seen item the pool "
+                         f"names and {under_images} per underrepresented concept)")
     if frequencies.shape == (NUM_CONCEPTS,):  # spread evenly over the concept's seen items
         seen_per_concept = seen.reshape(NUM_CONCEPTS, ITEMS_PER_CONCEPT).sum(axis=1)
         frequencies = np.repeat(frequencies / np.maximum(seen_per_concept, 1), ITEMS_PER_CONCEPT)
