@@ -164,3 +164,21 @@ def test_the_example_prompts_are_world_captions_and_shown_in_readme_and_help():
     assert " ".join(SAMPLE_EXAMPLE.split()) in help_text
     readme = " ".join((ROOT / "README.md").read_text().split())  # lines wrap inside the prompts
     assert all(f"--prompt '{p}'" in readme for p in prompts)
+
+
+def test_the_teacher_of_a_run_without_teacher_path_is_its_worlds(tmp_path):
+    """`aria sample` of a concepts run without teacher.path draws the concepts teacher (the shapes one shares its
+    shapes, so nothing else would notice); a files run without teacher.path names teacher.path in one line."""
+    from aria.config import load_config
+    from aria.world.worlds import ASSETS
+
+    model = tmp_path / "run" / "student"
+    for source, teacher in (("concepts", ASSETS / "concepts-teacher"), ("shapes", ASSETS / "teacher")):
+        config = load_config(None, [f"data.source={source}"])
+        assert config.teacher.path is None
+        assert sample.run_teacher(model, {"teacher": str(ASSETS / "teacher")}, config) == teacher
+    config = load_config(None, ["data.source=files", f"data.prompts_file={tmp_path / 'p.txt'}",
+                                f"data.paired_dir={tmp_path}"])
+    with pytest.raises(UserError, match="teacher.path") as err:
+        sample.run_teacher(model, {"teacher": ""}, config)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"--model {model}: ")

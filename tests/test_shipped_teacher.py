@@ -1,6 +1,7 @@
 """The shipped world teacher loads offline from the package and denoises fresh renders."""
 
 import itertools
+import json
 
 import numpy as np
 import torch
@@ -38,3 +39,32 @@ def test_shipped_teacher_denoises_far_better_than_a_random_unet():
     trained = eps_error(teacher.unet.float(), x0, context, t, noise, alphas)
     random = eps_error(UNet2DConditionModel.from_config(teacher.unet.config).eval(), x0, context, t, noise, alphas)
     assert trained < 0.2 * random, (trained, random)
+
+
+def test_the_default_teacher_follows_the_world(tmp_path):
+    """Without teacher.path a run distils from the teacher its world (data.source) ships: concepts reads
+    assets/concepts-teacher, not the shapes teacher (same encoder width and image shape: no check would
+    catch the swap); the setup line names which one. data.source files ships none: one line naming teacher.path."""
+    import pytest
+
+    from aria.config import load_config
+    from aria.errors import UserError
+    from aria.models.teacher import SHIPPED_TEACHER, check_teacher, describe_teacher, teacher_root
+    from aria.world.worlds import ASSETS, WORLDS
+
+    assert WORLDS["shapes"].teacher_dir == SHIPPED_TEACHER == ASSETS / "teacher"
+    assert WORLDS["concepts"].teacher_dir == ASSETS / "concepts-teacher"
+    config = load_config(None, ["data.source=concepts", f"output_dir={tmp_path / 'run'}"])
+    assert config.teacher.path is None
+    teacher = load_teacher(config.teacher, source=config.data.source)
+    assert teacher.path == ASSETS / "concepts-teacher"
+    concepts = json.loads((ASSETS / "concepts-teacher" / "config.json").read_text())
+    assert check_teacher(config.teacher, config.data.source) == concepts
+    assert describe_teacher(config.teacher, "concepts") == f"the shipped concepts world teacher ({teacher.path})"
+    assert teacher_root(TeacherConfig(), "shapes") == ASSETS / "teacher"
+    assert teacher_root(TeacherConfig(path=tmp_path), "files") == tmp_path  # teacher.path wins in every world
+    for call in (lambda: check_teacher(TeacherConfig(), "files"),
+                 lambda: load_teacher(TeacherConfig(), source="files")):
+        with pytest.raises(UserError) as err:
+            call()
+        assert "teacher.path" in str(err.value) and "'files'" in str(err.value) and "\n" not in str(err.value)

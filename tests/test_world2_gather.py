@@ -109,3 +109,28 @@ def test_evaluations_made_elsewhere_replace_the_calls_own(tmp_path):
     again = gather("--out", tmp_path / "out2", "--evals", evals, call)
     assert again.returncode == 2 and again.stderr.strip() == f"--evals {evals}: dts-seed0 has no eval.json"
     assert not (tmp_path / "out2").exists()
+
+
+def test_seeds_are_read_as_aria_compare_reads_them(tmp_path, monkeypatch, capsys):
+    """--seeds 2 is a count (seeds 0 and 1), as `aria compare --seeds` and world2_call.sh read it: the copy
+    lines flag seed 2 alone as left out of the summary, which gets --seeds 2 unchanged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("world2_gather", ROOT / "tools" / "world2_gather.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    commands = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.chdir(ROOT)
+    call = call_folder(tmp_path / "call", ["aria/seed0", "aria/seed1", "aria/seed2"])
+    assert tool.main([str(call), "--out", str(tmp_path / "out"), "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"aria/seed0: copied from {call}" in lines and f"aria/seed1: copied from {call}" in lines
+    assert f"aria/seed2: copied from {call} (seed 2 is not in --seeds)" in lines
+    summary = commands[0]
+    assert summary[summary.index("--seeds") + 1] == "2"
+    assert tool.main([str(call), "--out", str(tmp_path / "out2"), "--seeds", "0,x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("--seeds '0,x': expected") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out2").exists()

@@ -158,20 +158,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the results folder (docs/results/<name>)")
     parser.add_argument("--config", default=CONFIGS[0], choices=CONFIGS)
     parser.add_argument("--split", type=int, default=0, help="the split the runs were trained on")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="the seeds to summarise, read as `aria compare --seeds` "
+                        "reads them: a count N (seeds 0 to N-1) or a comma-separated list")
     parser.add_argument("--evals", type=Path, help="evaluations made elsewhere, DIR/<strategy>-seed<s>/ each, "
                         "that replace the runs' own")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a further --set value of the calls (world2_call.sh's KEY=VALUE arguments); repeatable")
     args = parser.parse_args(argv)
-    try:
-        seeds = {int(s) for s in args.seeds.split(",")}
-    except ValueError:
-        print(f"--seeds {args.seeds}: a comma-separated list of numbers", file=sys.stderr)
-        return 2
+    from aria.cli.experiment import parse_seeds  # `aria compare --seeds`'s reading, which the summary gets
     from aria.errors import UserError
 
     try:
+        seeds = set(parse_seeds(args.seeds))  # a count N (seeds 0 to N-1) or a comma-separated list
         if args.split < 0:
             raise GatherError(f"--split {args.split}: a split is a non-negative number")
         missing = [str(c) for c in args.calls if not (c / "runs.tgz").is_file()]

@@ -145,7 +145,7 @@ def teacher_evaluate(config_path, overrides, teacher_dir, device, steps, per_com
     config = _config(config_path, overrides)
     tconf = config.teacher.model_copy(update={"path": teacher_dir}) if teacher_dir else config.teacher
     device = resolve_device(check_device(device, "--device"))
-    t = load_teacher(tconf, device=device, dtype=torch.float32)
+    t = load_teacher(tconf, device=device, dtype=torch.float32, source=config.data.source)
     if t.latent or t.sample_size != 32 or t.in_channels != 3:
         raise UserError(f"teacher {t.path} is not a 32x32 pixel-space world teacher")
     encoder = build_encoder(config.encoder, device)

@@ -239,7 +239,7 @@ def load_components(config, teacher=None, bundle=None, judge=None) -> tuple:
     if teacher is None:
         from aria.models import load_teacher
 
-        teacher = load_teacher(config.teacher, device=device)
+        teacher = load_teacher(config.teacher, device=device, source=config.data.source)
     if bundle is None:
         from aria.data.bundle import prepare_data
 

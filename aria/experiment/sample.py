@@ -230,11 +230,15 @@ def default_out(model: Path, prompts: list[str], seed: int, settings: dict | Non
 
 
 def run_teacher(model: Path, card: dict, config) -> Path:
-    """The teacher the run distilled from: its config's ``teacher.path`` (the shipped world teacher when
-    unset), else the path recorded at export; a UserError when neither is here."""
-    from aria.models.teacher import SHIPPED_TEACHER
+    """The teacher the run distilled from: its config's ``teacher.path`` (when unset, the teacher its world,
+    ``data.source``, ships: ``aria.models.teacher.teacher_root``), else the path recorded at export; a
+    UserError when neither is here."""
+    from aria.models.teacher import teacher_root
 
-    path = Path(config.teacher.path).expanduser() if config.teacher.path is not None else SHIPPED_TEACHER
+    try:
+        path = teacher_root(config.teacher, config.data.source)
+    except UserError as err:  # data.source files without teacher.path: no shipped teacher to fall back on
+        raise UserError(f"--model {model}: {err}; or pass --teacher PATH, or --no-teacher") from None
     candidates = [path, Path(str(card.get("teacher", ""))).expanduser()]
     for root in candidates:
         if str(root) and root.is_dir():

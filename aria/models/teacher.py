@@ -13,8 +13,38 @@ import torch
 from torch import nn
 
 from aria.errors import UserError
+from aria.world.worlds import WORLDS
 
-SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "world" / "assets" / "teacher"
+# the shapes world's (v1) teacher, read by a caller that names no world and sets no teacher.path. A run's
+# teacher follows its world (``teacher_root``): callers pass ``source=config.data.source``.
+SHIPPED_TEACHER = WORLDS["shapes"].teacher_dir
+
+
+def shipped_teacher(source: str | None) -> Path:
+    """The teacher folder the world ``source`` (a ``data.source``) ships, ``World.teacher_dir``: ``shapes`` ->
+    assets/teacher, ``concepts`` -> assets/concepts-teacher; ``None`` (a caller that names no world):
+    ``SHIPPED_TEACHER``. ``files`` ships none: a one-line UserError naming teacher.path."""
+    if source is None:
+        return SHIPPED_TEACHER
+    if source not in WORLDS:
+        raise UserError(f"teacher.path is not set and data.source {source!r} ships no teacher: set teacher.path to "
+                        f"a diffusers UNet folder (or a Stable Diffusion folder with teacher.subfolder: unet)")
+    return WORLDS[source].teacher_dir
+
+
+def teacher_root(teacher_config, source: str | None = None) -> Path:
+    """The folder the teacher is read from: ``teacher.path``, else the teacher of the world ``source``
+    (``shipped_teacher``)."""
+    if teacher_config.path is not None:
+        return Path(teacher_config.path).expanduser()
+    return shipped_teacher(source)
+
+
+def describe_teacher(teacher_config, source: str | None = None) -> str:
+    """What a setup line names: ``teacher.path``, or which world's shipped teacher and its folder."""
+    if teacher_config.path is not None:
+        return str(teacher_config.path)
+    return f"the shipped {source or 'shapes'} world teacher ({shipped_teacher(source)})"
 
 
 @dataclass
@@ -104,12 +134,13 @@ def _scheduler_config(candidates: Iterable[Path]) -> dict:
     return dict(DDPMScheduler().config)
 
 
-def check_teacher(teacher_config) -> dict:
+def check_teacher(teacher_config, source: str | None = None) -> dict:
     """Validate the folders ``load_teacher`` reads, without loading any weights (a fail-fast check
-    before heavy work); returns the UNet's ``config.json`` as a dict."""
-    root = Path(teacher_config.path).expanduser() if teacher_config.path is not None else SHIPPED_TEACHER
+    before heavy work); returns the UNet's ``config.json`` as a dict. ``source``: the run's
+    ``data.source``, whose world's teacher is read when ``teacher.path`` is unset (``teacher_root``)."""
+    root = teacher_root(teacher_config, source)
     if teacher_config.path is None and not root.is_dir():
-        raise UserError(f"the shipped world teacher is missing at {root}")
+        raise UserError(f"the shipped world teacher is missing at {root} (data.source {source or 'shapes'!r})")
     if not root.is_dir():
         raise UserError(f"teacher.path {root} {'is not a folder' if root.exists() else 'does not exist'}")
     sub = teacher_config.subfolder
@@ -130,8 +161,10 @@ def check_teacher(teacher_config) -> dict:
     return config
 
 
-def load_teacher(teacher_config, device="cpu", dtype=torch.float32) -> Teacher:
+def load_teacher(teacher_config, device="cpu", dtype=torch.float32, source: str | None = None) -> Teacher:
     """Load the frozen teacher: shipped world teacher, a diffusers UNet folder or an SD folder's UNet.
+    Without ``teacher.path`` the teacher is the one the world ``source`` (the run's ``data.source``)
+    ships: pass it, or the shapes world's is read (``shipped_teacher``); ``files`` needs teacher.path.
 
     With ``subfolder`` set (Stable Diffusion layout) the sibling ``vae`` and
     ``scheduler/scheduler_config.json`` are required; a plain UNet folder may carry its own
@@ -139,8 +172,8 @@ def load_teacher(teacher_config, device="cpu", dtype=torch.float32) -> Teacher:
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    check_teacher(teacher_config)
-    root = Path(teacher_config.path).expanduser() if teacher_config.path is not None else SHIPPED_TEACHER
+    check_teacher(teacher_config, source)
+    root = teacher_root(teacher_config, source)
     sub = teacher_config.subfolder
     unet = _load_pretrained(UNet2DConditionModel, root / sub if sub else root, dtype).to(device)
     vae, schedulers = None, [root / "scheduler_config.json"]

@@ -109,7 +109,7 @@ def check_run(config, resume: bool, data: bool = True, teacher: bool = True, dry
 
     report: dict = {}
     if teacher:
-        unet_config = check_teacher(config.teacher)
+        unet_config = check_teacher(config.teacher, config.data.source)
         student_config = None
         try:
             student_config = student_unet_config(unet_config, config.student.variant, config.student.channel_scale)

@@ -146,12 +146,13 @@ class DistillationRun:
     def _setup_inputs(self) -> None:
         """The frozen teacher and the data bundle (unless handed in), checked against each other."""
         from aria.models import load_teacher
+        from aria.models.teacher import describe_teacher
 
         c, b = self.config, self.backend
         dtype = b.compute_dtype if b.device.type == "cuda" else torch.float32
         if self.teacher is None:
-            self._stage(f"teacher: loading {c.teacher.path or 'the shipped world teacher'}")
-            self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype)
+            self._stage(f"teacher: loading {describe_teacher(c.teacher, c.data.source)}")
+            self.teacher = load_teacher(c.teacher, device=b.device, dtype=dtype, source=c.data.source)
         if self.bundle is None:  # rank 0 fills the caches first, the others then read them
             from aria.data.bundle import prepare_data
 
