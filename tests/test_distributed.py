@@ -345,6 +345,27 @@ def test_deepspeed_two_ranks_zero2_bf16_identical_weights(tmp_path):
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
+def test_deepspeed_two_ranks_bf16_export_the_fp32_master_weights(tmp_path):
+    """Two ranks of ZeRO-2 bf16: every rank gathers DeepSpeed's fp32 master weights (a collective) and rank 0
+    exports them in fp32, as the torch backend exports its fp32 weights: not the engine module's bf16 copy
+    (saved in the checkpoint), which is their bf16 rounding."""
+    import torch
+    from safetensors.torch import load_file
+
+    from aria.training import checkpoint as ckpt
+
+    sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cpu", "precision": "bf16"},
+                "distillation": {"steps": 2}, "logging": {"every": 1}}
+    ranks = launch(tmp_path, 2, sections)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    trained = ckpt.load_weights(ckpt.latest_good(tmp_path / "run" / "checkpoints"))
+    exported = load_file(next((tmp_path / "run" / "student").glob("*.safetensors")))
+    assert set(exported) == set(trained) and {v.dtype for v in exported.values()} == {torch.float32}
+    assert all(torch.equal(exported[k].bfloat16(), trained[k]) for k in trained)  # the masters, rounded
+    assert any(not torch.equal(exported[k], trained[k].float()) for k in trained)  # finer than bf16
+
+
 @pytest.mark.gpu
 def test_deepspeed_gpu_bf16_zero2(tmp_path):
     sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cuda", "precision": "bf16"},

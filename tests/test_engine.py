@@ -169,6 +169,86 @@ def test_deepspeed_skips_advance_the_schedule_and_resume_applies_lr_and_weight_d
     assert [r["lr"] for r in steps] == [1e-3 * factor(0), 1e-3 * factor(1), 1e-5 * factor(2), 1e-5 * factor(3)]
 
 
+DS_PLAIN_WORKER = """
+import json, pathlib, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+import conftest
+from aria.training.engine import run_distillation
+
+config = conftest.tiny_config(pathlib.Path({tmp!r}), **json.loads({sections!r}))
+run_distillation(config, bundle=conftest.make_bundle(), teacher=conftest.make_teacher())
+"""
+
+
+def deepspeed_plain_run(tmp_path, sections: dict):
+    """One DeepSpeed run of ``sections`` in a process of its own (no launcher, CPU, gloo); returns its config."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "ds_plain_worker.py"
+    script.write_text(DS_PLAIN_WORKER.format(tests=str(Path(__file__).resolve().parent), tmp=str(tmp_path),
+                                             sections=json.dumps(sections)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tiny_config(tmp_path, **sections)
+
+
+def exported_weights(config) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(next((config.output_dir / "student").glob("*.safetensors")))
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_exports_the_ema_in_fp32(tmp_path):
+    """DeepSpeed bf16 (ZeRO 0: bf16 weights in the engine's module): the exported EMA student is the EMA's
+    fp32 shadow (the one saved in the last checkpoint), not its bf16 rounding, as with the torch backend."""
+    config = deepspeed_plain_run(tmp_path, {"backend": {"kind": "deepspeed", "zero_stage": 0, "precision": "bf16"},
+                                            "distillation": {"steps": 2, "ema_decay": 0.5}})
+    folder = ckpt.latest_good(config.output_dir / "checkpoints")
+    trained, ema, exported = ckpt.load_weights(folder), ckpt.load_weights(folder, "ema"), exported_weights(config)
+    assert {v.dtype for v in trained.values()} == {torch.bfloat16}  # what the engine's module holds
+    assert set(exported) == set(ema) and {v.dtype for v in exported.values()} == {torch.float32}
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero0_bf16_exports_the_fp32_master_weights(tmp_path):
+    """DeepSpeed bf16 at ZeRO 0 (its FP16_UnfusedOptimizer keeps whole fp32 masters on every rank): the exported
+    student holds the fp32 master weights, whose bf16 rounding is the engine module's weights (checkpointed)."""
+    config = deepspeed_plain_run(tmp_path, {"backend": {"kind": "deepspeed", "zero_stage": 0, "precision": "bf16"},
+                                            "distillation": {"steps": 2}})
+    trained = ckpt.load_weights(ckpt.latest_good(config.output_dir / "checkpoints"))
+    exported = exported_weights(config)
+    assert set(exported) == set(trained) and {v.dtype for v in exported.values()} == {torch.float32}
+    assert all(torch.equal(exported[k].bfloat16(), trained[k]) for k in trained)  # the masters, rounded
+    assert any(not torch.equal(exported[k], trained[k].float()) for k in trained)  # finer than bf16
+
+
+@pytest.mark.slow
+def test_deepspeed_zero0_fp32_and_torch_without_clipping_log_the_grad_norm(tmp_path):
+    """``grad_norm`` on every log step where neither the engine nor the clipping computes one: DeepSpeed ZeRO 0
+    in fp32 (a plain torch optimizer) logs the norm the torch backend logs, and the torch backend logs it
+    with grad_clip 0 too (the norm before clipping: step 1's is the same with and without clipping)."""
+    sections = {"distillation": {"steps": 2, "grad_clip": 0.05}, "logging": {"every": 1}}
+    ds = deepspeed_plain_run(tmp_path / "ds", {**sections, "backend": {"kind": "deepspeed", "zero_stage": 0}})
+    _, _, torch_records = run(tmp_path / "torch", **sections)
+    _, _, unclipped = run(tmp_path / "unclipped", distillation={"steps": 2, "grad_clip": 0}, logging={"every": 1})
+    norms = [[r.get("grad_norm") for r in records if "loss" in r]
+             for records in (read_jsonl(ds.output_dir / "metrics.jsonl"), torch_records, unclipped)]
+    assert all(len(n) == 2 and all(v is not None and np.isfinite(v) and v > 0 for v in n) for n in norms), norms
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
+    assert norms[2][0] == pytest.approx(norms[1][0], rel=1e-6) and norms[1][0] > 0.05  # step 1 was clipped
+
+
 def test_ema_turned_on_at_resume_starts_from_the_restored_weights(tmp_path):
     """distillation.ema_decay set at a resume from a checkpoint without EMA: the EMA starts from the restored
     student, not from the untrained one the run built before restoring."""

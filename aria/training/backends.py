@@ -56,6 +56,8 @@ class Backend(Protocol):
     def same_on_all_ranks(self, value: int) -> bool: ...
     def barrier(self) -> None: ...
     def unwrap(self) -> torch.nn.Module: ...
+    # a collective (every rank calls it): the student's fp32 weights where ``unwrap()`` holds lower-precision ones
+    def export_weights(self) -> dict[str, torch.Tensor] | None: ...
     def save(self, folder: Path) -> list[str]: ...
     def load(self, folder: Path, step: int | None = None) -> None: ...
     def lr(self) -> float: ...
@@ -497,12 +499,14 @@ class TorchBackend(_Base):
         loss.backward()
 
     def step(self, skip=None):
-        """Clip, step the optimizer and the LR schedule; returns the gradient norm (a device tensor).
+        """Clip, step the optimizer and the LR schedule; returns the gradient norm before clipping (a device
+        tensor; also where ``grad_clip`` is 0).
         ``skip``: a device bool; where True the fused AdamW leaves weights and moments unchanged
         (the LR schedule still advances, as after ``skip``)."""
-        norm = None
         if self.distill.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.distill.grad_clip)
+        else:  # no clipping: the norm all the same (one foreach pass over the gradients, no host sync)
+            norm = _total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
         self.optimizer.found_inf = None if skip is None else skip.float()  # read by the fused AdamW's step
         self.optimizer.step()
         self.scheduler.step()
@@ -517,6 +521,10 @@ class TorchBackend(_Base):
 
     def unwrap(self):
         return self.module
+
+    def export_weights(self) -> None:
+        """None: the module's weights are the fp32 ones (bf16 is autocast's compute dtype only)."""
+        return None
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -536,6 +544,34 @@ class TorchBackend(_Base):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         resume_schedule(self.scheduler, self.distill, step)
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` together, in fp32, on their device (no host sync)."""
+    if not grads:
+        return torch.zeros(())
+    total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: foreach kernels
+    if total is not None:
+        return total(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _replicated_masters(optimizer) -> dict[int, torch.Tensor]:
+    """The fp32 master weight of each low-precision parameter (by id) that DeepSpeed's ZeRO-0 mixed-precision
+    optimizers hold whole on every rank: FP16_UnfusedOptimizer (``fp16_groups`` and ``fp32_groups``, parameter
+    for parameter) and FP16_Optimizer (``fp32_groups_flat``, one flat tensor per group); empty for others."""
+    from torch._utils import _unflatten_dense_tensors
+
+    low = getattr(optimizer, "fp16_groups", None)
+    if low is None:
+        return {}
+    if hasattr(optimizer, "fp32_groups"):
+        high = optimizer.fp32_groups
+    elif hasattr(optimizer, "fp32_groups_flat"):
+        high = [_unflatten_dense_tensors(flat, group) for flat, group in zip(optimizer.fp32_groups_flat, low)]
+    else:
+        return {}
+    return {id(lp): hp for lps, hps in zip(low, high) for lp, hp in zip(lps, hps)}
 
 
 def _free_port() -> int:
@@ -573,6 +609,7 @@ class DeepSpeedBackend(_Base):
             dist_backend="nccl" if self.device.type == "cuda" else "gloo", timeout=self.timeout, verbose=False
         )
         self.engine = self.module = None
+        self._norm_params: list[torch.nn.Parameter] | None = None  # where the engine keeps no gradient norm
 
     def ds_config(self) -> dict:
         d, b = self.distill, self.config
@@ -605,6 +642,10 @@ class DeepSpeedBackend(_Base):
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
         self.module = self.engine.module
+        # ZeRO stage 0 in fp32 steps a plain torch optimizer, which keeps no gradient norm (get_global_grad_norm()
+        # stays None; ZeRO 1-2 and the bf16 optimizers keep it): step computes it from the gradients
+        plain = self.config.zero_stage == 0 and self.compute_dtype == torch.float32
+        self._norm_params = params if plain else None
         return self.engine
 
     def backward(self, loss):
@@ -613,10 +654,14 @@ class DeepSpeedBackend(_Base):
     def step(self, skip=None):
         if skip is not None:  # RunConfig rejects step_sync 'device' with DeepSpeed
             raise ValueError("DeepSpeedBackend cannot skip a step on the device")
+        norm = None
+        if self._norm_params is not None:  # before the step, which zeroes them (all-reduced: same on every rank)
+            norm = _total_norm([p.grad for p in self._norm_params if p.grad is not None])
         self.engine.step()  # clips, steps the optimizer and the LR schedule, zeroes the gradients
         if not self.engine.was_step_applied():  # the engine skipped the update (overflow) and its LR step
             advance_schedule(self.engine.lr_scheduler)
-        return self.engine.get_global_grad_norm()  # a device tensor under bf16: read it only when logged
+        # the norm before clipping, as TorchBackend's; a device tensor: read it only when logged
+        return norm if self._norm_params is not None else self.engine.get_global_grad_norm()
 
     def skip(self):
         """A step skipped on the host (non-finite): no engine step, the LR schedule advances."""
@@ -627,6 +672,30 @@ class DeepSpeedBackend(_Base):
 
     def unwrap(self):
         return self.engine.module
+
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """Under bf16 the engine's module holds bf16 weights and the optimizer the fp32 master weights: the
+        module's state_dict with the optimizer's fp32 master weights for its trained parameters and the rest
+        cast to fp32, on every rank. ZeRO 1-2 partition the masters: ``safe_get_full_fp32_param`` all-reduces
+        each one, a collective that every rank calls; ZeRO 0 (DeepSpeed's FP16_UnfusedOptimizer or
+        FP16_Optimizer with bf16) holds them whole on every rank. None under fp32, where the module's weights
+        are the master weights."""
+        if self.compute_dtype == torch.float32:
+            return None
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        state = self.engine.module.state_dict(keep_vars=True)
+        replicated = _replicated_masters(self.engine.optimizer)
+        masters: dict[int, torch.Tensor] = {}
+        with self._collective("gathering the fp32 master weights for the export"):
+            for p in self.engine.module.parameters():  # the same order on every rank
+                full = safe_get_full_fp32_param(p)  # None: not a partitioned (ZeRO 1-2) parameter
+                if full is None:
+                    full = replicated.get(id(p))  # None: a parameter that the optimizer does not hold
+                if full is not None:
+                    masters[id(p)] = full.detach()
+        return {k: masters[id(v)] if id(v) in masters else (v.detach().float() if v.is_floating_point() else v.detach())
+                for k, v in state.items()}
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])

@@ -561,12 +561,20 @@ class DistillationRun:
         if self.last_saved != steps:
             self.save(steps)
         result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"]}
+        # the student is exported (and probed) in fp32 with every backend: DeepSpeed bf16's module holds bf16
+        # weights, its optimizer the fp32 master weights (gathered here by every rank: a collective), and the
+        # EMA's fp32 shadow replaces them all
+        weights = b.export_weights() if self.ema is None else None
         if self.main:
             self.logger.write("exporting the student and measuring it on the probe set")
             student = self.student
-            if self.ema is not None:
-                student = copy.deepcopy(self.student)
-                self.ema.copy_to(student)
+            if self.ema is not None or weights is not None:
+                student = copy.deepcopy(self.student).float()
+                if weights is not None:
+                    student.load_state_dict(weights)
+                if self.ema is not None:
+                    self.ema.copy_to(student)
+            weights = None
             card = {"teacher": str(self.teacher.path), "variant": c.student.variant,
                     "teacher_parameters": parameter_count(self.teacher.unet), "strategy": c.strategy.name,
                     "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None,

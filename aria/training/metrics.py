@@ -5,7 +5,9 @@
 - every step: ``step`` (1-based count of steps done), ``loss``, ``task``, ``out``, ``feat`` (the
   terms as weighted in the loss), ``switched_fraction``, ``lr``, ``nonfinite`` (true when the
   step was skipped; the terms are then null), ``samples_per_s``;
-- every ``logging.every`` steps, also ``grad_norm`` (read only then: it waits for the step),
+- every ``logging.every`` steps, also ``grad_norm`` (the 2-norm of the step's gradient, averaged over
+  ranks, before clipping; with both backends, every ZeRO stage and ``grad_clip`` 0 too; read only
+  then: it waits for the step; absent on a non-finite step),
   ``probabilities`` (the allocation over regions, or null
   when nothing was switched), ``estimates`` (the strategy's per-region ``estimate`` state when it
   has one), ``region_discrepancy`` (mean observed discrepancy per region since the last such
