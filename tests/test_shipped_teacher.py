@@ -49,11 +49,12 @@ def test_the_default_teacher_follows_the_world(tmp_path):
 
     from aria.config import load_config
     from aria.errors import UserError
-    from aria.models.teacher import SHIPPED_TEACHER, check_teacher, describe_teacher, teacher_root
+    from aria.models.teacher import SHIPPED_TEACHER, SHIPPED_TEACHERS, check_teacher, describe_teacher, teacher_root
     from aria.world.worlds import ASSETS, WORLDS
 
-    assert WORLDS["shapes"].teacher_dir == SHIPPED_TEACHER == ASSETS / "teacher"
-    assert WORLDS["concepts"].teacher_dir == ASSETS / "concepts-teacher"
+    assert set(SHIPPED_TEACHERS) == set(WORLDS)  # every embedded world ships a teacher
+    assert SHIPPED_TEACHER == SHIPPED_TEACHERS["shapes"] == ASSETS / "teacher"
+    assert SHIPPED_TEACHERS["concepts"] == ASSETS / "concepts-teacher"
     config = load_config(None, ["data.source=concepts", f"output_dir={tmp_path / 'run'}"])
     assert config.teacher.path is None
     teacher = load_teacher(config.teacher, source=config.data.source)

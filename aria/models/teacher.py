@@ -13,23 +13,25 @@ import torch
 from torch import nn
 
 from aria.errors import UserError
-from aria.world.worlds import WORLDS
 
-# the shapes world's (v1) teacher, read by a caller that names no world and sets no teacher.path. A run's
-# teacher follows its world (``teacher_root``): callers pass ``source=config.data.source``.
-SHIPPED_TEACHER = WORLDS["shapes"].teacher_dir
+# the teacher each embedded world ships (by ``data.source``; a path, not an import: models and world are sibling
+# stages). A run's teacher follows its world (``teacher_root``): callers pass ``source=config.data.source``;
+# SHIPPED_TEACHER (the shapes world's, v1) is read by a caller that names no world and sets no teacher.path.
+_ASSETS = Path(__file__).resolve().parents[1] / "world" / "assets"
+SHIPPED_TEACHERS = {"shapes": _ASSETS / "teacher", "concepts": _ASSETS / "concepts-teacher"}
+SHIPPED_TEACHER = SHIPPED_TEACHERS["shapes"]
 
 
 def shipped_teacher(source: str | None) -> Path:
-    """The teacher folder the world ``source`` (a ``data.source``) ships, ``World.teacher_dir``: ``shapes`` ->
+    """The teacher folder the world ``source`` (a ``data.source``) ships (``SHIPPED_TEACHERS``): ``shapes`` ->
     assets/teacher, ``concepts`` -> assets/concepts-teacher; ``None`` (a caller that names no world):
     ``SHIPPED_TEACHER``. ``files`` ships none: a one-line UserError naming teacher.path."""
     if source is None:
         return SHIPPED_TEACHER
-    if source not in WORLDS:
+    if source not in SHIPPED_TEACHERS:
         raise UserError(f"teacher.path is not set and data.source {source!r} ships no teacher: set teacher.path to "
                         f"a diffusers UNet folder (or a Stable Diffusion folder with teacher.subfolder: unet)")
-    return WORLDS[source].teacher_dir
+    return SHIPPED_TEACHERS[source]
 
 
 def teacher_root(teacher_config, source: str | None = None) -> Path:

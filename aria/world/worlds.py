@@ -30,7 +30,6 @@ class World:
     meta_key: str  # the pool's meta array of each prompt's item
     judge_dir: Path
     regimes_module: str  # REGIME_NAMES: regime index -> name
-    teacher_dir: Path  # the teacher this world ships: a run of it without teacher.path distils from this one
     family_key: str | None = None  # the attribute whose values group into families (concepts)
 
     @property
@@ -73,10 +72,9 @@ class World:
 
 
 WORLDS = {
-    "shapes": World("shapes", "aria.world.shapes", "combo_attributes", "combo", ASSETS, "aria.world.regimes",
-                    teacher_dir=ASSETS / "teacher"),
+    "shapes": World("shapes", "aria.world.shapes", "combo_attributes", "combo", ASSETS, "aria.world.regimes"),
     "concepts": World("concepts", "aria.world.concepts", "item_attributes", "item", ASSETS / "concepts-judge",
-                      "aria.world.splits", teacher_dir=ASSETS / "concepts-teacher", family_key="concept"),
+                      "aria.world.splits", family_key="concept"),
 }
 
 
