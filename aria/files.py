@@ -3,10 +3,13 @@ output paths a command is given (``check_output_folder``, ``check_output_file``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,31 @@ def check_output_file(path: Path, what: str, suffixes=None, kind: str = "file", 
     if problem:
         raise UserError(f"{what} {path}: its folder {parent} {problem}")
     return path
+
+
+@contextlib.contextmanager
+def folder_written_whole(out_dir: Path):
+    """A new folder beside ``out_dir`` to write into (normal modes); when the block ends without an error it
+    replaces ``out_dir`` (a previous folder there is moved aside first, and put back if the rename fails), else
+    it is removed: ``out_dir`` is never half-written, and a previous one goes only once the new one is whole."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = out_dir.parent / f".{out_dir.name}.tmp-{tag}", out_dir.parent / f".{out_dir.name}.old-{tag}"
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make the folder unreadable to other users
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.replace(old)
+        try:
+            tmp.replace(out_dir)
+        except OSError:
+            if old.exists() and not out_dir.exists():
+                old.replace(out_dir)  # put the previous folder back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def discard(*paths: Path) -> None:

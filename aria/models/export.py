@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from aria.errors import UserError
+from aria.files import folder_written_whole
 from aria.models.features import unwrap_module
 from aria.models.students import _clean_config
 
@@ -232,11 +232,7 @@ def export_student(student: nn.Module, out_dir, card: dict, pipeline: Mapping[st
     facts = {**{k: card[k] for k in CARD_KEYS}, "student_parameters": parameter_count(student),
              **{k: v for k, v in card.items() if k not in CARD_KEYS}}
     facts = json.loads(json.dumps(facts, default=str))  # Paths etc. as text, same in both files
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp, old = out_dir.parent / f".{out_dir.name}.tmp-{tag}", out_dir.parent / f".{out_dir.name}.old-{tag}"
-    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make the export unreadable to other users
-    try:
+    with folder_written_whole(out_dir) as tmp:
         if pipeline:
             kind = _write_pipeline(student, tmp, pipeline, Path(teacher_root))
         else:
@@ -245,15 +241,4 @@ def export_student(student: nn.Module, out_dir, card: dict, pipeline: Mapping[st
         (tmp / "aria.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_model_card(facts, kind), encoding="utf-8")
         _normal_modes(tmp)
-        if out_dir.exists():
-            out_dir.replace(old)
-        try:
-            tmp.replace(out_dir)
-        except OSError:
-            if old.exists() and not out_dir.exists():
-                old.replace(out_dir)  # put the previous export back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

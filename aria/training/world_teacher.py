@@ -257,40 +257,24 @@ def save_teacher(unet, out_dir: Path, report: dict) -> dict:
     sibling temporary folder renamed into ``out_dir`` (as ``aria.models.export.export_student`` writes the
     student): an interrupted or failed save leaves no half-written teacher, and a previous folder there is
     replaced only once the new one is complete. A failed write is a one-line UserError naming ``out_dir``."""
-    import shutil
-    import uuid
-
     from diffusers import UNet2DConditionModel
 
     from aria.errors import UserError
+    from aria.files import folder_written_whole
 
     out_dir = Path(out_dir)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp, old = out_dir.parent / f".{out_dir.name}.tmp-{tag}", out_dir.parent / f".{out_dir.name}.old-{tag}"
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        half = UNet2DConditionModel.from_config(unet.config)
-        half.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
-        half.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-        make_scheduler().save_pretrained(tmp)
-        weights = tmp / "diffusion_pytorch_model.safetensors"
-        report = {**report, "weights_mb": round(weights.stat().st_size / 1e6, 2)}
-        (tmp / "training.json").write_text(json.dumps(report, indent=1, default=str))
-        (tmp / "README.md").write_text(model_card(report))
-        if out_dir.exists():
-            out_dir.replace(old)
-        try:
-            tmp.replace(out_dir)
-        except OSError:
-            if old.exists() and not out_dir.exists():
-                old.replace(out_dir)  # put the previous folder back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        with folder_written_whole(out_dir) as tmp:
+            half = UNet2DConditionModel.from_config(unet.config)
+            half.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
+            half.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+            make_scheduler().save_pretrained(tmp)
+            weights = tmp / "diffusion_pytorch_model.safetensors"
+            report = {**report, "weights_mb": round(weights.stat().st_size / 1e6, 2)}
+            (tmp / "training.json").write_text(json.dumps(report, indent=1, default=str))
+            (tmp / "README.md").write_text(model_card(report))
     except OSError as err:
         raise UserError(f"teacher folder {out_dir}: cannot be written ({err.strerror or err})") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
