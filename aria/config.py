@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from aria.devices import DEVICE_NAME
 from aria.errors import StrictModel, UserError, format_validation_error, short_repr
 
 SEED_MAX = 2**63 - 1  # seeds are stored as int64 (strategy state, safetensors) and fed to torch.manual_seed
@@ -89,7 +90,7 @@ class EncoderConfig(Section):
     kind: Literal["minilm", "clip"] = Field("minilm", description="text encoder")
     path: Optional[Path] = Field(None, description="local model folder (clip; minilm: default package)")
     batch_size: int = Field(512, ge=1, le=BATCH_MAX, description="prompts per encoding chunk")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+    device: str = Field("auto", pattern=DEVICE_NAME.pattern,
                         description="device for encoding: auto, cpu, mps, cuda or cuda:N")
     max_length: Optional[int] = Field(None, ge=1, le=512, description="token length L of the context; None = 32 "
                                       "(minilm: every world prompt fits), 77 (clip)")

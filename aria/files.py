@@ -114,7 +114,7 @@ def check_output_file(path: Path, what: str, suffixes=None, kind: str = "file", 
     if suffixes is not None and path.suffix.lower() not in suffixes:
         advice = advice or "use " + ", ".join(sorted(suffixes))
         raise UserError(f"{what} {path}: unknown {kind} type {path.suffix or '(no extension)'!r} ({advice})")
-    parent = path.expanduser().parent
+    parent = path.parent  # as the caller writes it (a quoted '~' is not expanded there either)
     problem = folder_problem(parent)
     if problem:
         raise UserError(f"{what} {path}: its folder {parent} {problem}")

@@ -103,7 +103,8 @@ def test_load_applies_this_runs_lr_weight_decay_and_schedule(tmp_path):
     torch.testing.assert_close(s1["exp_avg"], s2["exp_avg"])  # the moments are the checkpoint's
 
     behind = OneRank(torch.nn.Linear(3, 2))
-    behind.load(folder, step=3)  # the schedule stands at the checkpoint's step (a function of the step index)
+    # the schedule stands at the checkpoint's step (a function of the step index); load says where it stood
+    assert behind.load(folder, step=3) == 1 and same.load(folder) == 1
     assert behind.scheduler.last_epoch == 3 and behind.optimizer.param_groups[0]["lr"] == 0.1 * lr_factor(3)(3)
 
 

@@ -167,8 +167,9 @@ def test_the_example_prompts_are_world_captions_and_shown_in_readme_and_help():
 
 
 def test_the_teacher_of_a_run_without_teacher_path_is_its_worlds(tmp_path):
-    """`aria sample` of a concepts run without teacher.path draws the concepts teacher (the shapes one shares its
-    shapes, so nothing else would notice); a files run without teacher.path names teacher.path in one line."""
+    """`aria sample` of a run without teacher.path draws the teacher recorded at export (the one it distilled
+    from), else the one its world ships: concepts -> the concepts teacher (the shapes one shares its shapes, so
+    nothing else would notice); a files run without teacher.path names teacher.path in one line."""
     from aria.config import load_config
     from aria.world.worlds import ASSETS
 
@@ -176,7 +177,10 @@ def test_the_teacher_of_a_run_without_teacher_path_is_its_worlds(tmp_path):
     for source, teacher in (("concepts", ASSETS / "concepts-teacher"), ("shapes", ASSETS / "teacher")):
         config = load_config(None, [f"data.source={source}"])
         assert config.teacher.path is None
-        assert sample.run_teacher(model, {"teacher": str(ASSETS / "teacher")}, config) == teacher
+        assert sample.run_teacher(model, {"teacher": str(tmp_path / "gone")}, config) == teacher
+        assert sample.run_teacher(model, {}, config) == teacher
+        # a run made before the default teacher followed the world: the teacher it recorded, which it learned from
+        assert sample.run_teacher(model, {"teacher": str(ASSETS / "teacher")}, config) == ASSETS / "teacher"
     config = load_config(None, ["data.source=files", f"data.prompts_file={tmp_path / 'p.txt'}",
                                 f"data.paired_dir={tmp_path}"])
     with pytest.raises(UserError, match="teacher.path") as err:

@@ -230,20 +230,28 @@ def default_out(model: Path, prompts: list[str], seed: int, settings: dict | Non
 
 
 def run_teacher(model: Path, card: dict, config) -> Path:
-    """The teacher the run distilled from: its config's ``teacher.path`` (when unset, the teacher its world,
-    ``data.source``, ships: ``aria.models.teacher.teacher_root``), else the path recorded at export; a
-    UserError when neither is here."""
+    """The teacher the run distilled from: its config's ``teacher.path`` (else the path recorded at export);
+    without one, the teacher recorded at export (``aria.json``), else the one its world ships
+    (``aria.models.teacher.teacher_root``: a run made before the default followed the world recorded another);
+    a UserError when none is here."""
     from aria.models.teacher import teacher_root
 
-    try:
-        path = teacher_root(config.teacher, config.data.source)
-    except UserError as err:  # data.source files without teacher.path: no shipped teacher to fall back on
-        raise UserError(f"--model {model}: {err}; or pass --teacher PATH, or --no-teacher") from None
-    candidates = [path, Path(str(card.get("teacher", ""))).expanduser()]
+    recorded = Path(str(card["teacher"])).expanduser() if card.get("teacher") else None
+    if config.teacher.path is not None:
+        candidates = [Path(config.teacher.path).expanduser(), recorded]
+    else:
+        try:
+            shipped = teacher_root(config.teacher, config.data.source)
+        except UserError as err:  # data.source files without teacher.path: no shipped teacher to fall back on
+            if recorded is None or not recorded.is_dir():
+                raise UserError(f"--model {model}: {err}; or pass --teacher PATH, or --no-teacher") from None
+            shipped = None
+        candidates = [recorded, shipped]
     for root in candidates:
-        if str(root) and root.is_dir():
+        if root is not None and root.is_dir():
             return root / config.teacher.subfolder if config.teacher.subfolder else root
-    raise UserError(f"--model {model}: the run's teacher {path} is not here (recorded in aria.json): "
+    missing = next(r for r in candidates if r is not None)
+    raise UserError(f"--model {model}: the run's teacher {missing} is not here (recorded in aria.json): "
                     f"pass --teacher PATH, or --no-teacher for the student alone")
 
 

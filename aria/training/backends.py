@@ -59,7 +59,8 @@ class Backend(Protocol):
     # a collective (every rank calls it): the student's fp32 weights where ``unwrap()`` holds lower-precision ones
     def export_weights(self) -> dict[str, torch.Tensor] | None: ...
     def save(self, folder: Path) -> list[str]: ...
-    def load(self, folder: Path, step: int | None = None) -> None: ...
+    # returns the step the loaded LR schedule stood at (resume_schedule)
+    def load(self, folder: Path, step: int | None = None) -> int: ...
     def lr(self) -> float: ...
     def close(self) -> None: ...
 
@@ -151,15 +152,18 @@ def advance_schedule(scheduler) -> None:
         scheduler.step()
 
 
-def resume_schedule(scheduler, distill, step: int | None = None) -> None:
+def resume_schedule(scheduler, distill, step: int | None = None) -> int:
     """After a resume loaded the optimizer's and the LR schedule's saved states (which hold the saved lr,
     weight_decay and base LR): this run's ``distillation.lr`` becomes the schedule's base LR and its
     ``weight_decay`` the optimizer's, the schedule stands at ``step`` (the checkpoint's; None: as loaded),
     and the param groups' current LR is recomputed for it with this run's schedule (the LambdaLR's factor
     is built from this run's warmup_steps, lr_schedule, lr_final and steps: its saved state holds no
-    function). Unchanged settings give back the loaded values bit for bit."""
+    function). Unchanged settings give back the loaded values bit for bit. Returns the step the loaded
+    schedule stood at (behind ``step`` in a checkpoint of a run whose skipped steps did not advance it, before
+    2026-12-07)."""
     groups = scheduler.optimizer.param_groups
     base = float(distill.lr)
+    loaded = int(scheduler.last_epoch)
     if step is not None:
         scheduler.last_epoch = int(step)
     scheduler.base_lrs = [base] * len(groups)
@@ -172,6 +176,7 @@ def resume_schedule(scheduler, distill, step: int | None = None) -> None:
         else:
             group["lr"] = lr
     scheduler._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups]
+    return loaded
 
 
 def set_deterministic(enabled: bool, cudnn_benchmark: bool = False) -> None:
@@ -537,13 +542,13 @@ class TorchBackend(_Base):
                 torch.save(state, f)
         return ["training.pt"]
 
-    def load(self, folder: Path, step: int | None = None) -> None:
+    def load(self, folder: Path, step: int | None = None) -> int:
         """The saved optimizer and LR schedule states, then this run's lr, weight_decay and schedule from
-        ``step`` on (``resume_schedule``)."""
+        ``step`` on (``resume_schedule``, whose loaded step it returns)."""
         state = torch.load(Path(folder) / "training.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        resume_schedule(self.scheduler, self.distill, step)
+        return resume_schedule(self.scheduler, self.distill, step)
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -706,13 +711,14 @@ class DeepSpeedBackend(_Base):
         self.barrier()
         return sorted(str(p.relative_to(folder)) for p in (Path(folder) / "deepspeed").rglob("*") if p.is_file())
 
-    def load(self, folder: Path, step: int | None = None) -> None:
+    def load(self, folder: Path, step: int | None = None) -> int:
         """The engine's checkpoint (weights, optimizer, LR schedule), then this run's lr, weight_decay and
-        schedule from ``step`` on (``resume_schedule``, on the optimizer the schedule drives)."""
+        schedule from ``step`` on (``resume_schedule``, on the optimizer the schedule drives; its loaded step
+        is returned)."""
         path, _ = self.engine.load_checkpoint(str(Path(folder) / "deepspeed"), tag="state")
         if path is None:
             raise UserError(f"checkpoint {folder}: DeepSpeed state could not be loaded")
-        resume_schedule(self.engine.lr_scheduler, self.distill, step)
+        return resume_schedule(self.engine.lr_scheduler, self.distill, step)
 
 
 BACKENDS = {"torch": TorchBackend, "deepspeed": DeepSpeedBackend}

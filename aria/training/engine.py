@@ -309,7 +309,7 @@ class DistillationRun:
         with _checkpoint_part(folder, "student.safetensors"):
             self.student.load_state_dict(ckpt.load_weights(folder, "student"))
         with _checkpoint_part(folder, "the optimizer state (training.pt)"):
-            b.load(folder, step=int(state["step"]))  # then this config's lr, weight_decay and LR schedule
+            schedule_at = b.load(folder, step=int(state["step"]))  # then this config's lr, weight_decay, LR schedule
         if self.ema is not None and (folder / "ema.safetensors").is_file():
             with _checkpoint_part(folder, "ema.safetensors"):
                 shadow = {k: v.to(b.device) for k, v in ckpt.load_weights(folder, "ema").items()}
@@ -326,6 +326,9 @@ class DistillationRun:
             changed = self._resume_changes(saved_config)
             if changed:
                 print(f"resume: {changed}; applied from step {self.start_step + 1} on", flush=True)
+            if schedule_at != self.start_step:  # a checkpoint from before the schedule followed the step index
+                print(f"resume: the LR schedule stood at step {schedule_at} in the checkpoint (skipped steps did not "
+                      f"advance it then); it follows the step index, {self.start_step}, from here on", flush=True)
 
     def _resume_changes(self, saved_config: dict) -> str:
         """The optimizer and EMA settings (``distillation.*``) this resume changes, as 'name old -> new' (empty
