@@ -787,7 +787,7 @@ SETUPS = {
     "truncated_eval": lambda case, shared: _write_cut(case / "cmp" / "runs" / "rc" / "seed0" / "eval" / "eval.json",
                                                       '{"format": "aria-eval/1", "metrics": {"all": {"discr'),
     "truncated_record": lambda case, shared: _write_cut(case / "cmp" / "runs" / "rc" / "seed0" / "compare.json",
-                                                        '{"config": "0123456789abcdef", "assets": {"teacher'),
+                                                        '{"config": "digest-of-the-config", "assets": {"teacher'),
 }
 
 

@@ -251,12 +251,12 @@ def test_a_write_cut_short_leaves_the_run_record_whole(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     p = compare.run_paths(out, "rc", 0)
     p["run"].mkdir(parents=True)
-    before = {"config": "0123456789abcdef", "assets": {}, "train_s": 1.5, "eval_s": 0.5, "card": "cpu"}
+    before = {"config": "digest-of-the-config", "assets": {}, "train_s": 1.5, "eval_s": 0.5, "card": "cpu"}
     p["record"].write_text(json.dumps(before))
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("no run must start"))
     _cut_writes(monkeypatch)
     with pytest.raises(OSError, match="No space left"):
-        compare._job(out, TINY, [], "rc", 0, {}, {"config": "0123456789abcdef", "assets": {}},
+        compare._job(out, TINY, [], "rc", 0, {}, {"config": "digest-of-the-config", "assets": {}},
                      compare.GpuSlots("cpu", 0))
     monkeypatch.undo()
     assert json.loads(p["record"].read_text()) == before
@@ -563,6 +563,16 @@ def test_the_bar_includes_half_the_oracles_headroom_when_an_oracle_ran():
     assert half["name"] not in {c["name"] for c in compare.summarise(evals, ["rc", "aria"], seeds)["checks"]}
 
 
+# two splits of one config, as results files that ran rc, the oracle and aria (pooled by ``aria results``)
+SPLIT_REGIMES = ("seen", "under", "unseen")
+SPLIT0 = {"rc": dict.fromkeys(SPLIT_REGIMES, 2.0), "oracle": {"seen": 2.0, "under": 1.9, "unseen": 1.6},
+          "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.7}}
+SPLIT1 = {"rc": dict.fromkeys(SPLIT_REGIMES, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.4},
+          "aria": {"seen": 3.1, "under": 3.0, "unseen": 2.9}}
+SPLIT_BASE = "aria compare --config c.yaml --set encoder.path=/e"
+SPLIT1_SETS = " --set data.concepts.seed=1 --set student.init_path=s1"
+
+
 def split_results(disc: dict, seeds: list[int], command: str, missing=()) -> dict:
     """Results JSON whose ratios to rc vary by seed: probe discrepancy disc[s][g] * (1 + 0.05 * seed * k_s) and
     D_c at 0.6 times it, for strategy number k_s; ``missing``: (strategy, seed) runs left out."""
@@ -585,15 +595,9 @@ def split_results(disc: dict, seeds: list[int], command: str, missing=()) -> dic
 
 
 def test_splits_of_one_config_are_pooled_into_the_bar_as_further_seeds(tmp_path):
-    regimes = ("seen", "under", "unseen")
-    split0 = {"rc": dict.fromkeys(regimes, 2.0), "oracle": {"seen": 2.0, "under": 1.9, "unseen": 1.6},
-              "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.7}}
-    split1 = {"rc": dict.fromkeys(regimes, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.4},
-              "aria": {"seen": 3.1, "under": 3.0, "unseen": 2.9}}
-    base = "aria compare --config c.yaml --set encoder.path=/e"
+    split0, split1, base = SPLIT0, SPLIT1, SPLIT_BASE
     first, evals0 = split_results(split0, [0, 1, 2], base)
-    second, evals1 = split_results(split1, [0, 1, 2], base + " --set data.concepts.seed=1 --set student.init_path=s1",
-                                   missing={("aria", 2)})
+    second, evals1 = split_results(split1, [0, 1, 2], base + SPLIT1_SETS, missing={("aria", 2)})
     other, _ = split_results(split0, [0, 1], "aria compare --config other.yaml")
     longer, _ = split_results(split0, [0, 1], base + " --set distillation.steps=50 --set data.concepts.seed=2")
     lines = "\n".join(report.pooled_sections([first, other, second, longer])).splitlines()

@@ -9,15 +9,8 @@ import pytest
 from aria.errors import UserError
 from aria.experiment import compare, report
 from aria.files import write_json
-from test_compare import split_results
-
-REGIMES = ("seen", "under", "unseen")
-SPLIT0 = {"rc": dict.fromkeys(REGIMES, 2.0), "oracle": {"seen": 2.0, "under": 1.9, "unseen": 1.6},
-          "aria": {"seen": 2.0, "under": 1.9, "unseen": 1.7}}
-SPLIT1 = {"rc": dict.fromkeys(REGIMES, 3.0), "oracle": {"seen": 3.0, "under": 3.0, "unseen": 2.4},
-          "aria": {"seen": 3.1, "under": 3.0, "unseen": 2.9}}
-BASE = "aria compare --config c.yaml --set encoder.path=/e"
-SPLIT1_SETS = " --set data.concepts.seed=1 --set student.init_path=s1"
+from test_compare import SPLIT0, SPLIT1, SPLIT1_SETS, split_results
+from test_compare import SPLIT_BASE as BASE
 
 
 def pooled(*args):
