@@ -101,10 +101,11 @@ def check_output_folder(path: Path, what: str) -> Path:
 
 
 def check_output_file(path: Path, what: str, suffixes=None, kind: str = "file", example: str = "out.png",
-                      advice: str | None = None) -> Path:
+                      advice: str | None = None, written: bool = True) -> Path:
     """``path`` can be written as a file: not a folder; with ``suffixes`` (lower case, with the dot), its
     suffix is one of them (else "unknown <kind> type", with ``advice`` or the list); its folder is, or can
-    be made, a writable folder (``aria.errors.folder_problem``). Else a one-line UserError naming ``what``
+    be made, a writable folder (``aria.errors.folder_problem``), unless ``written`` is False (an output file
+    that this call only reads, as ``aria results --check`` does). Else a one-line UserError naming ``what``
     and ``path``. Nothing is created."""
     from aria.errors import UserError, folder_problem
 
@@ -114,6 +115,8 @@ def check_output_file(path: Path, what: str, suffixes=None, kind: str = "file", 
     if suffixes is not None and path.suffix.lower() not in suffixes:
         advice = advice or "use " + ", ".join(sorted(suffixes))
         raise UserError(f"{what} {path}: unknown {kind} type {path.suffix or '(no extension)'!r} ({advice})")
+    if not written:
+        return path
     parent = path.parent  # as the caller writes it (a quoted '~' is not expanded there either)
     problem = folder_problem(parent)
     if problem:

@@ -487,6 +487,8 @@ CLI = [
          ["--out", "is a folder", "docs/RESULTS.md"]),
     Case("results-out-under-file", ["results", "--results", "{case}/results.json", "--out", "{file}/R.md"],
          ["--out", "R.md", "a-file is a file"]),
+    Case("results-check-out-is-folder", ["results", "--check", "--out", "{case}"],
+         ["--out", "is a folder", "docs/RESULTS.md"]),
     Case("world-show-out-not-an-image", ["world", "show", "--config", T, "--set", "data.cache_dir={cache}",
                                          "--out", "{case}/w.txt"], ["--out", "w.txt", "unknown image type '.txt'"]),
     Case("world-show-out-under-file", ["world", "show", "--config", T, "--set", "data.cache_dir={cache}",
@@ -499,6 +501,8 @@ CLI = [
          ["--out", "a-file: is a file, not a folder"]),
     Case("teacher-train-out-under-file", ["teacher", "train", "--config", T, "--out", "{file}/teacher"],
          ["--out", "teacher: cannot be created", "a-file is a file"]),
+    Case("teacher-train-out-not-empty", ["teacher", "train", "--config", T, "--out", "{case}"],
+         ["--out", "is not empty (give a new folder)"]),
     # ---------------------------------------------------------------- devices this machine lacks (cuda:63: none has it)
     Case("run-encoder-device-absent-dry", dry(T, "encoder.device=cuda:63"),
          ["encoder.device cuda:63", "no such CUDA device"]),

@@ -89,9 +89,9 @@ def _teacher_report() -> dict:
 
 
 def test_teacher_save_is_atomic_and_a_bad_out_fails_before_training(tmp_path, monkeypatch):
-    """``train_teacher`` checks its folder before any work (a folder under a file used to be found by the save,
-    after training); ``save_teacher`` writes beside the folder and renames: an interrupted save leaves nothing,
-    a finished one replaces a previous teacher whole."""
+    """``train_teacher`` checks its folder (writable, and empty: the save replaces it whole) and device before any
+    work (a folder under a file used to be found by the save, after training); ``save_teacher`` writes beside
+    the folder and renames: an interrupted save leaves nothing, a finished one replaces a previous teacher whole."""
     import pytest
 
     from aria.config import load_config
@@ -105,6 +105,18 @@ def test_teacher_save_is_atomic_and_a_bad_out_fails_before_training(tmp_path, mo
         world_teacher.train_teacher(load_config(None, []), tmp_path / "file" / "teacher", steps=1, device="cpu")
     with pytest.raises(UserError, match="device 'gpu'"):
         world_teacher.train_teacher(load_config(None, []), tmp_path / "teacher", steps=1, device="gpu")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("kept")  # the save would replace the folder whole
+    with pytest.raises(UserError, match="^teacher folder .*used: is not empty"):
+        world_teacher.train_teacher(load_config(None, []), tmp_path / "used", steps=1, device="cpu")
+    # the names the errors give: the CLI's options (``aria teacher train`` leaves these checks to train_teacher)
+    with pytest.raises(UserError, match="^--out .*used: is not empty"):
+        world_teacher.train_teacher(load_config(None, []), tmp_path / "used", steps=1, device="cpu",
+                                    out_name="--out", device_name="--device")
+    with pytest.raises(UserError, match="^--device 'gpu'"):
+        world_teacher.train_teacher(load_config(None, []), tmp_path / "teacher", steps=1, device="gpu",
+                                    out_name="--out", device_name="--device")
+    assert (tmp_path / "used" / "notes.txt").read_text() == "kept"
 
     unet, out = random_world_unet(), tmp_path / "teacher"
 
@@ -115,11 +127,11 @@ def test_teacher_save_is_atomic_and_a_bad_out_fails_before_training(tmp_path, mo
         m.setattr(world_teacher, "model_card", interrupted)
         with pytest.raises(KeyboardInterrupt):
             world_teacher.save_teacher(unet, out, _teacher_report())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no teacher/, no temporary folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "used"]  # no teacher/, no temporary folder
 
     report = world_teacher.save_teacher(unet, out, _teacher_report())
     assert report["weights_mb"] > 0 and sorted(p.name for p in out.iterdir()) == [
         "README.md", "config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "training.json"]
     world_teacher.save_teacher(unet, out, {**_teacher_report(), "steps": 2})  # replaces the previous one whole
     assert json.loads((out / "training.json").read_text())["steps"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "teacher"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "teacher", "used"]

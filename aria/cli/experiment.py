@@ -110,10 +110,8 @@ def results_command(results_path, ablation_paths, out, check):
     the JSONs the existing document names: `aria results --check` verifies the shipped docs/RESULTS.md."""
     from aria.experiment import compare, report
 
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder (give the document's file name, e.g. docs/RESULTS.md)")
-    if not check:  # before any results file is read
-        check_output_file(out, "--out", kind="document", example="docs/RESULTS.md")
+    # before any results file is read; with --check the document is only read
+    check_output_file(out, "--out", kind="document", example="docs/RESULTS.md", written=not check)
     if not results_path:
         if ablation_paths:
             raise UserError("--ablation needs --results (the experiment the ablations extend)")

@@ -11,7 +11,7 @@ import click
 from aria.cli.options import SEED, FiniteFloat
 from aria.devices import check_config_devices, check_device
 from aria.errors import UserError
-from aria.files import check_output_file, check_output_folder
+from aria.files import check_output_file
 
 CONFIG = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
                       help="Run config YAML (defaults when omitted).")
@@ -92,10 +92,6 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
     from aria.training.world_teacher import train_teacher
 
     config = _config(config_path, overrides)
-    check_device(device, "--device")
-    check_output_folder(out_dir, "--out")  # before training, not at the save after it
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UserError(f"--out {out_dir}: is not empty (give a new folder)")
     unet_config = None
     if unet_json:
         try:
@@ -113,7 +109,7 @@ def teacher_train(config_path, overrides, out_dir, steps, batch_size, lr, device
     report = train_teacher(config, out_dir, steps=steps, batch_size=batch_size, lr=lr, device=device,
                            time_limit_s=time_limit, compile=compile_, seed=seed, evaluate=not no_eval,
                            judge_path=judge_dir, eval_guidance=guidance, unet_config=unet_config,
-                           log=lambda m: click.echo(m, err=True))
+                           log=lambda m: click.echo(m, err=True), out_name="--out", device_name="--device")
     ev = report.get("evaluation")
     click.echo(f"saved {out_dir}: {report['steps']} steps in {report['train_wall_s']}s, "
                f"{report['weights_mb']} MB" + (f", judged fully correct {100 * ev['accuracy']:.1f}%" if ev else ""))

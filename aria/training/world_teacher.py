@@ -93,20 +93,26 @@ def train_teacher(config, out_dir: Path, steps: int = 20_000, batch_size: int = 
                   ema_decay: float = 0.999, warmup: int = 200, seed: int = 0, workers: int | None = None,
                   evaluate: bool = True, eval_steps: int = 25, context_budget_bytes: float | None = None,
                   judge_path: Path | None = None, unet_config: dict | None = None, eval_guidance: float | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+                  log: Callable[[str], None] | None = None, out_name: str = "teacher folder",
+                  device_name: str = "device") -> dict:
     """Train the world teacher; save the EMA weights (fp16 safetensors), README.md, training.json.
 
     ``config`` is a RunConfig (its data.world, data.cache_dir and encoder sections are used).
     Stops after ``steps`` or ``time_limit_s`` seconds of training, whichever comes first. The judged
-    evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``). ``out_dir`` and
-    ``device`` are checked before any work; the teacher is saved atomically (``save_teacher``).
+    evaluation samples with ``eval_guidance`` (default ``teacher.guidance_scale``). Checked before any
+    work: ``out_dir``, a new or empty folder that can be written (the save replaces it whole: whatever it held
+    would be lost), and ``device``; their one-line errors name them ``out_name`` and ``device_name`` (the CLI
+    passes its options). The teacher is saved atomically (``save_teacher``).
     """
     from aria.devices import check_device
+    from aria.errors import UserError
     from aria.files import check_output_folder
 
     log = log or (lambda msg: None)
-    check_output_folder(out_dir, "teacher folder")  # before training: a bad folder never costs the teacher
-    check_device(device, "device")
+    check_output_folder(out_dir, out_name)  # before training: a bad folder or device never costs the teacher
+    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+        raise UserError(f"{out_name} {out_dir}: is not empty (give a new folder)")
+    check_device(device, device_name)
     run = _setup(config, device, seed, steps, batch_size, lr, compile, workers, context_budget_bytes, unet_config, log)
     done, history, wall = _train_loop(run, steps, lr, warmup, ema_decay, time_limit_s, log)
     report = _report(run, done, history, wall, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
