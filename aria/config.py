@@ -359,6 +359,31 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def override_values(overrides) -> dict[str, Any]:
+    """The config values that ``--set`` items resolve to, by dotted key, in JSON form: each item parsed as
+    ``load_config`` parses it (``parse_override``: the value as YAML), the last of a repeated key winning, and
+    typed by the config field it names where it names one and fits it (a path normalised). Two spellings of
+    one setting give one value: ``data.concepts.seed=01`` and ``data.concepts.seed= 1`` are 1,
+    ``student.init_path=./s1/`` is ``s1``."""
+    from pydantic import BaseModel, TypeAdapter
+
+    values = {}
+    for item in overrides:
+        path, value = parse_override(item)
+        model, annotation = RunConfig, None
+        for part in path:
+            field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            model = annotation = None if field is None else field.annotation
+        if annotation is not None and not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            adapter = TypeAdapter(annotation)
+            try:
+                value = adapter.dump_python(adapter.validate_python(value), mode="json")
+            except ValidationError:
+                pass  # left to load_config to name; the value as parsed
+        values[".".join(path)] = value
+    return values
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         path, value = parse_override(item)

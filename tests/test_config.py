@@ -82,3 +82,15 @@ def test_bad_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         load_config(bad)
+
+
+def test_override_values_are_the_values_the_settings_resolve_to():
+    from aria.config import override_values
+
+    assert override_values(["data.concepts.seed=01", " student.init_path = ./s1/ ", "distillation.lr=1e-3"]) == \
+        override_values(["distillation.lr=0.001", "student.init_path=s1", "data.concepts.seed=2",
+                         "data.concepts.seed=1"]) == \
+        {"data.concepts.seed": 1, "student.init_path": "s1", "distillation.lr": 0.001}
+    # keys that name no field, and values that do not fit theirs, are kept as parsed (load_config names them)
+    assert override_values(["strategy.params.aria.eps=0.05", "data.world.seed=1.5"]) == \
+        {"strategy.params.aria.eps": 0.05, "data.world.seed": 1.5}

@@ -89,3 +89,21 @@ def test_further_seeds_of_one_split_and_other_splits_are_still_pooled():
     assert len(headers(lines)) == 1 and "nothing pooled" not in headers(lines)[0]
     assert not any(line.startswith("Not pooled") for line in lines)
     assert pooled_row(lines).split(" | ")[5] == "8"
+
+
+def test_a_split_is_the_settings_its_set_values_resolve_to_however_spelled(capsys):
+    """The split (and every other setting a group shares) is what the ``--set`` values resolve to, not their
+    text: another order, ``01`` for 1, a path spelled ``./s1/``, spaces, a key set twice (the last wins)."""
+    first, _ = split_results(SPLIT0, [0, 1, 2], BASE)
+    second, _ = split_results(SPLIT1, [0, 1, 2], BASE + SPLIT1_SETS)
+    respelled = (" --set data.concepts.seed=2 --set 'student.init_path=./s1/' --set 'data.concepts.seed= 01'")
+    rerun, _ = split_results(SPLIT1, [1, 2, 3], BASE + respelled)  # the split of `second`, seeds 1 and 2 again
+    lines = pooled([first, second, rerun], ["s0", "s1", "s1-again"])
+    assert pooled_row(lines).split(" | ")[4] == "6"  # two files of three seeds: the rerun is left out
+    assert ("Not pooled: `s1-again` ran the same split (`data.concepts.seed= 01`, `student.init_path=./s1/`) and "
+            "seeds 1, 2 as `s1`, so its runs are not further samples.") in lines
+    # the settings the files share, spelled another way: still one config's splits, pooled
+    other = split_results(SPLIT1, [0, 1, 2], "aria compare --config c.yaml --set student.init_path=s1 "
+                                            "--set 'encoder.path=/e/' --set data.concepts.seed=1")[0]
+    assert pooled_row(pooled([first, other])).split(" | ")[4] == "6"
+    capsys.readouterr()

@@ -6,6 +6,8 @@ document from ``results.json`` and compare it line by line with the file on disk
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import sys
@@ -434,14 +436,15 @@ POOLED_METHOD = ("each check over the per-seed values of every file together, pa
 
 def pooled_sections(results_list: list[dict], names: list[str] | None = None) -> list[str]:
     """For results files that differ only in their split (``SPLIT_SETTINGS``: the same config and every other
-    --set value) and ran aria and rc, two or more of them: the bar per file and pooled over their runs, and
-    each strategy's share of the oracle's unseen headroom per file and pooled (markdown lines).
+    --set value, compared as the values they resolve to: ``_sets``) and ran aria and rc, two or more of them:
+    the bar per file and pooled over their runs, and each strategy's share of the oracle's unseen headroom per
+    file and pooled (markdown lines).
 
     Only distinct samples are pooled: a file that repeats a (split, seed) of an earlier file of its group
     (a re-run with the same settings and seeds, or a copy) is left out, with a line saying so in the
     document and on stderr. ``names``: how those lines name the files (default: their titles)."""
     def key(r):
-        return _config(r), frozenset(v for v in _sets(r) if v.split("=", 1)[0] not in SPLIT_SETTINGS)
+        return _config(r), frozenset(s for s in _sets(r) if s[0] not in SPLIT_SETTINGS)
 
     names = list(names) if names is not None else [
         experiment_title(r, results_list, i) for i, r in enumerate(results_list)]
@@ -461,8 +464,9 @@ def pooled_sections(results_list: list[dict], names: list[str] | None = None) ->
 
 
 def _split(results: dict) -> frozenset:
-    """The split a results file ran on: its ``SPLIT_SETTINGS`` --set values (none: the config's own split)."""
-    return frozenset(v for v in _sets(results) if v.split("=", 1)[0] in SPLIT_SETTINGS)
+    """The split a results file ran on: its ``SPLIT_SETTINGS`` --set values as they resolve (``_sets``; none:
+    the config's own split)."""
+    return frozenset(s for s in _sets(results) if s[0] in SPLIT_SETTINGS)
 
 
 def distinct_samples(group: list[dict], names: list[str]) -> tuple[list[dict], list[str]]:
@@ -475,7 +479,7 @@ def distinct_samples(group: list[dict], names: list[str]) -> tuple[list[dict], l
         for other, other_name in kept:
             shared = [s for s in seeds if s in {str(x) for x in other["seeds"]}]
             if _split(other) == _split(r) and shared:
-                split = ", ".join(f"`{v}`" for v in sorted(_split(r))) or "the config's own"
+                split = ", ".join(f"`{v}`" for v in _shown(r, _split(r))) or "the config's own"
                 notes.append(f"Not pooled: `{name}` ran the same split ({split}) and seed{'s' * (len(shared) > 1)} "
                              f"{', '.join(shared)} as `{other_name}`, so its runs are not further samples.")
                 break
@@ -545,8 +549,26 @@ def _config(results: dict) -> str | None:
     return command_options(results["command"])[0]
 
 
-def _sets(results: dict) -> set[str]:
-    return set(command_options(results["command"])[1])
+def _sets(results: dict) -> frozenset[tuple[str, str]]:
+    """The ``--set`` values of the command that made ``results``, as the config values they resolve to
+    (``aria.config.override_values``), each a (dotted key, JSON text) pair: the order of the items, a repeated
+    key and the spelling of a value (``01``, `` 1``, ``./s1/``) do not make other settings. Every comparison of
+    two results files' settings goes through it (pooling, splits, ablations' references)."""
+    return _resolved_sets(tuple(command_options(results["command"])[1]))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved_sets(items: tuple[str, ...]) -> frozenset[tuple[str, str]]:
+    from aria.config import override_values
+
+    return frozenset((key, json.dumps(value, sort_keys=True)) for key, value in override_values(items).items())
+
+
+def _shown(results: dict, settings) -> list[str]:
+    """``settings`` (pairs of ``_sets``) as the command that made ``results`` gave them (the last item of each
+    key), sorted."""
+    given = {item.split("=", 1)[0].strip(): item for item in command_options(results["command"])[1]}
+    return sorted(given[key] for key, _ in settings)
 
 
 def reference_for(results: dict, results_list: list[dict]) -> dict | None:
@@ -574,7 +596,7 @@ def experiment_title(results: dict, results_list: list[dict], index: int) -> str
 
 
 def _title_against(results: dict, reference: dict) -> str:
-    extra = sorted(_sets(results) - _sets(reference))
+    extra = _shown(results, _sets(results) - _sets(reference))
     return ("with " + ", ".join(f"`{e}`" for e in extra)) if extra else "same settings"
 
 
