@@ -439,6 +439,9 @@ CHECKPOINT = [  # a checkpoint with a re-signed manifest (it verifies) and one p
          ["step-00000002", "training.pt", "cannot be restored"], setup="tamper_training_bytes"),
     Case("resume-config-garbage", run_(T, *TINY_RUN, "--resume"),
          ["step-00000002", "config.json is unreadable"], setup="tamper_config_text"),
+    Case("resume-teacher-other-weights", run_(T, *TINY_RUN, "--resume"),
+         ["cannot resume: checkpoint step-00000002 distilled from teacher-of-another-run (weights 0123456789abcdef)",
+          "this run's teacher is the shipped shapes world teacher"], setup="tamper_teacher_record"),
     Case("resume-steps-below-checkpoint", run_(T, *TINY_RUN, "--set", "distillation.steps=1", "--resume"),
          ["cannot resume", "step-00000002 is at step 2", "distillation.steps is 1"], setup="checkpoint"),
     Case("resume-strategy-state-shape", run_(T, *TINY_RUN, "--resume"),
@@ -778,6 +781,8 @@ SETUPS = {
     "tamper_state_text": _tampered(lambda folder, case: (folder / "state.json").write_text("{not json")),
     "tamper_state_list": _tampered(lambda folder, case: (folder / "state.json").write_text("[1, 2]")),
     "tamper_state_entry": _tampered(_edit_state(lambda state: state.pop("strategy"))),
+    "tamper_teacher_record": _tampered(_edit_state(lambda state: state.update(
+        teacher={"teacher": "teacher-of-another-run", "weights": "0123456789abcdef"}))),
     "tamper_strategy_state": _tampered(_edit_state(lambda state: state["strategy"].update(state="not json at all"))),
     "tamper_strategy_shape": _tampered(_edit_state(_strategy_state_of_three_regions)),
     "tamper_training_pickle": _tampered(lambda folder, case: (folder / "training.pt").write_bytes(

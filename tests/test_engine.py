@@ -291,6 +291,62 @@ def test_resume_guards(tmp_path, capsys):
     assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*")} == before
 
 
+def _teacher_in(folder, seed):
+    """The conftest teacher of ``seed``, saved in ``folder`` and read from there (its weights' digest is recorded)."""
+    import dataclasses
+
+    teacher = make_teacher(seed=seed)
+    teacher.unet.save_pretrained(folder)
+    return dataclasses.replace(teacher, path=folder)
+
+
+def _without_teacher_record(folder):
+    """``folder``'s state.json as checkpoints wrote it before they recorded the teacher (manifest re-signed)."""
+    from aria.files import file_sha256
+
+    state = json.loads((folder / "state.json").read_text())
+    del state["teacher"]
+    (folder / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["state.json"] = {"bytes": (folder / "state.json").stat().st_size,
+                                       "sha256": file_sha256(folder / "state.json")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_resume_distils_from_the_teacher_its_checkpoint_recorded(tmp_path, capsys):
+    """Checkpoints, the student's card and the run's result record the teacher (its folder and its weight files'
+    digest); a resume with a teacher of other weights is refused before any work, naming both; a checkpoint that
+    records none (older ones) resumes, saying so and naming the teacher it uses now."""
+    from aria.files import folder_weights_digest
+
+    first, other = _teacher_in(tmp_path / "t0", 0), _teacher_in(tmp_path / "t1", 1)
+    record = {"teacher": str(first.path), "weights": folder_weights_digest(first.path)}
+    assert record["weights"] != folder_weights_digest(other.path)
+    config = tiny_config(tmp_path, distillation={"steps": 2})
+    result = run_distillation(config, bundle=make_bundle(), teacher=first)
+    root = config.output_dir / "checkpoints"
+    (folder,) = ckpt.list_checkpoints(root)
+    assert ckpt.read_state(folder)[0]["teacher"] == result["teacher"] == record
+    assert json.loads((config.output_dir / "student" / "aria.json").read_text())["teacher_weights"] == record["weights"]
+    assert f"teacher: {first.path} (weights sha256 {record['weights']})" in capsys.readouterr().out
+
+    resumed = tiny_config(tmp_path, distillation={"steps": 4})
+    before = sorted(p.name for p in (config.output_dir).rglob("*"))
+    with pytest.raises(UserError, match=rf"^cannot resume: checkpoint step-00000002 distilled from .*t0 \(weights "
+                                        rf"{record['weights']}\) but this run's teacher is .*t1 \(weights "
+                                        rf"{folder_weights_digest(other.path)}\)"):
+        run_distillation(resumed, resume=True, bundle=make_bundle(), teacher=other)
+    assert sorted(p.name for p in (config.output_dir).rglob("*")) == before
+
+    _without_teacher_record(folder)
+    capsys.readouterr()
+    run_distillation(resumed, resume=True, bundle=make_bundle(), teacher=other)
+    assert (f"resume: checkpoint step-00000002 does not record its teacher (written before checkpoints recorded "
+            f"it); this run distils from {other.path} (weights {folder_weights_digest(other.path)})"
+            in capsys.readouterr().out)
+    assert ckpt.read_state(ckpt.latest_good(root))[0]["teacher"]["teacher"] == str(other.path)
+
+
 def test_mismatched_inputs_are_named(tmp_path):
     bundle = make_bundle()
     bundle.encoder.dim = 8

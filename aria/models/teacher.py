@@ -83,6 +83,21 @@ class Teacher:
         return encode, decode
 
 
+def teacher_identity(teacher_config, source: str | None = None, loaded: Teacher | None = None) -> dict:
+    """What a run records of the teacher it distils from (its checkpoints, the student's card): ``teacher``, as
+    the setup line names it (``describe_teacher``; a teacher handed in, ``loaded``: its folder), and ``weights``,
+    the sha256 (16 hex) of the weight files in the folder its UNet is read from (file bytes:
+    ``aria.files.folder_weights_digest``), None where that folder holds none (a teacher built in memory)."""
+    from aria.files import folder_weights_digest
+
+    if loaded is not None:
+        name, root, sub = str(loaded.path), Path(loaded.path), loaded.subfolder
+    else:
+        name, root = describe_teacher(teacher_config, source), teacher_root(teacher_config, source)
+        sub = teacher_config.subfolder
+    return {"teacher": name, "weights": folder_weights_digest(root / sub if sub else root)}
+
+
 def _check_model_folder(folder: Path, class_name: str) -> dict:
     """Validate a diffusers model folder; return from_pretrained keyword arguments for its weights."""
     if not folder.is_dir():

@@ -7,7 +7,8 @@ Layout of ``<output_dir>/checkpoints/step-00000200/``::
                           (TorchBackend: tensors and                   checkpoint (every rank writes
                           primitives, weights_only)                    its shard)
     state.json            step, strategy name/config/state (``state_to_json``), feature-balance
-                          scales, non-finite counters, world size
+                          scales, non-finite counters, world size, the teacher distilled from
+                          (``aria.models.teacher.teacher_identity``; absent in older checkpoints)
     config.json           the resolved run config
     manifest.json         every other file with its size and sha256 (written last)
 
@@ -264,6 +265,10 @@ def _state_problem(state) -> str | None:
         return "nonfinite needs consecutive and total counts"
     if not all(isinstance(state["window"].get(k), list) for k in ("sums", "counts")):
         return "window needs sums and counts lists"
+    teacher = state.get("teacher", {"teacher": "", "weights": None})  # older checkpoints: none recorded
+    if not (isinstance(teacher, dict) and isinstance(teacher.get("teacher"), str)
+            and isinstance(teacher.get("weights"), (str, type(None)))):
+        return "teacher needs teacher (text) and weights (text or null)"
     return None
 
 
@@ -301,6 +306,22 @@ def check_resume_steps(folder: Path, state: dict, steps: int) -> None:
         raise UserError(f"cannot resume: checkpoint {Path(folder).name} is at step {state['step']} but "
                         f"distillation.steps is {steps} (set distillation.steps to at least {state['step']}, "
                         f"or use another output_dir)")
+
+
+def check_resume_teacher(folder: Path, state: dict, teacher: dict) -> str | None:
+    """A resume distils from the teacher the checkpoint did (``teacher``: this run's ``teacher_identity``): a
+    ``UserError`` naming both when the recorded teacher's weights differ; for a checkpoint that records none
+    (written before checkpoints recorded it), the line to print, naming this run's teacher; else None."""
+    recorded = state.get("teacher")
+    now = f"{teacher['teacher']} (weights {teacher['weights']})"
+    if recorded is None:
+        return (f"resume: checkpoint {Path(folder).name} does not record its teacher (written before checkpoints "
+                f"recorded it); this run distils from {now}")
+    if recorded["weights"] != teacher["weights"]:
+        raise UserError(f"cannot resume: checkpoint {Path(folder).name} distilled from {recorded['teacher']} "
+                        f"(weights {recorded['weights']}) but this run's teacher is {now} (set teacher.path to "
+                        f"the checkpoint's teacher, or use another output_dir)")
+    return None
 
 
 def load_weights(folder: Path, name: str = "student") -> dict[str, torch.Tensor]:

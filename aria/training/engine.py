@@ -137,8 +137,11 @@ class DistillationRun:
         c = self.config
         if c.logging.tensorboard:
             summary_writer_class()  # fail before any heavy work
+        from aria.models.teacher import teacher_identity
+
         self.backend = create_backend(c.backend, c.distillation)
         self.main = self.backend.is_main
+        self.teacher_identity = teacher_identity(c.teacher, c.data.source, loaded=self.teacher)  # recorded, checked
         if self.resume:  # --resume needs a checkpoint that verifies, and whose files can be read
             self.resume_step = self._choose_checkpoint()
             self._precheck_checkpoint()
@@ -263,7 +266,8 @@ class DistillationRun:
     def _precheck_checkpoint(self) -> None:
         """What of the chosen checkpoint needs no models, checked before any heavy work: state.json
         (its strategy state parses), config.json, the fields a resume keeps, the step against
-        ``distillation.steps``, and that training.pt holds plain tensors (a pickle is never run)."""
+        ``distillation.steps``, the teacher it distilled from (``check_resume_teacher``), and that training.pt
+        holds plain tensors (a pickle is never run)."""
         from aria.strategies import state_from_json
 
         c = self.config
@@ -273,6 +277,9 @@ class DistillationRun:
         ckpt.check_resume_config(saved, config_to_dict(c), state["strategy"]["config"],
                                  c.strategy_config().model_dump(mode="json"))
         ckpt.check_resume_steps(folder, state, c.distillation.steps)
+        note = ckpt.check_resume_teacher(folder, state, self.teacher_identity)
+        if note and self.main:
+            print(note, flush=True)
         with _checkpoint_part(folder, f"the state of strategy {c.strategy.name!r} (state.json)"):
             state_from_json(state["strategy"]["state"])
         if c.backend.kind == "torch":
@@ -522,6 +529,7 @@ class DistillationRun:
                          "state": strategy_state},
             "distiller": self.distiller.state_dict(), "nonfinite": self.nonfinite,
             "window": {"sums": self.window.sums.tolist(), "counts": self.window.counts.tolist()},
+            "teacher": self.teacher_identity,
         }
         try:
             folder = ckpt.save_checkpoint(self.ckpt_root, step, self.backend, student=self.student,
@@ -563,7 +571,8 @@ class DistillationRun:
         self.distiller.close()
         if self.last_saved != steps:
             self.save(steps)
-        result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"]}
+        result = {"output_dir": str(self.output_dir), "steps": steps, "nonfinite": self.nonfinite["total"],
+                  "teacher": self.teacher_identity}
         # the student is exported (and probed) in fp32 with every backend: DeepSpeed bf16's module holds bf16
         # weights, its optimizer the fp32 master weights (gathered here by every rank: a collective), and the
         # EMA's fp32 shadow replaces them all
@@ -579,7 +588,8 @@ class DistillationRun:
                     self.ema.copy_to(student)
             weights = None
             card = {"teacher": str(self.teacher.path), "variant": c.student.variant,
-                    "teacher_parameters": parameter_count(self.teacher.unet), "strategy": c.strategy.name,
+                    "teacher_parameters": parameter_count(self.teacher.unet),
+                    "teacher_weights": self.teacher_identity["weights"], "strategy": c.strategy.name,
                     "steps": steps, "data": c.data.source, "seed": c.seed, "ema": self.ema is not None,
                     "scheduler": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")},
                     "config": config_to_dict(c)}
@@ -594,6 +604,7 @@ class DistillationRun:
             run = [r for r in records if r.get("step", 0) > self.start_step and "loss" in r]
             print(format_table(["quantity", "value"], run_summary(run, wall, self.nonfinite["total"]),
                                title=f"\nRun summary ({c.strategy.name}, {b.kind}, {b.world_size} rank(s))"))
+            print(f"teacher: {self.teacher_identity['teacher']} (weights sha256 {self.teacher_identity['weights']})")
             print(regime_table(result["regimes"]), flush=True)
             print(f"student exported to {result['student']}; load it with: {loading_snippet(result['student'])}",
                   flush=True)
