@@ -147,7 +147,8 @@ class DistillConfig(Section):
     switch_lambda: float = Field(5.0, ge=0, description="lambda of p(t) = exp(-lambda (1 - t/T))")
     switch_constant: float = Field(0.5, ge=0, le=1, description="p for the constant schedule")
     cfg_dropout: float = Field(0.1, ge=0, lt=1, description="probability of the empty condition")
-    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of student weights; None = off")
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of student weights; None = off (under "
+                                       "DeepSpeed bf16 it averages the module's bf16 weights, not the fp32 masters)")
     timestep_bins: int = Field(10, ge=1, le=1000, description="timestep bins of the strategy feedback (at most "
                                "one per training timestep)")
     importance_weights: bool = Field(False, description="weight switched KD losses by the strategy's weights")
