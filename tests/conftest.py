@@ -134,8 +134,9 @@ def world():
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory):
     """One data cache (data.cache_dir) for the session's tests that prepare the shapes world of 2,000 prompts
-    (test_data in this process, test_kill_resume's runs): the pool's MiniLM embeddings, 10-15 s on a CPU,
-    are computed once; regions and paired sets are cached per config beside them."""
+    (test_data in this process, test_kill_resume's runs, test_bad_inputs' cases) or the concepts world of 1,000
+    (test_data, test_run_outputs' run): a pool's MiniLM embeddings, 7-15 s on a CPU, are computed once; regions
+    and paired sets are cached per config beside them."""
     return tmp_path_factory.mktemp("world-cache-2000")
 
 

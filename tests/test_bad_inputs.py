@@ -13,6 +13,7 @@ strategy plugins). Placeholders in a case's arguments:
     {bad}     tests/bad_inputs              {tiny}   configs/tiny-test.yaml
     {case}    this case's empty folder      {out}    {case}/out (never created by the test)
     {cache}   a data cache shared by cases  {file}   a regular file in {case}
+              (the session's ``world_cache``: the 2,000-prompt world's embeddings are computed once)
     {shared}  session folder of fixtures (paired dirs, teachers, student, plugins; see ``shared``)
 
 "Unwritable": the tests run as root, for whom chmod 0o500 does not stop writes, so an unwritable
@@ -111,6 +112,10 @@ def eval_(*sets: str) -> list[str]:
 
 
 TINY_RUN = ("--set", "data.world.num_prompts=2000")
+# a real run's setup encodes the contexts of the world's 2,600 paired captions up front
+# (distillation.context_cache_mb; ~12 s on a CPU): a case that stops at its first step or at the
+# restore after setup encodes per step instead, which changes no check of the input
+NO_CONTEXT_CACHE = ("--set", "distillation.context_cache_mb=0")
 # a case that names backend.device cuda (its only CUDA name) holds only where no CUDA device is visible
 NO_CUDA = pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="a CUDA device is visible here")
 T = str(TINY)
@@ -444,7 +449,7 @@ CHECKPOINT = [  # a checkpoint with a re-signed manifest (it verifies) and one p
           "this run's teacher is the shipped shapes world teacher"], setup="tamper_teacher_record"),
     Case("resume-steps-below-checkpoint", run_(T, *TINY_RUN, "--set", "distillation.steps=1", "--resume"),
          ["cannot resume", "step-00000002 is at step 2", "distillation.steps is 1"], setup="checkpoint"),
-    Case("resume-strategy-state-shape", run_(T, *TINY_RUN, "--resume"),
+    Case("resume-strategy-state-shape", run_(T, *TINY_RUN, *NO_CONTEXT_CACHE, "--resume"),
          ["step-00000002", "the state of strategy 'aria'", "region sizes"], setup="tamper_strategy_shape",
          slow=True, proc=True),
 ]
@@ -561,7 +566,7 @@ PLUGIN = [  # plugins installed by putting {shared}/plugins/<name> (modules + *.
     Case("plugin-start-fails", run_(T, "-s", "startfail", "--dry-run"),
          ["strategy 'startfail'", "package aria-contract", "failed to start", "needs a licence server"],
          plugins="contract"),
-    Case("plugin-contract-sum3", run_(T, *TINY_RUN, "-s", "sum3", "--set", "logging.progress=false"),
+    Case("plugin-contract-sum3", run_(T, *TINY_RUN, *NO_CONTEXT_CACHE, "-s", "sum3", "--set", "logging.progress=false"),
          ["strategy 'sum3'", "package aria-contract", "broke the allocation contract", "sum to 3", "step 1"],
          plugins="contract", slow=True, timeout=300),
 ]
@@ -915,7 +920,7 @@ def run_in_subprocess(case: Case, args: list[str], cwd: Path, shared: Path) -> t
 
 
 @pytest.mark.parametrize("case", list(_params()))
-def test_bad_input(case: Case, tmp_path, shared, request, capfd, caplog):
+def test_bad_input(case: Case, tmp_path, shared, world_cache, request, capfd, caplog):
     if any(a.startswith("{shared}/student") for a in case.args) or (case.setup or "").startswith("student"):
         request.getfixturevalue("student")
     case_dir = tmp_path / "case"
@@ -924,7 +929,7 @@ def test_bad_input(case: Case, tmp_path, shared, request, capfd, caplog):
     if case.setup:
         SETUPS[case.setup](case_dir, shared)
     values = {"bad": str(BAD), "tiny": str(TINY), "case": str(case_dir), "out": str(case_dir / "out"),
-              "cache": str(shared / "cache"), "file": str(case_dir / "a-file"), "shared": str(shared)}
+              "cache": str(world_cache), "file": str(case_dir / "a-file"), "shared": str(shared)}
     args = [a.format(**values) for a in case.args]
     watched = [case_dir, shared / "student", shared / "eval"]  # eval's default --out: next to the student
     before = snapshot(*watched)
@@ -954,7 +959,7 @@ SAME_IN_A_FRESH_PROCESS = ["wrong-type-int", "int-key", "seed-negative", "aria-t
 
 
 @pytest.mark.parametrize("case_id", SAME_IN_A_FRESH_PROCESS)
-def test_in_process_cases_fail_alike_in_a_fresh_process(case_id, tmp_path, shared, request):
+def test_in_process_cases_fail_alike_in_a_fresh_process(case_id, tmp_path, shared, world_cache, request):
     """The in-process runner is the console script: a sample of its cases (one or more per class) gives
     the same line, status and files in ``python -m aria.cli``."""
     case = next(c for c in CASES if c.id == case_id)
@@ -962,7 +967,7 @@ def test_in_process_cases_fail_alike_in_a_fresh_process(case_id, tmp_path, share
     if case.setup:
         SETUPS[case.setup](tmp_path, shared)
     values = {"bad": str(BAD), "tiny": str(TINY), "case": str(tmp_path), "out": str(tmp_path / "out"),
-              "cache": str(shared / "cache"), "file": str(tmp_path / "a-file"), "shared": str(shared)}
+              "cache": str(world_cache), "file": str(tmp_path / "a-file"), "shared": str(shared)}
     before = snapshot(tmp_path)
     code, stdout, stderr = run_in_subprocess(case, [a.format(**values) for a in case.args], tmp_path, shared)
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -24,14 +24,41 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def wait(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "results.json"
+def bench_processes(tmp_path_factory):
+    """The CPU smoke run of engine_throughput.py and the attention_kernels.py run, each a process of its own,
+    started together (one process alone leaves one of 2 cores idle): name -> (output file, CompletedProcess)."""
+    folder = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # the script sets them itself
-    proc = subprocess.run([sys.executable, str(SCRIPT), *SMOKE, "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    runs = {"smoke": (folder / "results.json", [str(SCRIPT), *SMOKE, "--out"], env),
+            "attention": (folder / "attention.json", [str(REPO / "benchmarks" / "attention_kernels.py"), *ATTENTION,
+                                                      "--json"], {**os.environ, "OMP_NUM_THREADS": "1"})}
+    procs = {name: subprocess.Popen([sys.executable, *args, str(out)], cwd=REPO, env=run_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name, (out, args, run_env) in runs.items()}
+    try:
+        return {name: (runs[name][0], wait(proc)) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def smoke(bench_processes):
+    out, proc = bench_processes["smoke"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -133,22 +160,24 @@ def test_cpu_threads_refuses_bad_arguments(args):
     assert proc.returncode == 2 and "--repeats is at least 1" in proc.stderr
 
 
-def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels(tmp_path):
+ATTENTION = ["--device", "cpu", "--unet", str(REPO / "configs" / "unets" / "tiny-sd.json"), "--batch", "2",
+             "--kernels", "auto,efficient", "--warmup", "0", "--repeats", "1"]
+
+
+def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels(bench_processes, tmp_path,
+                                                                                  monkeypatch, capsys):
     """benchmarks/attention_kernels.py on the CPU with the tiny UNet: one row per attention shape of student
     (training) and teacher (inference), whose calls add up to the models' Attention modules (each runs once a
     forward); a kernel the CPU lacks (efficient) is reported with torch's reason and gets no step total."""
+    import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import Attention
 
     from aria.models import unet_from_config_file
     from aria.models.students import student_unet_config
 
-    out = tmp_path / "attention.json"
+    out, proc = bench_processes["attention"]  # ATTENTION's run
     unet = REPO / "configs" / "unets" / "tiny-sd.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), "--device", "cpu",
-                           "--unet", str(unet), "--batch", "2", "--kernels", "auto,efficient", "--warmup", "0",
-                           "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     teacher = unet_from_config_file(unet)
@@ -160,11 +189,22 @@ def test_attention_kernels_counts_every_attention_call_and_names_refused_kernels
     assert all(_finite(r["ms"]["auto"]) and isinstance(r["ms"]["efficient"], str) for r in report["rows"])
     assert _finite(report["step_ms"]["auto"]) and report["step_ms"]["efficient"] is None
     assert "| **one step** |" in proc.stdout
+    # bad arguments: argparse's usage error (exit status 2, the problem on the last line), before any work; the
+    # script's main() in this process (the measuring run above is the separate process)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import attention_kernels
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setattr(attention_kernels, "measure", lambda args: pytest.fail("measured despite a bad argument"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as CUDA_VISIBLE_DEVICES="" did
     for bad, says in ((["--kernels", "fast"], "--kernels: unknown fast"), (["--device", "gpu"], "--device"),
                       (["--unet", str(tmp_path)], "is not a file")):
-        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_kernels.py"), *bad],
-                              capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-        assert proc.returncode == 2 and says in proc.stderr.strip().splitlines()[-1], proc.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            attention_kernels.main(bad)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err.strip().splitlines()[-1], err
 
 
 def test_autotune_matmuls_patches_the_matmuls_only_while_its_path_runs():

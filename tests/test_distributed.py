@@ -298,10 +298,15 @@ def test_a_dead_rank_is_one_line_on_the_others(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, tmp_path):
+def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, tmp_path, monkeypatch):
     """The two ranks' run folder (4 steps, checkpoints at 2 and 4), without its step-4 checkpoint, resumes on
     one rank (same global batch): steps 3 and 4 draw the same data, timesteps, switches and allocations as
-    the two ranks did, and metrics.jsonl continues at step 3."""
+    the two ranks did, and metrics.jsonl continues at step 3. The one rank runs in this process (the worker's
+    run: same config, poisoned image, consistency checks; nothing of the two ranks' processes is in it)."""
+    from aria.training import distill
+    from aria.training.engine import DistillationRun
+    from conftest import make_bundle, make_teacher, tiny_config
+
     folder, two = two_ranks
     assert two[0]["plans"] == two[1]["plans"] and two[0]["state"] == two[1]["state"]
     run = tmp_path / "run"
@@ -309,10 +314,28 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(two_ranks, tmp_path):
     shutil.rmtree(run / "checkpoints" / "step-00000004")
     saved = json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())
     assert saved["world_size"] == 2 and saved["step"] == 2
-    one = launch(tmp_path, 1, SECTIONS, resume=True, poison=POISON)
-    assert one[0]["world"] == 1
-    assert [p[0] for p in one[0]["plans"]] == [2, 3]
-    assert one[0]["plans"] == two[0]["plans"][2:]  # step, prompts (data order and allocation), regions, timesteps
+    plans, original = [], distill.Distiller.plan
+
+    def plan(self, draft, allocation):  # as the worker records them
+        p = original(self, draft, allocation)
+        plans.append([p.step, p.prompt_ids.tolist(), p.regions.tolist(), p.timesteps.tolist()])
+        return p
+
+    monkeypatch.setattr(distill.Distiller, "plan", plan)
+    bundle = make_bundle()
+    bundle.paired_images[POISON] = np.nan
+    one = DistillationRun(tiny_config(tmp_path, **SECTIONS), resume=True, check_consistency=True, bundle=bundle,
+                          teacher=make_teacher())
+    try:
+        one.setup()
+        one.train()
+        one.finish()
+        assert one.backend.world_size == 1
+    finally:
+        one.close()
+    assert [p[0] for p in plans] == [2, 3]
+    # step, prompts (data order and allocation), regions, timesteps; as the workers wrote them (JSON)
+    assert json.loads(json.dumps(plans)) == two[0]["plans"][2:]
     assert [r["step"] for r in steps(tmp_path)] == [1, 2, 3, 4]
     a, b = steps(tmp_path), steps(folder)
     assert [r["nonfinite"] for r in a] == [r["nonfinite"] for r in b]
@@ -333,34 +356,43 @@ def test_deepspeed_single_process_zero2_trains_and_resumes(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
 
 
-@pytest.mark.slow
-def test_deepspeed_two_ranks_zero2_bf16_identical_weights(tmp_path):
-    """Two ranks of ZeRO-2 on the bf16 engine path (bf16 weights, inputs cast to the engine's dtype) on CPU,
-    as on a GPU: identical weights and strategy state on both ranks, finite losses that decrease."""
+@pytest.fixture(scope="module")
+def zero2_bf16_two_ranks(tmp_path_factory):
+    """One run of 3 steps of ZeRO-2 on the bf16 engine path on two gloo ranks (CPU), shared by the two tests
+    below: its folder (checkpoints, the exported student, metrics) and both ranks' strategy state and weights."""
+    folder = tmp_path_factory.mktemp("zero2-bf16")
     sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cpu", "precision": "bf16"},
                 "distillation": {"steps": 3}, "logging": {"every": 1}}
-    ranks = launch(tmp_path, 2, sections)
+    return folder, launch(folder, 2, sections)
+
+
+@pytest.mark.slow
+def test_deepspeed_two_ranks_zero2_bf16_identical_weights(zero2_bf16_two_ranks):
+    """Two ranks of ZeRO-2 on the bf16 engine path (bf16 weights, inputs cast to the engine's dtype) on CPU,
+    as on a GPU: identical weights and strategy state on both ranks, finite losses that decrease (3 steps:
+    the fixture's run, which the next test reads too)."""
+    folder, ranks = zero2_bf16_two_ranks
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["state"] == ranks[1]["state"]
-    losses = [r["loss"] for r in steps(tmp_path)]
+    losses = [r["loss"] for r in steps(folder)]
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 @pytest.mark.slow
-def test_deepspeed_two_ranks_bf16_export_the_fp32_master_weights(tmp_path):
+def test_deepspeed_two_ranks_bf16_export_the_fp32_master_weights(zero2_bf16_two_ranks):
     """Two ranks of ZeRO-2 bf16: every rank gathers DeepSpeed's fp32 master weights (a collective) and rank 0
     exports them in fp32, as the torch backend exports its fp32 weights: not the engine module's bf16 copy
-    (saved in the checkpoint), which is their bf16 rounding."""
+    (saved in the last checkpoint, at the last step), which is their bf16 rounding."""
     import torch
     from safetensors.torch import load_file
 
     from aria.training import checkpoint as ckpt
 
-    sections = {"backend": {"kind": "deepspeed", "zero_stage": 2, "device": "cpu", "precision": "bf16"},
-                "distillation": {"steps": 2}, "logging": {"every": 1}}
-    ranks = launch(tmp_path, 2, sections)
+    folder, ranks = zero2_bf16_two_ranks
     assert ranks[0]["weights"] == ranks[1]["weights"]
-    trained = ckpt.load_weights(ckpt.latest_good(tmp_path / "run" / "checkpoints"))
-    exported = load_file(next((tmp_path / "run" / "student").glob("*.safetensors")))
+    last = ckpt.latest_good(folder / "run" / "checkpoints")
+    assert json.loads((last / "state.json").read_text())["step"] == 3  # the weights the export was made from
+    trained = ckpt.load_weights(last)
+    exported = load_file(next((folder / "run" / "student").glob("*.safetensors")))
     assert set(exported) == set(trained) and {v.dtype for v in exported.values()} == {torch.float32}
     assert all(torch.equal(exported[k].bfloat16(), trained[k]) for k in trained)  # the masters, rounded
     assert any(not torch.equal(exported[k], trained[k].float()) for k in trained)  # finer than bf16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,45 +131,6 @@ pathlib.Path({tmp!r}, "groups.json").write_text(json.dumps(groups))
 """
 
 
-def deepspeed_run(tmp_path, sections: dict, resume=False) -> list[dict]:
-    """One DeepSpeed process without a launcher (as tests/test_distributed.py runs it); returns the
-    optimizer's param groups (lr, initial_lr, weight_decay) after setup, checkpoint restored."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).resolve().parent
-    script = tmp_path / "ds_worker.py"
-    script.write_text(DS_WORKER.format(tests=str(tests), tmp=str(tmp_path), sections=json.dumps(sections),
-                                       resume=resume))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / "groups.json").read_text())
-
-
-@pytest.mark.slow
-def test_deepspeed_skips_advance_the_schedule_and_resume_applies_lr_and_weight_decay(tmp_path):
-    """DeepSpeed (ZeRO-2, one CPU process; host sync only): a step skipped on the host advances the LR
-    schedule as with the torch backend, and --resume gives the engine's optimizer and schedule the changed
-    distillation.lr and weight_decay."""
-    from aria.training.backends import lr_factor
-
-    base = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "strategy": {"name": "aria"},
-            "logging": {"every": 1, "checkpoint_every": 2}}
-    deepspeed_run(tmp_path, {**base, "distillation": {"steps": 2, "warmup_steps": 4}})
-    groups = deepspeed_run(tmp_path, {**base, "distillation": {"steps": 4, "warmup_steps": 4, "lr": 1e-5,
-                                                               "weight_decay": 0.5}}, resume=True)
-    factor = lr_factor(4)
-    assert groups and all(g == {"lr": 1e-5 * factor(2), "initial_lr": 1e-5, "weight_decay": 0.5} for g in groups)
-    steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
-    assert [r["nonfinite"] for r in steps] == [True, True, True, False]
-    assert [r["lr"] for r in steps] == [1e-3 * factor(0), 1e-3 * factor(1), 1e-5 * factor(2), 1e-5 * factor(3)]
-
-
 DS_PLAIN_WORKER = """
 import json, pathlib, sys
 sys.path.insert(0, {tests!r})
@@ -182,23 +144,111 @@ run_distillation(config, bundle=conftest.make_bundle(), teacher=conftest.make_te
 """
 
 
-def deepspeed_plain_run(tmp_path, sections: dict):
-    """One DeepSpeed run of ``sections`` in a process of its own (no launcher, CPU, gloo); returns its config."""
+def start_deepspeed(folder: Path, worker: str, sections: dict, resume=False, port: int | None = None):
+    """One DeepSpeed process of ``worker`` (DS_WORKER, DS_PLAIN_WORKER) for ``sections`` under ``folder``, without a
+    launcher (as tests/test_distributed.py runs it): the backend fills in RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+    and MASTER_PORT (given ``port``, MASTER_PORT is that one: processes that start together get distinct ones)."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    script = tmp_path / "ds_plain_worker.py"
-    script.write_text(DS_PLAIN_WORKER.format(tests=str(Path(__file__).resolve().parent), tmp=str(tmp_path),
-                                             sections=json.dumps(sections)))
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "ds_worker.py"
+    script.write_text(worker.format(tests=str(Path(__file__).resolve().parent), tmp=str(folder),
+                                    sections=json.dumps(sections), resume=resume))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tiny_config(tmp_path, **sections)
+    if port is not None:
+        env["MASTER_PORT"] = str(port)
+    return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish_deepspeed(proc) -> tuple[int, str]:
+    """(exit status, the end of its stdout and stderr) of a process of ``start_deepspeed``."""
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out[-3000:] + err[-3000:]
+
+
+def deepspeed_run(tmp_path, sections: dict, resume=False) -> list[dict]:
+    """One DeepSpeed process of DS_WORKER; returns the optimizer's param groups (lr, initial_lr, weight_decay)
+    after setup, checkpoint restored."""
+    code, output = finish_deepspeed(start_deepspeed(tmp_path, DS_WORKER, sections, resume))
+    assert code == 0, output
+    return json.loads((tmp_path / "groups.json").read_text())
+
+
+DS_BASE = {"backend": {"kind": "deepspeed", "zero_stage": 2}, "strategy": {"name": "aria"},
+           "logging": {"every": 1, "checkpoint_every": 2}}
+DS_BF16_ZERO0 = {"kind": "deepspeed", "zero_stage": 0, "precision": "bf16"}
+DS_CLIPPED = {"distillation": {"steps": 2, "grad_clip": 0.05}, "logging": {"every": 1}}
+# the DeepSpeed runs of this module's tests that start from nothing: (worker, sections) by name
+DS_RUNS = {
+    "skips": (DS_WORKER, {**DS_BASE, "distillation": {"steps": 2, "warmup_steps": 4}}),
+    "bf16-ema": (DS_PLAIN_WORKER, {"backend": DS_BF16_ZERO0, "distillation": {"steps": 2, "ema_decay": 0.5}}),
+    "bf16": (DS_PLAIN_WORKER, {"backend": DS_BF16_ZERO0, "distillation": {"steps": 2}}),
+    "fp32": (DS_PLAIN_WORKER, {**DS_CLIPPED, "backend": {"kind": "deepspeed", "zero_stage": 0}}),
+}
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(tmp_path_factory) -> dict:
+    """The runs of DS_RUNS, each in a fresh process of its own, started together: on 2 cores a lone process
+    (mostly imports) leaves one core idle. name -> (folder, exit status, output); a test copies a folder it
+    writes to, and checks the exit status of its own run."""
+    import socket
+
+    root = tmp_path_factory.mktemp("deepspeed")
+    sockets = [socket.socket() for _ in DS_RUNS]
+    try:  # distinct free ports: the processes start together
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    procs = {name: start_deepspeed(root / name, worker, sections, port=port)
+             for (name, (worker, sections)), port in zip(DS_RUNS.items(), ports)}
+    try:
+        return {name: (root / name, *finish_deepspeed(proc)) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def deepspeed_result(deepspeed_runs: dict, name: str):
+    """The folder of run ``name`` of ``deepspeed_runs`` (which must have succeeded) and its config."""
+    folder, code, output = deepspeed_runs[name]
+    assert code == 0, output
+    return folder, tiny_config(folder, **DS_RUNS[name][1])
+
+
+@pytest.mark.slow
+def test_deepspeed_skips_advance_the_schedule_and_resume_applies_lr_and_weight_decay(deepspeed_runs, tmp_path):
+    """DeepSpeed (ZeRO-2, one CPU process; host sync only): a step skipped on the host advances the LR
+    schedule as with the torch backend, and --resume gives the engine's optimizer and schedule the changed
+    distillation.lr and weight_decay. The first 2 steps: DS_RUNS["skips"]; the resume, to 4, in a copy of it."""
+    import shutil
+
+    from aria.training.backends import lr_factor
+
+    first, _ = deepspeed_result(deepspeed_runs, "skips")
+    shutil.copytree(first / "run", tmp_path / "run")
+    groups = deepspeed_run(tmp_path, {**DS_BASE, "distillation": {"steps": 4, "warmup_steps": 4, "lr": 1e-5,
+                                                                  "weight_decay": 0.5}}, resume=True)
+    factor = lr_factor(4)
+    assert groups and all(g == {"lr": 1e-5 * factor(2), "initial_lr": 1e-5, "weight_decay": 0.5} for g in groups)
+    steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["nonfinite"] for r in steps] == [True, True, True, False]
+    assert [r["lr"] for r in steps] == [1e-3 * factor(0), 1e-3 * factor(1), 1e-5 * factor(2), 1e-5 * factor(3)]
 
 
 def exported_weights(config) -> dict:
@@ -208,11 +258,10 @@ def exported_weights(config) -> dict:
 
 
 @pytest.mark.slow
-def test_deepspeed_bf16_exports_the_ema_in_fp32(tmp_path):
+def test_deepspeed_bf16_exports_the_ema_in_fp32(deepspeed_runs):
     """DeepSpeed bf16 (ZeRO 0: bf16 weights in the engine's module): the exported EMA student is the EMA's
     fp32 shadow (the one saved in the last checkpoint), not its bf16 rounding, as with the torch backend."""
-    config = deepspeed_plain_run(tmp_path, {"backend": {"kind": "deepspeed", "zero_stage": 0, "precision": "bf16"},
-                                            "distillation": {"steps": 2, "ema_decay": 0.5}})
+    _, config = deepspeed_result(deepspeed_runs, "bf16-ema")
     folder = ckpt.latest_good(config.output_dir / "checkpoints")
     trained, ema, exported = ckpt.load_weights(folder), ckpt.load_weights(folder, "ema"), exported_weights(config)
     assert {v.dtype for v in trained.values()} == {torch.bfloat16}  # what the engine's module holds
@@ -221,11 +270,10 @@ def test_deepspeed_bf16_exports_the_ema_in_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero0_bf16_exports_the_fp32_master_weights(tmp_path):
+def test_deepspeed_zero0_bf16_exports_the_fp32_master_weights(deepspeed_runs):
     """DeepSpeed bf16 at ZeRO 0 (its FP16_UnfusedOptimizer keeps whole fp32 masters on every rank): the exported
     student holds the fp32 master weights, whose bf16 rounding is the engine module's weights (checkpointed)."""
-    config = deepspeed_plain_run(tmp_path, {"backend": {"kind": "deepspeed", "zero_stage": 0, "precision": "bf16"},
-                                            "distillation": {"steps": 2}})
+    _, config = deepspeed_result(deepspeed_runs, "bf16")
     trained = ckpt.load_weights(ckpt.latest_good(config.output_dir / "checkpoints"))
     exported = exported_weights(config)
     assert set(exported) == set(trained) and {v.dtype for v in exported.values()} == {torch.float32}
@@ -234,13 +282,12 @@ def test_deepspeed_zero0_bf16_exports_the_fp32_master_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero0_fp32_and_torch_without_clipping_log_the_grad_norm(tmp_path):
+def test_deepspeed_zero0_fp32_and_torch_without_clipping_log_the_grad_norm(deepspeed_runs, tmp_path):
     """``grad_norm`` on every log step where neither the engine nor the clipping computes one: DeepSpeed ZeRO 0
     in fp32 (a plain torch optimizer) logs the norm the torch backend logs, and the torch backend logs it
     with grad_clip 0 too (the norm before clipping: step 1's is the same with and without clipping)."""
-    sections = {"distillation": {"steps": 2, "grad_clip": 0.05}, "logging": {"every": 1}}
-    ds = deepspeed_plain_run(tmp_path / "ds", {**sections, "backend": {"kind": "deepspeed", "zero_stage": 0}})
-    _, _, torch_records = run(tmp_path / "torch", **sections)
+    _, ds = deepspeed_result(deepspeed_runs, "fp32")
+    _, _, torch_records = run(tmp_path / "torch", **DS_CLIPPED)
     _, _, unclipped = run(tmp_path / "unclipped", distillation={"steps": 2, "grad_clip": 0}, logging={"every": 1})
     norms = [[r.get("grad_norm") for r in records if "loss" in r]
              for records in (read_jsonl(ds.output_dir / "metrics.jsonl"), torch_records, unclipped)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -278,18 +279,50 @@ def test_the_compile_mode_reaches_module_compile(tmp_path, monkeypatch):
     assert calls[2:] == [("UNet2DConditionModel", {})] * 2
 
 
-def test_benchmark_records_a_failing_lever_and_goes_on(tmp_path):
-    """engine_throughput.py --levers on the CPU: fp8 cannot run there and is recorded as failed in one line; the
-    levers after it are measured, each with its loss difference to the candidate, and the run succeeds."""
-    out = tmp_path / "levers.json"
+BENCH = [sys.executable, str(REPO / "benchmarks" / "engine_throughput.py"), "--tiny", "--device", "cpu", "--steps", "2",
+         "--warmup", "1", "--batch", "2", "--students", "small", "--no-compile", "--candidate-only"]
+
+
+def bench_env() -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "engine_throughput.py"), "--tiny", "--device",
-                           "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small",
-                           "--no-compile", "--candidate-only", "--levers", "fp8_student,channels_last+sdpa_math",
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return env
+
+
+def bench(*extra, wait=True):
+    """engine_throughput.py with BENCH's settings and ``extra`` (a CompletedProcess; a Popen if not ``wait``)."""
+    if wait:
+        return subprocess.run([*BENCH, *map(str, extra)], cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                              timeout=600)
+    return subprocess.Popen([*BENCH, *map(str, extra)], cwd=REPO, env=bench_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def levers_process(tmp_path_factory):
+    """One engine_throughput.py --levers process on the CPU (the candidate, fp8_student, channels_last+sdpa_math):
+    the test of a failing lever reads it, and the --reuse test continues from a copy of its JSON."""
+    out = tmp_path_factory.mktemp("levers") / "levers.json"
+    proc = bench("--levers", "fp8_student,channels_last+sdpa_math", "--out", out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_benchmark_records_a_failing_lever_and_goes_on(levers_process):
+    """engine_throughput.py --levers on the CPU: fp8 cannot run there and is recorded as failed in one line; the
+    levers after it are measured, each with its loss difference to the candidate, and the run succeeds."""
+    out, proc = levers_process
     report = json.loads(out.read_text())
     assert report["complete"] is True
     rows = {r["path"]: r for r in report["results"][0]["paths"]}
@@ -306,38 +339,46 @@ def test_benchmark_records_a_failing_lever_and_goes_on(tmp_path):
     assert "error: UserError: config: backend: backend.fp8 'student' needs a CUDA GPU" in proc.stdout
 
 
-def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(tmp_path):
+def test_benchmark_reuses_an_earlier_process_s_paths_and_adds_its_levers(levers_process, tmp_path):
     """levers.sh runs one process per lever: a second process with --reuse takes the first one's candidate row
-    as it was (not measured again), keeps its lever, adds its own; other settings are refused in one line."""
+    as it was (not measured again), keeps its levers (a failed one too), adds its own; other settings are refused
+    in one line, and a JSON this benchmark did not write is refused."""
+    import re
+
     out = tmp_path / "levers.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    base = [sys.executable, str(REPO / "benchmarks" / "engine_throughput.py"), "--tiny", "--device", "cpu",
-            "--steps", "2", "--warmup", "1", "--batch", "2", "--students", "small", "--no-compile", "--candidate-only",
-            "--out", str(out)]
-
-    def run(*extra):
-        return subprocess.run([*base, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-    first = run("--levers", "sdpa_math")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    shutil.copy(levers_process[0], out)
     before = {r["path"]: r for r in json.loads(out.read_text())["results"][0]["paths"]}
-    second = run("--levers", "channels_last", "--reuse", str(out))
+    # the second process, and one with other settings (steps, pool: other batches and losses, not reusable),
+    # start together; the refused one reads the first process's own JSON, which nothing writes
+    second = bench("--levers", "channels_last", "--reuse", out, "--out", out, wait=False)
+    other = bench("--levers", "channels_last", "--reuse", levers_process[0], "--steps", "3", "--pool", "600",
+                  "--out", tmp_path / "x.json", wait=False)
+    second, other = finish(second), finish(other)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {r["path"]: r for r in report["results"][0]["paths"]}
-    assert list(rows) == ["candidate", "candidate+sdpa_math", "candidate+channels_last"]
-    assert rows["candidate"] == before["candidate"] and rows["candidate+sdpa_math"] == before["candidate+sdpa_math"]
+    assert list(rows) == ["candidate", "candidate+fp8_student", "candidate+channels_last+sdpa_math",
+                          "candidate+channels_last"]
+    assert all(rows[path] == before[path] for path in before)  # the candidate and the earlier levers, as they were
     assert "candidate: reused from" in second.stdout and rows["candidate+channels_last"]["images_per_s"] > 0
     assert rows["candidate+channels_last"]["loss_max_rel_diff_vs_candidate"] < 1e-4  # against the reused candidate
-    assert report["settings"]["levers"] == ["sdpa_math", "channels_last"] and len(report["commands"]) == 2
-    for extra, name in ((("--steps", "3"), "steps"), (("--pool", "600"), "pool")):  # batches, losses: not reusable
-        other = run("--levers", "channels_last", "--reuse", str(out), *extra, "--out", str(tmp_path / "x.json"))
-        assert other.returncode != 0 and "--reuse" in other.stderr and name in other.stderr.strip().splitlines()[-1]
+    assert report["settings"]["levers"] == ["fp8_student", "channels_last+sdpa_math", "channels_last"]
+    assert len(report["commands"]) == 2
+    assert other.returncode != 0 and "--reuse" in other.stderr, other.stderr[-3000:]
+    refusal = other.stderr.strip().splitlines()[-1]
+    assert re.search(r"measured with other settings or on another device \((.*)\); run without --reuse",
+                     refusal).group(1).split(", ") == ["pool", "steps"], refusal  # each named, nothing else
+    assert not (tmp_path / "x.json").exists()
+    # a JSON not written by this benchmark: refused by the same check (engine_throughput.read_reuse), here in-process
     (tmp_path / "list.json").write_text("[1, 2]")
-    other = run("--levers", "channels_last", "--reuse", str(tmp_path / "list.json"), "--out", str(tmp_path / "y.json"))
-    assert other.returncode != 0 and "not a JSON written by this benchmark" in other.stderr.strip().splitlines()[-1]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import engine_throughput
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    with pytest.raises(SystemExit, match="not a JSON written by this benchmark") as refused:
+        engine_throughput.read_reuse(tmp_path / "list.json", {}, "cpu")
+    assert "\n" not in str(refused.value.code)
 
 
 def test_inductor_cache_travels_in_parts_and_comes_back_whole(tmp_path):

@@ -35,13 +35,15 @@ def one_line_error(out) -> str:
 
 # -- the end of a run ---------------------------------------------------------------------------
 
-def test_run_writes_its_plots_and_prints_the_next_commands(tmp_path, capsys):
+def test_run_writes_its_plots_and_prints_the_next_commands(tmp_path, world_cache, capsys):
     """The quickstart's config, 4 steps on a small pool: setup lines come first, the plots land in the
-    run folder, the closing lines name them and the eval / sample / compare commands."""
+    run folder, the closing lines name them and the eval / sample / compare commands. The session's data
+    cache: test_data's concepts bundle encodes the same pool of 1,000 prompts; the 4 steps encode their
+    captions' contexts as they go, not the whole paired set's up front (distillation.context_cache_mb)."""
     out_dir = tmp_path / "run"
-    sets = [f"output_dir={out_dir}", f"data.cache_dir={tmp_path / 'cache'}", "distillation.steps=4",
+    sets = [f"output_dir={out_dir}", f"data.cache_dir={world_cache}", "distillation.steps=4",
             "logging.every=2", "logging.progress=true", "data.concepts.num_prompts=1000",
-            "regions.k=8", "eval.probe_images=4", "eval.probe_timesteps=1"]
+            "regions.k=8", "eval.probe_images=4", "eval.probe_timesteps=1", "distillation.context_cache_mb=0"]
     main(["run", "-s", "aria", "--config", str(QUICK), *[a for s in sets for a in ("--set", s)]])
     stdout = capsys.readouterr().out
     lines = stdout.splitlines()
