@@ -41,10 +41,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # Measured (benchmarks/RESULTS.md, "The lever table", H100, x the candidate): fp8_student 0.94, fp8_both 0.89,
 # channels_last 0.97, reduce_overhead 1.00 (132 s of recompilation), cudnn_benchmark 1.00 (the candidate's graphs:
 # no compilation); sdpa_cudnn is torch's own pick, and sdpa_flash / sdpa_efficient were decided without compiling
-# (benchmarks/attention_kernels.py: attention 1.71x / 3.48x slower). Not measured: max_autotune (the teacher's
-# forward alone compiled past 412 s; its autotuning results stay in .aria-cache/inductor on a warm machine, so a
-# second call right after the first may finish it) and autotune_matmuls (the part of max-autotune that touches the
-# matmuls; may fit a call).
+# (benchmarks/attention_kernels.py: attention 1.71x / 3.48x slower). Not timed: max_autotune (the teacher's
+# forward alone compiled past 412 s) and autotune_matmuls (its first graph still compiling after 499 s over two
+# calls; benchmarks/autotune_table.py reads the tuning tables it printed: cuBLAS kept every large matmul).
 LEVERS=${LEVERS:-fp8_student,fp8_teacher,fp8_both,sdpa_cudnn,sdpa_flash,cudnn_benchmark,channels_last,sdpa_efficient,reduce_overhead,autotune_matmuls,max_autotune}
 BUDGET_S=${BUDGET_S:-470}
 PATH_TIMEOUT_S=${PATH_TIMEOUT_S:-360}

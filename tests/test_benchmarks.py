@@ -223,3 +223,57 @@ def test_autotune_matmuls_patches_the_matmuls_only_while_its_path_runs():
         assert not inductor_config.max_autotune and not inductor_config.max_autotune_pointwise
     assert (inductor_config.max_autotune_gemm, inductor_config.max_autotune_conv_backends) == before
     assert "autotune_matmuls" in engine_throughput.LEVERS
+
+
+AUTOTUNE_LOG = """\
+noise before
+Autotune Choices Stats:
+{"num_choices": 3, "num_triton_choices": 2, "best_kernel": "bias_addmm", "best_time": 0.5}
+AUTOTUNE addmm(64x640, 64x320, 320x640)
+strides: [0, 1], [320, 1], [1, 320]
+dtypes: torch.bfloat16, torch.bfloat16, torch.bfloat16
+  bias_addmm 0.5000 ms 100.0%
+  triton_mm_2 0.6000 ms 83.3% ACC_TYPE='tl.float32', BLOCK_K=32, num_stages=3, num_warps=4
+  triton_mm_1 0.7000 ms 71.4% ACC_TYPE='tl.float32', BLOCK_K=64, num_stages=3, num_warps=4
+SingleProcess AUTOTUNE benchmarking takes 2.5000 seconds and 0.0002 seconds precompiling for 3 choices
+[rank0]:E1208 select_algorithm.py:3924] [1/0] Runtime error during autotuning: out of resource
+Autotune Choices Stats:
+{"num_choices": 12, "num_triton_choices": 11, "best_kernel": "triton_mm_9", "best_time": 0.01}
+AUTOTUNE mm(4928x768, 768x320)
+strides: [768, 1], [1, 768]
+dtypes: torch.bfloat16, torch.bfloat16
+  triton_mm_9 0.0100 ms 100.0% ACC_TYPE='tl.float32'
+  triton_mm_8 0.0150 ms 66.7% ACC_TYPE='tl.float32'
+  triton_mm_7 0.0200 ms 50.0% ACC_TYPE='tl.float32'
+SingleProcess AUTOTUNE benchmarking takes 4.0000 seconds and 0.0003 seconds precompiling for 12 choices
+"""
+
+
+def test_autotune_table_reads_cublas_against_the_chosen_kernel_per_shape(tmp_path, capsys):
+    """benchmarks/autotune_table.py: cuBLAS's time where inductor printed it, else a lower bound (the slowest
+    printed choice); the tuning seconds; a shape repeated in a later log keeps its first entry; a log without
+    tables or a missing file is exit 2."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import autotune_table
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    shapes = autotune_table.parse(AUTOTUNE_LOG)
+    assert shapes == {
+        "addmm(64x640, 64x320, 320x640)": {"best": "bias_addmm", "best_ms": 0.5, "cublas_ms": 0.5,
+                                           "cublas_above_ms": None, "tuning_s": 2.5},
+        "mm(4928x768, 768x320)": {"best": "triton_mm_9", "best_ms": 0.01, "cublas_ms": None,
+                                  "cublas_above_ms": 0.02, "tuning_s": 4.0}}
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_text(AUTOTUNE_LOG)
+    second.write_text(AUTOTUNE_LOG.replace("takes 4.0000", "takes 9.0000"))
+    assert autotune_table.main([str(first), str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "| `mm(4928x768, 768x320)` | triton_mm_9 | 0.0100 | > 0.0200 | > 2.00 | 4.0 |" in out
+    assert "| `addmm(64x640, 64x320, 320x640)` | bias_addmm | 0.5000 | 0.5000 | 1.00 | 2.5 |" in out
+    assert "2 shapes, 6 s of tuning benchmarks; Triton chosen at 1, cuBLAS at 1." in out
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing tuned\n")
+    assert autotune_table.main([str(empty)]) == 2
+    assert autotune_table.main([str(tmp_path / "missing.log")]) == 2
+    assert "no such file" in capsys.readouterr().err
